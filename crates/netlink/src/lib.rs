@@ -1,0 +1,1 @@
+//! rtnetlink operations for edge bindings.

@@ -1,0 +1,1 @@
+//! Async OVSDB client (RFC 7047).

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Courier's setup and tests need on a fresh Debian 12 machine (root).
+# Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(openvswitch-switch ovn-central ovn-host containernetworking-plugins iproute2 ethtool procps iputils-ping netcat-openbsd curl jq)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  # Keep packaged services from starting under a non-systemd PID 1; our scripts start them.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: ok"
