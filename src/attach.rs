@@ -1,0 +1,257 @@
+//! THE attach flow, top to bottom: intent → logical port → edge → up → ready.
+//! Detach is the same in reverse. Every step is recorded in the store *before* its side effects,
+//! and every name is derived from the attachment id, so a crash anywhere can be undone
+//! (see reconcile.rs).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::backend::{Backend, PortRequest};
+use crate::binding::EdgeBinding;
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::model::{
+    validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase,
+};
+use crate::state::Store;
+
+pub struct Attacher {
+    pub store: Store,
+    pub backend: Arc<dyn Backend>,
+    pub binding: Arc<dyn EdgeBinding>,
+    pub port_up_timeout: Duration,
+    pub(crate) locks: KeyedLocks,
+}
+
+impl Attacher {
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        binding: Arc<dyn EdgeBinding>,
+        port_up_timeout: Duration,
+    ) -> Self {
+        Attacher {
+            store,
+            backend,
+            binding,
+            port_up_timeout,
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    /// Gives the container an interface on the network; returns the complete attachment.
+    pub async fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+        // 1. Validate everything we can before any side effect.
+        validate_ifname(&req.ifname).map_err(Error::InvalidInput)?;
+        if req.container_id.is_empty() {
+            return Err(Error::InvalidEnv("container id is empty (CNI_CONTAINERID)".into()));
+        }
+        if let Some(mac) = &req.mac {
+            crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
+        }
+        let mut att = Attachment::new(req);
+        let _guard = self.locks.lock(&att.id).await;
+        if let Some(existing) = self.store.get(&att.id).await? {
+            return Err(Error::AlreadyAttached {
+                container_id: existing.container_id,
+                ifname: existing.ifname,
+                id: existing.id,
+            });
+        }
+        self.backend.network(&req.network).await?;
+        self.binding.validate(&att).await?;
+
+        // 2. Intent: durable before anything exists.
+        self.store.put(&att).await?;
+        crash::point("after-intent");
+
+        let result = self.attach_steps(&mut att).await;
+        match result {
+            Ok(()) => Ok(att),
+            Err(e) => {
+                tracing::warn!(attachment = %att.id, error = %e, "attach failed; rolling back");
+                if let Err(re) = self.roll_back(&att).await {
+                    tracing::error!(attachment = %att.id, error = %re, "rollback incomplete; reconcile will retry");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach_steps(&self, att: &mut Attachment) -> Result<()> {
+        // 3. Logical attachment: the backend creates the port and assigns its addresses.
+        let port = self
+            .backend
+            .create_port(
+                &att.network,
+                &PortRequest {
+                    name: att.port_name.clone(),
+                    attachment_id: att.id.clone(),
+                    ip: att.requested_ip,
+                    mac: att.requested_mac.clone(),
+                },
+            )
+            .await?;
+        att.port = Some(port.clone());
+        att.phase = Phase::PortCreated;
+        self.store.put(att).await?;
+        crash::point("after-port");
+
+        // 4. Edge binding: interface in the netns, bound to the logical port.
+        self.binding.plug(att, &port).await?;
+        att.phase = Phase::Plugged;
+        self.store.put(att).await?;
+        crash::point("after-plug");
+
+        // 5. Wait for the data plane to report the port up.
+        self.backend
+            .wait_port_up(&port.name, self.port_up_timeout)
+            .await?;
+        crash::point("after-up");
+        if let Some(p) = att.port.as_mut() {
+            p.up = true;
+        }
+        att.phase = Phase::Ready;
+        self.store.put(att).await?;
+        crash::point("after-ready");
+        tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
+            network = %att.network, port = %port.name, ips = ?port.ips, "attached");
+        Ok(())
+    }
+
+    /// Removes whatever an attachment may have created, found by derived names; then its record.
+    pub async fn roll_back(&self, att: &Attachment) -> Result<()> {
+        self.binding.unplug(att).await?;
+        crash::point("detach-after-unplug");
+        self.backend.delete_port(&att.port_name).await?;
+        crash::point("detach-after-port");
+        self.store.delete(&att.id).await?;
+        Ok(())
+    }
+
+    /// Removes the container's interface. Idempotent: succeeds when nothing is attached, and
+    /// still sweeps derived names in case a crash left something the store never recorded.
+    pub async fn detach(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
+        let id = key.id();
+        let _guard = self.locks.lock(&id).await;
+        let stored = self.store.get(&id).await?;
+        let mut att = match stored.clone() {
+            Some(a) => a,
+            None => Attachment::new(&AttachRequest {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+                netns: String::new(),
+                network: String::new(),
+                ip: None,
+                mac: None,
+            }),
+        };
+        if stored.is_some() {
+            att.phase = Phase::Detaching;
+            self.store.put(&att).await?;
+            crash::point("detach-after-mark");
+        }
+        self.roll_back(&att).await?;
+        if stored.is_some() {
+            tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname, "detached");
+        }
+        Ok(stored)
+    }
+
+    /// CNI CHECK: the attachment exists, its port exists with the same addresses and is up,
+    /// and the edge is as plugged.
+    pub async fn check(&self, key: &AttachmentKey) -> Result<Attachment> {
+        let id = key.id();
+        let att = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::NotAttached {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+            })?;
+        let fail = |what: String| Error::CheckFailed {
+            id: id.clone(),
+            what,
+        };
+        if att.phase != Phase::Ready {
+            return Err(fail(format!("attachment is {:?}, not ready", att.phase)));
+        }
+        let recorded = att
+            .port
+            .clone()
+            .ok_or_else(|| fail("no logical port recorded".into()))?;
+        let live: LogicalPort = self
+            .backend
+            .port(&att.port_name)
+            .await?
+            .ok_or_else(|| fail(format!("logical port {} is gone", att.port_name)))?;
+        if live.mac != recorded.mac || live.ips != recorded.ips {
+            return Err(fail(format!(
+                "logical port {} now has {} {:?}, attached with {} {:?}",
+                live.name, live.mac, live.ips, recorded.mac, recorded.ips
+            )));
+        }
+        if !live.up {
+            return Err(fail(format!("logical port {} is not up", live.name)));
+        }
+        self.binding.check(&att, &recorded).await?;
+        Ok(att)
+    }
+
+    /// CNI GC: detaches every attachment on `network` whose key is not in `valid`.
+    pub async fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
+        let valid: HashSet<String> = valid.iter().map(AttachmentKey::id).collect();
+        let mut removed = Vec::new();
+        for att in self.store.list().await? {
+            if att.network == network && !valid.contains(&att.id) {
+                if let Some(a) = self.detach(&att.key()).await? {
+                    removed.push(a);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Attachment>> {
+        self.store.list().await
+    }
+}
+
+/// One async mutex per attachment id, so ADD/DEL/GC for the same interface never interleave.
+#[derive(Default)]
+pub(crate) struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub(crate) struct KeyedGuard<'a> {
+    locks: &'a KeyedLocks,
+    id: String,
+    _inner: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl KeyedLocks {
+    pub(crate) async fn lock(&self, id: &str) -> KeyedGuard<'_> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(id.to_string()).or_default().clone()
+        };
+        let inner = m.lock_owned().await;
+        KeyedGuard {
+            locks: self,
+            id: id.to_string(),
+            _inner: inner,
+        }
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the entry when nobody else waits on it (ours + the map's = 2 references).
+        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            map.remove(&self.id);
+        }
+    }
+}

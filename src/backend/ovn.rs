@@ -1,0 +1,610 @@
+//! OVN Northbound directly: networks are Logical_Switches (OVN's IPAM through
+//! `other_config:subnet`), ports are Logical_Switch_Ports with `addresses: dynamic`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_ovsdb::{self as ovsdb, Client, Condition, Monitor, Mutation, Op, OpResult, Row};
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::json;
+
+use super::{marks, Backend, PortRequest};
+use crate::error::{Error, Result};
+use crate::model::{validate_network_name, LogicalPort, Network, NetworkSpec};
+
+const DB: &str = "OVN_Northbound";
+const LS: &str = "Logical_Switch";
+const LSP: &str = "Logical_Switch_Port";
+/// How long ovn-northd may take to fill `dynamic_addresses`.
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct OvnBackend {
+    nb: Client,
+    cache: Monitor,
+    host: String,
+}
+
+fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Backend { context, source }
+}
+
+impl OvnBackend {
+    pub async fn connect(remote: &str, host: &str) -> Result<OvnBackend> {
+        let nb = Client::connect(remote)
+            .await
+            .map_err(nb_err(format!("connecting to {remote}")))?;
+        let cache = nb
+            .monitor(
+                DB,
+                &[
+                    (LS, &["name", "other_config", "external_ids", "ports"][..]),
+                    (
+                        LSP,
+                        &["name", "addresses", "dynamic_addresses", "up", "external_ids"][..],
+                    ),
+                ],
+            )
+            .await
+            .map_err(nb_err("monitoring Logical_Switch/Logical_Switch_Port"))?;
+        Ok(OvnBackend {
+            nb,
+            cache,
+            host: host.to_string(),
+        })
+    }
+
+    /// The switch row named `name`, from the monitor cache.
+    fn switch(&self, name: &str) -> Result<(String, Row)> {
+        let mut found: Vec<(String, Row)> = self
+            .cache
+            .rows(LS)
+            .into_iter()
+            .filter(|(_, r)| ovsdb::get_str(r, "name") == Some(name))
+            .collect();
+        match found.len() {
+            0 => Err(Error::UnknownNetwork(name.to_string())),
+            1 => Ok(found.remove(0)),
+            n => Err(Error::BackendState(format!(
+                "{n} logical switches are named {name:?}; rename or delete the extra ones with ovn-nbctl"
+            ))),
+        }
+    }
+
+    fn network_from_row(&self, uuid: &str, row: &Row) -> Network {
+        let other = ovsdb::get_map(row, "other_config");
+        let ext = ovsdb::get_map(row, "external_ids");
+        Network {
+            name: ovsdb::get_str(row, "name").unwrap_or_default().to_string(),
+            backend_id: uuid.to_string(),
+            backend: "ovn".into(),
+            subnet: other.get("subnet").and_then(|s| s.parse().ok()),
+            gateway: ext.get(marks::GATEWAY).and_then(|s| s.parse().ok()),
+            exclude_ips: other
+                .get("exclude_ips")
+                .map(|s| s.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+            ports: ovsdb::get_set(row, "ports").len(),
+        }
+    }
+
+    fn port_from_row(&self, row: &Row, network: Option<&Network>) -> Option<LogicalPort> {
+        let name = ovsdb::get_str(row, "name")?.to_string();
+        let ext = ovsdb::get_map(row, "external_ids");
+        let addr = ovsdb::get_str(row, "dynamic_addresses")
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .or_else(|| {
+                ovsdb::get_str_set(row, "addresses")
+                    .into_iter()
+                    .find(|a| !a.contains("dynamic"))
+            });
+        let (mac, ips) = match addr.as_deref().map(parse_addresses) {
+            Some(Some((mac, ips))) => (mac, ips),
+            _ => (String::new(), Vec::new()),
+        };
+        let prefix = network.and_then(|n| n.subnet).map(|s| s.prefix_len());
+        let ips = ips
+            .into_iter()
+            .map(|ip| match (ip, prefix) {
+                (IpAddr::V4(v4), Some(p)) => IpNet::V4(Ipv4Net::new(v4, p).unwrap_or(v4.into())),
+                (ip, _) => IpNet::from(ip),
+            })
+            .collect();
+        Some(LogicalPort {
+            name,
+            network: network
+                .map(|n| n.name.clone())
+                .or_else(|| ext.get(marks::NETWORK).cloned())
+                .unwrap_or_default(),
+            mac,
+            ips,
+            gateway: network.and_then(|n| n.gateway).map(IpAddr::V4),
+            up: ovsdb::get_bool(row, "up").unwrap_or(false),
+            attachment: ext.get(marks::ATTACHMENT).cloned(),
+        })
+    }
+
+    fn network_of_port(&self, port_uuid: &str) -> Option<Network> {
+        self.cache.rows(LS).into_iter().find_map(|(u, r)| {
+            ovsdb::get_set(&r, "ports")
+                .iter()
+                .any(|p| ovsdb::uuid_of(p) == Some(port_uuid))
+                .then(|| self.network_from_row(&u, &r))
+        })
+    }
+
+    fn lsp_rows_named(&self, name: &str) -> Vec<(String, Row)> {
+        self.cache
+            .rows(LSP)
+            .into_iter()
+            .filter(|(_, r)| ovsdb::get_str(r, "name") == Some(name))
+            .collect()
+    }
+
+    /// Which port on `switch` already uses `ip`, if any.
+    fn address_user(&self, switch: &Row, ip: IpAddr) -> Option<String> {
+        let ports: Vec<String> = ovsdb::get_set(switch, "ports")
+            .iter()
+            .filter_map(|v| ovsdb::uuid_of(v).map(String::from))
+            .collect();
+        ports.iter().find_map(|u| {
+            let row = self.cache.row(LSP, u)?;
+            let mut addrs = ovsdb::get_str_set(&row, "addresses");
+            if let Some(d) = ovsdb::get_str(&row, "dynamic_addresses") {
+                addrs.push(d.to_string());
+            }
+            addrs
+                .iter()
+                .any(|a| a.split_whitespace().any(|w| w.parse::<IpAddr>().ok() == Some(ip)))
+                .then(|| ovsdb::get_str(&row, "name").unwrap_or("?").to_string())
+        })
+    }
+}
+
+/// Parses an OVN address string "MAC IP [IP...]".
+pub fn parse_addresses(s: &str) -> Option<(String, Vec<IpAddr>)> {
+    let mut words = s.split_whitespace();
+    let mac = words.next()?;
+    crate::model::parse_mac(mac).ok()?;
+    let ips = words.filter_map(|w| w.parse().ok()).collect();
+    Some((mac.to_string(), ips))
+}
+
+/// The `addresses` entry for a port request: OVN keywords for what is left to its IPAM.
+pub fn addresses_entry(mac: Option<&str>, ip: Option<IpAddr>) -> String {
+    match (mac, ip) {
+        (None, None) => "dynamic".into(),
+        (None, Some(ip)) => format!("dynamic {ip}"),
+        (Some(m), None) => format!("{m} dynamic"),
+        (Some(m), Some(ip)) => format!("{m} {ip}"),
+    }
+}
+
+/// Checks a network spec and returns the `exclude_ips` value to store (gateway included).
+pub fn validate_spec(spec: &NetworkSpec) -> Result<String> {
+    validate_network_name(&spec.name).map_err(Error::InvalidInput)?;
+    let subnet = spec.subnet;
+    if subnet.trunc() != subnet {
+        return Err(Error::InvalidInput(format!(
+            "subnet {subnet} has host bits set: did you mean {}?",
+            subnet.trunc()
+        )));
+    }
+    if subnet.prefix_len() > 29 {
+        return Err(Error::InvalidInput(format!(
+            "subnet {subnet} is too small: use a prefix of /29 or shorter"
+        )));
+    }
+    let usable = |ip: Ipv4Addr| subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast();
+    let mut excludes = Vec::new();
+    if let Some(gw) = spec.gateway {
+        if !usable(gw) {
+            return Err(Error::InvalidInput(format!(
+                "gateway {gw} is not a usable address of subnet {subnet}"
+            )));
+        }
+        excludes.push(gw.to_string());
+    }
+    for e in &spec.exclude_ips {
+        let ok = match e.split_once("..") {
+            Some((a, b)) => match (a.parse::<Ipv4Addr>(), b.parse::<Ipv4Addr>()) {
+                (Ok(a), Ok(b)) => subnet.contains(&a) && subnet.contains(&b) && a <= b,
+                _ => false,
+            },
+            None => e.parse::<Ipv4Addr>().map(|a| subnet.contains(&a)).unwrap_or(false),
+        };
+        if !ok {
+            return Err(Error::InvalidInput(format!(
+                "exclude-ips entry {e:?} must be an address or A..B range inside {subnet}"
+            )));
+        }
+        if !excludes.contains(e) {
+            excludes.push(e.clone());
+        }
+    }
+    Ok(excludes.join(" "))
+}
+
+#[async_trait]
+impl Backend for OvnBackend {
+    fn kind(&self) -> &'static str {
+        "ovn"
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.nb.echo().await.map_err(nb_err("echo"))
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<Network> {
+        let exclude = validate_spec(spec)?;
+        let mut other = BTreeMap::new();
+        other.insert("subnet".to_string(), spec.subnet.to_string());
+        if !exclude.is_empty() {
+            other.insert("exclude_ips".to_string(), exclude);
+        }
+        let mut ext = BTreeMap::new();
+        ext.insert(marks::OWNER.to_string(), marks::OWNER_VALUE.to_string());
+        if let Some(gw) = spec.gateway {
+            ext.insert(marks::GATEWAY.to_string(), gw.to_string());
+        }
+        let ops = vec![
+            // Atomic "name is free": fails the transaction if a switch with this name exists.
+            Op::wait(
+                LS,
+                vec![Condition::eq("name", json!(spec.name))],
+                &["name"],
+                ovsdb::WaitUntil::Equal,
+                vec![],
+                Some(0),
+            ),
+            Op::insert(
+                LS,
+                json!({
+                    "name": spec.name,
+                    "other_config": ovsdb::map(other),
+                    "external_ids": ovsdb::map(ext),
+                }),
+            ),
+        ];
+        let res = self.nb.transact(DB, ops).await;
+        let uuid = match res {
+            Ok(r) => match r.get(1) {
+                Some(OpResult::Insert { uuid }) => uuid.clone(),
+                other => {
+                    return Err(Error::BackendState(format!(
+                        "unexpected reply to insert of switch {}: {other:?}",
+                        spec.name
+                    )))
+                }
+            },
+            Err(ovsdb::Error::OpFailed { index: 0, .. }) => {
+                return Err(Error::NetworkExists(spec.name.clone()))
+            }
+            Err(e) => return Err(nb_err(format!("creating switch {}", spec.name))(e)),
+        };
+        tracing::info!(network = %spec.name, %uuid, subnet = %spec.subnet, "created logical switch");
+        Ok(Network {
+            name: spec.name.clone(),
+            backend_id: uuid,
+            backend: "ovn".into(),
+            subnet: Some(spec.subnet),
+            gateway: spec.gateway,
+            exclude_ips: spec.exclude_ips.clone(),
+            ports: 0,
+        })
+    }
+
+    async fn delete_network(&self, name: &str) -> Result<()> {
+        let (uuid, row) = self.switch(name)?;
+        let ext = ovsdb::get_map(&row, "external_ids");
+        if ext.get(marks::OWNER).map(String::as_str) != Some(marks::OWNER_VALUE) {
+            return Err(Error::InvalidInput(format!(
+                "logical switch {name:?} was not created by Courier; delete it with ovn-nbctl ls-del if you mean it"
+            )));
+        }
+        let ports = ovsdb::get_set(&row, "ports").len();
+        if ports > 0 {
+            return Err(Error::NetworkInUse {
+                name: name.into(),
+                ports,
+            });
+        }
+        let ops = vec![
+            // Only if still portless at commit time.
+            Op::wait(
+                LS,
+                vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
+                &["ports"],
+                ovsdb::WaitUntil::Equal,
+                vec![json!({"ports": ovsdb::empty_set()})],
+                Some(0),
+            ),
+            Op::delete(LS, vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))]),
+        ];
+        match self.nb.transact(DB, ops).await {
+            Ok(_) => {
+                tracing::info!(network = %name, "deleted logical switch");
+                Ok(())
+            }
+            Err(ovsdb::Error::OpFailed { index: 0, .. }) => Err(Error::NetworkInUse {
+                name: name.into(),
+                ports: 1,
+            }),
+            Err(e) => Err(nb_err(format!("deleting switch {name}"))(e)),
+        }
+    }
+
+    async fn network(&self, name: &str) -> Result<Network> {
+        let (uuid, row) = self.switch(name)?;
+        Ok(self.network_from_row(&uuid, &row))
+    }
+
+    async fn networks(&self) -> Result<Vec<Network>> {
+        let mut nets: Vec<Network> = self
+            .cache
+            .rows(LS)
+            .iter()
+            .map(|(u, r)| self.network_from_row(u, r))
+            .collect();
+        nets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nets)
+    }
+
+    async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort> {
+        let (ls_uuid, ls_row) = self.switch(network)?;
+        let net = self.network_from_row(&ls_uuid, &ls_row);
+        if let Some(ip) = req.ip {
+            let IpAddr::V4(v4) = ip else {
+                return Err(Error::InvalidInput(format!(
+                    "requested address {ip}: only IPv4 is supported on OVN networks for now"
+                )));
+            };
+            let Some(subnet) = net.subnet else {
+                return Err(Error::InvalidInput(format!(
+                    "network {network:?} has no subnet, so {ip} cannot be assigned"
+                )));
+            };
+            if !subnet.contains(&v4) || v4 == subnet.network() || v4 == subnet.broadcast() {
+                return Err(Error::InvalidInput(format!(
+                    "requested address {ip} is not a usable address of {network:?} ({subnet})"
+                )));
+            }
+            if net.gateway == Some(v4) {
+                return Err(Error::InvalidInput(format!(
+                    "requested address {ip} is the gateway of {network:?}"
+                )));
+            }
+            if let Some(port) = self.address_user(&ls_row, ip) {
+                return Err(Error::AddressInUse {
+                    ip: ip.to_string(),
+                    port,
+                    network: network.into(),
+                });
+            }
+        }
+        if let Some(mac) = &req.mac {
+            crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
+        }
+        if net.subnet.is_none() && (req.ip.is_none() || req.mac.is_none()) {
+            return Err(Error::InvalidInput(format!(
+                "network {network:?} has no other_config:subnet, so OVN cannot assign addresses; give --ip and --mac or set a subnet"
+            )));
+        }
+        let addresses = addresses_entry(req.mac.as_deref(), req.ip);
+        let mut ext = BTreeMap::new();
+        ext.insert(marks::OWNER, marks::OWNER_VALUE.to_string());
+        ext.insert(marks::HOST, self.host.clone());
+        ext.insert(marks::ATTACHMENT, req.attachment_id.clone());
+        ext.insert(marks::NETWORK, network.to_string());
+        let ops = vec![
+            Op::insert(
+                LSP,
+                json!({
+                    "name": req.name,
+                    "addresses": addresses,
+                    "external_ids": ovsdb::map(ext),
+                }),
+            )
+            .with_uuid_name("newport"),
+            Op::mutate(
+                LS,
+                vec![Condition::eq("_uuid", ovsdb::uuid(&ls_uuid))],
+                vec![Mutation::insert("ports", ovsdb::named_uuid("newport"))],
+            ),
+        ];
+        let res = self
+            .nb
+            .transact(DB, ops)
+            .await
+            .map_err(nb_err(format!("creating port {} on {network}", req.name)))?;
+        if !matches!(res.get(1), Some(OpResult::Count(1))) {
+            return Err(Error::BackendState(format!(
+                "network {network:?} disappeared while port {} was being created",
+                req.name
+            )));
+        }
+        let port_uuid = match res.first() {
+            Some(OpResult::Insert { uuid }) => uuid.clone(),
+            other => {
+                return Err(Error::BackendState(format!(
+                    "unexpected reply to insert of port {}: {other:?}",
+                    req.name
+                )))
+            }
+        };
+        // OVN's IPAM runs in ovn-northd: wait for it to fill dynamic_addresses.
+        let row = self
+            .cache
+            .wait_for(ADDRESS_TIMEOUT, |view| {
+                let row = view.row(LSP, &port_uuid)?;
+                let complete = !addresses.contains("dynamic")
+                    || ovsdb::get_str(row, "dynamic_addresses")
+                        .and_then(parse_addresses)
+                        .is_some_and(|(_, ips)| !ips.is_empty());
+                complete.then(|| row.clone())
+            })
+            .await
+            .map_err(|_| {
+                Error::BackendState(format!(
+                    "OVN assigned no address to port {} within {}s: is ovn-northd running, and does network {network:?} have free addresses?",
+                    req.name,
+                    ADDRESS_TIMEOUT.as_secs()
+                ))
+            })?;
+        let port = self
+            .port_from_row(&row, Some(&net))
+            .ok_or_else(|| Error::BackendState(format!("port {} has no name", req.name)))?;
+        tracing::debug!(port = %port.name, mac = %port.mac, ips = ?port.ips, "created logical port");
+        Ok(port)
+    }
+
+    async fn wait_port_up(&self, name: &str, timeout: Duration) -> Result<()> {
+        let name = name.to_string();
+        self.cache
+            .wait_for(timeout, |view| {
+                view.rows(LSP)
+                    .any(|(_, r)| {
+                        ovsdb::get_str(r, "name") == Some(name.as_str())
+                            && ovsdb::get_bool(r, "up") == Some(true)
+                    })
+                    .then_some(())
+            })
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "OVN did not report port {name} up within {} ms: is ovn-controller running and is br-int's chassis registered?",
+                    timeout.as_millis()
+                ))
+            })
+    }
+
+    async fn delete_port(&self, name: &str) -> Result<bool> {
+        // Ask the server (not the cache) so a port created a moment ago is found too.
+        let res = self
+            .nb
+            .transact(
+                DB,
+                vec![Op::select(
+                    LSP,
+                    vec![Condition::eq("name", json!(name))],
+                    Some(&["_uuid"]),
+                )],
+            )
+            .await
+            .map_err(nb_err(format!("looking up port {name}")))?;
+        let uuids: Vec<String> = match res.first() {
+            Some(OpResult::Rows(rows)) => rows
+                .iter()
+                .filter_map(|r| ovsdb::get_uuid(r, "_uuid").map(String::from))
+                .collect(),
+            _ => vec![],
+        };
+        if uuids.is_empty() {
+            return Ok(false);
+        }
+        let mut ops = Vec::new();
+        for u in &uuids {
+            ops.push(Op::mutate(
+                LS,
+                vec![Condition::includes("ports", ovsdb::uuid(u))],
+                vec![Mutation::delete("ports", ovsdb::uuid(u))],
+            ));
+            ops.push(Op::delete(LSP, vec![Condition::eq("_uuid", ovsdb::uuid(u))]));
+        }
+        self.nb
+            .transact(DB, ops)
+            .await
+            .map_err(nb_err(format!("deleting port {name}")))?;
+        tracing::debug!(port = %name, "deleted logical port");
+        Ok(true)
+    }
+
+    async fn port(&self, name: &str) -> Result<Option<LogicalPort>> {
+        Ok(self.lsp_rows_named(name).into_iter().find_map(|(u, r)| {
+            let net = self.network_of_port(&u);
+            self.port_from_row(&r, net.as_ref())
+        }))
+    }
+
+    async fn owned_ports(&self) -> Result<Vec<LogicalPort>> {
+        Ok(self
+            .cache
+            .rows(LSP)
+            .into_iter()
+            .filter(|(_, r)| {
+                let ext = ovsdb::get_map(r, "external_ids");
+                ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
+                    && ext.get(marks::HOST) == Some(&self.host)
+            })
+            .filter_map(|(u, r)| {
+                let net = self.network_of_port(&u);
+                self.port_from_row(&r, net.as_ref())
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(subnet: &str) -> NetworkSpec {
+        NetworkSpec {
+            name: "n1".into(),
+            subnet: subnet.parse().unwrap(),
+            gateway: None,
+            exclude_ips: vec![],
+        }
+    }
+
+    #[test]
+    fn address_entries_leave_to_ovn_what_was_not_asked() {
+        assert_eq!(addresses_entry(None, None), "dynamic");
+        assert_eq!(
+            addresses_entry(None, Some("10.0.0.5".parse().unwrap())),
+            "dynamic 10.0.0.5"
+        );
+        assert_eq!(
+            addresses_entry(Some("0a:00:00:00:00:01"), None),
+            "0a:00:00:00:00:01 dynamic"
+        );
+        assert_eq!(
+            addresses_entry(Some("0a:00:00:00:00:01"), Some("10.0.0.5".parse().unwrap())),
+            "0a:00:00:00:00:01 10.0.0.5"
+        );
+    }
+
+    #[test]
+    fn parses_ovn_address_strings() {
+        let (mac, ips) = parse_addresses("0a:00:00:00:00:01 10.9.0.3").unwrap();
+        assert_eq!(mac, "0a:00:00:00:00:01");
+        assert_eq!(ips, vec!["10.9.0.3".parse::<IpAddr>().unwrap()]);
+        assert!(parse_addresses("dynamic").is_none());
+        assert!(parse_addresses("").is_none());
+    }
+
+    #[test]
+    fn spec_validation() {
+        let mut s = spec("10.9.0.0/24");
+        s.gateway = Some("10.9.0.1".parse().unwrap());
+        s.exclude_ips = vec!["10.9.0.2..10.9.0.9".into()];
+        assert_eq!(validate_spec(&s).unwrap(), "10.9.0.1 10.9.0.2..10.9.0.9");
+        assert!(validate_spec(&spec("10.9.0.5/24"))
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean 10.9.0.0/24"));
+        assert!(validate_spec(&spec("10.9.0.0/30")).is_err());
+        s.gateway = Some("10.9.1.1".parse().unwrap());
+        assert!(validate_spec(&s).is_err());
+        s.gateway = Some("10.9.0.255".parse().unwrap());
+        assert!(validate_spec(&s).is_err());
+        let mut s = spec("10.9.0.0/24");
+        s.exclude_ips = vec!["10.9.1.2".into()];
+        assert!(validate_spec(&s).is_err());
+        s.exclude_ips = vec!["10.9.0.9..10.9.0.2".into()];
+        assert!(validate_spec(&s).is_err());
+    }
+}

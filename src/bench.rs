@@ -1,0 +1,258 @@
+//! `courier bench attach`: CNI ADD/DEL through Courier for N namespaces, and the same through
+//! the reference `bridge` + `host-local` plugins in the same run; prints latency percentiles,
+//! throughput and the Courier/bridge ratio. Plugin time is measured from exec to exit.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::cli::call;
+use crate::netns;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// ADD then DEL N namespaces through Courier's CNI plugin and through bridge+host-local.
+    Attach {
+        /// Number of namespaces.
+        #[arg(short = 'n', long, default_value_t = 200)]
+        count: usize,
+        /// Concurrent plugin invocations.
+        #[arg(short = 'p', long, default_value_t = 1)]
+        parallel: usize,
+        /// Directory of the reference CNI plugins.
+        #[arg(long, default_value = "/usr/lib/cni")]
+        cni_path: PathBuf,
+        /// Skip the reference plugins (Courier only).
+        #[arg(long)]
+        no_reference: bool,
+        /// Also write the numbers as JSON to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+    pub per_sec: f64,
+}
+
+pub fn stats(mut v: Vec<Duration>, wall: Duration) -> Stats {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pick = |p: usize| v.get(((v.len() * p) / 100).min(v.len().saturating_sub(1))).copied().map(ms).unwrap_or(0.0);
+    Stats {
+        count: v.len(),
+        p50_ms: pick(50),
+        p90_ms: pick(90),
+        p99_ms: pick(99),
+        mean_ms: if v.is_empty() { 0.0 } else { v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64 },
+        max_ms: v.last().copied().map(ms).unwrap_or(0.0),
+        per_sec: if wall.is_zero() { 0.0 } else { v.len() as f64 / wall.as_secs_f64() },
+    }
+}
+
+fn exec_plugin(
+    plugin: &Path,
+    command: &str,
+    container: &str,
+    netns: &Path,
+    cni_path: &Path,
+    conf: &str,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut child = Command::new(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("exec {}: {e}", plugin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(conf.as_bytes())
+            .map_err(|e| format!("writing netconf: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for {}: {e}", plugin.display()))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{} {command} {container} failed: {}{}",
+            plugin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(took)
+}
+
+/// Runs `command` for every namespace with `parallel` workers; returns per-call times and wall time.
+fn run_phase(
+    plugin: &Path,
+    command: &str,
+    names: &[String],
+    prefix: &str,
+    cni_path: &Path,
+    conf: &str,
+    parallel: usize,
+) -> Result<(Vec<Duration>, Duration), String> {
+    let next = AtomicUsize::new(0);
+    let times = Mutex::new(Vec::with_capacity(names.len()));
+    let first_err = Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                match exec_plugin(plugin, command, &format!("{prefix}-{i}"), &netns::path(name), cni_path, conf) {
+                    Ok(d) => times.lock().unwrap_or_else(|p| p.into_inner()).push(d),
+                    Err(e) => {
+                        first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let wall = start.elapsed();
+    if let Some(e) = first_err.into_inner().unwrap_or(None) {
+        return Err(e);
+    }
+    Ok((times.into_inner().unwrap_or_default(), wall))
+}
+
+fn print_row(label: &str, s: &Stats) {
+    println!(
+        "{label:<22} n={:<4} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  mean={:>7.2} ms  max={:>7.2} ms  {:>7.1}/s",
+        s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.max_ms, s.per_sec
+    );
+}
+
+pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
+    match cmd {
+        BenchCmd::Attach { count, parallel, cni_path, no_reference, output } => {
+            match bench_attach(socket, count, parallel, &cni_path, no_reference, output.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+fn bench_attach(
+    socket: &Path,
+    count: usize,
+    parallel: usize,
+    cni_path: &Path,
+    no_reference: bool,
+    output: Option<&Path>,
+) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| format!("finding own binary: {e}"))?;
+    let tag = std::process::id();
+    let network = format!("bench-{tag}");
+    call(socket, "GET", "/v1/status", None)?;
+    call(
+        socket,
+        "POST",
+        "/v1/networks",
+        Some(json!({"name": network, "subnet": "10.240.0.0/16", "gateway": "10.240.0.1", "exclude_ips": []})),
+    )?;
+    let names: Vec<String> = (0..count).map(|i| format!("cb{tag}-{i}")).collect();
+    let ref_names: Vec<String> = (0..count).map(|i| format!("rb{tag}-{i}")).collect();
+    let cleanup = |names: &[String]| {
+        for n in names {
+            let _ = netns::delete(n);
+        }
+    };
+    let result = (|| -> Result<serde_json::Value, String> {
+        for n in names.iter().chain(if no_reference { [].iter() } else { ref_names.iter() }) {
+            netns::create(n).map_err(|e| e.to_string())?;
+        }
+        let conf = json!({"cniVersion": "1.1.0", "name": network, "type": "courier", "socket": socket}).to_string();
+        println!("courier bench attach: n={count} parallel={parallel}; Courier network {network} (OVN), reference bridge+host-local");
+        let (add, add_wall) = run_phase(&me, "ADD", &names, "cb", cni_path, &conf, parallel)?;
+        let (del, del_wall) = run_phase(&me, "DEL", &names, "cb", cni_path, &conf, parallel)?;
+        let c_add = stats(add, add_wall);
+        let c_del = stats(del, del_wall);
+        print_row("courier ADD", &c_add);
+        print_row("courier DEL", &c_del);
+        let mut out = json!({"count": count, "parallel": parallel, "courier": {"add": c_add, "del": c_del}});
+        if !no_reference {
+            let data_dir = std::env::temp_dir().join(format!("courier-bench-ipam-{tag}"));
+            let rconf = json!({
+                "cniVersion": "1.0.0", "name": format!("benchbr{tag}"), "type": "bridge",
+                "bridge": format!("cbr{}", tag % 100000), "isGateway": true,
+                "ipam": {"type": "host-local", "subnet": "10.241.0.0/16", "dataDir": data_dir}
+            })
+            .to_string();
+            let bridge = cni_path.join("bridge");
+            let (radd, radd_wall) = run_phase(&bridge, "ADD", &ref_names, "rb", cni_path, &rconf, parallel)?;
+            let (rdel, rdel_wall) = run_phase(&bridge, "DEL", &ref_names, "rb", cni_path, &rconf, parallel)?;
+            let r_add = stats(radd, radd_wall);
+            let r_del = stats(rdel, rdel_wall);
+            print_row("bridge+host-local ADD", &r_add);
+            print_row("bridge+host-local DEL", &r_del);
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            println!(
+                "ratio courier/bridge: ADD p50 {:.2}x, p99 {:.2}x; DEL p50 {:.2}x, p99 {:.2}x; ADD throughput {:.2}x",
+                ratio(c_add.p50_ms, r_add.p50_ms),
+                ratio(c_add.p99_ms, r_add.p99_ms),
+                ratio(c_del.p50_ms, r_del.p50_ms),
+                ratio(c_del.p99_ms, r_del.p99_ms),
+                ratio(c_add.per_sec, r_add.per_sec),
+            );
+            out["reference"] = json!({"add": r_add, "del": r_del});
+            let _ = std::fs::remove_dir_all(&data_dir);
+            // The bridge plugin leaves its bridge behind; remove it.
+            let _ = Command::new("ip").args(["link", "del", &format!("cbr{}", tag % 100000)]).status();
+        }
+        Ok(out)
+    })();
+    cleanup(&names);
+    cleanup(&ref_names);
+    let _ = call(socket, "DELETE", &format!("/v1/networks/{network}"), None);
+    let out = result?;
+    if let Some(path) = output {
+        std::fs::write(path, serde_json::to_string_pretty(&out).unwrap_or_default())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = stats(v, Duration::from_secs(10));
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50_ms, 51.0);
+        assert_eq!(s.p99_ms, 100.0);
+        assert_eq!(s.max_ms, 100.0);
+        assert!((s.per_sec - 10.0).abs() < 1e-9);
+        assert_eq!(stats(vec![], Duration::ZERO).count, 0);
+    }
+}

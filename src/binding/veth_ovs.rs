@@ -1,0 +1,221 @@
+//! veth → OVS: a veth pair whose host end is a port on the integration bridge with
+//! `external_ids:iface-id = <logical port>`, and whose peer becomes the container's interface.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
+
+use super::EdgeBinding;
+use crate::crash;
+use crate::error::{Error, Result};
+use crate::model::{parse_mac, peer_ifname, Attachment, LogicalPort};
+use crate::vswitch::Vswitch;
+
+pub struct VethOvs {
+    host: Arc<Netlink>,
+    vswitch: Arc<Vswitch>,
+    mtu: Option<u32>,
+}
+
+fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Netlink { context, source }
+}
+
+impl VethOvs {
+    pub fn new(host: Arc<Netlink>, vswitch: Arc<Vswitch>, mtu: Option<u32>) -> Self {
+        VethOvs {
+            host,
+            vswitch,
+            mtu,
+        }
+    }
+}
+
+/// Ok when `path` is a network namespace (nsfs inode of type CLONE_NEWNET).
+pub fn validate_netns(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(Error::InvalidEnv(
+            "no network namespace given (CNI_NETNS / --netns)".into(),
+        ));
+    }
+    let file = std::fs::File::open(Path::new(path)).map_err(|e| {
+        Error::InvalidEnv(format!(
+            "network namespace {path}: {e}: give the path of an existing netns such as /var/run/netns/NAME or /proc/PID/ns/net"
+        ))
+    })?;
+    // NS_GET_NSTYPE = _IO(0xb7, 0x3)
+    const NS_GET_NSTYPE: libc::c_ulong = (0xb7 << 8) | 0x3;
+    // SAFETY: ioctl on a valid open fd with no argument; returns the namespace type or -1.
+    let ty = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if ty != libc::CLONE_NEWNET {
+        return Err(Error::InvalidEnv(format!(
+            "{path} is not a network namespace: give /var/run/netns/NAME or /proc/PID/ns/net"
+        )));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EdgeBinding for VethOvs {
+    fn kind(&self) -> &'static str {
+        "veth-ovs"
+    }
+
+    async fn validate(&self, att: &Attachment) -> Result<()> {
+        validate_netns(&att.netns)?;
+        let ns = Netlink::in_netns(Path::new(&att.netns))
+            .await
+            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+        if ns
+            .link(&att.ifname)
+            .await
+            .map_err(nl_err(format!("looking up {} in {}", att.ifname, att.netns)))?
+            .is_some()
+        {
+            return Err(Error::InvalidInput(format!(
+                "netns {} already has an interface named {}: pick another ifname",
+                att.netns, att.ifname
+            )));
+        }
+        Ok(())
+    }
+
+    async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+        let host = att.host_ifname.as_str();
+        let peer = peer_ifname(&att.id);
+        let mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
+        self.host
+            .create_veth(&VethSpec {
+                host_name: host.to_string(),
+                peer_name: peer.clone(),
+                peer_mac: Some(mac),
+                mtu: self.mtu,
+            })
+            .await
+            .map_err(nl_err(format!("creating veth {host}/{peer}")))?;
+        crash::point("after-veth");
+        // The userspace datapath drops TCP with offloaded checksums: compute them in software.
+        for name in [host, peer.as_str()] {
+            nl::set_tx_checksum(name, false)
+                .await
+                .map_err(nl_err(format!("turning TX checksum offload off on {name}")))?;
+        }
+        self.host
+            .set_up(host)
+            .await
+            .map_err(nl_err(format!("setting {host} up")))?;
+        self.vswitch
+            .add_port(host, &port.name, &port.mac, &att.id)
+            .await?;
+        crash::point("after-ovs-port");
+        let netns = Path::new(&att.netns);
+        self.host
+            .move_to_netns(&peer, netns)
+            .await
+            .map_err(nl_err(format!("moving {peer} into {}", att.netns)))?;
+        let ns = Netlink::in_netns(netns)
+            .await
+            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+        ns.configure(&IfaceConfig {
+            current_name: peer.clone(),
+            new_name: att.ifname.clone(),
+            mac: Some(mac),
+            mtu: self.mtu,
+            addresses: port.ips.clone(),
+            gateway: port.gateway,
+        })
+        .await
+        .map_err(nl_err(format!("configuring {} in {}", att.ifname, att.netns)))?;
+        Ok(())
+    }
+
+    async fn unplug(&self, att: &Attachment) -> Result<()> {
+        let host = att.host_ifname.as_str();
+        self.vswitch.delete_port(host).await?;
+        // Deleting one end of a veth deletes the other, wherever it is.
+        self.host
+            .delete_link(host)
+            .await
+            .map_err(nl_err(format!("deleting {host}")))?;
+        let peer = peer_ifname(&att.id);
+        self.host
+            .delete_link(&peer)
+            .await
+            .map_err(nl_err(format!("deleting {peer}")))?;
+        Ok(())
+    }
+
+    async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+        let fail = |what: String| Error::CheckFailed {
+            id: att.id.clone(),
+            what,
+        };
+        let host = att.host_ifname.as_str();
+        match self.vswitch.port(host) {
+            None => return Err(fail(format!("port {host} is missing from the bridge"))),
+            Some(p) if p.iface_id.as_deref() != Some(port.name.as_str()) => {
+                return Err(fail(format!(
+                    "port {host} has iface-id {:?}, expected {}",
+                    p.iface_id, port.name
+                )))
+            }
+            Some(p) if p.error.is_some() => {
+                return Err(fail(format!(
+                    "vswitchd reports an error on {host}: {}",
+                    p.error.unwrap_or_default()
+                )))
+            }
+            Some(_) => {}
+        }
+        if self
+            .host
+            .link(host)
+            .await
+            .map_err(nl_err(format!("looking up {host}")))?
+            .is_none()
+        {
+            return Err(fail(format!("host interface {host} is missing")));
+        }
+        validate_netns(&att.netns).map_err(|e| fail(e.to_string()))?;
+        let ns = Netlink::in_netns(Path::new(&att.netns))
+            .await
+            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+        let link = ns
+            .link(&att.ifname)
+            .await
+            .map_err(nl_err(format!("looking up {} in {}", att.ifname, att.netns)))?
+            .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
+        let want_mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
+        if link.mac != Some(want_mac) {
+            return Err(fail(format!(
+                "{} has MAC {:?}, expected {}",
+                att.ifname,
+                link.mac.map(nl::mac_to_string),
+                port.mac
+            )));
+        }
+        let addrs = ns
+            .addresses(&att.ifname)
+            .await
+            .map_err(nl_err(format!("reading addresses of {}", att.ifname)))?;
+        for ip in &port.ips {
+            if !addrs.contains(ip) {
+                return Err(fail(format!("{} lacks address {ip}", att.ifname)));
+            }
+        }
+        if let Some(gw) = port.gateway {
+            let gws = ns
+                .default_gateways()
+                .await
+                .map_err(nl_err(format!("reading routes in {}", att.netns)))?;
+            if !gws.contains(&gw) {
+                return Err(fail(format!("no default route via {gw} in {}", att.netns)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! The `courier` command line: the daemon, and verbs that talk to it over its socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client;
+use crate::config::DEFAULT_SOCKET;
+use crate::error::ErrorBody;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "courier",
+    version,
+    about = "Courier: containers get first-class ports on OVN logical networks.",
+    long_about = "Courier: containers get first-class ports on OVN logical networks.\n\n\
+        Run `courier daemon` (as root) to serve the local API; the other verbs talk to it.\n\
+        Installed in a CNI bin dir, the same binary is the CNI plugin `courier` \
+        (it acts as one whenever CNI_COMMAND is set)."
+)]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "COURIER_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon: local API on --socket, durable store, reconciliation.
+    Daemon {
+        /// TOML config file (default /etc/courier/courier.toml if it exists); COURIER_* env vars override it.
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create, list, show and delete logical networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Logical ports Courier owns on this host.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Attach a network namespace to a network (what CNI ADD does).
+    Attach(AttachArgs),
+    /// Detach an interface (what CNI DEL does); succeeds if already detached.
+    Detach(DetachArgs),
+    /// List attachments recorded on this host.
+    Attachments,
+    /// Daemon, backend and vswitch health, and counts.
+    Status,
+    /// Run leak detection and repair now (the daemon also does it at start and periodically).
+    Reconcile,
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a logical network; the backend assigns addresses from --subnet.
+    Create {
+        name: String,
+        /// IPv4 subnet, e.g. 10.9.0.0/24.
+        #[arg(long)]
+        subnet: String,
+        /// Gateway for the default route (default: the subnet's first address). Never assigned to a port.
+        #[arg(long, conflicts_with = "no_gateway")]
+        gateway: Option<String>,
+        /// Create the network without a gateway (no default route in containers).
+        #[arg(long)]
+        no_gateway: bool,
+        /// Addresses or A..B ranges the backend must not assign (repeatable, or space separated).
+        #[arg(long, num_args = 1..)]
+        exclude_ips: Vec<String>,
+    },
+    /// List networks.
+    List,
+    /// Show one network.
+    Show { name: String },
+    /// Delete a network Courier created (refused while it has ports).
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PortCmd {
+    /// List logical ports Courier owns on this host.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Path of the network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net.
+    #[arg(long)]
+    pub netns: String,
+    /// Network to attach to.
+    #[arg(long)]
+    pub network: String,
+    /// Interface name inside the namespace.
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+    /// Request this IPv4 address instead of letting the backend choose.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Request this MAC address instead of letting the backend choose.
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Container id to record (default: the netns path).
+    #[arg(long)]
+    pub container_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// Container id given at attach time (default: the netns path).
+    #[arg(long, required_unless_present = "netns")]
+    pub container_id: Option<String>,
+    /// Network namespace path given at attach time (used as container id if --container-id is absent).
+    #[arg(long)]
+    pub netns: Option<String>,
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Daemon { config } => crate::run_daemon(config),
+        Cmd::Bench(cmd) => crate::bench::run(cmd, &cli.socket),
+        ref cmd => match run_verb(&cli, cmd) {
+            Ok(()) => 0,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                1
+            }
+        },
+    }
+}
+
+/// One request to the daemon; Err is a printable message.
+pub fn call(socket: &std::path::Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    let resp = client::request(socket, method, path, bytes.as_deref(), Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    if (200..300).contains(&resp.status) {
+        if resp.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| format!("bad reply from daemon: {e}"))
+    } else {
+        match serde_json::from_slice::<ErrorBody>(&resp.body) {
+            Ok(e) if e.details.is_empty() => Err(e.msg),
+            Ok(e) => Err(format!("{} ({})", e.msg, e.details)),
+            Err(_) => Err(format!(
+                "daemon answered HTTP {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            )),
+        }
+    }
+}
+
+fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
+    let s = cli.socket.as_path();
+    let out = |v: &Value, table: &dyn Fn(&Value)| {
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            table(v)
+        }
+    };
+    match cmd {
+        Cmd::Network(NetworkCmd::Create {
+            name,
+            subnet,
+            gateway,
+            no_gateway,
+            exclude_ips,
+        }) => {
+            let net: ipnet::Ipv4Net = subnet.parse().map_err(|_| {
+                format!("--subnet {subnet:?} is not an IPv4 CIDR such as 10.9.0.0/24")
+            })?;
+            let gw = match (gateway, no_gateway) {
+                (Some(g), _) => Some(
+                    g.parse::<std::net::Ipv4Addr>()
+                        .map_err(|_| format!("--gateway {g:?} is not an IPv4 address"))?,
+                ),
+                (None, true) => None,
+                (None, false) => net.hosts().next(),
+            };
+            let excludes: Vec<String> = exclude_ips
+                .iter()
+                .flat_map(|e| e.split_whitespace().map(String::from))
+                .collect();
+            let v = call(
+                s,
+                "POST",
+                "/v1/networks",
+                Some(json!({"name": name, "subnet": net, "gateway": gw, "exclude_ips": excludes})),
+            )?;
+            out(&v, &|v| println!("created network {} ({})", v["name"].as_str().unwrap_or("?"), v["subnet"].as_str().unwrap_or("-")));
+        }
+        Cmd::Network(NetworkCmd::List) => {
+            let v = call(s, "GET", "/v1/networks", None)?;
+            out(&v, &|v| {
+                println!("{:<24} {:<18} {:<15} {:>5}", "NAME", "SUBNET", "GATEWAY", "PORTS");
+                for n in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<18} {:<15} {:>5}",
+                        n["name"].as_str().unwrap_or(""),
+                        n["subnet"].as_str().unwrap_or("-"),
+                        n["gateway"].as_str().unwrap_or("-"),
+                        n["ports"]
+                    );
+                }
+            });
+        }
+        Cmd::Network(NetworkCmd::Show { name }) => {
+            let v = call(s, "GET", &format!("/v1/networks/{name}"), None)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Cmd::Network(NetworkCmd::Delete { name }) => {
+            let v = call(s, "DELETE", &format!("/v1/networks/{name}"), None)?;
+            out(&v, &|_| println!("deleted network {name}"));
+        }
+        Cmd::Port(PortCmd::List) => {
+            let v = call(s, "GET", "/v1/ports", None)?;
+            out(&v, &|v| {
+                println!("{:<22} {:<16} {:<18} {:<18} {:<4} ATTACHMENT", "PORT", "NETWORK", "MAC", "IP", "UP");
+                for p in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<22} {:<16} {:<18} {:<18} {:<4} {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["network"].as_str().unwrap_or(""),
+                        p["mac"].as_str().unwrap_or(""),
+                        p["ips"][0].as_str().unwrap_or("-"),
+                        if p["up"].as_bool() == Some(true) { "yes" } else { "no" },
+                        p["attachment"].as_str().unwrap_or("-"),
+                    );
+                }
+            });
+        }
+        Cmd::Attach(a) => {
+            let ip = a
+                .ip
+                .as_ref()
+                .map(|i| {
+                    i.parse::<std::net::IpAddr>()
+                        .map_err(|_| format!("--ip {i:?} is not an IP address"))
+                })
+                .transpose()?;
+            let v = call(
+                s,
+                "POST",
+                "/v1/attachments",
+                Some(json!({
+                    "container_id": a.container_id.clone().unwrap_or_else(|| a.netns.clone()),
+                    "ifname": a.ifname,
+                    "netns": a.netns,
+                    "network": a.network,
+                    "ip": ip,
+                    "mac": a.mac,
+                })),
+            )?;
+            out(&v, &|v| {
+                println!(
+                    "attached {} {} to {}: {} {} (port {})",
+                    v["netns"].as_str().unwrap_or(""),
+                    v["ifname"].as_str().unwrap_or(""),
+                    v["network"].as_str().unwrap_or(""),
+                    v["port"]["mac"].as_str().unwrap_or(""),
+                    v["port"]["ips"][0].as_str().unwrap_or(""),
+                    v["port_name"].as_str().unwrap_or(""),
+                )
+            });
+        }
+        Cmd::Detach(d) => {
+            let container_id = d
+                .container_id
+                .clone()
+                .or_else(|| d.netns.clone())
+                .ok_or("give --container-id or --netns")?;
+            let v = call(
+                s,
+                "POST",
+                "/v1/attachments/detach",
+                Some(json!({"container_id": container_id, "ifname": d.ifname})),
+            )?;
+            out(&v, &|v| {
+                if v["detached"].is_null() {
+                    println!("nothing was attached for {container_id} {}", d.ifname)
+                } else {
+                    println!("detached {container_id} {}", d.ifname)
+                }
+            });
+        }
+        Cmd::Attachments => {
+            let v = call(s, "GET", "/v1/attachments", None)?;
+            out(&v, &|v| {
+                println!("{:<12} {:<10} {:<32} {:<8} {:<16} IP", "ID", "PHASE", "NETNS", "IFNAME", "NETWORK");
+                for a in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<12} {:<10} {:<32} {:<8} {:<16} {}",
+                        a["id"].as_str().unwrap_or(""),
+                        a["phase"].as_str().unwrap_or(""),
+                        a["netns"].as_str().unwrap_or(""),
+                        a["ifname"].as_str().unwrap_or(""),
+                        a["network"].as_str().unwrap_or(""),
+                        a["port"]["ips"][0].as_str().unwrap_or("-"),
+                    );
+                }
+            });
+        }
+        Cmd::Status => {
+            let v = call(s, "GET", "/v1/status", None)?;
+            out(&v, &|v| {
+                let yes = |b: &Value| if b.as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" };
+                println!("daemon:      running (version {}, up {} s, host {})", v["version"].as_str().unwrap_or("?"), v["uptime_secs"], v["host"].as_str().unwrap_or("?"));
+                println!("backend:     {} {}{}", v["backend"].as_str().unwrap_or("?"), yes(&v["backend_reachable"]), v["backend_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
+                println!("vswitch:     {}{}", yes(&v["vswitch_reachable"]), v["vswitch_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
+                println!("networks:    {}", v["networks"]);
+                println!("attachments: {} ({} ready)", v["attachments"], v["attachments_ready"]);
+            });
+            if v["backend_reachable"].as_bool() != Some(true) || v["vswitch_reachable"].as_bool() != Some(true) {
+                return Err("not everything is reachable".into());
+            }
+        }
+        Cmd::Reconcile => {
+            let v = call(s, "POST", "/v1/reconcile", None)?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Cmd::Daemon { .. } | Cmd::Bench(_) => unreachable!("handled in main"),
+    }
+    Ok(())
+}

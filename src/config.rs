@@ -1,0 +1,166 @@
+//! Daemon configuration: TOML file, then `COURIER_*` environment overrides, then defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_SOCKET: &str = "/run/courier/courier.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/courier/courier.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket of the daemon's local API (mode 0600, root only).
+    pub socket: PathBuf,
+    /// Directory of the durable local store.
+    pub state_dir: PathBuf,
+    /// This host's name as the backend knows it (OVN: the chassis hostname). Marks ownership.
+    pub host: String,
+    /// Seconds between periodic reconciliations (0 = only at start).
+    pub reconcile_interval_secs: u64,
+    pub ovn: OvnConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OvnConfig {
+    /// OVN Northbound DB: `unix:PATH` or `tcp:HOST:PORT`.
+    pub nb_remote: String,
+    /// The local Open_vSwitch DB.
+    pub ovs_remote: String,
+    /// Integration bridge that ovn-controller manages.
+    pub bridge: String,
+    /// How long to wait for OVN to report a plugged port up.
+    pub port_up_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from("/var/lib/courier"),
+            host: local_hostname(),
+            reconcile_interval_secs: 60,
+            ovn: OvnConfig::default(),
+        }
+    }
+}
+
+impl Default for OvnConfig {
+    fn default() -> Self {
+        OvnConfig {
+            nb_remote: "unix:/var/run/ovn/ovnnb_db.sock".into(),
+            ovs_remote: "unix:/var/run/openvswitch/db.sock".into(),
+            bridge: "br-int".into(),
+            port_up_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OvnConfig {
+    pub fn port_up_timeout(&self) -> Duration {
+        Duration::from_millis(self.port_up_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the default path, if it exists), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut cfg = match path {
+            Some(p) => read_file(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
+    /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
+    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("COURIER_SOCKET") {
+            self.socket = v.into();
+        }
+        if let Some(v) = get("COURIER_STATE_DIR") {
+            self.state_dir = v.into();
+        }
+        if let Some(v) = get("COURIER_HOST") {
+            self.host = v;
+        }
+        if let Some(v) = get("COURIER_RECONCILE_INTERVAL_SECS") {
+            self.reconcile_interval_secs = parse_num("COURIER_RECONCILE_INTERVAL_SECS", &v)?;
+        }
+        if let Some(v) = get("COURIER_OVN_NB_REMOTE") {
+            self.ovn.nb_remote = v;
+        }
+        if let Some(v) = get("COURIER_OVS_REMOTE") {
+            self.ovn.ovs_remote = v;
+        }
+        if let Some(v) = get("COURIER_OVN_BRIDGE") {
+            self.ovn.bridge = v;
+        }
+        if let Some(v) = get("COURIER_PORT_UP_TIMEOUT_MS") {
+            self.ovn.port_up_timeout_ms = parse_num("COURIER_PORT_UP_TIMEOUT_MS", &v)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_num(var: &str, v: &str) -> Result<u64> {
+    v.parse()
+        .map_err(|_| Error::InvalidInput(format!("{var}={v:?} is not a whole number")))
+}
+
+fn read_file(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidInput(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| Error::InvalidInput(format!("config {}: {e}", path.display())))
+}
+
+pub fn local_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_then_env_overrides() {
+        let mut cfg: Config = toml::from_str(
+            r#"
+            socket = "/tmp/c.sock"
+            [ovn]
+            bridge = "br-x"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(cfg.ovn.bridge, "br-x");
+        assert_eq!(cfg.ovn.port_up_timeout_ms, 10_000);
+        cfg.apply_env(|k| match k {
+            "COURIER_OVN_BRIDGE" => Some("br-y".into()),
+            "COURIER_PORT_UP_TIMEOUT_MS" => Some("500".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.ovn.bridge, "br-y");
+        assert_eq!(cfg.ovn.port_up_timeout(), Duration::from_millis(500));
+        assert!(cfg
+            .apply_env(|k| (k == "COURIER_PORT_UP_TIMEOUT_MS").then(|| "soon".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("sockt = \"/x\"").is_err());
+    }
+}

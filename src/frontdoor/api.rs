@@ -1,0 +1,170 @@
+//! The daemon's local API: HTTP/JSON on a root-only unix socket, so the CNI plugin, the CLI
+//! and `curl --unix-socket` all speak it. Errors are `{"code","msg","details"}` (the CNI shape).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::daemon::Daemon;
+use crate::error::Error;
+use crate::frontdoor::cni::{self, CniCall};
+use crate::model::{AttachRequest, AttachmentKey, NetworkSpec};
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route("/v1/networks/{name}", get(show_network).delete(delete_network))
+        .route("/v1/ports", get(list_ports))
+        .route("/v1/attachments", get(list_attachments).post(attach))
+        .route("/v1/attachments/detach", post(detach))
+        .route("/v1/attachments/check", post(check))
+        .route("/v1/gc", post(gc))
+        .route("/v1/reconcile", post(reconcile))
+        .route("/v1/cni", post(cni_call))
+        .with_state(d)
+}
+
+/// An API error: the status from the error kind, the CNI error body.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0.body())).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(Error::Decode(format!("request body: {e}"))))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub host: String,
+    pub backend: String,
+    pub backend_reachable: bool,
+    pub backend_error: Option<String>,
+    pub vswitch_reachable: bool,
+    pub vswitch_error: Option<String>,
+    pub networks: usize,
+    pub attachments: usize,
+    pub attachments_ready: usize,
+    pub uptime_secs: u64,
+}
+
+async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
+    let backend = d.attacher.backend.health().await;
+    let vswitch = d.vswitch.health().await;
+    let networks = d.attacher.backend.networks().await.map(|n| n.len()).unwrap_or(0);
+    let atts = d.attacher.list().await?;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        host: d.config.host.clone(),
+        backend: d.attacher.backend.kind().into(),
+        backend_reachable: backend.is_ok(),
+        backend_error: backend.err().map(|e| e.to_string()),
+        vswitch_reachable: vswitch.is_ok(),
+        vswitch_error: vswitch.err().map(|e| e.to_string()),
+        networks,
+        attachments: atts.len(),
+        attachments_ready: atts
+            .iter()
+            .filter(|a| a.phase == crate::model::Phase::Ready)
+            .count(),
+        uptime_secs: d.started.elapsed().as_secs(),
+    }))
+}
+
+async fn list_networks(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
+    Ok(Json(json!(d.attacher.backend.networks().await?)))
+}
+
+async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let spec: NetworkSpec = parse(&body)?;
+    Ok(Json(json!(d.attacher.backend.create_network(&spec).await?)))
+}
+
+async fn show_network(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Value> {
+    Ok(Json(json!(d.attacher.backend.network(&name).await?)))
+}
+
+async fn delete_network(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> ApiResult<Value> {
+    d.attacher.backend.delete_network(&name).await?;
+    Ok(Json(json!({"deleted": name})))
+}
+
+async fn list_ports(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
+    Ok(Json(json!(d.attacher.backend.owned_ports().await?)))
+}
+
+async fn list_attachments(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
+    Ok(Json(json!(d.attacher.list().await?)))
+}
+
+async fn attach(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let req: AttachRequest = parse(&body)?;
+    Ok(Json(json!(d.attacher.attach(&req).await?)))
+}
+
+async fn detach(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let key: AttachmentKey = parse(&body)?;
+    let removed = d.attacher.detach(&key).await?;
+    Ok(Json(json!({"detached": removed})))
+}
+
+async fn check(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let key: AttachmentKey = parse(&body)?;
+    Ok(Json(json!(d.attacher.check(&key).await?)))
+}
+
+#[derive(Deserialize)]
+struct GcRequest {
+    network: String,
+    valid: Vec<AttachmentKey>,
+}
+
+async fn gc(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let req: GcRequest = parse(&body)?;
+    let removed = d.attacher.gc(&req.network, &req.valid).await?;
+    Ok(Json(json!({"removed": removed})))
+}
+
+async fn reconcile(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
+    Ok(Json(json!(d.reconcile(false).await?)))
+}
+
+async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response, ApiError> {
+    let call: CniCall = parse(&body)?;
+    let span = tracing::info_span!("cni", command = %call.command, container = %call.container_id, ifname = %call.ifname);
+    match cni::handle(&d.attacher, &call).instrument(span).await {
+        Ok(Some(v)) => Ok(Json(v).into_response()),
+        Ok(None) => Ok(StatusCode::OK.into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "CNI {} failed", call.command);
+            Err(ApiError(e))
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Front doors: how requests reach the attach flow.
+pub mod api;
+pub mod cni;

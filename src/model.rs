@@ -1,0 +1,282 @@
+//! Plain data: networks, logical ports, attachments. No I/O here.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What an operator asks for when creating a network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    /// Default route for attached containers; excluded from dynamic allocation.
+    pub gateway: Option<Ipv4Addr>,
+    /// Addresses or `A..B` ranges the backend must not hand out.
+    #[serde(default)]
+    pub exclude_ips: Vec<String>,
+}
+
+/// A logical network as the backend reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    pub name: String,
+    /// Backend's own id (OVN: the Logical_Switch row uuid).
+    pub backend_id: String,
+    pub backend: String,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub exclude_ips: Vec<String>,
+    /// Number of logical ports on the network (any owner).
+    pub ports: usize,
+}
+
+/// A port on a logical network; its addresses come from the backend (the IPAM).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogicalPort {
+    pub name: String,
+    pub network: String,
+    pub mac: String,
+    /// Addresses with the subnet's prefix length.
+    pub ips: Vec<IpNet>,
+    pub gateway: Option<IpAddr>,
+    pub up: bool,
+    /// Courier attachment that owns it, from the backend's ownership marks.
+    pub attachment: Option<String>,
+}
+
+/// A request to give a container an interface on a network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttachRequest {
+    pub container_id: String,
+    pub ifname: String,
+    /// Path of the container's network namespace.
+    pub netns: String,
+    pub network: String,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Identifies an attachment: one interface of one container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl AttachmentKey {
+    /// Deterministic id, so every host-side and backend name derived from it can be found again
+    /// after a crash, even if the crash came before anything was recorded.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.container_id.as_bytes());
+        h.update([0u8]);
+        h.update(self.ifname.as_bytes());
+        let digest = h.finalize();
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Where an attachment is in the attach flow. Written to the store *before* the step it names
+/// has side effects, so a restart knows what may exist.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Recorded, nothing created yet (or creation of the logical port under way).
+    Intent,
+    /// Logical port exists (its name and addresses are recorded); edge being plugged.
+    PortCreated,
+    /// Edge plugged (veth + vswitch port); waiting for the backend to report the port up.
+    Plugged,
+    /// Complete: the container has its interface and the port is up.
+    Ready,
+    /// Detach under way: resources are being removed.
+    Detaching,
+}
+
+/// The durable record of one attachment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub id: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub network: String,
+    pub phase: Phase,
+    /// Name of the logical port (derived from `id`).
+    pub port_name: String,
+    /// Host-side interface name (derived from `id`).
+    pub host_ifname: String,
+    #[serde(default)]
+    pub port: Option<LogicalPort>,
+    #[serde(default)]
+    pub requested_ip: Option<IpAddr>,
+    #[serde(default)]
+    pub requested_mac: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+impl Attachment {
+    pub fn new(req: &AttachRequest) -> Self {
+        let key = AttachmentKey {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        };
+        let id = key.id();
+        Attachment {
+            port_name: port_name(&id),
+            host_ifname: host_ifname(&id),
+            id,
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: req.netns.clone(),
+            network: req.network.clone(),
+            phase: Phase::Intent,
+            port: None,
+            requested_ip: req.ip,
+            requested_mac: req.mac.clone(),
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    pub fn key(&self) -> AttachmentKey {
+        AttachmentKey {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+/// Prefix of every host-side interface Courier creates; the leak sweep looks for it.
+pub const HOST_IFNAME_PREFIX: &str = "cv";
+/// Prefix of the container end of a veth while it is still in the host netns.
+pub const PEER_IFNAME_PREFIX: &str = "cp";
+/// Prefix of every logical port Courier creates.
+pub const PORT_NAME_PREFIX: &str = "courier-";
+
+pub fn host_ifname(id: &str) -> String {
+    format!("{HOST_IFNAME_PREFIX}{id}")
+}
+
+pub fn peer_ifname(id: &str) -> String {
+    format!("{PEER_IFNAME_PREFIX}{id}")
+}
+
+pub fn port_name(id: &str) -> String {
+    format!("{PORT_NAME_PREFIX}{id}")
+}
+
+/// Recovers the attachment id from a host-side name made by [`host_ifname`] or [`peer_ifname`].
+pub fn id_from_ifname(name: &str) -> Option<&str> {
+    name.strip_prefix(HOST_IFNAME_PREFIX)
+        .or_else(|| name.strip_prefix(PEER_IFNAME_PREFIX))
+        .filter(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', no whitespace, not "." or "..".
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface name {name:?} must be 1 to 15 characters long"
+        ));
+    }
+    if name == "." || name == ".." || name.contains('/') || name.chars().any(char::is_whitespace)
+    {
+        return Err(format!(
+            "interface name {name:?} may not contain '/' or whitespace, nor be '.' or '..'"
+        ));
+    }
+    Ok(())
+}
+
+/// Network names become backend names and CLI arguments: keep them simple.
+pub fn validate_network_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "network name {name:?} must be 1 to 64 characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("MAC address {s:?} must look like 0a:58:0a:09:00:05");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("MAC address {s:?} is a multicast address; use a unicast one"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_names_fit_linux() {
+        let k = AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        };
+        assert_eq!(k.id(), k.id());
+        assert_eq!(k.id().len(), 12);
+        let other = AttachmentKey {
+            container_id: "abc".into(),
+            ifname: "eth1".into(),
+        };
+        assert_ne!(k.id(), other.id());
+        let h = host_ifname(&k.id());
+        assert!(h.len() <= 15, "{h}");
+        assert_eq!(id_from_ifname(&h), Some(k.id().as_str()));
+        assert_eq!(id_from_ifname(&peer_ifname(&k.id())), Some(k.id().as_str()));
+        assert_eq!(id_from_ifname("cvnothex00000"), None);
+        assert_eq!(id_from_ifname("eth0"), None);
+        assert!(peer_ifname(&k.id()).len() <= 15);
+        assert!(port_name(&k.id()).starts_with(PORT_NAME_PREFIX));
+    }
+
+    #[test]
+    fn ifname_and_network_validation() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("").is_err());
+        assert!(validate_ifname("a234567890123456").is_err());
+        assert!(validate_ifname("a/b").is_err());
+        assert!(validate_network_name("net-1_a.b").is_ok());
+        assert!(validate_network_name("bad name").is_err());
+        assert!(validate_network_name("").is_err());
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("0a:58:0a:09:00:05").unwrap(),
+            [0x0a, 0x58, 0x0a, 0x09, 0, 5]
+        );
+        assert!(parse_mac("0a:58:0a:09:00").is_err());
+        assert!(parse_mac("zz:58:0a:09:00:05").is_err());
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+    }
+}

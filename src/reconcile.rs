@@ -1,0 +1,116 @@
+//! Reconciliation, at start and periodically:
+//! 1. unfinished attachments (any phase but Ready) are rolled back — only at start, when no
+//!    attach can be in flight;
+//! 2. Ready attachments whose netns no longer exists are detached (a forgotten DEL);
+//! 3. owned resources that no record references — logical ports marked with this host,
+//!    bridge ports marked by Courier, host veths named `cv<id>`/`cp<id>` — are deleted.
+//!
+//! Every resource is created only after its attachment's intent is durable, and the sweep
+//! holds that attachment's lock while it re-reads the store and deletes; so "no record"
+//! really means leaked, never "being created right now".
+
+use std::future::Future;
+use std::path::Path;
+
+use crate::attach::Attacher;
+use crate::error::{Error, Result};
+use crate::model::{self, Phase};
+use crate::vswitch::Vswitch;
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub rolled_back: Vec<String>,
+    pub detached_gone_netns: Vec<String>,
+    pub leaked_ports: Vec<String>,
+    pub leaked_bridge_ports: Vec<String>,
+    pub leaked_links: Vec<String>,
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.rolled_back.is_empty()
+            && self.detached_gone_netns.is_empty()
+            && self.leaked_ports.is_empty()
+            && self.leaked_bridge_ports.is_empty()
+            && self.leaked_links.is_empty()
+    }
+}
+
+pub async fn run(
+    attacher: &Attacher,
+    vswitch: &Vswitch,
+    host: &courier_netlink::Netlink,
+    at_start: bool,
+) -> Result<Report> {
+    let mut report = Report::default();
+
+    for att in attacher.store.list().await? {
+        if att.phase != Phase::Ready {
+            if at_start {
+                tracing::warn!(attachment = %att.id, phase = ?att.phase, "rolling back unfinished attachment");
+                attacher.roll_back(&att).await?;
+                report.rolled_back.push(att.id.clone());
+            }
+        } else if !Path::new(&att.netns).exists() {
+            tracing::warn!(attachment = %att.id, netns = %att.netns, "netns is gone; detaching");
+            attacher.detach(&att.key()).await?;
+            report.detached_gone_netns.push(att.id.clone());
+        }
+    }
+
+    for port in attacher.backend.owned_ports().await? {
+        let id = port.attachment.clone().unwrap_or_default();
+        let name = port.name.clone();
+        if delete_if_unrecorded(attacher, &id, || attacher.backend.delete_port(&name)).await? {
+            tracing::warn!(port = %port.name, attachment = %id, "deleted leaked logical port");
+            report.leaked_ports.push(port.name);
+        }
+    }
+    for bp in vswitch.owned_ports() {
+        let id = bp.attachment.clone().unwrap_or_default();
+        if delete_if_unrecorded(attacher, &id, || vswitch.delete_port(&bp.name)).await? {
+            tracing::warn!(port = %bp.name, attachment = %id, "deleted leaked bridge port");
+            report.leaked_bridge_ports.push(bp.name);
+        }
+    }
+    for prefix in [model::HOST_IFNAME_PREFIX, model::PEER_IFNAME_PREFIX] {
+        let links = host
+            .links_with_prefix(prefix)
+            .await
+            .map_err(|source| Error::Netlink {
+                context: format!("listing {prefix}* interfaces"),
+                source,
+            })?;
+        for link in links {
+            let Some(id) = model::id_from_ifname(&link.name) else {
+                continue;
+            };
+            let delete = || async {
+                host.delete_link(&link.name)
+                    .await
+                    .map_err(|source| Error::Netlink {
+                        context: format!("deleting {}", link.name),
+                        source,
+                    })
+            };
+            if delete_if_unrecorded(attacher, id, delete).await? {
+                tracing::warn!(link = %link.name, "deleted leaked host interface");
+                report.leaked_links.push(link.name);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Under the attachment's lock: if the store has no record of `id`, runs `delete`.
+async fn delete_if_unrecorded<F, Fut>(attacher: &Attacher, id: &str, delete: F) -> Result<bool>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let _guard = attacher.locks.lock(id).await;
+    if !id.is_empty() && attacher.store.get(id).await?.is_some() {
+        return Ok(false);
+    }
+    delete().await
+}

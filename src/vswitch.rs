@@ -1,0 +1,222 @@
+//! The local Open_vSwitch DB: ports on the integration bridge and the `iface-id` that tells
+//! ovn-controller which logical port an interface is. Spoken through crates/ovsdb, never ovs-vsctl.
+
+use std::collections::BTreeMap;
+
+use courier_ovsdb::{self as ovsdb, Client, Condition, Monitor, Mutation, Op, OpResult};
+use serde_json::json;
+
+use crate::backend::marks;
+use crate::error::{Error, Result};
+
+const DB: &str = "Open_vSwitch";
+
+/// A port Courier finds on the bridge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VswitchPort {
+    pub name: String,
+    pub iface_id: Option<String>,
+    pub attachment: Option<String>,
+    /// Courier host mark (several test daemons may share one vswitch).
+    pub host: Option<String>,
+    /// OpenFlow port number; -1 or None while vswitchd has not opened the device.
+    pub ofport: Option<i64>,
+    /// vswitchd's complaint about the interface, if any.
+    pub error: Option<String>,
+}
+
+pub struct Vswitch {
+    db: Client,
+    cache: Monitor,
+    bridge: String,
+    host: String,
+}
+
+fn ovs_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Vswitch { context, source }
+}
+
+impl Vswitch {
+    pub async fn connect(remote: &str, bridge: &str, host: &str) -> Result<Vswitch> {
+        let db = Client::connect(remote)
+            .await
+            .map_err(ovs_err(format!("connecting to {remote}")))?;
+        let cache = db
+            .monitor(
+                DB,
+                &[
+                    ("Bridge", &["name", "ports"][..]),
+                    ("Port", &["name", "interfaces", "external_ids"][..]),
+                    ("Interface", &["name", "external_ids", "ofport", "error"][..]),
+                ],
+            )
+            .await
+            .map_err(ovs_err("monitoring Bridge/Port/Interface"))?;
+        let vs = Vswitch {
+            db,
+            cache,
+            bridge: bridge.to_string(),
+            host: host.to_string(),
+        };
+        vs.bridge_uuid()?;
+        Ok(vs)
+    }
+
+    pub async fn health(&self) -> Result<()> {
+        self.db.echo().await.map_err(ovs_err("echo"))
+    }
+
+    fn bridge_uuid(&self) -> Result<String> {
+        self.cache
+            .rows("Bridge")
+            .into_iter()
+            .find(|(_, r)| ovsdb::get_str(r, "name") == Some(self.bridge.as_str()))
+            .map(|(u, _)| u)
+            .ok_or_else(|| {
+                Error::BackendState(format!(
+                    "bridge {} does not exist in the local Open_vSwitch DB: is ovn-controller running (scripts/ovn.sh start)?",
+                    self.bridge
+                ))
+            })
+    }
+
+    /// Adds `name` (an existing kernel interface) to the bridge with `iface-id = logical_port`,
+    /// in one transaction.
+    pub async fn add_port(
+        &self,
+        name: &str,
+        logical_port: &str,
+        mac: &str,
+        attachment: &str,
+    ) -> Result<()> {
+        let mut ext = BTreeMap::new();
+        ext.insert("iface-id", logical_port.to_string());
+        ext.insert("attached-mac", mac.to_string());
+        ext.insert(marks::OWNER, marks::OWNER_VALUE.to_string());
+        ext.insert(marks::ATTACHMENT, attachment.to_string());
+        let ops = vec![
+            Op::insert(
+                "Interface",
+                json!({"name": name, "type": "", "external_ids": ovsdb::map(ext.clone())}),
+            )
+            .with_uuid_name("iface"),
+            Op::insert(
+                "Port",
+                json!({
+                    "name": name,
+                    "interfaces": ovsdb::named_uuid("iface"),
+                    "external_ids": ovsdb::map([
+                        (marks::OWNER, marks::OWNER_VALUE),
+                        (marks::HOST, self.host.as_str()),
+                        (marks::ATTACHMENT, attachment),
+                    ]),
+                }),
+            )
+            .with_uuid_name("port"),
+            Op::mutate(
+                "Bridge",
+                vec![Condition::eq("name", json!(self.bridge))],
+                vec![Mutation::insert("ports", ovsdb::named_uuid("port"))],
+            ),
+        ];
+        let res = self
+            .db
+            .transact(DB, ops)
+            .await
+            .map_err(ovs_err(format!("adding port {name} to {}", self.bridge)))?;
+        if !matches!(res.get(2), Some(OpResult::Count(1))) {
+            return Err(Error::BackendState(format!(
+                "bridge {} vanished while adding port {name}",
+                self.bridge
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes every port named `name` from the bridge; Ok(false) if there was none.
+    pub async fn delete_port(&self, name: &str) -> Result<bool> {
+        let res = self
+            .db
+            .transact(
+                DB,
+                vec![Op::select(
+                    "Port",
+                    vec![Condition::eq("name", json!(name))],
+                    Some(&["_uuid"]),
+                )],
+            )
+            .await
+            .map_err(ovs_err(format!("looking up port {name}")))?;
+        let uuids: Vec<String> = match res.first() {
+            Some(OpResult::Rows(rows)) => rows
+                .iter()
+                .filter_map(|r| ovsdb::get_uuid(r, "_uuid").map(String::from))
+                .collect(),
+            _ => vec![],
+        };
+        if uuids.is_empty() {
+            return Ok(false);
+        }
+        // Port and Interface are not root tables: dropping the reference deletes them.
+        let ops = uuids
+            .iter()
+            .map(|u| {
+                Op::mutate(
+                    "Bridge",
+                    vec![Condition::includes("ports", ovsdb::uuid(u))],
+                    vec![Mutation::delete("ports", ovsdb::uuid(u))],
+                )
+            })
+            .collect();
+        self.db
+            .transact(DB, ops)
+            .await
+            .map_err(ovs_err(format!("removing port {name} from {}", self.bridge)))?;
+        Ok(true)
+    }
+
+    /// The port named `name` as the cache sees it.
+    pub fn port(&self, name: &str) -> Option<VswitchPort> {
+        self.ports().into_iter().find(|p| p.name == name)
+    }
+
+    /// All ports on every bridge, with their first interface's details.
+    pub fn ports(&self) -> Vec<VswitchPort> {
+        self.cache
+            .rows("Port")
+            .into_iter()
+            .filter_map(|(_, port)| {
+                let name = ovsdb::get_str(&port, "name")?.to_string();
+                let pext = ovsdb::get_map(&port, "external_ids");
+                let iface = ovsdb::get_set(&port, "interfaces")
+                    .iter()
+                    .filter_map(|v| ovsdb::uuid_of(v))
+                    .find_map(|u| self.cache.row("Interface", u));
+                let iext = iface
+                    .as_ref()
+                    .map(|r| ovsdb::get_map(r, "external_ids"))
+                    .unwrap_or_default();
+                Some(VswitchPort {
+                    name,
+                    iface_id: iext.get("iface-id").cloned(),
+                    attachment: pext.get(marks::ATTACHMENT).cloned(),
+                    host: pext.get(marks::HOST).cloned(),
+                    ofport: iface.as_ref().and_then(|r| ovsdb::get_i64(r, "ofport")),
+                    error: iface
+                        .as_ref()
+                        .and_then(|r| ovsdb::get_str(r, "error"))
+                        .map(String::from),
+                })
+            })
+            .collect()
+    }
+
+    /// Ports this host's Courier made (marked with owner, host and attachment), for leak sweeps.
+    pub fn owned_ports(&self) -> Vec<VswitchPort> {
+        self.ports()
+            .into_iter()
+            .filter(|p| p.attachment.is_some() && p.host.as_deref() == Some(self.host.as_str()))
+            .collect()
+    }
+}

@@ -1,0 +1,74 @@
+//! The CLI verbs against a real daemon and OVN.
+mod common;
+use common::*;
+
+#[test]
+fn cli_network_attach_ping_detach() {
+    if !env_ready("cli_network_attach_ping_detach") {
+        return;
+    }
+    let d = TestDaemon::start("cli");
+    let baseline = world(&d);
+    let net = unique("cli-net");
+    let subnet = subnet_for(3);
+    d.create_network(&net, &subnet);
+
+    let list = d.cli(&["network", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&net));
+    let show = d.cli(&["--json", "network", "show", &net]);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(v["subnet"], subnet);
+    assert_eq!(v["gateway"], subnet.replace(".0/24", ".1"));
+    let other = nbctl(&["get", "Logical_Switch", &net, "other_config:subnet"]);
+    assert_eq!(other.trim().trim_matches('"'), subnet);
+
+    let x = Netns::new("cli-x");
+    let y = Netns::new("cli-y");
+    let ax = d.cli(&["--json", "attach", "--netns", &x.path(), "--network", &net]);
+    assert!(ax.status.success(), "{}\n{}", String::from_utf8_lossy(&ax.stderr), d.log());
+    let ay = d.cli(&["--json", "attach", "--netns", &y.path(), "--network", &net, "--ifname", "net1"]);
+    assert!(ay.status.success(), "{}", String::from_utf8_lossy(&ay.stderr));
+    let vy: serde_json::Value = serde_json::from_slice(&ay.stdout).unwrap();
+    let ip_y = vy["port"]["ips"][0].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert!(y.has_link("net1"));
+    assert!(x.ping(&ip_y), "x cannot reach y over OVN");
+
+    let ports = d.cli(&["port", "list"]);
+    let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+    assert_eq!(ports.lines().filter(|l| l.contains(&net)).count(), 2, "{ports}");
+
+    // A network with ports cannot be deleted; nothing changes.
+    let before = world(&d);
+    let del = d.cli(&["network", "delete", &net]);
+    assert!(!del.status.success());
+    assert!(String::from_utf8_lossy(&del.stderr).contains("detach"), "{}", String::from_utf8_lossy(&del.stderr));
+    assert_eq!(world(&d), before);
+
+    let st = d.cli(&["status"]);
+    assert!(st.status.success());
+    let st = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(st.contains("attachments: 2"), "{st}");
+
+    assert!(d.cli(&["detach", "--netns", &x.path()]).status.success());
+    assert!(d.cli(&["detach", "--netns", &y.path(), "--ifname", "net1"]).status.success());
+    assert!(!y.has_link("net1"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+    assert_eq!(world(&d), baseline);
+}
+
+#[test]
+fn help_is_accurate() {
+    // No environment needed: --help of every verb renders and names its options.
+    for (args, needle) in [
+        (vec!["--help"], "daemon"),
+        (vec!["attach", "--help"], "--netns"),
+        (vec!["detach", "--help"], "--container-id"),
+        (vec!["network", "create", "--help"], "--subnet"),
+        (vec!["bench", "attach", "--help"], "--count"),
+        (vec!["status", "--help"], "health"),
+    ] {
+        let out = std::process::Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(needle), "{args:?} lacks {needle}");
+    }
+}

@@ -1,0 +1,376 @@
+//! Harness for integration tests: they run the real `courier` binary against the real OVS/OVN
+//! started by scripts/ovn.sh, in real network namespaces. Needs root.
+//!
+//! When the environment is missing, a test prints `SKIP <test>: <reason>`, records it in
+//! $COURIER_SKIP_LOG (scripts/test.sh counts them) and returns — unless COURIER_REQUIRE_ENV=1
+//! (CI), where it fails instead. Integration tests share one OVN and one host: run them with
+//! --test-threads=1 (scripts/test.sh does).
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_courier");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Returns true when the test can run; otherwise reports the skip (or panics under CI).
+pub fn env_ready(test: &str) -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = READY.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("needs root (network namespaces, OVS ports)".into());
+        }
+        let out = Command::new(repo().join("scripts/ovn.sh"))
+            .arg("start")
+            .output()
+            .map_err(|e| format!("cannot run scripts/ovn.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/ovn.sh start failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    });
+    match r {
+        Ok(()) => true,
+        Err(reason) => {
+            skip(test, reason);
+            false
+        }
+    }
+}
+
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("COURIER_REQUIRE_ENV").as_deref() == Ok("1") {
+        panic!("{test}: environment required (COURIER_REQUIRE_ENV=1) but: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    if let Ok(log) = std::env::var("COURIER_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+pub fn sh_ok(cmd: &str, args: &[&str]) -> String {
+    let out = sh(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn nbctl(args: &[&str]) -> String {
+    sh_ok("ovn-nbctl", args)
+}
+
+/// A daemon with its own socket, store and host mark, killed on drop.
+pub struct TestDaemon {
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    pub fn start(name: &str) -> TestDaemon {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> TestDaemon {
+        let dir = std::env::temp_dir().join(format!("courier-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut d = TestDaemon {
+            name: name.to_string(),
+            socket: dir.join("courier.sock"),
+            dir,
+            child: None,
+        };
+        d.spawn(env);
+        d
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("daemon")
+            .env("COURIER_SOCKET", &self.socket)
+            .env("COURIER_STATE_DIR", self.dir.join("state"))
+            .env("COURIER_HOST", format!("it-{}", self.name))
+            .env("COURIER_RECONCILE_INTERVAL_SECS", "0")
+            .env("COURIER_LOG", "debug")
+            .env_remove("COURIER_CRASH_AT")
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().expect("log"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning courier daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("daemon exited early ({st}); log:\n{}", self.log());
+                }
+            }
+            if self.try_api("GET", "/v1/status", None).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready in 20 s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits for the daemon process to exit (e.g. after a crash point) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut().expect("daemon running");
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        self.spawn(env);
+    }
+
+    pub fn try_api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let mut args = vec![
+            "-s".to_string(),
+            "--unix-socket".into(),
+            self.socket.display().to_string(),
+            "-X".into(),
+            method.into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        if let Some(b) = &body {
+            args.push("-H".into());
+            args.push("Content-Type: application/json".into());
+            args.push("-d".into());
+            args.push(b.to_string());
+        }
+        args.push(format!("http://courier{path}"));
+        let out = Command::new("curl").args(&args).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("curl exit {}", out.status));
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').ok_or("no status")?;
+        let code: u16 = code.trim().parse().map_err(|_| "bad status")?;
+        let v = if body.trim().is_empty() { Value::Null } else { serde_json::from_str(body).unwrap_or(Value::String(body.into())) };
+        Ok((code, v))
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.try_api(method, path, body).expect("daemon API reachable")
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running courier CLI")
+    }
+
+    pub fn create_network(&self, name: &str, subnet: &str) {
+        let out = self.cli(&["network", "create", name, "--subnet", subnet]);
+        assert!(out.status.success(), "network create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn netconf(&self, network: &str, version: &str) -> String {
+        json!({"cniVersion": version, "name": network, "type": "courier", "socket": self.socket}).to_string()
+    }
+
+    /// Runs the binary as a CNI plugin; returns (exit code, parsed stdout or Null).
+    pub fn cni(&self, command: &str, container: &str, netns: &str, ifname: &str, stdin: &str) -> (i32, Value) {
+        cni_exec(command, container, netns, ifname, stdin, &[])
+    }
+
+    pub fn store(&self) -> Vec<Value> {
+        let (code, v) = self.api("GET", "/v1/attachments", None);
+        assert_eq!(code, 200);
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
+
+pub fn cni_exec(command: &str, container: &str, netns: &str, ifname: &str, stdin: &str, extra: &[(&str, &str)]) -> (i32, Value) {
+    let mut cmd = Command::new(BIN);
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !netns.is_empty() {
+        cmd.env("CNI_NETNS", netns);
+    } else {
+        cmd.env_remove("CNI_NETNS");
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("exec courier as CNI plugin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("plugin output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|_| panic!("plugin stdout is not JSON: {text}")) };
+    (out.status.code().unwrap_or(-1), v)
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A named netns, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = format!("{prefix}-{}", std::process::id());
+        let _ = sh("ip", &["netns", "del", &name]);
+        sh_ok("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]).status.success()
+    }
+
+    pub fn has_link(&self, ifname: &str) -> bool {
+        self.exec(&["ip", "link", "show", ifname]).status.success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Sends `bytes` random bytes over TCP from `client` to `server`:`port`; returns what the
+/// server received (length, sha256 hex) and what was sent.
+pub fn tcp_transfer(server: &Netns, client: &Netns, server_ip: &str, port: u16, bytes: usize) -> ((usize, String), (usize, String)) {
+    let srv_code = format!(
+        "import socket,hashlib\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',{port}));s.listen(1);s.settimeout(20)\nc,_=s.accept();c.settimeout(20);h=hashlib.sha256();n=0\nwhile True:\n d=c.recv(65536)\n if not d: break\n h.update(d);n+=len(d)\nprint(n,h.hexdigest())"
+    );
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, "python3", "-c", &srv_code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(400));
+    let cli_code = format!(
+        "import socket,hashlib,os,time\nd=os.urandom({bytes})\nfor i in range(50):\n try:\n  s=socket.create_connection(('{server_ip}',{port}),timeout=20);break\n except OSError: time.sleep(0.1)\ns.sendall(d);s.close();print(len(d),hashlib.sha256(d).hexdigest())"
+    );
+    let sent = client.exec(&["python3", "-c", &cli_code]);
+    let recv = srv.wait_with_output().expect("server output");
+    let parse = |o: &[u8]| {
+        let t = String::from_utf8_lossy(o);
+        let mut w = t.split_whitespace();
+        (w.next().and_then(|n| n.parse().ok()).unwrap_or(0), w.next().unwrap_or("").to_string())
+    };
+    (parse(&recv.stdout), parse(&sent.stdout))
+}
+
+/// Everything Courier could leave behind, as seen by the real components.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct World {
+    pub switches: BTreeSet<String>,
+    pub lsps: BTreeSet<String>,
+    pub ovs_ports: BTreeSet<String>,
+    pub host_links: BTreeSet<String>,
+    pub store: BTreeSet<String>,
+}
+
+pub fn world(d: &TestDaemon) -> World {
+    let lines = |s: String| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect::<BTreeSet<_>>();
+    let links = sh_ok("ip", &["-o", "link", "show"]);
+    World {
+        switches: lines(nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"])),
+        lsps: lines(nbctl(&["--bare", "--columns=name", "list", "Logical_Switch_Port"])),
+        ovs_ports: lines(sh_ok("ovs-vsctl", &["list-ports", "br-int"])),
+        host_links: links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("cv") || n.starts_with("cp"))
+            .collect(),
+        store: d.store().iter().map(|a| a["id"].as_str().unwrap_or("").to_string()).collect(),
+    }
+}
+
+/// Names a test network uniquely per process.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+pub fn subnet_for(i: u8) -> String {
+    format!("10.{}.{}.0/24", 200 + (std::process::id() % 50) as u8, i)
+}
+
+pub fn assert_path_absent(p: &Path) {
+    assert!(!p.exists(), "{} should not exist", p.display());
+}

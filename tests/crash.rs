@@ -1,0 +1,71 @@
+//! Crash safety: the daemon is killed with SIGKILL at each step of attach and detach
+//! (COURIER_CRASH_AT), restarted, and the test asserts nothing leaked — no LSP, no OVS port,
+//! no veth, no store entry — or, for a crash after the attachment was recorded complete,
+//! that it is complete and works.
+mod common;
+use std::time::Duration;
+
+use common::*;
+
+const ATTACH_STEPS: &[&str] = &["after-intent", "after-port", "after-veth", "after-ovs-port", "after-plug", "after-up"];
+const DETACH_STEPS: &[&str] = &["detach-after-mark", "detach-after-unplug", "detach-after-port"];
+
+#[test]
+fn kill9_at_every_step_leaks_nothing() {
+    if !env_ready("kill9_at_every_step_leaks_nothing") {
+        return;
+    }
+    let mut d = TestDaemon::start("crash");
+    let net = unique("crash-net");
+    d.create_network(&net, &subnet_for(5));
+    let conf = d.netconf(&net, "1.1.0");
+    let clean = world(&d);
+    let ns = Netns::new("crash-a");
+
+    for step in ATTACH_STEPS {
+        d.restart(&[("COURIER_CRASH_AT", step)]);
+        let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
+        assert_ne!(code, 0, "{step}: ADD should fail when the daemon dies: {out}");
+        let st = d.wait_exit(Duration::from_secs(10));
+        assert!(!st.success(), "{step}: daemon should have been killed");
+        d.restart(&[]);
+        assert_eq!(world(&d), clean, "{step}: leaked after restart\n{}", d.log());
+        assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
+    }
+
+    // Crash after the attachment is recorded complete: it survives the restart intact.
+    d.restart(&[("COURIER_CRASH_AT", "after-ready")]);
+    let (code, _) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
+    assert_ne!(code, 0);
+    d.wait_exit(Duration::from_secs(10));
+    d.restart(&[]);
+    assert_eq!(d.cni("CHECK", "crashy", &ns.path(), "eth0", &conf).0, 0, "after-ready: attachment should be complete\n{}", d.log());
+    assert_eq!(d.cni("DEL", "crashy", &ns.path(), "eth0", &conf).0, 0);
+    assert_eq!(world(&d), clean);
+
+    for step in DETACH_STEPS {
+        d.restart(&[]);
+        let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{step}: {out}");
+        d.restart(&[("COURIER_CRASH_AT", step)]);
+        let (code, _) = d.cni("DEL", "crashy", &ns.path(), "eth0", &conf);
+        assert_ne!(code, 0, "{step}: DEL should fail when the daemon dies");
+        d.wait_exit(Duration::from_secs(10));
+        d.restart(&[]);
+        assert_eq!(world(&d), clean, "{step}: leaked after restart\n{}", d.log());
+        assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
+    }
+
+    // Leaks the store never saw (made behind Courier's back with its marks) are swept at start.
+    d.kill9();
+    let id = "0123456789ab";
+    let lsp = format!("courier-{id}");
+    nbctl(&["lsp-add", &net, &lsp, "--", "set", "Logical_Switch_Port", &lsp,
+        &format!("external_ids:courier-owner=courier"), &format!("external_ids:courier-host=it-{}", d.name),
+        &format!("external_ids:courier-attachment={id}")]);
+    sh_ok("ip", &["link", "add", &format!("cv{id}"), "type", "veth", "peer", "name", &format!("cp{id}")]);
+    d.restart(&[]);
+    assert_eq!(world(&d), clean, "orphans not swept\n{}", d.log());
+
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
