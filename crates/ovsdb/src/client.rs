@@ -1,0 +1,744 @@
+//! The session: one background task owns the connection, routes replies to waiters by id,
+//! answers the server's echo, sends its own when idle, applies monitor updates to caches, and
+//! reconnects with backoff (re-issuing every monitor) when the connection drops.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::framing::Framer;
+use crate::ops::{Op, OpResult};
+use crate::value::Row;
+use crate::Error;
+
+const ECHO_IDLE: Duration = Duration::from_secs(5);
+const ECHO_DEADLINE: Duration = Duration::from_secs(15);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+type Reply = oneshot::Sender<Result<Value, Error>>;
+
+enum Cmd {
+    Request {
+        method: String,
+        params: Value,
+        reply: Reply,
+    },
+    /// A monitor request whose reply the session applies to `cache` itself, so the initial
+    /// contents and later "update" notifications are applied in stream order.
+    Monitor {
+        params: Value,
+        cache: Arc<CacheState>,
+        reply: Reply,
+    },
+}
+
+/// table → row uuid → row
+pub type Tables = HashMap<String, HashMap<String, Row>>;
+
+struct MonitorReg {
+    id: String,
+    db: String,
+    requests: Value,
+    cache: Arc<CacheState>,
+}
+
+pub(crate) struct CacheState {
+    tables: RwLock<Tables>,
+    generation: watch::Sender<u64>,
+}
+
+struct Shared {
+    remote: String,
+    connected: AtomicBool,
+    next_monitor: AtomicU64,
+    monitors: Mutex<Vec<MonitorReg>>,
+}
+
+/// An OVSDB client session. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn open(remote: &str) -> Result<Box<dyn Stream>, Error> {
+    let connect_err = |source| Error::Connect {
+        remote: remote.to_string(),
+        source,
+    };
+    if let Some(path) = remote.strip_prefix("unix:") {
+        let s = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(connect_err)?;
+        Ok(Box::new(s))
+    } else if let Some(addr) = remote.strip_prefix("tcp:") {
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(connect_err)?;
+        let _ = s.set_nodelay(true);
+        Ok(Box::new(s))
+    } else {
+        Err(Error::Protocol(format!(
+            "remote {remote:?} must be unix:PATH or tcp:HOST:PORT"
+        )))
+    }
+}
+
+impl Client {
+    /// Connects to `unix:PATH` or `tcp:HOST:PORT`. The first connection must succeed; after
+    /// that a background task keeps the session alive and reconnects.
+    pub async fn connect(remote: &str) -> Result<Client, Error> {
+        let stream = open(remote).await?;
+        let shared = Arc::new(Shared {
+            remote: remote.to_string(),
+            connected: AtomicBool::new(true),
+            next_monitor: AtomicU64::new(1),
+            monitors: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(session(shared.clone(), stream, rx));
+        Ok(Client { shared, tx })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn remote(&self) -> &str {
+        &self.shared.remote
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Request {
+                method: method.to_string(),
+                params,
+                reply,
+            })
+            .map_err(|_| Error::Disconnected)?;
+        rx.await.map_err(|_| Error::Disconnected)?
+    }
+
+    pub async fn list_dbs(&self) -> Result<Vec<String>, Error> {
+        let v = self.call("list_dbs", json!([])).await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(String::from))
+            .collect())
+    }
+
+    pub async fn get_schema(&self, db: &str) -> Result<Value, Error> {
+        self.call("get_schema", json!([db])).await
+    }
+
+    pub async fn echo(&self) -> Result<(), Error> {
+        let v = self.call("echo", json!(["courier"])).await?;
+        if v == json!(["courier"]) {
+            Ok(())
+        } else {
+            Err(Error::Protocol(format!("echo returned {v}")))
+        }
+    }
+
+    /// Runs `ops` as one transaction. A failed op gives `Error::OpFailed` naming it; a commit
+    /// failure (the extra trailing error) names "commit".
+    pub async fn transact(&self, db: &str, ops: Vec<Op>) -> Result<Vec<OpResult>, Error> {
+        let mut params = vec![json!(db)];
+        params.extend(ops.iter().map(|o| o.to_json().clone()));
+        let v = self.call("transact", Value::Array(params)).await?;
+        parse_transact(db, &ops, &v)
+    }
+
+    /// Starts a monitor on `tables` (column lists; empty = all columns) and returns its cache,
+    /// which follows the server from then on, across reconnects.
+    pub async fn monitor(&self, db: &str, tables: &[(&str, &[&str])]) -> Result<Monitor, Error> {
+        let mut requests = serde_json::Map::new();
+        for (table, cols) in tables {
+            let req = if cols.is_empty() {
+                json!({})
+            } else {
+                json!({"columns": cols})
+            };
+            requests.insert(table.to_string(), req);
+        }
+        let requests = Value::Object(requests);
+        let id = format!(
+            "m{}",
+            self.shared.next_monitor.fetch_add(1, Ordering::Relaxed)
+        );
+        let (generation, _) = watch::channel(0u64);
+        let cache = Arc::new(CacheState {
+            tables: RwLock::new(HashMap::new()),
+            generation,
+        });
+        // Registered first, so notifications for it are routed as soon as they can arrive.
+        self.shared
+            .monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(MonitorReg {
+                id: id.clone(),
+                db: db.to_string(),
+                requests: requests.clone(),
+                cache: cache.clone(),
+            });
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Cmd::Monitor {
+            params: json!([db, id, requests]),
+            cache: cache.clone(),
+            reply,
+        });
+        let res = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(Error::Disconnected)),
+            Err(_) => Err(Error::Disconnected),
+        };
+        if let Err(e) = res {
+            self.shared
+                .monitors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|m| m.id != id);
+            return Err(e);
+        }
+        Ok(Monitor { cache })
+    }
+}
+
+pub(crate) fn parse_transact(db: &str, ops: &[Op], v: &Value) -> Result<Vec<OpResult>, Error> {
+    let results = v
+        .as_array()
+        .ok_or_else(|| Error::Protocol(format!("transact result is not an array: {v}")))?;
+    for (i, r) in results.iter().enumerate() {
+        if let Some(err) = r.get("error").and_then(Value::as_str) {
+            return Err(Error::OpFailed {
+                db: db.to_string(),
+                index: i,
+                op: ops
+                    .get(i)
+                    .map(Op::describe)
+                    .unwrap_or_else(|| "commit".into()),
+                error: err.to_string(),
+                details: r.get("details").and_then(Value::as_str).map(String::from),
+            });
+        }
+    }
+    Ok(ops
+        .iter()
+        .zip(results)
+        .map(|(op, r)| OpResult::from_json(op, r))
+        .collect())
+}
+
+impl CacheState {
+    /// Replaces the whole cache with a monitor reply (initial contents).
+    fn replace(&self, updates: &Value) {
+        {
+            let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+            t.clear();
+            apply_updates(&mut t, updates);
+        }
+        self.bump();
+    }
+
+    fn update(&self, updates: &Value) {
+        {
+            let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+            apply_updates(&mut t, updates);
+        }
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// RFC 7047 <table-updates>: "new" without "old" = insert/initial, both = modify ("new" holds
+/// the monitored columns; merged over the cached row), "old" only = delete.
+pub(crate) fn apply_updates(tables: &mut Tables, updates: &Value) {
+    let Some(obj) = updates.as_object() else {
+        return;
+    };
+    for (table, rows) in obj {
+        let t = tables.entry(table.clone()).or_default();
+        for (uuid, change) in rows.as_object().into_iter().flatten() {
+            match change.get("new").and_then(Value::as_object) {
+                Some(new) => {
+                    let row = t.entry(uuid.clone()).or_default();
+                    for (k, v) in new {
+                        row.insert(k.clone(), v.clone());
+                    }
+                }
+                None => {
+                    t.remove(uuid);
+                }
+            }
+        }
+    }
+}
+
+/// A live copy of the monitored tables.
+#[derive(Clone)]
+pub struct Monitor {
+    cache: Arc<CacheState>,
+}
+
+/// Read access to the monitored tables inside [`Monitor::wait_for`].
+pub struct CacheView<'a> {
+    tables: &'a Tables,
+}
+
+impl CacheView<'_> {
+    pub fn rows(&self, table: &str) -> impl Iterator<Item = (&String, &Row)> {
+        self.tables.get(table).into_iter().flat_map(|t| t.iter())
+    }
+
+    pub fn row(&self, table: &str, uuid: &str) -> Option<&Row> {
+        self.tables.get(table).and_then(|t| t.get(uuid))
+    }
+}
+
+impl Monitor {
+    /// Snapshot of a table's rows.
+    pub fn rows(&self, table: &str) -> Vec<(String, Row)> {
+        let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
+        t.get(table)
+            .map(|rows| rows.iter().map(|(u, r)| (u.clone(), r.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn row(&self, table: &str, uuid: &str) -> Option<Row> {
+        let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
+        t.get(table).and_then(|rows| rows.get(uuid)).cloned()
+    }
+
+    /// Waits until `pred` returns Some on the cache (checked now and after every update).
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&CacheView) -> Option<T>,
+    ) -> Result<T, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.cache.generation.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(v) = pred(&CacheView { tables: &t }) {
+                    return Ok(v);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Disconnected),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("condition on the monitor cache after {timeout:?}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Pending requests by id, with what to do with the reply.
+enum Pending {
+    Caller(Reply),
+    /// Our keep-alive echo.
+    Echo,
+    /// A monitor re-issued after reconnect: its reply replaces that cache.
+    Remonitor(Arc<CacheState>),
+    /// A new monitor: its reply fills the cache, then the caller is told.
+    Monitor(Arc<CacheState>, Reply),
+}
+
+async fn session(
+    shared: Arc<Shared>,
+    first: Box<dyn Stream>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut stream = Some(first);
+    let mut backoff = BACKOFF_MIN;
+    let mut next_id: u64 = 1;
+    loop {
+        let s = match stream.take() {
+            Some(s) => s,
+            None => {
+                // Reconnect with backoff; fail requests that arrive meanwhile.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        cmd = rx.recv() => match cmd {
+                            None => return,
+                            Some(Cmd::Request { reply, .. } | Cmd::Monitor { reply, .. }) => { let _ = reply.send(Err(Error::Disconnected)); }
+                        },
+                    }
+                }
+                match open(&shared.remote).await {
+                    Ok(s) => {
+                        tracing::info!(remote = %shared.remote, "OVSDB reconnected");
+                        backoff = BACKOFF_MIN;
+                        s
+                    }
+                    Err(e) => {
+                        tracing::debug!(remote = %shared.remote, error = %e, "OVSDB reconnect failed");
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+        };
+        shared.connected.store(true, Ordering::Relaxed);
+        let reason = run_connection(&shared, s, &mut rx, &mut next_id).await;
+        shared.connected.store(false, Ordering::Relaxed);
+        match reason {
+            None => return, // all clients dropped
+            Some(why) => {
+                tracing::warn!(remote = %shared.remote, reason = %why, "OVSDB connection lost; reconnecting")
+            }
+        }
+    }
+}
+
+/// Serves one connection. Returns None when every Client handle is gone, else why it ended.
+async fn run_connection(
+    shared: &Shared,
+    stream: Box<dyn Stream>,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    next_id: &mut u64,
+) -> Option<String> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut framer = Framer::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last_rx = Instant::now();
+    let mut echo_sent: Option<Instant> = None;
+
+    // Re-issue monitors registered before (no-op on the first connection: none yet, since
+    // `Client::monitor` registers only after its own initial reply).
+    let regs: Vec<(String, String, Value, Arc<CacheState>)> = shared
+        .monitors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|m| {
+            (
+                m.id.clone(),
+                m.db.clone(),
+                m.requests.clone(),
+                m.cache.clone(),
+            )
+        })
+        .collect();
+    for (id, db, requests, cache) in regs {
+        let rid = *next_id;
+        *next_id += 1;
+        let msg = json!({"id": rid, "method": "monitor", "params": [db, id, requests]});
+        if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
+            return Some(format!("re-issuing monitor: {e}"));
+        }
+        pending.insert(rid, Pending::Remonitor(cache));
+    }
+
+    let result = loop {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            n = rd.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) => break Some("server closed the connection".to_string()),
+                    Ok(n) => n,
+                    Err(e) => break Some(format!("read: {e}")),
+                };
+                last_rx = Instant::now();
+                echo_sent = None;
+                framer.push(&buf[..n]);
+                let mut fatal = None;
+                while let Some(msg) = framer.next_message() {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => { fatal = Some(e); break; }
+                    };
+                    if let Err(e) = handle_message(shared, &mut wr, &mut pending, msg).await {
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = fatal {
+                    break Some(e);
+                }
+            }
+            cmd = rx.recv() => {
+                let id = *next_id;
+                *next_id += 1;
+                let (msg, waiter) = match cmd {
+                    None => break None,
+                    Some(Cmd::Request { method, params, reply }) => {
+                        (json!({"id": id, "method": method, "params": params}), Pending::Caller(reply))
+                    }
+                    Some(Cmd::Monitor { params, cache, reply }) => {
+                        (json!({"id": id, "method": "monitor", "params": params}), Pending::Monitor(cache, reply))
+                    }
+                };
+                if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
+                    if let Pending::Caller(reply) | Pending::Monitor(_, reply) = waiter {
+                        let _ = reply.send(Err(Error::Disconnected));
+                    }
+                    break Some(format!("write: {e}"));
+                }
+                pending.insert(id, waiter);
+            }
+            _ = tick => {
+                match echo_sent {
+                    Some(t) if t.elapsed() > ECHO_DEADLINE => break Some("no reply to echo".to_string()),
+                    None if last_rx.elapsed() > ECHO_IDLE => {
+                        let id = *next_id;
+                        *next_id += 1;
+                        let msg = json!({"id": id, "method": "echo", "params": ["keepalive"]});
+                        if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
+                            break Some(format!("write: {e}"));
+                        }
+                        pending.insert(id, Pending::Echo);
+                        echo_sent = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    for (_, p) in pending.drain() {
+        if let Pending::Caller(reply) | Pending::Monitor(_, reply) = p {
+            let _ = reply.send(Err(Error::Disconnected));
+        }
+    }
+    result
+}
+
+async fn handle_message<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    wr: &mut W,
+    pending: &mut HashMap<u64, Pending>,
+    msg: Value,
+) -> Result<(), String> {
+    if let Some(method) = msg.get("method").and_then(Value::as_str) {
+        match method {
+            "echo" => {
+                let reply = json!({"id": msg["id"], "result": msg["params"], "error": null});
+                wr.write_all(reply.to_string().as_bytes())
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+            }
+            "update" => {
+                let id = msg["params"][0].as_str().unwrap_or_default();
+                let regs = shared.monitors.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(m) = regs.iter().find(|m| m.id == id) {
+                    m.cache.update(&msg["params"][1]);
+                }
+            }
+            other => tracing::debug!(method = other, "ignoring OVSDB notification"),
+        }
+        return Ok(());
+    }
+    let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+        return Ok(());
+    };
+    let outcome = match msg.get("error") {
+        Some(e) if !e.is_null() => Err(e.clone()),
+        _ => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+    };
+    let rpc_err = |e: Value| Error::Rpc {
+        error: e
+            .get("error")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| e.to_string()),
+        details: e.get("details").and_then(Value::as_str).map(String::from),
+    };
+    match pending.remove(&id) {
+        Some(Pending::Caller(reply)) => {
+            let _ = reply.send(outcome.map_err(rpc_err));
+        }
+        Some(Pending::Monitor(cache, reply)) => {
+            let _ = reply.send(
+                outcome
+                    .map(|v| cache.replace(&v))
+                    .map(|_| Value::Null)
+                    .map_err(rpc_err),
+            );
+        }
+        Some(Pending::Remonitor(cache)) => match outcome {
+            Ok(v) => cache.replace(&v),
+            Err(e) => return Err(format!("re-issuing monitor failed: {e}")),
+        },
+        Some(Pending::Echo) | None => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Condition;
+
+    #[test]
+    fn transact_errors_name_the_op() {
+        let ops = vec![
+            Op::insert("LS", json!({})),
+            Op::wait(
+                "LS",
+                vec![],
+                &["name"],
+                crate::ops::WaitUntil::Equal,
+                vec![],
+                Some(0),
+            ),
+        ];
+        let v = json!([{"uuid": ["uuid", "x"]}, {"error": "timed out", "details": "\"wait\" timed out"}]);
+        match parse_transact("NB", &ops, &v) {
+            Err(Error::OpFailed {
+                index,
+                op,
+                error,
+                details,
+                ..
+            }) => {
+                assert_eq!(
+                    (index, op.as_str(), error.as_str()),
+                    (1, "wait LS", "timed out")
+                );
+                assert_eq!(details.as_deref(), Some("\"wait\" timed out"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let v = json!([{"uuid": ["uuid", "x"]}, {}, {"error": "referential integrity violation", "details": "d"}]);
+        match parse_transact("NB", &ops, &v) {
+            Err(Error::OpFailed { index: 2, op, .. }) => assert_eq!(op, "commit"),
+            other => panic!("{other:?}"),
+        }
+        let ok = parse_transact("NB", &ops, &json!([{"uuid": ["uuid", "x"]}, {}])).unwrap();
+        assert_eq!(ok[0], OpResult::Insert { uuid: "x".into() });
+        assert!(parse_transact("NB", &ops, &json!({"no": 1})).is_err());
+        let _ = Condition::eq("a", json!(1));
+    }
+
+    #[test]
+    fn updates_insert_modify_delete() {
+        let mut t = Tables::new();
+        apply_updates(
+            &mut t,
+            &json!({"LSP": {"u1": {"new": {"name": "p1", "up": false}}, "u2": {"new": {"name": "p2"}}}}),
+        );
+        assert_eq!(t["LSP"].len(), 2);
+        apply_updates(
+            &mut t,
+            &json!({"LSP": {"u1": {"old": {"up": false}, "new": {"up": true}}}}),
+        );
+        assert_eq!(t["LSP"]["u1"]["up"], true);
+        assert_eq!(t["LSP"]["u1"]["name"], "p1");
+        apply_updates(&mut t, &json!({"LSP": {"u2": {"old": {"name": "p2"}}}}));
+        assert!(!t["LSP"].contains_key("u2"));
+    }
+
+    /// A fake server on an in-memory pipe: checks ids are routed, server echo is answered,
+    /// update notifications reach the monitor cache, and errors come back as Rpc errors.
+    #[tokio::test]
+    async fn protocol_machine_over_duplex() {
+        let (client_end, mut server) = tokio::io::duplex(64 * 1024);
+        let shared = Arc::new(Shared {
+            remote: "unix:/nonexistent".into(),
+            connected: AtomicBool::new(true),
+            next_monitor: AtomicU64::new(1),
+            monitors: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(session(shared.clone(), Box::new(client_end), rx));
+        let c = Client { shared, tx };
+
+        let server_task = tokio::spawn(async move {
+            let mut f = Framer::default();
+            let mut buf = vec![0u8; 4096];
+            let mut seen = vec![];
+            // Ask the client an echo first.
+            server
+                .write_all(br#"{"id":"s1","method":"echo","params":["ping"]}"#)
+                .await
+                .unwrap();
+            loop {
+                let n = server.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                f.push(&buf[..n]);
+                while let Some(m) = f.next_message() {
+                    let m = m.unwrap();
+                    seen.push(m.clone());
+                    let reply = match m["method"].as_str() {
+                        Some("list_dbs") => {
+                            json!({"id": m["id"], "result": ["A", "B"], "error": null})
+                        }
+                        Some("monitor") => {
+                            let r = json!({"id": m["id"], "result": {"T": {"u1": {"new": {"name": "a"}}}}, "error": null});
+                            server.write_all(r.to_string().as_bytes()).await.unwrap();
+                            json!({"id": null, "method": "update", "params": [m["params"][1], {"T": {"u2": {"new": {"name": "b"}}}}]})
+                        }
+                        Some("get_schema") => {
+                            json!({"id": m["id"], "result": null, "error": {"error": "unknown database", "details": "no db X"}})
+                        }
+                        None => continue, // our echo reply
+                        _ => continue,
+                    };
+                    server
+                        .write_all(reply.to_string().as_bytes())
+                        .await
+                        .unwrap();
+                    if m["method"] == "get_schema" {
+                        return seen;
+                    }
+                }
+            }
+            seen
+        });
+
+        assert_eq!(c.list_dbs().await.unwrap(), vec!["A", "B"]);
+        let mon = c.monitor("A", &[("T", &["name"][..])]).await.unwrap();
+        let got = mon
+            .wait_for(Duration::from_secs(2), |v| {
+                (v.rows("T").count() == 2).then_some(())
+            })
+            .await;
+        assert!(got.is_ok(), "update notification applied");
+        match c.get_schema("X").await {
+            Err(Error::Rpc { error, details }) => {
+                assert_eq!(error, "unknown database");
+                assert_eq!(details.as_deref(), Some("no db X"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let seen = server_task.await.unwrap();
+        assert!(
+            seen.iter()
+                .any(|m| m["id"] == "s1" && m["result"] == json!(["ping"])),
+            "echo answered: {seen:?}"
+        );
+        let ids: Vec<&Value> = seen
+            .iter()
+            .filter(|m| m.get("method").is_some())
+            .map(|m| &m["id"])
+            .collect();
+        let mut uniq = ids.clone();
+        uniq.dedup();
+        assert_eq!(ids.len(), uniq.len(), "request ids are unique");
+    }
+}
