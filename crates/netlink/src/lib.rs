@@ -1,1 +1,425 @@
-//! rtnetlink operations for edge bindings.
+//! The rtnetlink operations Courier's edge bindings need — the only place Courier speaks
+//! rtnetlink. Messages are values built in [`msg`]; [`Netlink`] executes them on a socket bound
+//! to one network namespace. A socket for another netns is opened from a short-lived thread that
+//! `setns()`es; no runtime thread ever changes namespace.
+
+pub mod ethtool;
+pub mod msg;
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::{StreamExt, TryStreamExt};
+use ipnet::IpNet;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use nix::sched::CloneFlags;
+
+pub use ethtool::{set_tx_checksum, tx_checksum, tx_checksum_in_netns};
+pub use msg::VethSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The link or namespace does not exist (callers may treat it as "already gone").
+    #[error("{what} does not exist")]
+    NotFound { what: String },
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn kernel(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let op = op.into();
+    move |e| {
+        let source = match e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io(),
+            other => std::io::Error::other(other.to_string()),
+        };
+        Error::Kernel { op, source }
+    }
+}
+
+/// What Courier needs to know of a link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkInfoView {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    pub kind: Option<String>,
+}
+
+/// How the container end is configured once it is inside its netns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IfaceConfig {
+    pub current_name: String,
+    pub new_name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub addresses: Vec<IpNet>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// An rtnetlink socket bound to one network namespace.
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    netns: Option<PathBuf>,
+}
+
+impl Netlink {
+    /// A socket in the current (host) netns. Needs a tokio runtime.
+    pub fn host() -> Result<Netlink, Error> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| Error::Kernel {
+            op: "opening rtnetlink socket".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            netns: None,
+        })
+    }
+
+    /// A socket inside the netns at `path` (`/var/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub async fn in_netns(path: &Path) -> Result<Netlink, Error> {
+        let file = std::fs::File::open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("network namespace {}", path.display()),
+            },
+            _ => Error::Netns {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let rt = tokio::runtime::Handle::current();
+        let p = path.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            // A fresh OS thread: it enters the netns, creates the socket, and exits, so no
+            // pooled thread is ever left in a container's namespace.
+            std::thread::spawn(move || {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
+                    path: p.clone(),
+                    source: e.into(),
+                })?;
+                let _guard = rt.enter();
+                rtnetlink::new_connection().map_err(|source| Error::Kernel {
+                    op: format!("opening rtnetlink socket in {}", p.display()),
+                    source,
+                })
+            })
+            .join()
+            .map_err(|_| Error::Invalid("netns thread panicked".into()))?
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("netns task: {e}")))??;
+        let (conn, handle, _) = opened;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            netns: Some(path.to_path_buf()),
+        })
+    }
+
+    fn where_(&self) -> String {
+        match &self.netns {
+            Some(p) => format!(" in {}", p.display()),
+            None => String::new(),
+        }
+    }
+
+    /// Executes a request built by [`msg`], waiting for the kernel's ACK.
+    pub async fn execute(&self, req: msg::Request, op: &str) -> Result<(), Error> {
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req.netlink()).map_err(kernel(op))?;
+        while let Some(m) = replies.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                if e.code.is_some() {
+                    return Err(Error::Kernel {
+                        op: format!("{op}{}", self.where_()),
+                        source: e.to_io(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfoView>, Error> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(view(&m))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(kernel(format!("looking up {name}{}", self.where_()))(e)),
+        }
+    }
+
+    async fn index(&self, name: &str) -> Result<u32, Error> {
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("link {name}{}", self.where_()),
+            })
+    }
+
+    pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfoView>, Error> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel("listing links"))?;
+        Ok(links
+            .iter()
+            .map(view)
+            .filter(|l| l.name.starts_with(prefix))
+            .collect())
+    }
+
+    pub async fn create_veth(&self, spec: &VethSpec) -> Result<(), Error> {
+        for n in [&spec.host_name, &spec.peer_name] {
+            if n.is_empty() || n.len() > 15 {
+                return Err(Error::Invalid(format!(
+                    "interface name {n:?} must be 1 to 15 characters"
+                )));
+            }
+        }
+        self.execute(
+            msg::veth(spec),
+            &format!("creating veth {}/{}", spec.host_name, spec.peer_name),
+        )
+        .await
+    }
+
+    pub async fn set_up(&self, name: &str) -> Result<(), Error> {
+        let idx = self.index(name).await?;
+        self.execute(msg::set_up(idx), &format!("setting {name} up"))
+            .await
+    }
+
+    /// Moves link `name` into the netns at `netns`.
+    pub async fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), Error> {
+        let file = std::fs::File::open(netns).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("network namespace {}", netns.display()),
+            },
+            _ => Error::Netns {
+                path: netns.to_path_buf(),
+                source,
+            },
+        })?;
+        let idx = self.index(name).await?;
+        self.execute(
+            msg::set_netns(idx, file.as_raw_fd()),
+            &format!("moving {name} into {}", netns.display()),
+        )
+        .await
+    }
+
+    /// Renames, addresses and brings up the interface, then adds the default route.
+    pub async fn configure(&self, cfg: &IfaceConfig) -> Result<(), Error> {
+        let idx = self.index(&cfg.current_name).await?;
+        self.execute(
+            msg::rename_up(idx, &cfg.new_name, cfg.mac, cfg.mtu),
+            &format!("renaming {} to {}", cfg.current_name, cfg.new_name),
+        )
+        .await?;
+        for a in &cfg.addresses {
+            self.execute(
+                msg::address(idx, *a),
+                &format!("adding {a} to {}", cfg.new_name),
+            )
+            .await?;
+        }
+        if let Some(gw) = cfg.gateway {
+            self.execute(
+                msg::default_route(idx, gw),
+                &format!("adding default route via {gw} on {}", cfg.new_name),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn addresses(&self, name: &str) -> Result<Vec<IpNet>, Error> {
+        let idx = self.index(name).await?;
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel(format!("reading addresses of {name}")))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == idx)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => {
+                        IpNet::new(*ip, m.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn default_gateways(&self) -> Result<Vec<IpAddr>, Error> {
+        let mut out = Vec::new();
+        for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let msg = match v {
+                rtnetlink::IpVersion::V4 => {
+                    rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+                }
+                rtnetlink::IpVersion::V6 => {
+                    rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+                }
+            };
+            let routes: Vec<_> = self
+                .handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(kernel("reading routes"))?;
+            for r in routes {
+                if r.header.destination_prefix_length != 0 {
+                    continue;
+                }
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => out.push(IpAddr::V4(*g)),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => out.push(IpAddr::V6(*g)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes link `name`; Ok(false) when it did not exist. Deleting either end of a veth
+    /// removes both.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, Error> {
+        let Some(l) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self
+            .execute(msg::delete_link(l.index), &format!("deleting {name}"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            // Gone in between (e.g. its veth peer was deleted): that is what we wanted.
+            Err(Error::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn view(m: &LinkMessage) -> LinkInfoView {
+    let mut v = LinkInfoView {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+        kind: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => v.name = n.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(b);
+                v.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => v.mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        v.kind = Some(match k {
+                            InfoKind::Veth => "veth".to_string(),
+                            other => format!("{other:?}").to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+pub fn mac_to_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
+    let bad = || {
+        Error::Invalid(format!(
+            "MAC address {s:?} must look like 0a:58:0a:09:00:05"
+        ))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_helpers() {
+        let m = parse_mac("0a:58:0A:09:00:05").unwrap();
+        assert_eq!(m, [0x0a, 0x58, 0x0a, 0x09, 0, 5]);
+        assert_eq!(mac_to_string(m), "0a:58:0a:09:00:05");
+        assert!(parse_mac("0a:58").is_err());
+        assert!(parse_mac("0a:58:0a:09:00:5").is_err());
+        assert!(parse_mac("gg:58:0a:09:00:05").is_err());
+    }
+}

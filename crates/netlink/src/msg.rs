@@ -1,0 +1,300 @@
+//! Every rtnetlink message Courier sends, built as a value by a pure function.
+//! Execution is elsewhere (`Netlink::execute`); these are unit-tested as bytes without root.
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{
+    AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// A request: the message and its netlink header flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub message: RouteNetlinkMessage,
+    pub flags: u16,
+}
+
+const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+const CHANGE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+impl Request {
+    pub fn netlink(&self) -> NetlinkMessage<RouteNetlinkMessage> {
+        let mut nl = NetlinkMessage::from(self.message.clone());
+        nl.header.flags = self.flags;
+        nl
+    }
+
+    /// Wire bytes with the given sequence number (port id 0), for tests and debugging.
+    pub fn to_bytes(&self, seq: u32) -> Vec<u8> {
+        let mut nl = self.netlink();
+        nl.header.sequence_number = seq;
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        buf
+    }
+}
+
+/// What a veth pair should look like when created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VethSpec {
+    pub host_name: String,
+    pub peer_name: String,
+    pub peer_mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+}
+
+/// RTM_NEWLINK veth `host_name` with peer `peer_name` (MAC, MTU on the peer too).
+pub fn veth(spec: &VethSpec) -> Request {
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(spec.peer_name.clone());
+    if let Some(mac) = spec.peer_mac {
+        peer = peer.address(mac.to_vec());
+    }
+    if let Some(mtu) = spec.mtu {
+        peer = peer.mtu(mtu);
+    }
+    let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(spec.host_name.clone())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+    if let Some(mtu) = spec.mtu {
+        b = b.mtu(mtu);
+    }
+    Request {
+        message: RouteNetlinkMessage::NewLink(b.build()),
+        flags: CREATE,
+    }
+}
+
+/// RTM_SETLINK: bring link `index` up.
+pub fn set_up(index: u32) -> Request {
+    Request {
+        message: RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
+        flags: CHANGE,
+    }
+}
+
+/// RTM_SETLINK: move link `index` into the netns open at `fd`.
+pub fn set_netns(index: u32, fd: RawFd) -> Request {
+    Request {
+        message: RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index).setns_by_fd(fd).build(),
+        ),
+        flags: CHANGE,
+    }
+}
+
+/// RTM_SETLINK: rename (the link must be down), optionally set MAC and MTU, and bring it up —
+/// one message; the kernel renames before it changes flags.
+pub fn rename_up(index: u32, new_name: &str, mac: Option<[u8; 6]>, mtu: Option<u32>) -> Request {
+    let mut b = LinkUnspec::new_with_index(index).name(new_name.to_string());
+    if let Some(mac) = mac {
+        b = b.address(mac.to_vec());
+    }
+    if let Some(mtu) = mtu {
+        b = b.mtu(mtu);
+    }
+    Request {
+        message: RouteNetlinkMessage::SetLink(b.up().build()),
+        flags: CHANGE,
+    }
+}
+
+/// RTM_NEWADDR on link `index`.
+pub fn address(index: u32, net: IpNet) -> Request {
+    let message = match net {
+        IpNet::V4(n) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+            .index(index)
+            .address(n.addr(), n.prefix_len())
+            .build(),
+        IpNet::V6(n) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+            .index(index)
+            .address(n.addr(), n.prefix_len())
+            .build(),
+    };
+    Request {
+        message: RouteNetlinkMessage::NewAddress(message),
+        flags: CREATE,
+    }
+}
+
+/// RTM_NEWROUTE: default route (0.0.0.0/0 or ::/0) via `gw` out of link `index`.
+pub fn default_route(index: u32, gw: IpAddr) -> Request {
+    let message = match gw {
+        IpAddr::V4(g) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .output_interface(index)
+            .gateway(g)
+            .build(),
+        IpAddr::V6(g) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .output_interface(index)
+            .gateway(g)
+            .build(),
+    };
+    Request {
+        message: RouteNetlinkMessage::NewRoute(message),
+        flags: CREATE,
+    }
+}
+
+/// RTM_DELLINK of link `index`.
+pub fn delete_link(index: u32) -> Request {
+    Request {
+        message: RouteNetlinkMessage::DelLink(LinkUnspec::new_with_index(index).build()),
+        flags: CHANGE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+
+    fn roundtrip(r: &Request) -> RouteNetlinkMessage {
+        let bytes = r.to_bytes(7);
+        let nl = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).expect("parses back");
+        assert_eq!(nl.header.sequence_number, 7);
+        assert_eq!(nl.header.flags, r.flags);
+        assert_eq!(nl.header.length as usize, bytes.len());
+        match nl.payload {
+            NetlinkPayload::InnerMessage(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn veth_message() {
+        let r = veth(&VethSpec {
+            host_name: "cv0123456789ab".into(),
+            peer_name: "cp0123456789ab".into(),
+            peer_mac: Some([0x0a, 0x58, 0x0a, 0x09, 0, 5]),
+            mtu: Some(1400),
+        });
+        assert_eq!(
+            r.flags,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+        );
+        let bytes = r.to_bytes(1);
+        // nlmsghdr: type RTM_NEWLINK (16), flags 0x0605.
+        assert_eq!(&bytes[4..8], &[16, 0, 0x05, 0x06]);
+        let RouteNetlinkMessage::NewLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert!(m
+            .attributes
+            .contains(&LinkAttribute::IfName("cv0123456789ab".into())));
+        assert!(m.attributes.contains(&LinkAttribute::Mtu(1400)));
+        let info = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => Some(i.clone()),
+                _ => None,
+            })
+            .expect("IFLA_LINKINFO");
+        assert!(info.contains(&LinkInfo::Kind(InfoKind::Veth)));
+        let peer = info
+            .iter()
+            .find_map(|i| match i {
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("veth peer");
+        assert!(peer
+            .attributes
+            .contains(&LinkAttribute::IfName("cp0123456789ab".into())));
+        assert!(peer
+            .attributes
+            .contains(&LinkAttribute::Address(vec![0x0a, 0x58, 0x0a, 0x09, 0, 5])));
+        // The peer's name appears in the bytes as a NUL-terminated string.
+        assert!(hex(&bytes).contains(&format!("{}00", hex(b"cp0123456789ab"))));
+    }
+
+    #[test]
+    fn setlink_messages() {
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&set_up(5)) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 5);
+        assert!(m.header.flags.contains(LinkFlags::Up));
+        assert!(m.header.change_mask.contains(LinkFlags::Up));
+
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&set_netns(9, 42)) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 9);
+        assert!(m.attributes.contains(&LinkAttribute::NetNsFd(42)));
+        // IFLA_NET_NS_FD (28) = 42, as a 4-byte NLA: len 8, type 28.
+        assert!(hex(&set_netns(9, 42).to_bytes(0)).contains("08001c002a000000"));
+
+        let RouteNetlinkMessage::SetLink(m) =
+            roundtrip(&rename_up(3, "eth0", Some([2, 0, 0, 0, 0, 1]), Some(1450)))
+        else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 3);
+        assert!(m.attributes.contains(&LinkAttribute::IfName("eth0".into())));
+        assert!(m
+            .attributes
+            .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1])));
+        assert!(m.attributes.contains(&LinkAttribute::Mtu(1450)));
+        assert!(m.header.flags.contains(LinkFlags::Up));
+
+        let RouteNetlinkMessage::DelLink(m) = roundtrip(&delete_link(12)) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 12);
+        assert_eq!(delete_link(12).to_bytes(0)[4], 17, "RTM_DELLINK");
+    }
+
+    #[test]
+    fn address_message() {
+        let r = address(4, "10.9.0.5/24".parse().unwrap());
+        let bytes = r.to_bytes(0);
+        assert_eq!(bytes[4], 20, "RTM_NEWADDR");
+        // ifaddrmsg: family AF_INET (2), prefixlen 24, flags 0, scope 0, index 4.
+        assert_eq!(&bytes[16..24], &[2, 24, 0, 0, 4, 0, 0, 0]);
+        let RouteNetlinkMessage::NewAddress(m) = roundtrip(&r) else {
+            panic!()
+        };
+        let ip: IpAddr = "10.9.0.5".parse().unwrap();
+        assert!(m.attributes.contains(&AddressAttribute::Local(ip)));
+        assert!(m.attributes.contains(&AddressAttribute::Address(ip)));
+        // IFA_LOCAL (2) = 10.9.0.5
+        assert!(hex(&bytes).contains("080002000a090005"));
+        let r6 = address(4, "fd00::5/64".parse().unwrap());
+        assert_eq!(r6.to_bytes(0)[16..18], [10, 64], "AF_INET6 /64");
+    }
+
+    #[test]
+    fn default_route_message() {
+        let r = default_route(4, "10.9.0.1".parse().unwrap());
+        let bytes = r.to_bytes(0);
+        assert_eq!(bytes[4], 24, "RTM_NEWROUTE");
+        // rtmsg: family 2, dst_len 0 (default), src_len 0, tos 0, table MAIN (254), proto STATIC (4), scope UNIVERSE (0), type UNICAST (1)
+        assert_eq!(&bytes[16..24], &[2, 0, 0, 0, 254, 4, 0, 1]);
+        let RouteNetlinkMessage::NewRoute(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert!(m
+            .attributes
+            .contains(&RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.9.0.1".parse().unwrap()
+            ))));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(4)));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Destination(_))));
+    }
+}
