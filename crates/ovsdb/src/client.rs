@@ -34,6 +34,7 @@ enum Cmd {
     Monitor {
         params: Value,
         cache: Arc<CacheState>,
+        established: Arc<AtomicBool>,
         reply: Reply,
     },
 }
@@ -42,6 +43,9 @@ enum Cmd {
 pub type Tables = HashMap<String, HashMap<String, Row>>;
 
 struct MonitorReg {
+    /// Set once its initial reply was applied; only established monitors are re-issued after
+    /// a reconnect (a new one is sent by its own command).
+    established: Arc<AtomicBool>,
     id: String,
     db: String,
     requests: Value,
@@ -182,12 +186,14 @@ impl Client {
             tables: RwLock::new(HashMap::new()),
             generation,
         });
+        let established = Arc::new(AtomicBool::new(false));
         // Registered first, so notifications for it are routed as soon as they can arrive.
         self.shared
             .monitors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(MonitorReg {
+                established: established.clone(),
                 id: id.clone(),
                 db: db.to_string(),
                 requests: requests.clone(),
@@ -197,6 +203,7 @@ impl Client {
         let sent = self.tx.send(Cmd::Monitor {
             params: json!([db, id, requests]),
             cache: cache.clone(),
+            established,
             reply,
         });
         let res = match sent {
@@ -360,7 +367,7 @@ enum Pending {
     /// A monitor re-issued after reconnect: its reply replaces that cache.
     Remonitor(Arc<CacheState>),
     /// A new monitor: its reply fills the cache, then the caller is told.
-    Monitor(Arc<CacheState>, Reply),
+    Monitor(Arc<CacheState>, Arc<AtomicBool>, Reply),
 }
 
 async fn session(
@@ -427,13 +434,14 @@ async fn run_connection(
     let mut last_rx = Instant::now();
     let mut echo_sent: Option<Instant> = None;
 
-    // Re-issue monitors registered before (no-op on the first connection: none yet, since
-    // `Client::monitor` registers only after its own initial reply).
+    // Re-issue the monitors that were established on an earlier connection (a monitor whose
+    // first request is still queued is sent by its own command, not here).
     let regs: Vec<(String, String, Value, Arc<CacheState>)> = shared
         .monitors
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
+        .filter(|m| m.established.load(Ordering::Relaxed))
         .map(|m| {
             (
                 m.id.clone(),
@@ -488,12 +496,12 @@ async fn run_connection(
                     Some(Cmd::Request { method, params, reply }) => {
                         (json!({"id": id, "method": method, "params": params}), Pending::Caller(reply))
                     }
-                    Some(Cmd::Monitor { params, cache, reply }) => {
-                        (json!({"id": id, "method": "monitor", "params": params}), Pending::Monitor(cache, reply))
+                    Some(Cmd::Monitor { params, cache, established, reply }) => {
+                        (json!({"id": id, "method": "monitor", "params": params}), Pending::Monitor(cache, established, reply))
                     }
                 };
                 if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
-                    if let Pending::Caller(reply) | Pending::Monitor(_, reply) = waiter {
+                    if let Pending::Caller(reply) | Pending::Monitor(_, _, reply) = waiter {
                         let _ = reply.send(Err(Error::Disconnected));
                     }
                     break Some(format!("write: {e}"));
@@ -519,7 +527,7 @@ async fn run_connection(
         }
     };
     for (_, p) in pending.drain() {
-        if let Pending::Caller(reply) | Pending::Monitor(_, reply) = p {
+        if let Pending::Caller(reply) | Pending::Monitor(_, _, reply) = p {
             let _ = reply.send(Err(Error::Disconnected));
         }
     }
@@ -570,13 +578,12 @@ async fn handle_message<W: AsyncWrite + Unpin>(
         Some(Pending::Caller(reply)) => {
             let _ = reply.send(outcome.map_err(rpc_err));
         }
-        Some(Pending::Monitor(cache, reply)) => {
-            let _ = reply.send(
-                outcome
-                    .map(|v| cache.replace(&v))
-                    .map(|_| Value::Null)
-                    .map_err(rpc_err),
-            );
+        Some(Pending::Monitor(cache, established, reply)) => {
+            if let Ok(v) = &outcome {
+                cache.replace(v);
+                established.store(true, Ordering::Relaxed);
+            }
+            let _ = reply.send(outcome.map(|_| Value::Null).map_err(rpc_err));
         }
         Some(Pending::Remonitor(cache)) => match outcome {
             Ok(v) => cache.replace(&v),
