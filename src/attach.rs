@@ -11,9 +11,7 @@ use crate::backend::{Backend, PortRequest};
 use crate::binding::EdgeBinding;
 use crate::crash;
 use crate::error::{Error, Result};
-use crate::model::{
-    validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase,
-};
+use crate::model::{validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase};
 use crate::state::Store;
 
 pub struct Attacher {
@@ -45,7 +43,9 @@ impl Attacher {
         // 1. Validate everything we can before any side effect.
         validate_ifname(&req.ifname).map_err(Error::InvalidInput)?;
         if req.container_id.is_empty() {
-            return Err(Error::InvalidEnv("container id is empty (CNI_CONTAINERID)".into()));
+            return Err(Error::InvalidEnv(
+                "container id is empty (CNI_CONTAINERID)".into(),
+            ));
         }
         if let Some(mac) = &req.mac {
             crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;

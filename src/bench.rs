@@ -51,15 +51,28 @@ pub struct Stats {
 pub fn stats(mut v: Vec<Duration>, wall: Duration) -> Stats {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let pick = |p: usize| v.get(((v.len() * p) / 100).min(v.len().saturating_sub(1))).copied().map(ms).unwrap_or(0.0);
+    let pick = |p: usize| {
+        v.get(((v.len() * p) / 100).min(v.len().saturating_sub(1)))
+            .copied()
+            .map(ms)
+            .unwrap_or(0.0)
+    };
     Stats {
         count: v.len(),
         p50_ms: pick(50),
         p90_ms: pick(90),
         p99_ms: pick(99),
-        mean_ms: if v.is_empty() { 0.0 } else { v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64 },
+        mean_ms: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64
+        },
         max_ms: v.last().copied().map(ms).unwrap_or(0.0),
-        per_sec: if wall.is_zero() { 0.0 } else { v.len() as f64 / wall.as_secs_f64() },
+        per_sec: if wall.is_zero() {
+            0.0
+        } else {
+            v.len() as f64 / wall.as_secs_f64()
+        },
     }
 }
 
@@ -122,10 +135,20 @@ fn run_phase(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
-                match exec_plugin(plugin, command, &format!("{prefix}-{i}"), &netns::path(name), cni_path, conf) {
+                match exec_plugin(
+                    plugin,
+                    command,
+                    &format!("{prefix}-{i}"),
+                    &netns::path(name),
+                    cni_path,
+                    conf,
+                ) {
                     Ok(d) => times.lock().unwrap_or_else(|p| p.into_inner()).push(d),
                     Err(e) => {
-                        first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        first_err
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
                         break;
                     }
                 }
@@ -148,8 +171,21 @@ fn print_row(label: &str, s: &Stats) {
 
 pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
     match cmd {
-        BenchCmd::Attach { count, parallel, cni_path, no_reference, output } => {
-            match bench_attach(socket, count, parallel, &cni_path, no_reference, output.as_deref()) {
+        BenchCmd::Attach {
+            count,
+            parallel,
+            cni_path,
+            no_reference,
+            output,
+        } => {
+            match bench_attach(
+                socket,
+                count,
+                parallel,
+                &cni_path,
+                no_reference,
+                output.as_deref(),
+            ) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -176,7 +212,9 @@ fn bench_attach(
         socket,
         "POST",
         "/v1/networks",
-        Some(json!({"name": network, "subnet": "10.240.0.0/16", "gateway": "10.240.0.1", "exclude_ips": []})),
+        Some(
+            json!({"name": network, "subnet": "10.240.0.0/16", "gateway": "10.240.0.1", "exclude_ips": []}),
+        ),
     )?;
     let names: Vec<String> = (0..count).map(|i| format!("cb{tag}-{i}")).collect();
     let ref_names: Vec<String> = (0..count).map(|i| format!("rb{tag}-{i}")).collect();
@@ -186,10 +224,16 @@ fn bench_attach(
         }
     };
     let result = (|| -> Result<serde_json::Value, String> {
-        for n in names.iter().chain(if no_reference { [].iter() } else { ref_names.iter() }) {
+        for n in names.iter().chain(if no_reference {
+            [].iter()
+        } else {
+            ref_names.iter()
+        }) {
             netns::create(n).map_err(|e| e.to_string())?;
         }
-        let conf = json!({"cniVersion": "1.1.0", "name": network, "type": "courier", "socket": socket}).to_string();
+        let conf =
+            json!({"cniVersion": "1.1.0", "name": network, "type": "courier", "socket": socket})
+                .to_string();
         println!("courier bench attach: n={count} parallel={parallel}; Courier network {network} (OVN), reference bridge+host-local");
         let (add, add_wall) = run_phase(&me, "ADD", &names, "cb", cni_path, &conf, parallel)?;
         let (del, del_wall) = run_phase(&me, "DEL", &names, "cb", cni_path, &conf, parallel)?;
@@ -197,7 +241,8 @@ fn bench_attach(
         let c_del = stats(del, del_wall);
         print_row("courier ADD", &c_add);
         print_row("courier DEL", &c_del);
-        let mut out = json!({"count": count, "parallel": parallel, "courier": {"add": c_add, "del": c_del}});
+        let mut out =
+            json!({"count": count, "parallel": parallel, "courier": {"add": c_add, "del": c_del}});
         if !no_reference {
             let data_dir = std::env::temp_dir().join(format!("courier-bench-ipam-{tag}"));
             let rconf = json!({
@@ -207,8 +252,10 @@ fn bench_attach(
             })
             .to_string();
             let bridge = cni_path.join("bridge");
-            let (radd, radd_wall) = run_phase(&bridge, "ADD", &ref_names, "rb", cni_path, &rconf, parallel)?;
-            let (rdel, rdel_wall) = run_phase(&bridge, "DEL", &ref_names, "rb", cni_path, &rconf, parallel)?;
+            let (radd, radd_wall) =
+                run_phase(&bridge, "ADD", &ref_names, "rb", cni_path, &rconf, parallel)?;
+            let (rdel, rdel_wall) =
+                run_phase(&bridge, "DEL", &ref_names, "rb", cni_path, &rconf, parallel)?;
             let r_add = stats(radd, radd_wall);
             let r_del = stats(rdel, rdel_wall);
             print_row("bridge+host-local ADD", &r_add);
@@ -225,7 +272,9 @@ fn bench_attach(
             out["reference"] = json!({"add": r_add, "del": r_del});
             let _ = std::fs::remove_dir_all(&data_dir);
             // The bridge plugin leaves its bridge behind; remove it.
-            let _ = Command::new("ip").args(["link", "del", &format!("cbr{}", tag % 100000)]).status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("cbr{}", tag % 100000)])
+                .status();
         }
         Ok(out)
     })();

@@ -142,10 +142,21 @@ pub fn main() -> i32 {
 }
 
 /// One request to the daemon; Err is a printable message.
-pub fn call(socket: &std::path::Path, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+pub fn call(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
     let bytes = body.map(|b| b.to_string().into_bytes());
-    let resp = client::request(socket, method, path, bytes.as_deref(), Duration::from_secs(120))
-        .map_err(|e| e.to_string())?;
+    let resp = client::request(
+        socket,
+        method,
+        path,
+        bytes.as_deref(),
+        Duration::from_secs(120),
+    )
+    .map_err(|e| e.to_string())?;
     if (200..300).contains(&resp.status) {
         if resp.body.is_empty() {
             return Ok(Value::Null);
@@ -202,12 +213,21 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                 "/v1/networks",
                 Some(json!({"name": name, "subnet": net, "gateway": gw, "exclude_ips": excludes})),
             )?;
-            out(&v, &|v| println!("created network {} ({})", v["name"].as_str().unwrap_or("?"), v["subnet"].as_str().unwrap_or("-")));
+            out(&v, &|v| {
+                println!(
+                    "created network {} ({})",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["subnet"].as_str().unwrap_or("-")
+                )
+            });
         }
         Cmd::Network(NetworkCmd::List) => {
             let v = call(s, "GET", "/v1/networks", None)?;
             out(&v, &|v| {
-                println!("{:<24} {:<18} {:<15} {:>5}", "NAME", "SUBNET", "GATEWAY", "PORTS");
+                println!(
+                    "{:<24} {:<18} {:<15} {:>5}",
+                    "NAME", "SUBNET", "GATEWAY", "PORTS"
+                );
                 for n in v.as_array().into_iter().flatten() {
                     println!(
                         "{:<24} {:<18} {:<15} {:>5}",
@@ -230,7 +250,10 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
         Cmd::Port(PortCmd::List) => {
             let v = call(s, "GET", "/v1/ports", None)?;
             out(&v, &|v| {
-                println!("{:<22} {:<16} {:<18} {:<18} {:<4} ATTACHMENT", "PORT", "NETWORK", "MAC", "IP", "UP");
+                println!(
+                    "{:<22} {:<16} {:<18} {:<18} {:<4} ATTACHMENT",
+                    "PORT", "NETWORK", "MAC", "IP", "UP"
+                );
                 for p in v.as_array().into_iter().flatten() {
                     println!(
                         "{:<22} {:<16} {:<18} {:<18} {:<4} {}",
@@ -238,21 +261,24 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         p["network"].as_str().unwrap_or(""),
                         p["mac"].as_str().unwrap_or(""),
                         p["ips"][0].as_str().unwrap_or("-"),
-                        if p["up"].as_bool() == Some(true) { "yes" } else { "no" },
+                        if p["up"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                         p["attachment"].as_str().unwrap_or("-"),
                     );
                 }
             });
         }
         Cmd::Attach(a) => {
-            let ip = a
-                .ip
-                .as_ref()
-                .map(|i| {
-                    i.parse::<std::net::IpAddr>()
-                        .map_err(|_| format!("--ip {i:?} is not an IP address"))
-                })
-                .transpose()?;
+            let ip =
+                a.ip.as_ref()
+                    .map(|i| {
+                        i.parse::<std::net::IpAddr>()
+                            .map_err(|_| format!("--ip {i:?} is not an IP address"))
+                    })
+                    .transpose()?;
             let v = call(
                 s,
                 "POST",
@@ -301,7 +327,10 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
         Cmd::Attachments => {
             let v = call(s, "GET", "/v1/attachments", None)?;
             out(&v, &|v| {
-                println!("{:<12} {:<10} {:<32} {:<8} {:<16} IP", "ID", "PHASE", "NETNS", "IFNAME", "NETWORK");
+                println!(
+                    "{:<12} {:<10} {:<32} {:<8} {:<16} IP",
+                    "ID", "PHASE", "NETNS", "IFNAME", "NETWORK"
+                );
                 for a in v.as_array().into_iter().flatten() {
                     println!(
                         "{:<12} {:<10} {:<32} {:<8} {:<16} {}",
@@ -318,14 +347,46 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
         Cmd::Status => {
             let v = call(s, "GET", "/v1/status", None)?;
             out(&v, &|v| {
-                let yes = |b: &Value| if b.as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" };
-                println!("daemon:      running (version {}, up {} s, host {})", v["version"].as_str().unwrap_or("?"), v["uptime_secs"], v["host"].as_str().unwrap_or("?"));
-                println!("backend:     {} {}{}", v["backend"].as_str().unwrap_or("?"), yes(&v["backend_reachable"]), v["backend_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
-                println!("vswitch:     {}{}", yes(&v["vswitch_reachable"]), v["vswitch_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
+                let yes = |b: &Value| {
+                    if b.as_bool() == Some(true) {
+                        "reachable"
+                    } else {
+                        "UNREACHABLE"
+                    }
+                };
+                println!(
+                    "daemon:      running (version {}, up {} s, host {})",
+                    v["version"].as_str().unwrap_or("?"),
+                    v["uptime_secs"],
+                    v["host"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "backend:     {} {}{}",
+                    v["backend"].as_str().unwrap_or("?"),
+                    yes(&v["backend_reachable"]),
+                    v["backend_error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+                println!("binding:     {}", v["binding"].as_str().unwrap_or("?"));
+                println!(
+                    "vswitch:     {}{}",
+                    yes(&v["vswitch_reachable"]),
+                    v["vswitch_error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
                 println!("networks:    {}", v["networks"]);
-                println!("attachments: {} ({} ready)", v["attachments"], v["attachments_ready"]);
+                println!(
+                    "attachments: {} ({} ready)",
+                    v["attachments"], v["attachments_ready"]
+                );
             });
-            if v["backend_reachable"].as_bool() != Some(true) || v["vswitch_reachable"].as_bool() != Some(true) {
+            if v["backend_reachable"].as_bool() != Some(true)
+                || v["vswitch_reachable"].as_bool() != Some(true)
+            {
                 return Err("not everything is reachable".into());
             }
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the Courier daemon at {socket}: {source} (is `courier daemon` running?)")]
+    #[error(
+        "cannot reach the Courier daemon at {socket}: {source} (is `courier daemon` running?)"
+    )]
     Connect {
         socket: String,
         source: std::io::Error,
@@ -81,7 +83,11 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let rest = &raw[split + 4..];
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
     Ok(Response { status, body })
 }
 

@@ -34,7 +34,8 @@ impl Daemon {
 pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
     let backend = Arc::new(OvnBackend::connect(&config.ovn.nb_remote, &config.host).await?);
-    let vswitch = Arc::new(Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host).await?);
+    let vswitch =
+        Arc::new(Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host).await?);
     let host_netlink = Arc::new(Netlink::host().map_err(|source| Error::Netlink {
         context: "opening rtnetlink in the host netns".into(),
         source,
@@ -74,7 +75,9 @@ pub async fn run(config: Config) -> Result<()> {
             loop {
                 tick.tick().await;
                 match d.reconcile(false).await {
-                    Ok(r) if !r.is_empty() => tracing::warn!(report = ?r, "periodic reconcile repaired state"),
+                    Ok(r) if !r.is_empty() => {
+                        tracing::warn!(report = ?r, "periodic reconcile repaired state")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "periodic reconcile failed"),
                 }

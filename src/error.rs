@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 pub enum Error {
     #[error("invalid request: {0}")]
     InvalidInput(String),
+    #[error("{0}")]
+    IncompatibleVersion(String),
     #[error("invalid environment: {0}")]
     InvalidEnv(String),
     #[error("cannot decode request: {0}")]
@@ -79,8 +81,6 @@ pub struct ErrorBody {
 /// CNI well-known error codes (spec 1.1 §"Error") and Courier's own (>= 100).
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    pub const CONTAINER_UNKNOWN: u32 = 3;
     pub const INVALID_ENV: u32 = 4;
     pub const IO_FAILURE: u32 = 5;
     pub const DECODE: u32 = 6;
@@ -102,6 +102,7 @@ impl Error {
         use Error::*;
         match self {
             InvalidInput(_) => code::INVALID_NETCONF,
+            IncompatibleVersion(_) => code::INCOMPATIBLE_VERSION,
             InvalidEnv(_) => code::INVALID_ENV,
             Decode(_) => code::DECODE,
             UnknownNetwork(_) => code::INVALID_NETCONF,
@@ -124,11 +125,12 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         use Error::*;
         match self {
-            InvalidInput(_) | InvalidEnv(_) | Decode(_) => 400,
+            InvalidInput(_) | IncompatibleVersion(_) | InvalidEnv(_) | Decode(_) => 400,
             UnknownNetwork(_) | NotAttached { .. } => 404,
-            NetworkExists(_) | NetworkInUse { .. } | AlreadyAttached { .. } | AddressInUse { .. } => {
-                409
-            }
+            NetworkExists(_)
+            | NetworkInUse { .. }
+            | AlreadyAttached { .. }
+            | AddressInUse { .. } => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) => 503,
             Backend { source, .. } if is_disconnect(source) => 503,

@@ -33,9 +33,16 @@ fn run_daemon(config_path: Option<PathBuf>) -> i32 {
     let filter = EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("COURIER_LOG_FORMAT").is_ok_and(|v| v == "json");
     if json {
-        fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
+        fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     let config = match config::Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -44,7 +51,10 @@ fn run_daemon(config_path: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting runtime: {e}");

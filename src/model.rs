@@ -187,8 +187,7 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
             "interface name {name:?} must be 1 to 15 characters long"
         ));
     }
-    if name == "." || name == ".." || name.contains('/') || name.chars().any(char::is_whitespace)
-    {
+    if name == "." || name == ".." || name.contains('/') || name.chars().any(char::is_whitespace) {
         return Err(format!(
             "interface name {name:?} may not contain '/' or whitespace, nor be '.' or '..'"
         ));
@@ -226,7 +225,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
     }
     if mac[0] & 1 == 1 {
-        return Err(format!("MAC address {s:?} is a multicast address; use a unicast one"));
+        return Err(format!(
+            "MAC address {s:?} is a multicast address; use a unicast one"
+        ));
     }
     Ok(mac)
 }

@@ -36,7 +36,10 @@ pub fn create(name: &str) -> io::Result<PathBuf> {
     .map_err(|_| io::Error::other("netns thread panicked"))?;
     if let Err(e) = res {
         let _ = std::fs::remove_file(&p);
-        return Err(io::Error::new(e.kind(), format!("creating netns {name}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("creating netns {name}: {e}"),
+        ));
     }
     Ok(p)
 }

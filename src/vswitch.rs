@@ -48,7 +48,10 @@ impl Vswitch {
                 &[
                     ("Bridge", &["name", "ports"][..]),
                     ("Port", &["name", "interfaces", "external_ids"][..]),
-                    ("Interface", &["name", "external_ids", "ofport", "error"][..]),
+                    (
+                        "Interface",
+                        &["name", "external_ids", "ofport", "error"][..],
+                    ),
                 ],
             )
             .await
@@ -169,10 +172,10 @@ impl Vswitch {
                 )
             })
             .collect();
-        self.db
-            .transact(DB, ops)
-            .await
-            .map_err(ovs_err(format!("removing port {name} from {}", self.bridge)))?;
+        self.db.transact(DB, ops).await.map_err(ovs_err(format!(
+            "removing port {name} from {}",
+            self.bridge
+        )))?;
         Ok(true)
     }
 

@@ -25,23 +25,55 @@ fn cli_network_attach_ping_detach() {
     let x = Netns::new("cli-x");
     let y = Netns::new("cli-y");
     let ax = d.cli(&["--json", "attach", "--netns", &x.path(), "--network", &net]);
-    assert!(ax.status.success(), "{}\n{}", String::from_utf8_lossy(&ax.stderr), d.log());
-    let ay = d.cli(&["--json", "attach", "--netns", &y.path(), "--network", &net, "--ifname", "net1"]);
-    assert!(ay.status.success(), "{}", String::from_utf8_lossy(&ay.stderr));
+    assert!(
+        ax.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&ax.stderr),
+        d.log()
+    );
+    let ay = d.cli(&[
+        "--json",
+        "attach",
+        "--netns",
+        &y.path(),
+        "--network",
+        &net,
+        "--ifname",
+        "net1",
+    ]);
+    assert!(
+        ay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ay.stderr)
+    );
     let vy: serde_json::Value = serde_json::from_slice(&ay.stdout).unwrap();
-    let ip_y = vy["port"]["ips"][0].as_str().unwrap().split('/').next().unwrap().to_string();
+    let ip_y = vy["port"]["ips"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(y.has_link("net1"));
     assert!(x.ping(&ip_y), "x cannot reach y over OVN");
 
     let ports = d.cli(&["port", "list"]);
     let ports = String::from_utf8_lossy(&ports.stdout).to_string();
-    assert_eq!(ports.lines().filter(|l| l.contains(&net)).count(), 2, "{ports}");
+    assert_eq!(
+        ports.lines().filter(|l| l.contains(&net)).count(),
+        2,
+        "{ports}"
+    );
 
     // A network with ports cannot be deleted; nothing changes.
     let before = world(&d);
     let del = d.cli(&["network", "delete", &net]);
     assert!(!del.status.success());
-    assert!(String::from_utf8_lossy(&del.stderr).contains("detach"), "{}", String::from_utf8_lossy(&del.stderr));
+    assert!(
+        String::from_utf8_lossy(&del.stderr).contains("detach"),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
     assert_eq!(world(&d), before);
 
     let st = d.cli(&["status"]);
@@ -50,7 +82,10 @@ fn cli_network_attach_ping_detach() {
     assert!(st.contains("attachments: 2"), "{st}");
 
     assert!(d.cli(&["detach", "--netns", &x.path()]).status.success());
-    assert!(d.cli(&["detach", "--netns", &y.path(), "--ifname", "net1"]).status.success());
+    assert!(d
+        .cli(&["detach", "--netns", &y.path(), "--ifname", "net1"])
+        .status
+        .success());
     assert!(!y.has_link("net1"));
     assert!(d.cli(&["network", "delete", &net]).status.success());
     assert_eq!(world(&d), baseline);
@@ -67,8 +102,14 @@ fn help_is_accurate() {
         (vec!["bench", "attach", "--help"], "--count"),
         (vec!["status", "--help"], "health"),
     ] {
-        let out = std::process::Command::new(BIN).args(&args).output().unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains(needle), "{args:?} lacks {needle}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{args:?} lacks {needle}"
+        );
     }
 }

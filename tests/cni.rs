@@ -4,7 +4,9 @@ use common::*;
 use serde_json::json;
 
 fn ip_of(result: &serde_json::Value) -> String {
-    let cidr = result["ips"][0]["address"].as_str().expect("ips[0].address in result");
+    let cidr = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address in result");
     cidr.split('/').next().unwrap().to_string()
 }
 
@@ -28,7 +30,10 @@ fn add_ping_tcp_check_del_gc() {
     assert_eq!(ra["cniVersion"], "1.1.0");
     assert_eq!(ra["interfaces"][1]["name"], "eth0");
     assert_eq!(ra["interfaces"][1]["sandbox"], a.path());
-    assert!(ra["routes"][0]["gw"].is_string(), "default route in result: {ra}");
+    assert!(
+        ra["routes"][0]["gw"].is_string(),
+        "default route in result: {ra}"
+    );
     let (ip_a, ip_b) = (ip_of(&ra), ip_of(&rb));
     assert_ne!(ip_a, ip_b);
 
@@ -37,16 +42,26 @@ fn add_ping_tcp_check_del_gc() {
     assert_eq!(atts.len(), 2);
     for att in &atts {
         let port = att["port_name"].as_str().unwrap();
-        assert_eq!(nbctl(&["get", "Logical_Switch_Port", port, "up"]).trim(), "true");
+        assert_eq!(
+            nbctl(&["get", "Logical_Switch_Port", port, "up"]).trim(),
+            "true"
+        );
         let dynamic = nbctl(&["get", "Logical_Switch_Port", port, "dynamic_addresses"]);
-        assert!(dynamic.contains(att["port"]["mac"].as_str().unwrap()), "{dynamic}");
+        assert!(
+            dynamic.contains(att["port"]["mac"].as_str().unwrap()),
+            "{dynamic}"
+        );
         let host_if = att["host_ifname"].as_str().unwrap();
-        let iface_id = sh_ok("ovs-vsctl", &["get", "Interface", host_if, "external_ids:iface-id"]);
+        let iface_id = sh_ok(
+            "ovs-vsctl",
+            &["get", "Interface", host_if, "external_ids:iface-id"],
+        );
         assert_eq!(iface_id.trim().trim_matches('"'), port);
     }
     // The container interface carries the port's MAC.
     let link = a.exec(&["ip", "-o", "link", "show", "eth0"]);
-    assert!(String::from_utf8_lossy(&link.stdout).contains(ra["interfaces"][1]["mac"].as_str().unwrap()));
+    assert!(String::from_utf8_lossy(&link.stdout)
+        .contains(ra["interfaces"][1]["mac"].as_str().unwrap()));
 
     // Packets cross OVN both ways; TCP works (TX checksum offload handled by the binding).
     assert!(a.ping(&ip_b), "a cannot ping b");
@@ -58,7 +73,10 @@ fn add_ping_tcp_check_del_gc() {
     // CHECK passes, then fails once the host end of the veth is deleted by hand.
     let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &conf);
     assert_eq!(code, 0, "CHECK: {out}");
-    let host_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["host_ifname"].as_str().unwrap().to_string();
+    let host_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
     sh_ok("ip", &["link", "del", &host_a]);
     let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &conf);
     assert_eq!(code, 1);
@@ -66,7 +84,10 @@ fn add_ping_tcp_check_del_gc() {
     assert!(out["msg"].as_str().unwrap().contains("missing"), "{out}");
 
     // DEL removes the LSP, the OVS port and the veth; a second DEL succeeds.
-    let port_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["port_name"].as_str().unwrap().to_string();
+    let port_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["port_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (code, out) = d.cni("DEL", "ctr-a", &a.path(), "eth0", &conf);
     assert_eq!(code, 0, "DEL: {out}");
     let w = world(&d);
@@ -75,16 +96,25 @@ fn add_ping_tcp_check_del_gc() {
     assert!(!w.host_links.contains(&host_a));
     assert!(!a.has_link("eth0"));
     assert_eq!(d.cni("DEL", "ctr-a", &a.path(), "eth0", &conf).0, 0);
-    assert_eq!(d.cni("DEL", "never-added", "", "eth0", &conf).0, 0, "DEL of unknown container must succeed");
+    assert_eq!(
+        d.cni("DEL", "never-added", "", "eth0", &conf).0,
+        0,
+        "DEL of unknown container must succeed"
+    );
 
     // GC with a valid list removes the others.
     let c = Netns::new("cni-c");
     assert_eq!(d.cni("ADD", "ctr-c", &c.path(), "eth0", &conf).0, 0);
     let gc_conf = json!({"cniVersion": "1.1.0", "name": net, "type": "courier", "socket": d.socket,
-        "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]}).to_string();
+        "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]})
+    .to_string();
     let (code, out) = d.cni("GC", "", "", "", &gc_conf);
     assert_eq!(code, 0, "GC: {out}");
-    let left: Vec<String> = d.store().iter().map(|x| x["container_id"].as_str().unwrap().to_string()).collect();
+    let left: Vec<String> = d
+        .store()
+        .iter()
+        .map(|x| x["container_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(left, vec!["ctr-b".to_string()]);
     assert!(!c.has_link("eth0"));
     assert!(b.has_link("eth0"));
@@ -111,7 +141,8 @@ fn cni_0_4_0_result_and_requested_ip() {
     d.create_network(&net, &subnet);
     let want = subnet.replace(".0/24", ".77");
     let conf = json!({"cniVersion": "0.4.0", "name": net, "type": "courier", "socket": d.socket,
-        "runtimeConfig": {"ips": [format!("{want}/24")]}}).to_string();
+        "runtimeConfig": {"ips": [format!("{want}/24")]}})
+    .to_string();
     let a = Netns::new("cni04-a");
     let (code, r) = d.cni("ADD", "c04", &a.path(), "eth0", &conf);
     assert_eq!(code, 0, "{r}\n{}", d.log());

@@ -7,8 +7,19 @@ use std::time::Duration;
 
 use common::*;
 
-const ATTACH_STEPS: &[&str] = &["after-intent", "after-port", "after-veth", "after-ovs-port", "after-plug", "after-up"];
-const DETACH_STEPS: &[&str] = &["detach-after-mark", "detach-after-unplug", "detach-after-port"];
+const ATTACH_STEPS: &[&str] = &[
+    "after-intent",
+    "after-port",
+    "after-veth",
+    "after-ovs-port",
+    "after-plug",
+    "after-up",
+];
+const DETACH_STEPS: &[&str] = &[
+    "detach-after-mark",
+    "detach-after-unplug",
+    "detach-after-port",
+];
 
 #[test]
 fn kill9_at_every_step_leaks_nothing() {
@@ -25,11 +36,19 @@ fn kill9_at_every_step_leaks_nothing() {
     for step in ATTACH_STEPS {
         d.restart(&[("COURIER_CRASH_AT", step)]);
         let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
-        assert_ne!(code, 0, "{step}: ADD should fail when the daemon dies: {out}");
+        assert_ne!(
+            code, 0,
+            "{step}: ADD should fail when the daemon dies: {out}"
+        );
         let st = d.wait_exit(Duration::from_secs(10));
         assert!(!st.success(), "{step}: daemon should have been killed");
         d.restart(&[]);
-        assert_eq!(world(&d), clean, "{step}: leaked after restart\n{}", d.log());
+        assert_eq!(
+            world(&d),
+            clean,
+            "{step}: leaked after restart\n{}",
+            d.log()
+        );
         assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
     }
 
@@ -39,7 +58,12 @@ fn kill9_at_every_step_leaks_nothing() {
     assert_ne!(code, 0);
     d.wait_exit(Duration::from_secs(10));
     d.restart(&[]);
-    assert_eq!(d.cni("CHECK", "crashy", &ns.path(), "eth0", &conf).0, 0, "after-ready: attachment should be complete\n{}", d.log());
+    assert_eq!(
+        d.cni("CHECK", "crashy", &ns.path(), "eth0", &conf).0,
+        0,
+        "after-ready: attachment should be complete\n{}",
+        d.log()
+    );
     assert_eq!(d.cni("DEL", "crashy", &ns.path(), "eth0", &conf).0, 0);
     assert_eq!(world(&d), clean);
 
@@ -52,7 +76,12 @@ fn kill9_at_every_step_leaks_nothing() {
         assert_ne!(code, 0, "{step}: DEL should fail when the daemon dies");
         d.wait_exit(Duration::from_secs(10));
         d.restart(&[]);
-        assert_eq!(world(&d), clean, "{step}: leaked after restart\n{}", d.log());
+        assert_eq!(
+            world(&d),
+            clean,
+            "{step}: leaked after restart\n{}",
+            d.log()
+        );
         assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
     }
 
@@ -60,10 +89,31 @@ fn kill9_at_every_step_leaks_nothing() {
     d.kill9();
     let id = "0123456789ab";
     let lsp = format!("courier-{id}");
-    nbctl(&["lsp-add", &net, &lsp, "--", "set", "Logical_Switch_Port", &lsp,
-        &format!("external_ids:courier-owner=courier"), &format!("external_ids:courier-host=it-{}", d.name),
-        &format!("external_ids:courier-attachment={id}")]);
-    sh_ok("ip", &["link", "add", &format!("cv{id}"), "type", "veth", "peer", "name", &format!("cp{id}")]);
+    nbctl(&[
+        "lsp-add",
+        &net,
+        &lsp,
+        "--",
+        "set",
+        "Logical_Switch_Port",
+        &lsp,
+        &format!("external_ids:courier-owner=courier"),
+        &format!("external_ids:courier-host=it-{}", d.name),
+        &format!("external_ids:courier-attachment={id}"),
+    ]);
+    sh_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            &format!("cv{id}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("cp{id}"),
+        ],
+    );
     d.restart(&[]);
     assert_eq!(world(&d), clean, "orphans not swept\n{}", d.log());
 

@@ -43,7 +43,13 @@ impl OvnBackend {
                     (LS, &["name", "other_config", "external_ids", "ports"][..]),
                     (
                         LSP,
-                        &["name", "addresses", "dynamic_addresses", "up", "external_ids"][..],
+                        &[
+                            "name",
+                            "addresses",
+                            "dynamic_addresses",
+                            "up",
+                            "external_ids",
+                        ][..],
                     ),
                 ],
             )
@@ -158,7 +164,10 @@ impl OvnBackend {
             }
             addrs
                 .iter()
-                .any(|a| a.split_whitespace().any(|w| w.parse::<IpAddr>().ok() == Some(ip)))
+                .any(|a| {
+                    a.split_whitespace()
+                        .any(|w| w.parse::<IpAddr>().ok() == Some(ip))
+                })
                 .then(|| ovsdb::get_str(&row, "name").unwrap_or("?").to_string())
         })
     }
@@ -198,7 +207,8 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<String> {
             "subnet {subnet} is too small: use a prefix of /29 or shorter"
         )));
     }
-    let usable = |ip: Ipv4Addr| subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast();
+    let usable =
+        |ip: Ipv4Addr| subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast();
     let mut excludes = Vec::new();
     if let Some(gw) = spec.gateway {
         if !usable(gw) {
@@ -214,7 +224,10 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<String> {
                 (Ok(a), Ok(b)) => subnet.contains(&a) && subnet.contains(&b) && a <= b,
                 _ => false,
             },
-            None => e.parse::<Ipv4Addr>().map(|a| subnet.contains(&a)).unwrap_or(false),
+            None => e
+                .parse::<Ipv4Addr>()
+                .map(|a| subnet.contains(&a))
+                .unwrap_or(false),
         };
         if !ok {
             return Err(Error::InvalidInput(format!(
@@ -512,7 +525,10 @@ impl Backend for OvnBackend {
                 vec![Condition::includes("ports", ovsdb::uuid(u))],
                 vec![Mutation::delete("ports", ovsdb::uuid(u))],
             ));
-            ops.push(Op::delete(LSP, vec![Condition::eq("_uuid", ovsdb::uuid(u))]));
+            ops.push(Op::delete(
+                LSP,
+                vec![Condition::eq("_uuid", ovsdb::uuid(u))],
+            ));
         }
         self.nb
             .transact(DB, ops)

@@ -27,11 +27,7 @@ fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
 
 impl VethOvs {
     pub fn new(host: Arc<Netlink>, vswitch: Arc<Vswitch>, mtu: Option<u32>) -> Self {
-        VethOvs {
-            host,
-            vswitch,
-            mtu,
-        }
+        VethOvs { host, vswitch, mtu }
     }
 }
 
@@ -73,7 +69,10 @@ impl EdgeBinding for VethOvs {
         if ns
             .link(&att.ifname)
             .await
-            .map_err(nl_err(format!("looking up {} in {}", att.ifname, att.netns)))?
+            .map_err(nl_err(format!(
+                "looking up {} in {}",
+                att.ifname, att.netns
+            )))?
             .is_some()
         {
             return Err(Error::InvalidInput(format!(
@@ -129,7 +128,10 @@ impl EdgeBinding for VethOvs {
             gateway: port.gateway,
         })
         .await
-        .map_err(nl_err(format!("configuring {} in {}", att.ifname, att.netns)))?;
+        .map_err(nl_err(format!(
+            "configuring {} in {}",
+            att.ifname, att.netns
+        )))?;
         Ok(())
     }
 
@@ -187,7 +189,10 @@ impl EdgeBinding for VethOvs {
         let link = ns
             .link(&att.ifname)
             .await
-            .map_err(nl_err(format!("looking up {} in {}", att.ifname, att.netns)))?
+            .map_err(nl_err(format!(
+                "looking up {} in {}",
+                att.ifname, att.netns
+            )))?
             .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
         let want_mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
         if link.mac != Some(want_mac) {

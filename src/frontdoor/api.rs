@@ -23,7 +23,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/networks", get(list_networks).post(create_network))
-        .route("/v1/networks/{name}", get(show_network).delete(delete_network))
+        .route(
+            "/v1/networks/{name}",
+            get(show_network).delete(delete_network),
+        )
         .route("/v1/ports", get(list_ports))
         .route("/v1/attachments", get(list_attachments).post(attach))
         .route("/v1/attachments/detach", post(detach))
@@ -45,8 +48,8 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.0.body())).into_response()
     }
 }
@@ -62,6 +65,7 @@ pub struct Status {
     pub version: String,
     pub host: String,
     pub backend: String,
+    pub binding: String,
     pub backend_reachable: bool,
     pub backend_error: Option<String>,
     pub vswitch_reachable: bool,
@@ -75,12 +79,19 @@ pub struct Status {
 async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
     let backend = d.attacher.backend.health().await;
     let vswitch = d.vswitch.health().await;
-    let networks = d.attacher.backend.networks().await.map(|n| n.len()).unwrap_or(0);
+    let networks = d
+        .attacher
+        .backend
+        .networks()
+        .await
+        .map(|n| n.len())
+        .unwrap_or(0);
     let atts = d.attacher.list().await?;
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         host: d.config.host.clone(),
         backend: d.attacher.backend.kind().into(),
+        binding: d.attacher.binding.kind().into(),
         backend_reachable: backend.is_ok(),
         backend_error: backend.err().map(|e| e.to_string()),
         vswitch_reachable: vswitch.is_ok(),

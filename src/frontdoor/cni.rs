@@ -49,8 +49,6 @@ pub struct NetConf {
     pub cni_version: String,
     /// The Courier network to attach to.
     pub name: String,
-    #[serde(rename = "type")]
-    pub plugin_type: String,
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
     #[serde(default, rename = "cni.dev/valid-attachments")]
@@ -79,7 +77,7 @@ pub fn parse_netconf(stdin: &str) -> Result<NetConf> {
     let conf: NetConf = serde_json::from_str(stdin)
         .map_err(|e| Error::Decode(format!("network configuration is not valid CNI JSON: {e}")))?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::IncompatibleVersion(format!(
             "cniVersion {:?} is not supported; use one of {}",
             conf.cni_version,
             SUPPORTED_VERSIONS.join(", ")
@@ -92,9 +90,9 @@ pub fn parse_netconf(stdin: &str) -> Result<NetConf> {
 pub fn parse_cni_args(args: &str) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for kv in args.split(';').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            Error::InvalidEnv(format!("CNI_ARGS entry {kv:?} is not KEY=VALUE"))
-        })?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::InvalidEnv(format!("CNI_ARGS entry {kv:?} is not KEY=VALUE")))?;
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
@@ -208,15 +206,18 @@ pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>
 
 /// The ADD result per the CNI spec version the runtime asked for.
 pub fn result_json(att: &Attachment, version: &str) -> Value {
-    let port = att.port.clone().unwrap_or_else(|| crate::model::LogicalPort {
-        name: att.port_name.clone(),
-        network: att.network.clone(),
-        mac: String::new(),
-        ips: vec![],
-        gateway: None,
-        up: false,
-        attachment: None,
-    });
+    let port = att
+        .port
+        .clone()
+        .unwrap_or_else(|| crate::model::LogicalPort {
+            name: att.port_name.clone(),
+            network: att.network.clone(),
+            mac: String::new(),
+            ips: vec![],
+            gateway: None,
+            up: false,
+            attachment: None,
+        });
     let legacy = version == "0.4.0";
     let ips: Vec<Value> = port
         .ips
@@ -319,7 +320,13 @@ pub fn run_plugin() -> i32 {
             })
         }
     };
-    match client::request(&socket, "POST", "/v1/cni", Some(&body), Duration::from_secs(120)) {
+    match client::request(
+        &socket,
+        "POST",
+        "/v1/cni",
+        Some(&body),
+        Duration::from_secs(120),
+    ) {
         Ok(resp) if resp.status == 200 => {
             if !resp.body.is_empty() && resp.body != b"null" {
                 let _ = stdout.write_all(&resp.body);
@@ -392,7 +399,10 @@ mod tests {
         assert_eq!(r["ips"][0]["gateway"], "10.9.0.1");
         assert_eq!(r["ips"][0]["interface"], 1);
         assert!(r["ips"][0].get("version").is_none());
-        assert_eq!(r["routes"][0], json!({"dst": "0.0.0.0/0", "gw": "10.9.0.1"}));
+        assert_eq!(
+            r["routes"][0],
+            json!({"dst": "0.0.0.0/0", "gw": "10.9.0.1"})
+        );
     }
 
     #[test]
@@ -411,8 +421,9 @@ mod tests {
         );
         let e = parse_netconf("{not json").unwrap_err();
         assert_eq!(e.code(), code::DECODE);
-        let e = parse_netconf(r#"{"cniVersion":"0.3.1","name":"n1","type":"courier"}"#).unwrap_err();
-        assert_eq!(e.code(), code::INVALID_NETCONF);
+        let e =
+            parse_netconf(r#"{"cniVersion":"0.3.1","name":"n1","type":"courier"}"#).unwrap_err();
+        assert_eq!(e.code(), code::INCOMPATIBLE_VERSION);
         let e = parse_netconf(r#"{"cniVersion":"1.1.0","type":"courier"}"#).unwrap_err();
         assert_eq!(e.code(), code::DECODE);
         let gc = parse_netconf(r#"{"cniVersion":"1.1.0","name":"n1","type":"courier","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#).unwrap();

@@ -57,7 +57,11 @@ pub fn skip(test: &str, reason: &str) {
     }
     eprintln!("SKIP {test}: {reason}");
     if let Ok(log) = std::env::var("COURIER_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "{test}: {reason}");
         }
     }
@@ -143,7 +147,11 @@ impl TestDaemon {
             if self.try_api("GET", "/v1/status", None).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "daemon not ready in 20 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready in 20 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -178,7 +186,12 @@ impl TestDaemon {
         self.spawn(env);
     }
 
-    pub fn try_api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    pub fn try_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         let mut args = vec![
             "-s".to_string(),
             "--unix-socket".into(),
@@ -195,19 +208,27 @@ impl TestDaemon {
             args.push(b.to_string());
         }
         args.push(format!("http://courier{path}"));
-        let out = Command::new("curl").args(&args).output().map_err(|e| e.to_string())?;
+        let out = Command::new("curl")
+            .args(&args)
+            .output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!("curl exit {}", out.status));
         }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').ok_or("no status")?;
         let code: u16 = code.trim().parse().map_err(|_| "bad status")?;
-        let v = if body.trim().is_empty() { Value::Null } else { serde_json::from_str(body).unwrap_or(Value::String(body.into())) };
+        let v = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or(Value::String(body.into()))
+        };
         Ok((code, v))
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.try_api(method, path, body).expect("daemon API reachable")
+        self.try_api(method, path, body)
+            .expect("daemon API reachable")
     }
 
     /// Runs the CLI against this daemon.
@@ -222,15 +243,27 @@ impl TestDaemon {
 
     pub fn create_network(&self, name: &str, subnet: &str) {
         let out = self.cli(&["network", "create", name, "--subnet", subnet]);
-        assert!(out.status.success(), "network create: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "network create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn netconf(&self, network: &str, version: &str) -> String {
-        json!({"cniVersion": version, "name": network, "type": "courier", "socket": self.socket}).to_string()
+        json!({"cniVersion": version, "name": network, "type": "courier", "socket": self.socket})
+            .to_string()
     }
 
     /// Runs the binary as a CNI plugin; returns (exit code, parsed stdout or Null).
-    pub fn cni(&self, command: &str, container: &str, netns: &str, ifname: &str, stdin: &str) -> (i32, Value) {
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        stdin: &str,
+    ) -> (i32, Value) {
         cni_exec(command, container, netns, ifname, stdin, &[])
     }
 
@@ -241,7 +274,14 @@ impl TestDaemon {
     }
 }
 
-pub fn cni_exec(command: &str, container: &str, netns: &str, ifname: &str, stdin: &str, extra: &[(&str, &str)]) -> (i32, Value) {
+pub fn cni_exec(
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    stdin: &str,
+    extra: &[(&str, &str)],
+) -> (i32, Value) {
     let mut cmd = Command::new(BIN);
     cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
@@ -259,10 +299,19 @@ pub fn cni_exec(command: &str, container: &str, netns: &str, ifname: &str, stdin
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("exec courier as CNI plugin");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     let out = child.wait_with_output().expect("plugin output");
     let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|_| panic!("plugin stdout is not JSON: {text}")) };
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("plugin stdout is not JSON: {text}"))
+    };
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -296,7 +345,9 @@ impl Netns {
     }
 
     pub fn ping(&self, ip: &str) -> bool {
-        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip]).status.success()
+        self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip])
+            .status
+            .success()
     }
 
     pub fn has_link(&self, ifname: &str) -> bool {
@@ -312,11 +363,17 @@ impl Drop for Netns {
 
 /// Sends `bytes` random bytes over TCP from `client` to `server`:`port`; returns what the
 /// server received (length, sha256 hex) and what was sent.
-pub fn tcp_transfer(server: &Netns, client: &Netns, server_ip: &str, port: u16, bytes: usize) -> ((usize, String), (usize, String)) {
+pub fn tcp_transfer(
+    server: &Netns,
+    client: &Netns,
+    server_ip: &str,
+    port: u16,
+    bytes: usize,
+) -> ((usize, String), (usize, String)) {
     let srv_code = format!(
         "import socket,hashlib\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',{port}));s.listen(1);s.settimeout(20)\nc,_=s.accept();c.settimeout(20);h=hashlib.sha256();n=0\nwhile True:\n d=c.recv(65536)\n if not d: break\n h.update(d);n+=len(d)\nprint(n,h.hexdigest())"
     );
-    let mut srv = Command::new("ip")
+    let srv = Command::new("ip")
         .args(["netns", "exec", &server.name, "python3", "-c", &srv_code])
         .stdout(Stdio::piped())
         .spawn()
@@ -330,7 +387,10 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, server_ip: &str, port: u16, 
     let parse = |o: &[u8]| {
         let t = String::from_utf8_lossy(o);
         let mut w = t.split_whitespace();
-        (w.next().and_then(|n| n.parse().ok()).unwrap_or(0), w.next().unwrap_or("").to_string())
+        (
+            w.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+            w.next().unwrap_or("").to_string(),
+        )
     };
     (parse(&recv.stdout), parse(&sent.stdout))
 }
@@ -346,11 +406,27 @@ pub struct World {
 }
 
 pub fn world(d: &TestDaemon) -> World {
-    let lines = |s: String| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect::<BTreeSet<_>>();
+    let lines = |s: String| {
+        s.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+    };
     let links = sh_ok("ip", &["-o", "link", "show"]);
     World {
-        switches: lines(nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"])),
-        lsps: lines(nbctl(&["--bare", "--columns=name", "list", "Logical_Switch_Port"])),
+        switches: lines(nbctl(&[
+            "--bare",
+            "--columns=name",
+            "list",
+            "Logical_Switch",
+        ])),
+        lsps: lines(nbctl(&[
+            "--bare",
+            "--columns=name",
+            "list",
+            "Logical_Switch_Port",
+        ])),
         ovs_ports: lines(sh_ok("ovs-vsctl", &["list-ports", "br-int"])),
         host_links: links
             .lines()
@@ -358,7 +434,11 @@ pub fn world(d: &TestDaemon) -> World {
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
             .filter(|n| n.starts_with("cv") || n.starts_with("cp"))
             .collect(),
-        store: d.store().iter().map(|a| a["id"].as_str().unwrap_or("").to_string()).collect(),
+        store: d
+            .store()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap_or("").to_string())
+            .collect(),
     }
 }
 
