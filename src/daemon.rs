@@ -36,10 +36,9 @@ pub async fn run(config: Config) -> Result<()> {
     let backend = Arc::new(OvnBackend::connect(&config.ovn.nb_remote, &config.host).await?);
     let vswitch =
         Arc::new(Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host).await?);
-    let host_netlink = Arc::new(Netlink::host().map_err(|source| Error::Netlink {
-        context: "opening rtnetlink in the host netns".into(),
-        source,
-    })?);
+    let host_netlink = Arc::new(
+        Netlink::host().map_err(|e| Error::netlink("opening rtnetlink in the host netns", e))?,
+    );
     let binding = Arc::new(VethOvs::new(host_netlink.clone(), vswitch.clone(), None));
     let attacher = Arc::new(Attacher::new(
         store,

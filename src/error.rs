@@ -39,7 +39,7 @@ pub enum Error {
     Backend {
         context: String,
         #[source]
-        source: courier_ovsdb::Error,
+        source: Box<courier_ovsdb::Error>,
     },
     #[error("OVN Northbound: {0}")]
     BackendState(String),
@@ -47,13 +47,13 @@ pub enum Error {
     Vswitch {
         context: String,
         #[source]
-        source: courier_ovsdb::Error,
+        source: Box<courier_ovsdb::Error>,
     },
     #[error("edge binding: {context}: {source}")]
     Netlink {
         context: String,
         #[source]
-        source: courier_netlink::Error,
+        source: Box<courier_netlink::Error>,
     },
     #[error("timed out: {0}")]
     Timeout(String),
@@ -152,7 +152,30 @@ impl Error {
 
 fn is_disconnect(e: &courier_ovsdb::Error) -> bool {
     matches!(
-        e,
+        *e,
         courier_ovsdb::Error::Disconnected | courier_ovsdb::Error::Connect { .. }
     )
+}
+
+impl Error {
+    pub fn backend(context: impl Into<String>, source: courier_ovsdb::Error) -> Error {
+        Error::Backend {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn vswitch(context: impl Into<String>, source: courier_ovsdb::Error) -> Error {
+        Error::Vswitch {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn netlink(context: impl Into<String>, source: courier_netlink::Error) -> Error {
+        Error::Netlink {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
 }

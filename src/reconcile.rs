@@ -77,10 +77,7 @@ pub async fn run(
         let links = host
             .links_with_prefix(prefix)
             .await
-            .map_err(|source| Error::Netlink {
-                context: format!("listing {prefix}* interfaces"),
-                source,
-            })?;
+            .map_err(|e| Error::netlink(format!("listing {prefix}* interfaces"), e))?;
         for link in links {
             let Some(id) = model::id_from_ifname(&link.name) else {
                 continue;
@@ -88,10 +85,7 @@ pub async fn run(
             let delete = || async {
                 host.delete_link(&link.name)
                     .await
-                    .map_err(|source| Error::Netlink {
-                        context: format!("deleting {}", link.name),
-                        source,
-                    })
+                    .map_err(|e| Error::netlink(format!("deleting {}", link.name), e))
             };
             if delete_if_unrecorded(attacher, id, delete).await? {
                 tracing::warn!(link = %link.name, "deleted leaked host interface");

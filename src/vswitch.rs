@@ -34,7 +34,7 @@ pub struct Vswitch {
 
 fn ovs_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
     let context = context.into();
-    move |source| Error::Vswitch { context, source }
+    move |source| Error::vswitch(context, source)
 }
 
 impl Vswitch {

@@ -16,7 +16,13 @@ fn bad_input_changes_nothing() {
     let conf = d.netconf(&net, "1.1.0");
     let a = Netns::new("bad-a");
 
-    let cases: Vec<(&str, Box<dyn Fn() -> (i32, serde_json::Value)>, u64, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Box<dyn Fn() -> (i32, serde_json::Value) + 'a>,
+        u64,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             Box::new(|| {

@@ -97,7 +97,7 @@ fn kill9_at_every_step_leaks_nothing() {
         "set",
         "Logical_Switch_Port",
         &lsp,
-        &format!("external_ids:courier-owner=courier"),
+        "external_ids:courier-owner=courier",
         &format!("external_ids:courier-host=it-{}", d.name),
         &format!("external_ids:courier-attachment={id}"),
     ]);

@@ -28,7 +28,7 @@ pub struct OvnBackend {
 
 fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
     let context = context.into();
-    move |source| Error::Backend { context, source }
+    move |source| Error::backend(context, source)
 }
 
 impl OvnBackend {

@@ -22,7 +22,7 @@ pub struct VethOvs {
 
 fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
     let context = context.into();
-    move |source| Error::Netlink { context, source }
+    move |source| Error::netlink(context, source)
 }
 
 impl VethOvs {

@@ -318,6 +318,12 @@ pub fn cni_exec(
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+        // Keep the log of a failed test for reading; clean up after a passing one.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon log kept in {}", self.dir.display());
+        }
     }
 }
 
