@@ -80,6 +80,8 @@ impl Attacher {
     }
 
     async fn attach_steps(&self, att: &mut Attachment) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         // 3. Logical attachment: the backend creates the port and assigns its addresses.
         let port = self
             .backend
@@ -93,21 +95,26 @@ impl Attacher {
                 },
             )
             .await?;
+        let port_ms = ms(t0);
         att.port = Some(port.clone());
         att.phase = Phase::PortCreated;
         self.store.put(att).await?;
         crash::point("after-port");
+        let t1 = std::time::Instant::now();
 
         // 4. Edge binding: interface in the netns, bound to the logical port.
         self.binding.plug(att, &port).await?;
+        let plug_ms = ms(t1);
         att.phase = Phase::Plugged;
         self.store.put(att).await?;
         crash::point("after-plug");
+        let t2 = std::time::Instant::now();
 
         // 5. Wait for the data plane to report the port up.
         self.backend
             .wait_port_up(&port.name, self.port_up_timeout)
             .await?;
+        let up_ms = ms(t2);
         crash::point("after-up");
         if let Some(p) = att.port.as_mut() {
             p.up = true;
@@ -116,7 +123,8 @@ impl Attacher {
         self.store.put(att).await?;
         crash::point("after-ready");
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
-            network = %att.network, port = %port.name, ips = ?port.ips, "attached");
+            network = %att.network, port = %port.name, ips = ?port.ips,
+            port_ms, plug_ms, up_ms, total_ms = ms(t0), "attached");
         Ok(())
     }
 

@@ -106,6 +106,21 @@ pub async fn tx_checksum(ifname: &str) -> Result<bool, Error> {
 
 /// Whether TX checksum offload is on for `ifname` inside the netns at `netns`.
 pub async fn tx_checksum_in_netns(netns: &Path, ifname: &str) -> Result<bool, Error> {
+    ioctl_in_netns(netns, ifname, None).await
+}
+
+/// Turns TX checksum offload on or off for `ifname` inside the netns at `netns`.
+pub async fn set_tx_checksum_in_netns(
+    netns: &Path,
+    ifname: &str,
+    enabled: bool,
+) -> Result<(), Error> {
+    ioctl_in_netns(netns, ifname, Some(enabled))
+        .await
+        .map(|_| ())
+}
+
+async fn ioctl_in_netns(netns: &Path, ifname: &str, set: Option<bool>) -> Result<bool, Error> {
     let file = std::fs::File::open(netns).map_err(|source| Error::Netns {
         path: netns.to_path_buf(),
         source,
@@ -118,7 +133,7 @@ pub async fn tx_checksum_in_netns(netns: &Path, ifname: &str) -> Result<bool, Er
                 path: p,
                 source: e.into(),
             })?;
-            ioctl(&n, None)
+            ioctl(&n, set)
         })
         .join()
         .map_err(|_| Error::Invalid("netns thread panicked".into()))?

@@ -18,7 +18,7 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use nix::sched::CloneFlags;
 
-pub use ethtool::{set_tx_checksum, tx_checksum, tx_checksum_in_netns};
+pub use ethtool::{set_tx_checksum, set_tx_checksum_in_netns, tx_checksum, tx_checksum_in_netns};
 pub use msg::VethSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +243,8 @@ impl Netlink {
         .await
     }
 
-    /// Renames, addresses and brings up the interface, then adds the default route.
+    /// Renames (if `new_name` differs), addresses and brings up the interface, then adds the
+    /// default route.
     pub async fn configure(&self, cfg: &IfaceConfig) -> Result<(), Error> {
         let idx = self.index(&cfg.current_name).await?;
         self.execute(

@@ -47,6 +47,9 @@ pub struct VethSpec {
     pub peer_name: String,
     pub peer_mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
+    /// Create the peer directly inside the netns open at this fd. Much cheaper than creating it
+    /// in the host netns and moving it (a netns move costs ~20 ms of RCU synchronisation here).
+    pub peer_netns_fd: Option<RawFd>,
 }
 
 /// RTM_NEWLINK veth `host_name` with peer `peer_name` (MAC, MTU on the peer too).
@@ -57,6 +60,9 @@ pub fn veth(spec: &VethSpec) -> Request {
     }
     if let Some(mtu) = spec.mtu {
         peer = peer.mtu(mtu);
+    }
+    if let Some(fd) = spec.peer_netns_fd {
+        peer = peer.setns_by_fd(fd);
     }
     let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host_name.clone())
@@ -179,6 +185,7 @@ mod tests {
             peer_name: "cp0123456789ab".into(),
             peer_mac: Some([0x0a, 0x58, 0x0a, 0x09, 0, 5]),
             mtu: Some(1400),
+            peer_netns_fd: Some(33),
         });
         assert_eq!(
             r.flags,
