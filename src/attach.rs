@@ -110,10 +110,8 @@ impl Attacher {
         crash::point("after-plug");
         let t2 = std::time::Instant::now();
 
-        // 5. Wait for the data plane to report the port up.
-        self.backend
-            .wait_port_up(&port.name, self.port_up_timeout)
-            .await?;
+        // 5. Wait until the data plane forwards for it.
+        self.binding.wait_ready(att, self.port_up_timeout).await?;
         let up_ms = ms(t2);
         crash::point("after-up");
         if let Some(p) = att.port.as_mut() {
@@ -200,9 +198,6 @@ impl Attacher {
                 "logical port {} now has {} {:?}, attached with {} {:?}",
                 live.name, live.mac, live.ips, recorded.mac, recorded.ips
             )));
-        }
-        if !live.up {
-            return Err(fail(format!("logical port {} is not up", live.name)));
         }
         self.binding.check(&att, &recorded).await?;
         Ok(att)

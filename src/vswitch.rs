@@ -23,6 +23,8 @@ pub struct VswitchPort {
     pub ofport: Option<i64>,
     /// vswitchd's complaint about the interface, if any.
     pub error: Option<String>,
+    /// ovn-controller has installed the port's flows.
+    pub ovn_installed: bool,
 }
 
 pub struct Vswitch {
@@ -179,6 +181,29 @@ impl Vswitch {
         Ok(true)
     }
 
+    /// Waits until ovn-controller has installed the flows for interface `name`: it then sets
+    /// `external_ids:ovn-installed=true` on the Interface (what ovn-kubernetes waits for too).
+    /// Local and direct; OVN's NB `up` needs a round trip through the SB and ovn-northd.
+    pub async fn wait_installed(&self, name: &str, timeout: std::time::Duration) -> Result<()> {
+        self.cache
+            .wait_for(timeout, |v| {
+                v.rows("Interface")
+                    .any(|(_, r)| {
+                        ovsdb::get_str(r, "name") == Some(name)
+                            && ovsdb::get_map(r, "external_ids").get("ovn-installed").map(String::as_str)
+                                == Some("true")
+                    })
+                    .then_some(())
+            })
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "ovn-controller did not install flows for {name} within {} ms: is ovn-controller running (scripts/ovn.sh status)?",
+                    timeout.as_millis()
+                ))
+            })
+    }
+
     /// The port named `name` as the cache sees it.
     pub fn port(&self, name: &str) -> Option<VswitchPort> {
         self.ports().into_iter().find(|p| p.name == name)
@@ -210,6 +235,7 @@ impl Vswitch {
                         .as_ref()
                         .and_then(|r| ovsdb::get_str(r, "error"))
                         .map(String::from),
+                    ovn_installed: iext.get("ovn-installed").map(String::as_str) == Some("true"),
                 })
             })
             .collect()

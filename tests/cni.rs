@@ -42,16 +42,27 @@ fn add_ping_tcp_check_del_gc() {
     assert_eq!(atts.len(), 2);
     for att in &atts {
         let port = att["port_name"].as_str().unwrap();
-        assert_eq!(
-            nbctl(&["get", "Logical_Switch_Port", port, "up"]).trim(),
-            "true"
+        let host_if = att["host_ifname"].as_str().unwrap();
+        // ADD returned only after ovn-controller installed the flows...
+        let installed = sh_ok(
+            "ovs-vsctl",
+            &["get", "Interface", host_if, "external_ids:ovn-installed"],
         );
+        assert_eq!(installed.trim().trim_matches('"'), "true");
+        // ...and OVN reports the logical port up shortly after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while nbctl(&["get", "Logical_Switch_Port", port, "up"]).trim() != "true" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "LSP {port} never came up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let dynamic = nbctl(&["get", "Logical_Switch_Port", port, "dynamic_addresses"]);
         assert!(
             dynamic.contains(att["port"]["mac"].as_str().unwrap()),
             "{dynamic}"
         );
-        let host_if = att["host_ifname"].as_str().unwrap();
         let iface_id = sh_ok(
             "ovs-vsctl",
             &["get", "Interface", host_if, "external_ids:iface-id"],

@@ -4,7 +4,6 @@
 pub mod ovn;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -36,8 +35,6 @@ pub trait Backend: Send + Sync {
     /// Creates a port on `network`, marked as owned by this host and attachment, and returns it
     /// with the addresses the backend assigned.
     async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort>;
-    /// Waits until the data plane reports the port bound and up.
-    async fn wait_port_up(&self, name: &str, timeout: Duration) -> Result<()>;
     /// Deletes the port; Ok(false) when it did not exist.
     async fn delete_port(&self, name: &str) -> Result<bool>;
     async fn port(&self, name: &str) -> Result<Option<LogicalPort>>;

@@ -474,26 +474,6 @@ impl Backend for OvnBackend {
         Ok(port)
     }
 
-    async fn wait_port_up(&self, name: &str, timeout: Duration) -> Result<()> {
-        let name = name.to_string();
-        self.cache
-            .wait_for(timeout, |view| {
-                view.rows(LSP)
-                    .any(|(_, r)| {
-                        ovsdb::get_str(r, "name") == Some(name.as_str())
-                            && ovsdb::get_bool(r, "up") == Some(true)
-                    })
-                    .then_some(())
-            })
-            .await
-            .map_err(|_| {
-                Error::Timeout(format!(
-                    "OVN did not report port {name} up within {} ms: is ovn-controller running and is br-int's chassis registered?",
-                    timeout.as_millis()
-                ))
-            })
-    }
-
     async fn delete_port(&self, name: &str) -> Result<bool> {
         // Ask the server (not the cache) so a port created a moment ago is found too.
         let res = self

@@ -17,6 +17,8 @@ pub trait EdgeBinding: Send + Sync {
     /// Creates the interface in the container netns with the port's MAC/IPs/routes and binds it
     /// to the logical port. Every host-side name derives from `att.id`.
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()>;
+    /// Waits until the data plane forwards for this edge (OVS: ovn-controller installed its flows).
+    async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()>;
     /// Removes everything `plug` may have created, found by derived names. Idempotent.
     async fn unplug(&self, att: &Attachment) -> Result<()>;
     /// Verifies the edge is as `plug` left it; Err(CheckFailed) naming what differs.

@@ -142,6 +142,10 @@ impl EdgeBinding for VethOvs {
         Ok(())
     }
 
+    async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()> {
+        self.vswitch.wait_installed(&att.host_ifname, timeout).await
+    }
+
     async fn unplug(&self, att: &Attachment) -> Result<()> {
         let host = att.host_ifname.as_str();
         self.vswitch.delete_port(host).await?;
@@ -176,6 +180,11 @@ impl EdgeBinding for VethOvs {
                 return Err(fail(format!(
                     "vswitchd reports an error on {host}: {}",
                     p.error.unwrap_or_default()
+                )))
+            }
+            Some(p) if !p.ovn_installed => {
+                return Err(fail(format!(
+                    "ovn-controller has not installed flows for {host} (no ovn-installed)"
                 )))
             }
             Some(_) => {}
