@@ -299,12 +299,8 @@ pub fn cni_exec(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("exec courier as CNI plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    // A plugin may exit without reading stdin (VERSION does): a closed pipe is fine.
+    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
     let out = child.wait_with_output().expect("plugin output");
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {
