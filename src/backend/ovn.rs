@@ -19,6 +19,8 @@ const LS: &str = "Logical_Switch";
 const LSP: &str = "Logical_Switch_Port";
 /// How long ovn-northd may take to fill `dynamic_addresses`.
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long our own committed write may take to reach the monitor cache.
+const CACHE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct OvnBackend {
     nb: Client,
@@ -298,6 +300,11 @@ impl Backend for OvnBackend {
             }
             Err(e) => return Err(nb_err(format!("creating switch {}", spec.name))(e)),
         };
+        // Read-your-writes: callers attach right after creating.
+        self.cache
+            .wait_for(CACHE_TIMEOUT, |v| v.row(LS, &uuid).map(|_| ()))
+            .await
+            .map_err(nb_err(format!("waiting to see switch {} in the monitor", spec.name)))?;
         tracing::info!(network = %spec.name, %uuid, subnet = %spec.subnet, "created logical switch");
         Ok(Network {
             name: spec.name.clone(),
@@ -339,6 +346,10 @@ impl Backend for OvnBackend {
         ];
         match self.nb.transact(DB, ops).await {
             Ok(_) => {
+                self.cache
+                    .wait_for(CACHE_TIMEOUT, |v| v.row(LS, &uuid).is_none().then_some(()))
+                    .await
+                    .map_err(nb_err(format!("waiting to see switch {name} gone from the monitor")))?;
                 tracing::info!(network = %name, "deleted logical switch");
                 Ok(())
             }
