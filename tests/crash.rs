@@ -119,3 +119,46 @@ fn kill9_at_every_step_leaks_nothing() {
 
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// A forgotten DEL: the container's netns disappears without a DEL. Periodic reconcile (here
+/// triggered through the API) detaches it and leaves nothing behind.
+#[test]
+fn reconcile_detaches_when_netns_is_gone() {
+    if !env_ready("reconcile_detaches_when_netns_is_gone") {
+        return;
+    }
+    let d = TestDaemon::start("gone");
+    let net = unique("gone-net");
+    d.create_network(&net, &subnet_for(6));
+    let conf = d.netconf(&net, "1.1.0");
+    let clean = world(&d);
+    let keep = Netns::new("gone-keep");
+    assert_eq!(d.cni("ADD", "keeper", &keep.path(), "eth0", &conf).0, 0);
+    let with_keeper = world(&d);
+    {
+        let doomed = Netns::new("gone-doomed");
+        let (code, out) = d.cni("ADD", "doomed", &doomed.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(d.store().len(), 2);
+    } // netns deleted here, no DEL
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(
+        report["detached_gone_netns"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        world(&d),
+        with_keeper,
+        "the gone container's port, bridge port or veth leaked"
+    );
+    assert_eq!(
+        d.cni("CHECK", "keeper", &keep.path(), "eth0", &conf).0,
+        0,
+        "the live one is untouched"
+    );
+    assert_eq!(d.cni("DEL", "keeper", &keep.path(), "eth0", &conf).0, 0);
+    assert_eq!(world(&d), clean);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

@@ -304,7 +304,10 @@ impl Backend for OvnBackend {
         self.cache
             .wait_for(CACHE_TIMEOUT, |v| v.row(LS, &uuid).map(|_| ()))
             .await
-            .map_err(nb_err(format!("waiting to see switch {} in the monitor", spec.name)))?;
+            .map_err(nb_err(format!(
+                "waiting to see switch {} in the monitor",
+                spec.name
+            )))?;
         tracing::info!(network = %spec.name, %uuid, subnet = %spec.subnet, "created logical switch");
         Ok(Network {
             name: spec.name.clone(),
@@ -349,7 +352,9 @@ impl Backend for OvnBackend {
                 self.cache
                     .wait_for(CACHE_TIMEOUT, |v| v.row(LS, &uuid).is_none().then_some(()))
                     .await
-                    .map_err(nb_err(format!("waiting to see switch {name} gone from the monitor")))?;
+                    .map_err(nb_err(format!(
+                        "waiting to see switch {name} gone from the monitor"
+                    )))?;
                 tracing::info!(network = %name, "deleted logical switch");
                 Ok(())
             }

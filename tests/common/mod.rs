@@ -300,7 +300,11 @@ pub fn cni_exec(
     }
     let mut child = cmd.spawn().expect("exec courier as CNI plugin");
     // A plugin may exit without reading stdin (VERSION does): a closed pipe is fine.
-    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes());
     let out = child.wait_with_output().expect("plugin output");
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {
