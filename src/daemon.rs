@@ -27,7 +27,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn reconcile(&self, at_start: bool) -> Result<reconcile::Report> {
-        reconcile::run(&self.attacher, &self.vswitch, &self.host_netlink, at_start).await
+        reconcile::run(
+            &self.attacher,
+            &self.vswitch,
+            &self.host_netlink,
+            &self.config.host,
+            at_start,
+        )
+        .await
     }
 }
 
@@ -39,7 +46,12 @@ pub async fn run(config: Config) -> Result<()> {
     let host_netlink = Arc::new(
         Netlink::host().map_err(|e| Error::netlink("opening rtnetlink in the host netns", e))?,
     );
-    let binding = Arc::new(VethOvs::new(host_netlink.clone(), vswitch.clone(), None));
+    let binding = Arc::new(VethOvs::new(
+        host_netlink.clone(),
+        vswitch.clone(),
+        None,
+        &config.host,
+    ));
     let attacher = Arc::new(Attacher::new(
         store,
         backend,

@@ -173,6 +173,12 @@ pub fn port_name(id: &str) -> String {
     format!("{PORT_NAME_PREFIX}{id}")
 }
 
+/// The alias Courier sets on every host-side interface it creates: its ownership mark in the
+/// kernel, so the leak sweep deletes only its own host's links.
+pub fn link_alias(host: &str, id: &str) -> String {
+    format!("courier:{host}:{id}")
+}
+
 /// Recovers the attachment id from a host-side name made by [`host_ifname`] or [`peer_ifname`].
 pub fn id_from_ifname(name: &str) -> Option<&str> {
     name.strip_prefix(HOST_IFNAME_PREFIX)

@@ -2,8 +2,10 @@
 //! 1. unfinished attachments (any phase but Ready) are rolled back — only at start, when no
 //!    attach can be in flight;
 //! 2. Ready attachments whose netns no longer exists are detached (a forgotten DEL);
-//! 3. owned resources that no record references — logical ports marked with this host,
-//!    bridge ports marked by Courier, host veths named `cv<id>`/`cp<id>` — are deleted.
+//! 3. owned resources that no record references — logical ports and bridge ports marked with
+//!    this host, host veths named `cv<id>`/`cp<id>` whose alias is `courier:<host>:<id>` — are
+//!    deleted. (A crash between creating a veth and setting its alias is covered by step 1: the
+//!    record exists by then and rollback deletes by derived name.)
 //!
 //! Every resource is created only after its attachment's intent is durable, and the sweep
 //! holds that attachment's lock while it re-reads the store and deletes; so "no record"
@@ -40,6 +42,7 @@ pub async fn run(
     attacher: &Attacher,
     vswitch: &Vswitch,
     host: &courier_netlink::Netlink,
+    host_mark: &str,
     at_start: bool,
 ) -> Result<Report> {
     let mut report = Report::default();
@@ -82,6 +85,10 @@ pub async fn run(
             let Some(id) = model::id_from_ifname(&link.name) else {
                 continue;
             };
+            // Only links this host's Courier marked: another daemon's (or a stranger's) are not ours.
+            if link.alias.as_deref() != Some(model::link_alias(host_mark, id).as_str()) {
+                continue;
+            }
             let delete = || async {
                 host.delete_link(&link.name)
                     .await

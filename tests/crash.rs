@@ -85,8 +85,10 @@ fn kill9_at_every_step_leaks_nothing() {
         assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
     }
 
-    // Leaks the store never saw (made behind Courier's back with its marks) are swept at start.
+    // Leaks the store never saw (made behind Courier's back with its marks) are swept at start;
+    // look-alikes marked for another host are left alone.
     d.kill9();
+    let me = format!("it-{}", d.name);
     let id = "0123456789ab";
     let lsp = format!("courier-{id}");
     nbctl(&[
@@ -98,24 +100,59 @@ fn kill9_at_every_step_leaks_nothing() {
         "Logical_Switch_Port",
         &lsp,
         "external_ids:courier-owner=courier",
-        &format!("external_ids:courier-host=it-{}", d.name),
+        &format!("external_ids:courier-host={me}"),
         &format!("external_ids:courier-attachment={id}"),
     ]);
+    let veth = |name: &str, alias: &str| {
+        let peer = name.replacen("cv", "cp", 1);
+        sh_ok(
+            "ip",
+            &["link", "add", name, "type", "veth", "peer", "name", &peer],
+        );
+        sh_ok("ip", &["link", "set", name, "alias", alias]);
+    };
+    veth(&format!("cv{id}"), &format!("courier:{me}:{id}"));
+    let id2 = "ba9876543210";
+    veth(&format!("cv{id2}"), &format!("courier:{me}:{id2}"));
     sh_ok(
-        "ip",
+        "ovs-vsctl",
         &[
-            "link",
-            "add",
-            &format!("cv{id}"),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("cp{id}"),
+            "add-port",
+            "br-int",
+            &format!("cv{id2}"),
+            "--",
+            "set",
+            "Port",
+            &format!("cv{id2}"),
+            "external_ids:courier-owner=courier",
+            &format!("external_ids:courier-host={me}"),
+            &format!("external_ids:courier-attachment={id2}"),
         ],
     );
+    let foreign_id = format!("{:012x}", std::process::id());
+    let foreign = format!("cv{foreign_id}");
+    let foreign = foreign.as_str();
+    veth(foreign, &format!("courier:another-host:{foreign_id}"));
     d.restart(&[]);
-    assert_eq!(world(&d), clean, "orphans not swept\n{}", d.log());
+    let log = d.log();
+    assert!(
+        sh("ip", &["link", "show", foreign]).status.success(),
+        "another host's link was swept\n{log}"
+    );
+    sh_ok("ip", &["link", "del", foreign]);
+    assert!(
+        log.contains("deleted leaked logical port"),
+        "LSP sweep not exercised\n{log}"
+    );
+    assert!(
+        log.contains("deleted leaked bridge port"),
+        "bridge port sweep not exercised\n{log}"
+    );
+    assert!(
+        log.contains("deleted leaked host interface"),
+        "link sweep not exercised\n{log}"
+    );
+    assert_eq!(world(&d), clean, "orphans not swept\n{log}");
 
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }

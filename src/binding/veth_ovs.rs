@@ -11,13 +11,15 @@ use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
 use super::EdgeBinding;
 use crate::crash;
 use crate::error::{Error, Result};
-use crate::model::{parse_mac, peer_ifname, Attachment, LogicalPort};
+use crate::model::{link_alias, parse_mac, peer_ifname, Attachment, LogicalPort};
 use crate::vswitch::Vswitch;
 
 pub struct VethOvs {
     host: Arc<Netlink>,
     vswitch: Arc<Vswitch>,
     mtu: Option<u32>,
+    /// This host's ownership mark (config `host`), set as the host link's alias.
+    host_mark: String,
 }
 
 fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
@@ -26,8 +28,18 @@ fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
 }
 
 impl VethOvs {
-    pub fn new(host: Arc<Netlink>, vswitch: Arc<Vswitch>, mtu: Option<u32>) -> Self {
-        VethOvs { host, vswitch, mtu }
+    pub fn new(
+        host: Arc<Netlink>,
+        vswitch: Arc<Vswitch>,
+        mtu: Option<u32>,
+        host_mark: &str,
+    ) -> Self {
+        VethOvs {
+            host,
+            vswitch,
+            mtu,
+            host_mark: host_mark.to_string(),
+        }
     }
 }
 
@@ -107,6 +119,10 @@ impl EdgeBinding for VethOvs {
                 "creating veth {host} with peer {} in {}",
                 att.ifname, att.netns
             )))?;
+        self.host
+            .set_alias(host, &link_alias(&self.host_mark, &att.id))
+            .await
+            .map_err(nl_err(format!("marking {host}")))?;
         crash::point("after-veth");
         // The userspace datapath drops TCP with offloaded checksums: compute them in software.
         nl::set_tx_checksum(host, false)

@@ -62,6 +62,8 @@ pub struct LinkInfoView {
     pub mtu: Option<u32>,
     pub up: bool,
     pub kind: Option<String>,
+    /// IFLA_IFALIAS, if set.
+    pub alias: Option<String>,
 }
 
 /// How the container end is configured once it is inside its netns.
@@ -224,6 +226,16 @@ impl Netlink {
             .await
     }
 
+    /// Sets the interface alias of link `name` (a free-text label kept by the kernel).
+    pub async fn set_alias(&self, name: &str, alias: &str) -> Result<(), Error> {
+        let idx = self.index(name).await?;
+        self.execute(
+            msg::set_alias(idx, alias),
+            &format!("setting alias of {name}"),
+        )
+        .await
+    }
+
     /// Moves link `name` into the netns at `netns`.
     pub async fn move_to_netns(&self, name: &str, netns: &Path) -> Result<(), Error> {
         let file = std::fs::File::open(netns).map_err(|source| match source.kind() {
@@ -357,6 +369,7 @@ fn view(m: &LinkMessage) -> LinkInfoView {
         mtu: None,
         up: m.header.flags.contains(LinkFlags::Up),
         kind: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
@@ -367,6 +380,7 @@ fn view(m: &LinkMessage) -> LinkInfoView {
                 v.mac = Some(mac);
             }
             LinkAttribute::Mtu(m) => v.mtu = Some(*m),
+            LinkAttribute::IfAlias(a) => v.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

@@ -110,6 +110,19 @@ pub fn rename_up(index: u32, new_name: &str, mac: Option<[u8; 6]>, mtu: Option<u
     }
 }
 
+/// RTM_SETLINK: set the interface alias (IFLA_IFALIAS) — Courier's ownership mark on links.
+pub fn set_alias(index: u32, alias: &str) -> Request {
+    let mut m = LinkUnspec::new_with_index(index).build();
+    m.attributes
+        .push(netlink_packet_route::link::LinkAttribute::IfAlias(
+            alias.to_string(),
+        ));
+    Request {
+        message: RouteNetlinkMessage::SetLink(m),
+        flags: CHANGE,
+    }
+}
+
 /// RTM_NEWADDR on link `index`.
 pub fn address(index: u32, net: IpNet) -> Request {
     let message = match net {
