@@ -81,6 +81,40 @@ fn add_ping_tcp_check_del_gc() {
     assert_eq!(sent.0, 2_000_000);
     assert_eq!(recv, sent, "TCP data did not arrive intact");
 
+    // Port security: a container cannot send from an address it was not given.
+    let port_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap();
+    let sec = nbctl(&[
+        "get",
+        "Logical_Switch_Port",
+        port_a["port_name"].as_str().unwrap(),
+        "port_security",
+    ]);
+    assert!(
+        sec.contains(&ip_a) && sec.contains(port_a["port"]["mac"].as_str().unwrap()),
+        "{sec}"
+    );
+    let spoof = {
+        let mut o: Vec<&str> = ip_b.split('.').collect();
+        o[3] = "250";
+        o.join(".")
+    };
+    assert!(a
+        .exec(&["ip", "addr", "add", &format!("{spoof}/24"), "dev", "eth0"])
+        .status
+        .success());
+    let spoofed = a.exec(&[
+        "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", &spoof, &ip_b,
+    ]);
+    assert!(
+        !spoofed.status.success(),
+        "a spoofed source address crossed OVN"
+    );
+    assert!(a
+        .exec(&["ip", "addr", "del", &format!("{spoof}/24"), "dev", "eth0"])
+        .status
+        .success());
+    assert!(a.ping(&ip_b), "legit traffic still flows");
+
     // CHECK passes, then fails once the host end of the veth is deleted by hand.
     let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &conf);
     assert_eq!(code, 0, "CHECK: {out}");

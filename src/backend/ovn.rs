@@ -486,6 +486,29 @@ impl Backend for OvnBackend {
         let port = self
             .port_from_row(&row, Some(&net))
             .ok_or_else(|| Error::BackendState(format!("port {} has no name", req.name)))?;
+        // Port security: the container may only send from the MAC and IPs it was given.
+        let security = std::iter::once(port.mac.clone())
+            .chain(port.ips.iter().map(|ip| ip.addr().to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let res = self
+            .nb
+            .transact(
+                DB,
+                vec![Op::update(
+                    LSP,
+                    vec![Condition::eq("_uuid", ovsdb::uuid(&port_uuid))],
+                    json!({ "port_security": security }),
+                )],
+            )
+            .await
+            .map_err(nb_err(format!("setting port security on {}", req.name)))?;
+        if !matches!(res.first(), Some(OpResult::Count(1))) {
+            return Err(Error::BackendState(format!(
+                "port {} disappeared while it was being created",
+                req.name
+            )));
+        }
         tracing::debug!(port = %port.name, mac = %port.mac, ips = ?port.ips, "created logical port");
         Ok(port)
     }
