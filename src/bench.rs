@@ -162,6 +162,21 @@ fn run_phase(
     Ok((times.into_inner().unwrap_or_default(), wall))
 }
 
+/// Deletes a host link through the netlink crate (a short-lived runtime: the bench is sync).
+fn remove_link(name: &str) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        if let Ok(nl) = courier_netlink::Netlink::host() {
+            let _ = nl.delete_link(name).await;
+        }
+    });
+}
+
 fn print_row(label: &str, s: &Stats) {
     println!(
         "{label:<22} n={:<4} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  mean={:>7.2} ms  max={:>7.2} ms  {:>7.1}/s",
@@ -272,9 +287,7 @@ fn bench_attach(
             out["reference"] = json!({"add": r_add, "del": r_del});
             let _ = std::fs::remove_dir_all(&data_dir);
             // The bridge plugin leaves its bridge behind; remove it.
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("cbr{}", tag % 100000)])
-                .status();
+            remove_link(&format!("cbr{}", tag % 100000));
         }
         Ok(out)
     })();

@@ -22,15 +22,71 @@ fn cli_network_attach_ping_detach() {
     let other = nbctl(&["get", "Logical_Switch", &net, "other_config:subnet"]);
     assert_eq!(other.trim().trim_matches('"'), subnet);
 
+    // --exclude-ips reaches OVN together with the gateway.
+    let net2 = unique("cli-ex");
+    let sub2 = subnet_for(7);
+    let base2 = sub2.trim_end_matches(".0/24").to_string();
+    let range = format!("{base2}.2..{base2}.9");
+    let out = d.cli(&[
+        "network",
+        "create",
+        &net2,
+        "--subnet",
+        &sub2,
+        "--exclude-ips",
+        &range,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ex = nbctl(&["get", "Logical_Switch", &net2, "other_config:exclude_ips"]);
+    assert_eq!(ex.trim().trim_matches('"'), format!("{base2}.1 {range}"));
+    let z = Netns::new("cli-z");
+    let az = d.cli(&["--json", "attach", "--netns", &z.path(), "--network", &net2]);
+    assert!(
+        az.status.success(),
+        "{}",
+        String::from_utf8_lossy(&az.stderr)
+    );
+    let vz: serde_json::Value = serde_json::from_slice(&az.stdout).unwrap();
+    assert_eq!(
+        vz["port"]["ips"][0],
+        format!("{base2}.10/24"),
+        "first address after the excluded range"
+    );
+    assert!(d.cli(&["detach", "--netns", &z.path()]).status.success());
+    assert!(d.cli(&["network", "delete", &net2]).status.success());
+
     let x = Netns::new("cli-x");
     let y = Netns::new("cli-y");
-    let ax = d.cli(&["--json", "attach", "--netns", &x.path(), "--network", &net]);
+    // A requested MAC and IP are honoured by OVN and land on the interface.
+    let want_ip = subnet.replace(".0/24", ".42");
+    let ax = d.cli(&[
+        "--json",
+        "attach",
+        "--netns",
+        &x.path(),
+        "--network",
+        &net,
+        "--mac",
+        "0a:00:00:c0:ff:ee",
+        "--ip",
+        &want_ip,
+    ]);
     assert!(
         ax.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&ax.stderr),
         d.log()
     );
+    let vx: serde_json::Value = serde_json::from_slice(&ax.stdout).unwrap();
+    assert_eq!(vx["port"]["mac"], "0a:00:00:c0:ff:ee");
+    assert_eq!(vx["port"]["ips"][0], format!("{want_ip}/24"));
+    let link =
+        String::from_utf8_lossy(&x.exec(&["ip", "-o", "link", "show", "eth0"]).stdout).to_string();
+    assert!(link.contains("0a:00:00:c0:ff:ee"), "{link}");
     let ay = d.cli(&[
         "--json",
         "attach",
