@@ -11,10 +11,12 @@ use crate::backend::{Backend, PortRequest};
 use crate::binding::EdgeBinding;
 use crate::crash;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::model::{validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase};
 use crate::state::Store;
 
 pub struct Attacher {
+    pub metrics: Arc<Metrics>,
     pub store: Store,
     pub backend: Arc<dyn Backend>,
     pub binding: Arc<dyn EdgeBinding>,
@@ -30,6 +32,7 @@ impl Attacher {
         port_up_timeout: Duration,
     ) -> Self {
         Attacher {
+            metrics: Arc::new(Metrics::default()),
             store,
             backend,
             binding,
@@ -40,6 +43,16 @@ impl Attacher {
 
     /// Gives the container an interface on the network; returns the complete attachment.
     pub async fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
+        let start = std::time::Instant::now();
+        let r = self.attach_flow(req).await;
+        self.metrics.op("attach", outcome(&r));
+        if r.is_ok() {
+            self.metrics.attach_took(start.elapsed());
+        }
+        r
+    }
+
+    async fn attach_flow(&self, req: &AttachRequest) -> Result<Attachment> {
         // 1. Validate everything we can before any side effect.
         validate_ifname(&req.ifname).map_err(Error::InvalidInput)?;
         if req.container_id.is_empty() {
@@ -139,6 +152,12 @@ impl Attacher {
     /// Removes the container's interface. Idempotent: succeeds when nothing is attached, and
     /// still sweeps derived names in case a crash left something the store never recorded.
     pub async fn detach(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
+        let r = self.detach_flow(key).await;
+        self.metrics.op("detach", outcome(&r));
+        r
+    }
+
+    async fn detach_flow(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
         let id = key.id();
         let _guard = self.locks.lock(&id).await;
         let stored = self.store.get(&id).await?;
@@ -168,6 +187,12 @@ impl Attacher {
     /// CNI CHECK: the attachment exists, its port exists with the same addresses and is up,
     /// and the edge is as plugged.
     pub async fn check(&self, key: &AttachmentKey) -> Result<Attachment> {
+        let r = self.check_flow(key).await;
+        self.metrics.op("check", outcome(&r));
+        r
+    }
+
+    async fn check_flow(&self, key: &AttachmentKey) -> Result<Attachment> {
         let id = key.id();
         let att = self
             .store
@@ -205,6 +230,12 @@ impl Attacher {
 
     /// CNI GC: detaches every attachment on `network` whose key is not in `valid`.
     pub async fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
+        let r = self.gc_flow(network, valid).await;
+        self.metrics.op("gc", outcome(&r));
+        r
+    }
+
+    async fn gc_flow(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
         let valid: HashSet<String> = valid.iter().map(AttachmentKey::id).collect();
         let mut removed = Vec::new();
         for att in self.store.list().await? {
@@ -220,6 +251,10 @@ impl Attacher {
     pub async fn list(&self) -> Result<Vec<Attachment>> {
         self.store.list().await
     }
+}
+
+fn outcome<T>(r: &Result<T>) -> std::result::Result<(), u32> {
+    r.as_ref().map(|_| ()).map_err(Error::code)
 }
 
 /// One async mutex per attachment id, so ADD/DEL/GC for the same interface never interleave.

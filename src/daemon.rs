@@ -27,14 +27,21 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn reconcile(&self, at_start: bool) -> Result<reconcile::Report> {
-        reconcile::run(
+        let report = reconcile::run(
             &self.attacher,
             &self.vswitch,
             &self.host_netlink,
             &self.config.host,
             at_start,
         )
-        .await
+        .await?;
+        let m = &self.attacher.metrics;
+        m.repaired("rolled_back", report.rolled_back.len());
+        m.repaired("detached_gone_netns", report.detached_gone_netns.len());
+        m.repaired("leaked_port", report.leaked_ports.len());
+        m.repaired("leaked_bridge_port", report.leaked_bridge_ports.len());
+        m.repaired("leaked_link", report.leaked_links.len());
+        Ok(report)
     }
 }
 

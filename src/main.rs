@@ -12,6 +12,7 @@ mod crash;
 mod daemon;
 mod error;
 mod frontdoor;
+mod metrics;
 mod model;
 mod netns;
 mod reconcile;

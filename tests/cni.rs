@@ -164,6 +164,25 @@ fn add_ping_tcp_check_del_gc() {
     assert!(!c.has_link("eth0"));
     assert!(b.has_link("eth0"));
 
+    // Metrics reflect what happened.
+    let (code, m) = d.api("GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(
+        m.contains("courier_operations_total{op=\"attach\",result=\"ok\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("courier_operations_total{op=\"check\",result=\"104\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("courier_operations_total{op=\"gc\",result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("courier_attach_duration_seconds_count 3"), "{m}");
+    assert!(m.contains("courier_attachments 1"), "{m}");
+
     // STATUS and VERSION.
     assert_eq!(d.cni("STATUS", "", "", "", &conf).0, 0);
     let (code, v) = cni_exec("VERSION", "", "", "", "{}", &[]);

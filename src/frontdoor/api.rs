@@ -34,6 +34,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/gc", post(gc))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/cni", post(cni_call))
+        .route("/metrics", get(metrics))
         .with_state(d)
 }
 
@@ -178,4 +179,18 @@ async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response,
             Err(ApiError(e))
         }
     }
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    if let Ok(atts) = d.attacher.list().await {
+        d.attacher.metrics.attachments.set(atts.len() as i64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        d.attacher.metrics.encode(),
+    )
+        .into_response()
 }

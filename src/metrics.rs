@@ -1,0 +1,135 @@
+//! Prometheus metrics (OpenMetrics text on `GET /metrics`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// attach, detach, check, gc
+    pub op: String,
+    /// ok, or the CNI error code of the failure
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// rolled_back, detached_gone_netns, leaked_port, leaked_bridge_port, leaked_link
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ops: Family<OpLabels, Counter>,
+    attach_seconds: Histogram,
+    repairs: Family<RepairLabels, Counter>,
+    pub attachments: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("courier");
+        let ops = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "operations",
+            "Attach/detach/check/gc requests by result",
+            ops.clone(),
+        );
+        let attach_seconds = Histogram::new(exponential_buckets(0.002, 2.0, 12));
+        registry.register(
+            "attach_duration_seconds",
+            "Time to complete an attach (validation to ready)",
+            attach_seconds.clone(),
+        );
+        let repairs = Family::<RepairLabels, Counter>::default();
+        registry.register(
+            "reconcile_repairs",
+            "Things reconciliation fixed, by kind",
+            repairs.clone(),
+        );
+        let attachments = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "attachments",
+            "Attachments in the local store",
+            attachments.clone(),
+        );
+        Metrics {
+            registry,
+            ops,
+            attach_seconds,
+            repairs,
+            attachments,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn op(&self, op: &str, result: Result<(), u32>) {
+        let result = match result {
+            Ok(()) => "ok".to_string(),
+            Err(code) => code.to_string(),
+        };
+        self.ops
+            .get_or_create(&OpLabels {
+                op: op.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn attach_took(&self, d: Duration) {
+        self.attach_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn repaired(&self, kind: &str, n: usize) {
+        if n > 0 {
+            self.repairs
+                .get_or_create(&RepairLabels { kind: kind.into() })
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_and_histogram() {
+        let m = Metrics::default();
+        m.op("attach", Ok(()));
+        m.op("attach", Err(7));
+        m.attach_took(Duration::from_millis(20));
+        m.repaired("leaked_port", 2);
+        m.attachments.set(3);
+        let text = m.encode();
+        assert!(
+            text.contains("courier_operations_total{op=\"attach\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_operations_total{op=\"attach\",result=\"7\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_attach_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("courier_reconcile_repairs_total{kind=\"leaked_port\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("courier_attachments 3"), "{text}");
+    }
+}
