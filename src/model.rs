@@ -217,19 +217,9 @@ pub fn validate_network_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A unicast MAC address; the message says what a good one looks like.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let bad = || format!("MAC address {s:?} must look like 0a:58:0a:09:00:05");
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
+    let mac = courier_netlink::parse_mac(s).map_err(|e| e.to_string())?;
     if mac[0] & 1 == 1 {
         return Err(format!(
             "MAC address {s:?} is a multicast address; use a unicast one"

@@ -141,25 +141,11 @@ impl Vswitch {
 
     /// Removes every port named `name` from the bridge; Ok(false) if there was none.
     pub async fn delete_port(&self, name: &str) -> Result<bool> {
-        let res = self
+        let uuids = self
             .db
-            .transact(
-                DB,
-                vec![Op::select(
-                    "Port",
-                    vec![Condition::eq("name", json!(name))],
-                    Some(&["_uuid"]),
-                )],
-            )
+            .select_uuids(DB, "Port", vec![Condition::eq("name", json!(name))])
             .await
             .map_err(ovs_err(format!("looking up port {name}")))?;
-        let uuids: Vec<String> = match res.first() {
-            Some(OpResult::Rows(rows)) => rows
-                .iter()
-                .filter_map(|r| ovsdb::get_uuid(r, "_uuid").map(String::from))
-                .collect(),
-            _ => vec![],
-        };
         if uuids.is_empty() {
             return Ok(false);
         }

@@ -515,25 +515,11 @@ impl Backend for OvnBackend {
 
     async fn delete_port(&self, name: &str) -> Result<bool> {
         // Ask the server (not the cache) so a port created a moment ago is found too.
-        let res = self
+        let uuids = self
             .nb
-            .transact(
-                DB,
-                vec![Op::select(
-                    LSP,
-                    vec![Condition::eq("name", json!(name))],
-                    Some(&["_uuid"]),
-                )],
-            )
+            .select_uuids(DB, LSP, vec![Condition::eq("name", json!(name))])
             .await
             .map_err(nb_err(format!("looking up port {name}")))?;
-        let uuids: Vec<String> = match res.first() {
-            Some(OpResult::Rows(rows)) => rows
-                .iter()
-                .filter_map(|r| ovsdb::get_uuid(r, "_uuid").map(String::from))
-                .collect(),
-            _ => vec![],
-        };
         if uuids.is_empty() {
             return Ok(false);
         }

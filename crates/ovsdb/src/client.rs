@@ -164,6 +164,25 @@ impl Client {
         parse_transact(db, &ops, &v)
     }
 
+    /// The uuids of the rows of `table` matching `conditions`, asked of the server (not a cache).
+    pub async fn select_uuids(
+        &self,
+        db: &str,
+        table: &str,
+        conditions: Vec<crate::ops::Condition>,
+    ) -> Result<Vec<String>, Error> {
+        let res = self
+            .transact(db, vec![Op::select(table, conditions, Some(&["_uuid"]))])
+            .await?;
+        Ok(match res.first() {
+            Some(OpResult::Rows(rows)) => rows
+                .iter()
+                .filter_map(|r| crate::value::get_uuid(r, "_uuid").map(String::from))
+                .collect(),
+            _ => vec![],
+        })
+    }
+
     /// Starts a monitor on `tables` (column lists; empty = all columns) and returns its cache,
     /// which follows the server from then on, across reconnects.
     pub async fn monitor(&self, db: &str, tables: &[(&str, &[&str])]) -> Result<Monitor, Error> {
