@@ -66,11 +66,17 @@ impl Attacher {
         let mut att = Attachment::new(req);
         let _guard = self.locks.lock(&att.id).await;
         if let Some(existing) = self.store.get(&att.id).await? {
-            return Err(Error::AlreadyAttached {
-                container_id: existing.container_id,
-                ifname: existing.ifname,
-                id: existing.id,
-            });
+            if existing.phase == Phase::Ready {
+                return Err(Error::AlreadyAttached {
+                    container_id: existing.container_id,
+                    ifname: existing.ifname,
+                    id: existing.id,
+                });
+            }
+            // Under the lock, an unfinished record is a leftover of an attach or detach whose
+            // rollback failed (e.g. the backend was down): finish undoing it, then start afresh.
+            tracing::info!(attachment = %existing.id, phase = ?existing.phase, "undoing a leftover before attaching again");
+            self.roll_back(&existing).await?;
         }
         self.backend.network(&req.network).await?;
         self.binding.validate(&att).await?;

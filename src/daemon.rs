@@ -26,13 +26,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub async fn reconcile(&self, at_start: bool) -> Result<reconcile::Report> {
+    pub async fn reconcile(&self) -> Result<reconcile::Report> {
         let report = reconcile::run(
             &self.attacher,
             &self.vswitch,
             &self.host_netlink,
             &self.config.host,
-            at_start,
         )
         .await?;
         let m = &self.attacher.metrics;
@@ -73,7 +72,7 @@ pub async fn run(config: Config) -> Result<()> {
         started: Instant::now(),
     });
 
-    let report = daemon.reconcile(true).await?;
+    let report = daemon.reconcile().await?;
     if report.is_empty() {
         tracing::info!("reconcile at start: nothing to do");
     } else {
@@ -92,7 +91,7 @@ pub async fn run(config: Config) -> Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match d.reconcile(false).await {
+                match d.reconcile().await {
                     Ok(r) if !r.is_empty() => {
                         tracing::warn!(report = ?r, "periodic reconcile repaired state")
                     }

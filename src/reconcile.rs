@@ -1,6 +1,6 @@
-//! Reconciliation, at start and periodically:
-//! 1. unfinished attachments (any phase but Ready) are rolled back — only at start, when no
-//!    attach can be in flight;
+//! Reconciliation, at start (before the API serves) and periodically:
+//! 1. unfinished attachments (any phase but Ready) whose lock is free are rolled back — a crash's
+//!    or a failed rollback's leftovers (an attach in flight holds its lock);
 //! 2. Ready attachments whose netns no longer exists are detached (a forgotten DEL);
 //! 3. owned resources that no record references — logical ports and bridge ports marked with
 //!    this host, host veths named `cv<id>`/`cp<id>` whose alias is `courier:<host>:<id>` — are
@@ -43,15 +43,21 @@ pub async fn run(
     vswitch: &Vswitch,
     host: &courier_netlink::Netlink,
     host_mark: &str,
-    at_start: bool,
 ) -> Result<Report> {
     let mut report = Report::default();
 
     for att in attacher.store.list().await? {
         if att.phase != Phase::Ready {
-            if at_start {
-                tracing::warn!(attachment = %att.id, phase = ?att.phase, "rolling back unfinished attachment");
-                attacher.roll_back(&att).await?;
+            // Under the attachment's lock an unfinished record is never one in flight (attach
+            // and detach hold the lock for their whole flow): it is a crash's or a failed
+            // rollback's leftover. Re-read it under the lock, then undo it.
+            let _guard = attacher.locks.lock(&att.id).await;
+            let Some(current) = attacher.store.get(&att.id).await? else {
+                continue;
+            };
+            if current.phase != Phase::Ready {
+                tracing::warn!(attachment = %att.id, phase = ?current.phase, "rolling back unfinished attachment");
+                attacher.roll_back(&current).await?;
                 report.rolled_back.push(att.id.clone());
             }
         } else if !Path::new(&att.netns).exists() {

@@ -165,7 +165,7 @@ async fn gc(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
 }
 
 async fn reconcile(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
-    Ok(Json(json!(d.reconcile(false).await?)))
+    Ok(Json(json!(d.reconcile().await?)))
 }
 
 async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response, ApiError> {
