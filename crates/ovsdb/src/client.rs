@@ -16,10 +16,27 @@ use crate::ops::{Op, OpResult};
 use crate::value::Row;
 use crate::Error;
 
-const ECHO_IDLE: Duration = Duration::from_secs(5);
-const ECHO_DEADLINE: Duration = Duration::from_secs(15);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Session timing. The defaults suit a local or LAN server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Send an echo after this long without traffic from the server.
+    pub echo_idle: Duration,
+    /// Drop the connection (and reconnect) when an echo is unanswered this long.
+    pub echo_deadline: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            echo_idle: Duration::from_secs(5),
+            echo_deadline: Duration::from_secs(15),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
 
 type Reply = oneshot::Sender<Result<Value, Error>>;
 
@@ -59,6 +76,7 @@ pub(crate) struct CacheState {
 
 struct Shared {
     remote: String,
+    options: ClientOptions,
     connected: AtomicBool,
     next_monitor: AtomicU64,
     monitors: Mutex<Vec<MonitorReg>>,
@@ -101,9 +119,15 @@ impl Client {
     /// Connects to `unix:PATH` or `tcp:HOST:PORT`. The first connection must succeed; after
     /// that a background task keeps the session alive and reconnects.
     pub async fn connect(remote: &str) -> Result<Client, Error> {
+        Self::connect_with(remote, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] with explicit session timing.
+    pub async fn connect_with(remote: &str, options: ClientOptions) -> Result<Client, Error> {
         let stream = open(remote).await?;
         let shared = Arc::new(Shared {
             remote: remote.to_string(),
+            options,
             connected: AtomicBool::new(true),
             next_monitor: AtomicU64::new(1),
             monitors: Mutex::new(Vec::new()),
@@ -395,7 +419,8 @@ async fn session(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     let mut stream = Some(first);
-    let mut backoff = BACKOFF_MIN;
+    let opts = shared.options;
+    let mut backoff = opts.backoff_min;
     let mut next_id: u64 = 1;
     loop {
         let s = match stream.take() {
@@ -416,12 +441,12 @@ async fn session(
                 match open(&shared.remote).await {
                     Ok(s) => {
                         tracing::info!(remote = %shared.remote, "OVSDB reconnected");
-                        backoff = BACKOFF_MIN;
+                        backoff = opts.backoff_min;
                         s
                     }
                     Err(e) => {
                         tracing::debug!(remote = %shared.remote, error = %e, "OVSDB reconnect failed");
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        backoff = (backoff * 2).min(opts.backoff_max);
                         continue;
                     }
                 }
@@ -481,7 +506,7 @@ async fn run_connection(
     }
 
     let result = loop {
-        let tick = tokio::time::sleep(Duration::from_secs(1));
+        let tick = tokio::time::sleep((shared.options.echo_idle / 2).min(Duration::from_secs(1)));
         tokio::select! {
             n = rd.read(&mut buf) => {
                 let n = match n {
@@ -529,8 +554,8 @@ async fn run_connection(
             }
             _ = tick => {
                 match echo_sent {
-                    Some(t) if t.elapsed() > ECHO_DEADLINE => break Some("no reply to echo".to_string()),
-                    None if last_rx.elapsed() > ECHO_IDLE => {
+                    Some(t) if t.elapsed() > shared.options.echo_deadline => break Some("no reply to echo".to_string()),
+                    None if last_rx.elapsed() > shared.options.echo_idle => {
                         let id = *next_id;
                         *next_id += 1;
                         let msg = json!({"id": id, "method": "echo", "params": ["keepalive"]});
@@ -684,6 +709,7 @@ mod tests {
         let (client_end, mut server) = tokio::io::duplex(64 * 1024);
         let shared = Arc::new(Shared {
             remote: "unix:/nonexistent".into(),
+            options: ClientOptions::default(),
             connected: AtomicBool::new(true),
             next_monitor: AtomicU64::new(1),
             monitors: Mutex::new(Vec::new()),
@@ -766,5 +792,76 @@ mod tests {
         let mut uniq = ids.clone();
         uniq.dedup();
         assert_eq!(ids.len(), uniq.len(), "request ids are unique");
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A server that accepts, swallows everything and never answers: the client must echo when
+    /// idle, give up on the dead connection and reconnect, failing the pending call meanwhile.
+    #[tokio::test]
+    async fn idle_echo_then_reconnect_when_unanswered() {
+        let dir = std::env::temp_dir().join(format!("ovsdb-ka-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(usize, Value)>();
+        tokio::spawn(async move {
+            let mut conn_no = 0;
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                conn_no += 1;
+                let tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut f = Framer::default();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        f.push(&buf[..n]);
+                        while let Some(Ok(m)) = f.next_message() {
+                            let _ = tx.send((conn_no, m));
+                        }
+                    }
+                });
+            }
+        });
+        let opts = ClientOptions {
+            echo_idle: Duration::from_millis(100),
+            echo_deadline: Duration::from_millis(300),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(50),
+        };
+        let c = Client::connect_with(&format!("unix:{}", path.display()), opts)
+            .await
+            .unwrap();
+        let pending = tokio::spawn({
+            let c = c.clone();
+            async move { c.list_dbs().await }
+        });
+        let mut echoed = false;
+        let mut second_conn = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !(echoed && second_conn) {
+            let (conn, m) = tokio::time::timeout_at(deadline, seen_rx.recv())
+                .await
+                .expect("client kept quiet")
+                .unwrap();
+            if conn == 1 && m["method"] == "echo" {
+                echoed = true;
+            }
+            if conn >= 2 {
+                second_conn = true;
+            }
+        }
+        assert!(matches!(pending.await.unwrap(), Err(Error::Disconnected)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

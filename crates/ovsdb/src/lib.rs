@@ -9,7 +9,7 @@ mod framing;
 mod ops;
 mod value;
 
-pub use client::{CacheView, Client, Monitor};
+pub use client::{CacheView, Client, ClientOptions, Monitor};
 pub use ops::{Condition, Mutation, Op, OpResult, WaitUntil};
 pub use value::{
     empty_set, get_bool, get_i64, get_map, get_set, get_str, get_str_set, get_uuid, map,
