@@ -35,6 +35,9 @@ pub struct OvnConfig {
     pub bridge: String,
     /// How long to wait for OVN to report a plugged port up.
     pub port_up_timeout_ms: u64,
+    /// MTU of container interfaces (both veth ends). Unset: the kernel's default (1500).
+    /// Multi-node OVN over geneve needs room for the tunnel header, e.g. 1400.
+    pub mtu: Option<u32>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for OvnConfig {
             ovs_remote: "unix:/var/run/openvswitch/db.sock".into(),
             bridge: "br-int".into(),
             port_up_timeout_ms: 10_000,
+            mtu: None,
         }
     }
 }
@@ -80,7 +84,7 @@ impl Config {
 
     /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
     /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
-    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS.
+    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
             self.socket = v.into();
@@ -105,6 +109,15 @@ impl Config {
         }
         if let Some(v) = get("COURIER_PORT_UP_TIMEOUT_MS") {
             self.ovn.port_up_timeout_ms = parse_num("COURIER_PORT_UP_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("COURIER_MTU") {
+            let mtu = parse_num("COURIER_MTU", &v)?;
+            if !(576..=65535).contains(&mtu) {
+                return Err(Error::InvalidInput(format!(
+                    "COURIER_MTU={v} must be between 576 and 65535"
+                )));
+            }
+            self.ovn.mtu = Some(mtu as u32);
         }
         Ok(())
     }
@@ -156,6 +169,12 @@ mod tests {
         assert_eq!(cfg.ovn.port_up_timeout(), Duration::from_millis(500));
         assert!(cfg
             .apply_env(|k| (k == "COURIER_PORT_UP_TIMEOUT_MS").then(|| "soon".into()))
+            .is_err());
+        cfg.apply_env(|k| (k == "COURIER_MTU").then(|| "1400".into()))
+            .unwrap();
+        assert_eq!(cfg.ovn.mtu, Some(1400));
+        assert!(cfg
+            .apply_env(|k| (k == "COURIER_MTU").then(|| "100".into()))
             .is_err());
     }
 

@@ -55,7 +55,7 @@ pub async fn run(config: Config) -> Result<()> {
     let binding = Arc::new(VethOvs::new(
         host_netlink.clone(),
         vswitch.clone(),
-        None,
+        config.ovn.mtu,
         &config.host,
     ));
     let attacher = Arc::new(Attacher::new(

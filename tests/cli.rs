@@ -7,7 +7,11 @@ fn cli_network_attach_ping_detach() {
     if !env_ready("cli_network_attach_ping_detach") {
         return;
     }
-    let d = TestDaemon::start("cli");
+    let d = TestDaemon::start_with("cli", &[("COURIER_MTU", "1400")]);
+    // The API socket is root-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
     let baseline = world(&d);
     let net = unique("cli-net");
     let subnet = subnet_for(3);
@@ -87,6 +91,7 @@ fn cli_network_attach_ping_detach() {
     let link =
         String::from_utf8_lossy(&x.exec(&["ip", "-o", "link", "show", "eth0"]).stdout).to_string();
     assert!(link.contains("0a:00:00:c0:ff:ee"), "{link}");
+    assert!(link.contains("mtu 1400"), "COURIER_MTU not applied: {link}");
     let ay = d.cli(&[
         "--json",
         "attach",
