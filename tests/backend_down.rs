@@ -42,6 +42,12 @@ fn nb_down_then_back() {
     let (code, out) = d.cni("DEL", "a", &a.path(), "eth0", &conf);
     assert_eq!((code, out["code"].as_u64()), (1, Some(11)), "{out}");
     assert!(!a.has_link("eth0"), "edge is removed first");
+    let (code, out) = d.cni("STATUS", "", "", "", &conf);
+    assert_eq!(
+        (code, out["code"].as_u64()),
+        (1, Some(50)),
+        "STATUS with the backend down: {out}"
+    );
     let st = d.cli(&["status"]);
     assert!(
         !st.status.success(),

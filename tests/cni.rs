@@ -116,8 +116,16 @@ fn add_ping_tcp_check_del_gc() {
     assert!(a.ping(&ip_b), "legit traffic still flows");
 
     // CHECK passes, then fails once the host end of the veth is deleted by hand.
-    let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &conf);
+    let with_prev = |prev: &serde_json::Value| {
+        let mut c: serde_json::Value = serde_json::from_str(&conf).unwrap();
+        c["prevResult"] = prev.clone();
+        c.to_string()
+    };
+    let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &with_prev(&ra));
     assert_eq!(code, 0, "CHECK: {out}");
+    // A prevResult that does not match the attachment fails CHECK.
+    let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &with_prev(&rb));
+    assert_eq!((code, out["code"].as_u64()), (1, Some(104)), "{out}");
     let host_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["host_ifname"]
         .as_str()
         .unwrap()

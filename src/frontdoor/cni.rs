@@ -53,6 +53,9 @@ pub struct NetConf {
     pub runtime_config: RuntimeConfig,
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// CHECK/DEL: the result of the ADD, as the runtime recorded it.
+    #[serde(default)]
+    pub prev_result: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -163,12 +166,13 @@ pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>
             require("CNI_CONTAINERID", &call.container_id)?;
             require("CNI_NETNS", &call.netns)?;
             require("CNI_IFNAME", &call.ifname)?;
-            attacher
+            let att = attacher
                 .check(&AttachmentKey {
                     container_id: call.container_id.clone(),
                     ifname: call.ifname.clone(),
                 })
                 .await?;
+            check_prev_result(&att, conf.prev_result.as_ref())?;
             Ok(None)
         }
         "GC" => {
@@ -202,6 +206,29 @@ pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>
             "CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"
         ))),
     }
+}
+
+/// CHECK: every address the runtime recorded from ADD must still be the attachment's.
+pub fn check_prev_result(att: &Attachment, prev: Option<&Value>) -> Result<()> {
+    let Some(prev) = prev else { return Ok(()) };
+    let have: Vec<String> = att
+        .port
+        .as_ref()
+        .map(|p| p.ips.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    for ip in prev["ips"].as_array().into_iter().flatten() {
+        let addr = ip["address"].as_str().unwrap_or_default();
+        if !have.iter().any(|h| h == addr) {
+            return Err(Error::CheckFailed {
+                id: att.id.clone(),
+                what: format!(
+                    "prevResult address {addr} is not the attachment's ({})",
+                    have.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The ADD result per the CNI spec version the runtime asked for.
@@ -428,6 +455,18 @@ mod tests {
         assert_eq!(e.code(), code::DECODE);
         let gc = parse_netconf(r#"{"cniVersion":"1.1.0","name":"n1","type":"courier","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#).unwrap();
         assert_eq!(gc.valid_attachments.unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn check_compares_prev_result() {
+        let a = att();
+        assert!(check_prev_result(&a, None).is_ok());
+        let good = result_json(&a, "1.1.0");
+        assert!(check_prev_result(&a, Some(&good)).is_ok());
+        let bad = json!({"ips": [{"address": "10.9.0.99/24"}]});
+        let e = check_prev_result(&a, Some(&bad)).unwrap_err();
+        assert_eq!(e.code(), code::CHECK_FAILED);
+        assert!(e.to_string().contains("10.9.0.99/24"));
     }
 
     #[test]
