@@ -391,5 +391,5 @@ async fn reconnects_and_rebuilds_monitors() {
     // northd reconnects by itself; make sure the stack is whole for whoever runs next.
     let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ovn.sh"))
         .arg("start")
-        .status();
+        .output();
 }
