@@ -117,7 +117,8 @@ impl Attacher {
         let port_ms = ms(t0);
         att.port = Some(port.clone());
         att.phase = Phase::PortCreated;
-        self.store.put(att).await?;
+        // Progress note: a crash recovers from "intent" the same way, so no fsync.
+        self.store.note(att).await?;
         crash::point("after-port");
         let t1 = std::time::Instant::now();
 
@@ -125,7 +126,7 @@ impl Attacher {
         self.binding.plug(att, &port).await?;
         let plug_ms = ms(t1);
         att.phase = Phase::Plugged;
-        self.store.put(att).await?;
+        self.store.note(att).await?;
         crash::point("after-plug");
         let t2 = std::time::Instant::now();
 

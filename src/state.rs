@@ -1,13 +1,15 @@
 //! Durable local state (redb): one record per attachment, keyed by attachment id.
 //!
-//! Every write is committed with immediate durability before the caller goes on to the side
-//! effect it announces; that is what lets `reconcile` finish or roll back after a crash.
+//! Writes that recovery depends on (the intent before any side effect, "ready", "detaching") are
+//! committed with immediate durability before the caller goes on; progress notes in between
+//! (`note`) are not, since every unfinished phase is recovered the same way (rollback by
+//! derived names). That is what lets `reconcile` finish or roll back after a crash.
 //! redb is blocking, so every call runs on tokio's blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 use crate::model::Attachment;
@@ -47,12 +49,25 @@ impl Store {
             .map_err(|e| Error::Internal(format!("store task: {e}")))?
     }
 
-    /// Inserts or replaces the record and makes it durable before returning.
+    /// Inserts or replaces the record and makes it durable before returning (≈ 1 ms: an fsync).
     pub async fn put(&self, att: &Attachment) -> Result<()> {
+        self.write(att, Durability::Immediate).await
+    }
+
+    /// Inserts or replaces the record without waiting for the disk: for progress notes whose
+    /// loss in a crash changes nothing (the last durable phase leads to the same recovery).
+    /// The next durable write persists it.
+    pub async fn note(&self, att: &Attachment) -> Result<()> {
+        self.write(att, Durability::None).await
+    }
+
+    async fn write(&self, att: &Attachment, durability: Durability) -> Result<()> {
         let id = att.id.clone();
         let bytes = serde_json::to_vec(att).map_err(|e| store_err("encoding", e))?;
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+            let mut txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+            txn.set_durability(durability)
+                .map_err(|e| store_err("durability", e))?;
             {
                 let mut t = txn
                     .open_table(ATTACHMENTS)
