@@ -46,9 +46,20 @@ impl Daemon {
 
 pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
-    let backend = Arc::new(OvnBackend::connect(&config.ovn.nb_remote, &config.host).await?);
-    let vswitch =
-        Arc::new(Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host).await?);
+    // OVN may start after us (boot order): wait for it rather than exit. The API socket is bound
+    // only once everything is up and reconciled, so CNI callers meanwhile get "try again later".
+    let backend = Arc::new(
+        retry_until_up("OVN Northbound", || {
+            OvnBackend::connect(&config.ovn.nb_remote, &config.host)
+        })
+        .await?,
+    );
+    let vswitch = Arc::new(
+        retry_until_up("local Open_vSwitch DB", || {
+            Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host)
+        })
+        .await?,
+    );
     let host_netlink = Arc::new(
         Netlink::host().map_err(|e| Error::netlink("opening rtnetlink in the host netns", e))?,
     );
@@ -118,6 +129,38 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Internal(format!("serving API: {e}")))?;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Retries `connect` every second (logging why) until it succeeds or SIGTERM/SIGINT arrives.
+async fn retry_until_up<T, F, Fut>(what: &str, mut connect: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("installing SIGTERM handler: {e}")))?;
+    let mut warned = false;
+    loop {
+        match connect().await {
+            Ok(v) => {
+                if warned {
+                    tracing::info!("{what} is reachable now");
+                }
+                return Ok(v);
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "{what} not reachable yet; retrying every second");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = term.recv() => return Err(Error::Unavailable(format!("stopped while waiting for {what}"))),
+            _ = tokio::signal::ctrl_c() => return Err(Error::Unavailable(format!("stopped while waiting for {what}"))),
+        }
+    }
 }
 
 /// Binds the API socket, root-only. A stale socket file (no daemon behind it) is replaced;

@@ -191,6 +191,20 @@ fn bad_input_changes_nothing() {
     assert_eq!((code, body["code"].as_u64()), (400, Some(6)), "{body}");
     assert_eq!(world(&d), before);
 
+    // A logical switch Courier did not create is not Courier's to delete.
+    let foreign = unique("foreign-ls");
+    nbctl(&["ls-add", &foreign]);
+    let before = world(&d);
+    let out = d.cli(&["network", "delete", &foreign]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not created by Courier"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(world(&d), before);
+    nbctl(&["ls-del", &foreign]);
+
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
 

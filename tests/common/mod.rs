@@ -102,6 +102,21 @@ impl TestDaemon {
         Self::start_with(name, &[])
     }
 
+    /// Starts a daemon and returns at once, ready or not (see `wait_ready`).
+    pub fn launch(name: &str, env: &[(&str, &str)]) -> TestDaemon {
+        let dir = std::env::temp_dir().join(format!("courier-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut d = TestDaemon {
+            name: name.to_string(),
+            socket: dir.join("courier.sock"),
+            dir,
+            child: None,
+        };
+        d.spawn_only(env);
+        d
+    }
+
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> TestDaemon {
         let dir = std::env::temp_dir().join(format!("courier-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -117,6 +132,11 @@ impl TestDaemon {
     }
 
     fn spawn(&mut self, env: &[(&str, &str)]) {
+        self.spawn_only(env);
+        self.wait_ready(Duration::from_secs(20));
+    }
+
+    fn spawn_only(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,7 +157,11 @@ impl TestDaemon {
         }
         let child = cmd.spawn().expect("spawning courier daemon");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Waits until the API answers; panics (with the log) if the daemon exits or times out.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
