@@ -179,6 +179,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../contrib/courier.toml.example");
+        let cfg: Config = toml::from_str(text).expect("contrib/courier.toml.example is valid");
+        assert_eq!(cfg.ovn.bridge, "br-int");
+        assert_eq!(cfg.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("sockt = \"/x\"").is_err());
     }
