@@ -1,5 +1,5 @@
-//! THE attach flow, top to bottom: intent → logical port → edge → up → ready.
-//! Detach is the same in reverse. Every step is recorded in the store *before* its side effects,
+//! THE attach flow, top to bottom: intent → logical port → edge → ready.
+//! Detach is the same in reverse. The intent is durable in the store before any side effect,
 //! and every name is derived from the attachment id, so a crash anywhere can be undone
 //! (see reconcile.rs).
 
@@ -191,8 +191,8 @@ impl Attacher {
         Ok(stored)
     }
 
-    /// CNI CHECK: the attachment exists, its port exists with the same addresses and is up,
-    /// and the edge is as plugged.
+    /// CNI CHECK: the attachment is complete, its logical port still exists with the same
+    /// addresses, and the edge is as plugged (the binding checks its own readiness).
     pub async fn check(&self, key: &AttachmentKey) -> Result<Attachment> {
         let r = self.check_flow(key).await;
         self.metrics.op("check", outcome(&r));
