@@ -3,7 +3,8 @@
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(openvswitch-switch ovn-central ovn-host containernetworking-plugins iproute2 ethtool procps iputils-ping netcat-openbsd curl jq)
+pkgs=(openvswitch-switch ovn-central ovn-host containernetworking-plugins iproute2 ethtool procps iputils-ping netcat-openbsd curl jq
+      podman busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
