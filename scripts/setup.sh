@@ -37,9 +37,9 @@ echo "== 1/5 packages (Debian: openvswitch-switch, ovn-central, ovn-host, contai
 scripts/install-deps.sh
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 
-echo "== 2/5 build"
-cargo build --release --locked -q
-install -m 0755 target/release/courier /usr/local/bin/courier
+echo "== 2/5 build (one static binary)"
+BIN=$(scripts/build-static.sh)
+install -m 0755 "$BIN" /usr/local/bin/courier
 mkdir -p /opt/cni/bin && ln -sf /usr/local/bin/courier /opt/cni/bin/courier
 
 echo "== 3/5 single-node OVN (userspace datapath)"
