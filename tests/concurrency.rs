@@ -134,3 +134,62 @@ fn parallel_attach_detach_with_sweeps_leaks_nothing() {
     assert_eq!(world(&d), clean, "leaked after parallel attach/detach");
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// Two containers ask for the same address at the same moment: exactly one gets it, the other
+/// is told the address is in use (105), and OVN never holds the address twice.
+#[test]
+fn same_requested_ip_in_parallel_is_given_once() {
+    if !env_ready("same_requested_ip_in_parallel_is_given_once") {
+        return;
+    }
+    let d = TestDaemon::start("sameip");
+    let net = unique("sameip-net");
+    let subnet = subnet_for(11);
+    d.create_network(&net, &subnet);
+    let clean = world(&d);
+    for round in 0..5 {
+        let want = subnet.replace(".0/24", &format!(".{}", 100 + round));
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": net, "type": "courier", "socket": d.socket,
+            "runtimeConfig": {"ips": [format!("{want}/24")]}})
+        .to_string();
+        let spaces: Vec<Netns> = (0..4)
+            .map(|i| Netns::new(&format!("sameip{round}{i}")))
+            .collect();
+        let results: Vec<(i32, serde_json::Value)> = std::thread::scope(|s| {
+            let handles: Vec<_> = spaces
+                .iter()
+                .map(|ns| {
+                    let (d, conf) = (&d, &conf);
+                    s.spawn(move || d.cni("ADD", &ns.name, &ns.path(), "eth0", conf))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners = results.iter().filter(|(c, _)| *c == 0).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        for (c, out) in &results {
+            if *c != 0 {
+                assert_eq!(out["code"], 105, "round {round}: {out}");
+            }
+        }
+        // One dynamic_addresses value per port: count the ports holding the address.
+        let holders = nbctl(&[
+            "--bare",
+            "--columns=dynamic_addresses",
+            "list",
+            "Logical_Switch_Port",
+        ])
+        .split_whitespace()
+        .filter(|w| *w == want)
+        .count();
+        assert_eq!(
+            holders, 1,
+            "round {round}: OVN holds {want} {holders} times"
+        );
+        for ns in &spaces {
+            assert_eq!(d.cni("DEL", &ns.name, &ns.path(), "eth0", &conf).0, 0);
+        }
+    }
+    assert_eq!(world(&d), clean);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

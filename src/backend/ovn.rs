@@ -26,6 +26,10 @@ pub struct OvnBackend {
     nb: Client,
     cache: Monitor,
     host: String,
+    /// Serialises "is this requested address free? then take it": held from the check until our
+    /// own port is visible in the cache, so two requests for one address cannot both pass.
+    /// (Across hosts this needs the backend's help; OVN NB offers no uniqueness constraint.)
+    requested_ip: tokio::sync::Mutex<()>,
 }
 
 fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
@@ -61,6 +65,7 @@ impl OvnBackend {
             nb,
             cache,
             host: host.to_string(),
+            requested_ip: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -383,6 +388,10 @@ impl Backend for OvnBackend {
     }
 
     async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort> {
+        let _ip_guard = match req.ip {
+            Some(_) => Some(self.requested_ip.lock().await),
+            None => None,
+        };
         let (ls_uuid, ls_row) = self.switch(network)?;
         let net = self.network_from_row(&ls_uuid, &ls_row);
         if let Some(ip) = req.ip {
