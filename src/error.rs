@@ -29,9 +29,9 @@ pub enum Error {
         container_id: String,
         ifname: String,
     },
-    #[error("address {ip} is already used by logical port {port} on network {network:?}: request another or let the backend choose")]
+    #[error("address {address} is already used by logical port {port} on network {network:?}: request another or let the backend choose")]
     AddressInUse {
-        ip: String,
+        address: String,
         port: String,
         network: String,
     },

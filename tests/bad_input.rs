@@ -156,6 +156,13 @@ fn bad_input_changes_nothing() {
     let (code, out) = d.cni("ADD", "other", &b.path(), "eth0", &c);
     assert_eq!((code, out["code"].as_u64()), (1, Some(105)), "{out}");
     assert_eq!(world(&d), before);
+    // The same MAC requested by someone else: refused, nothing changes.
+    let taken_mac = first["interfaces"][1]["mac"].as_str().unwrap().to_string();
+    let c = json!({"cniVersion": "1.1.0", "name": net, "type": "courier", "socket": d.socket, "runtimeConfig": {"mac": taken_mac}}).to_string();
+    let (code, out) = d.cni("ADD", "other", &b.path(), "eth0", &c);
+    assert_eq!((code, out["code"].as_u64()), (1, Some(105)), "{out}");
+    assert!(out["msg"].as_str().unwrap().contains(&taken_mac), "{out}");
+    assert_eq!(world(&d), before);
     assert_eq!(d.cni("DEL", "dup", &a.path(), "eth0", &conf).0, 0);
 
     // Networks with invalid CIDRs, through the CLI and the API.

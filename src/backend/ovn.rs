@@ -26,7 +26,7 @@ pub struct OvnBackend {
     nb: Client,
     cache: Monitor,
     host: String,
-    /// Serialises "is this requested address free? then take it": held from the check until our
+    /// Serialises "is this requested address (IP or MAC) free? then take it": held from the check until our
     /// own port is visible in the cache, so two requests for one address cannot both pass.
     /// (Across hosts this needs the backend's help; OVN NB offers no uniqueness constraint.)
     requested_ip: tokio::sync::Mutex<()>,
@@ -157,8 +157,8 @@ impl OvnBackend {
             .collect()
     }
 
-    /// Which port on `switch` already uses `ip`, if any.
-    fn address_user(&self, switch: &Row, ip: IpAddr) -> Option<String> {
+    /// Which port on `switch` already uses an address word (IP or MAC) for which `is` holds.
+    fn address_user(&self, switch: &Row, is: impl Fn(&str) -> bool) -> Option<String> {
         let ports: Vec<String> = ovsdb::get_set(switch, "ports")
             .iter()
             .filter_map(|v| ovsdb::uuid_of(v).map(String::from))
@@ -171,10 +171,7 @@ impl OvnBackend {
             }
             addrs
                 .iter()
-                .any(|a| {
-                    a.split_whitespace()
-                        .any(|w| w.parse::<IpAddr>().ok() == Some(ip))
-                })
+                .any(|a| a.split_whitespace().any(&is))
                 .then(|| ovsdb::get_str(&row, "name").unwrap_or("?").to_string())
         })
     }
@@ -388,9 +385,10 @@ impl Backend for OvnBackend {
     }
 
     async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort> {
-        let _ip_guard = match req.ip {
-            Some(_) => Some(self.requested_ip.lock().await),
-            None => None,
+        let _requested_guard = if req.ip.is_some() || req.mac.is_some() {
+            Some(self.requested_ip.lock().await)
+        } else {
+            None
         };
         let (ls_uuid, ls_row) = self.switch(network)?;
         let net = self.network_from_row(&ls_uuid, &ls_row);
@@ -415,16 +413,26 @@ impl Backend for OvnBackend {
                     "requested address {ip} is the gateway of {network:?}"
                 )));
             }
-            if let Some(port) = self.address_user(&ls_row, ip) {
+            if let Some(port) = self.address_user(&ls_row, |w| w.parse::<IpAddr>().ok() == Some(ip))
+            {
                 return Err(Error::AddressInUse {
-                    ip: ip.to_string(),
+                    address: ip.to_string(),
                     port,
                     network: network.into(),
                 });
             }
         }
         if let Some(mac) = &req.mac {
-            crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
+            let want = crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
+            if let Some(port) =
+                self.address_user(&ls_row, |w| crate::model::parse_mac(w).ok() == Some(want))
+            {
+                return Err(Error::AddressInUse {
+                    address: mac.clone(),
+                    port,
+                    network: network.into(),
+                });
+            }
         }
         if net.subnet.is_none() && (req.ip.is_none() || req.mac.is_none()) {
             return Err(Error::InvalidInput(format!(
