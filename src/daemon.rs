@@ -114,9 +114,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let app = crate::frontdoor::api::router(daemon.clone());
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("installing SIGTERM handler: {e}")))?;
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
