@@ -43,6 +43,18 @@ impl VethOvs {
     }
 }
 
+/// Opens the container's netns and looks up the attachment's interface in it.
+async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInfoView>)> {
+    let ns = Netlink::in_netns(Path::new(&att.netns))
+        .await
+        .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+    let link = ns.link(&att.ifname).await.map_err(nl_err(format!(
+        "looking up {} in {}",
+        att.ifname, att.netns
+    )))?;
+    Ok((ns, link))
+}
+
 /// Ok when `path` is a network namespace (nsfs inode of type CLONE_NEWNET).
 pub fn validate_netns(path: &str) -> Result<()> {
     if path.is_empty() {
@@ -75,18 +87,7 @@ impl EdgeBinding for VethOvs {
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
         validate_netns(&att.netns)?;
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        if ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!(
-                "looking up {} in {}",
-                att.ifname, att.netns
-            )))?
-            .is_some()
-        {
+        if container_link(att).await?.1.is_some() {
             return Err(Error::InvalidInput(format!(
                 "netns {} already has an interface named {}: pick another ifname",
                 att.netns, att.ifname
@@ -215,17 +216,9 @@ impl EdgeBinding for VethOvs {
             return Err(fail(format!("host interface {host} is missing")));
         }
         validate_netns(&att.netns).map_err(|e| fail(e.to_string()))?;
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        let link = ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!(
-                "looking up {} in {}",
-                att.ifname, att.netns
-            )))?
-            .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
+        let (ns, link) = container_link(att).await?;
+        let link =
+            link.ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
         let want_mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
         if link.mac != Some(want_mac) {
             return Err(fail(format!(

@@ -26,9 +26,7 @@ pub fn repo() -> PathBuf {
 pub fn env_ready(test: &str) -> bool {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let r = READY.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("needs root (network namespaces, OVS ports)".into());
-        }
+        courier_testenv::require_root("network namespaces, OVS ports")?;
         let out = Command::new(repo().join("scripts/ovn.sh"))
             .arg("start")
             .output()
@@ -51,21 +49,7 @@ pub fn env_ready(test: &str) -> bool {
     }
 }
 
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("COURIER_REQUIRE_ENV").as_deref() == Ok("1") {
-        panic!("{test}: environment required (COURIER_REQUIRE_ENV=1) but: {reason}");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    if let Ok(log) = std::env::var("COURIER_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{test}: {reason}");
-        }
-    }
-}
+pub use courier_testenv::skip;
 
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
@@ -118,16 +102,8 @@ impl TestDaemon {
     }
 
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> TestDaemon {
-        let dir = std::env::temp_dir().join(format!("courier-it-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let mut d = TestDaemon {
-            name: name.to_string(),
-            socket: dir.join("courier.sock"),
-            dir,
-            child: None,
-        };
-        d.spawn(env);
+        let mut d = Self::launch(name, env);
+        d.wait_ready(Duration::from_secs(20));
         d
     }
 

@@ -7,32 +7,20 @@ use std::process::Command;
 use courier_netlink::*;
 
 fn ready(test: &str) -> bool {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (network namespaces)")
-    } else if !Path::new("/usr/sbin/ip").exists()
-        && !Path::new("/sbin/ip").exists()
-        && !Path::new("/bin/ip").exists()
-    {
-        Some("iproute2's ip is needed to create test namespaces")
-    } else {
-        None
-    };
-    let Some(reason) = reason else { return true };
-    if std::env::var("COURIER_REQUIRE_ENV").as_deref() == Ok("1") {
-        panic!("{test}: environment required but: {reason}");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    if let Ok(log) = std::env::var("COURIER_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "{test}: {reason}");
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/bin/ip"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    let check = courier_testenv::require_root("network namespaces").and_then(|()| {
+        ip.then_some(())
+            .ok_or_else(|| "iproute2's ip is needed to create test namespaces".to_string())
+    });
+    match check {
+        Ok(()) => true,
+        Err(reason) => {
+            courier_testenv::skip(test, &reason);
+            false
         }
     }
-    false
 }
 
 /// A netns that is deleted on drop, even when the test fails.

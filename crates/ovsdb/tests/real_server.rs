@@ -14,9 +14,7 @@ const OVS: &str = "unix:/var/run/openvswitch/db.sock";
 fn ready(test: &str) -> bool {
     static R: OnceLock<Result<(), String>> = OnceLock::new();
     let r = R.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("needs root to start OVN".into());
-        }
+        courier_testenv::require_root("to start OVN")?;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ovn.sh");
         match Command::new(script).arg("start").output() {
             Ok(o) if o.status.success() => Ok(()),
@@ -30,20 +28,7 @@ fn ready(test: &str) -> bool {
     match r {
         Ok(()) => true,
         Err(reason) => {
-            if std::env::var("COURIER_REQUIRE_ENV").as_deref() == Ok("1") {
-                panic!("{test}: environment required but: {reason}");
-            }
-            eprintln!("SKIP {test}: {reason}");
-            if let Ok(log) = std::env::var("COURIER_SKIP_LOG") {
-                use std::io::Write;
-                if let Ok(mut f) = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                {
-                    let _ = writeln!(f, "{test}: {reason}");
-                }
-            }
+            courier_testenv::skip(test, reason);
             false
         }
     }
