@@ -79,6 +79,7 @@ impl Attacher {
             self.roll_back(&existing).await?;
         }
         self.backend.network(&req.network).await?;
+        att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         self.binding.validate(&att).await?;
 
         // 2. Intent: durable before anything exists.

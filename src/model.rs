@@ -112,6 +112,10 @@ pub struct Attachment {
     pub host_ifname: String,
     #[serde(default)]
     pub port: Option<LogicalPort>,
+    /// Identity of the netns at attach time (nsfs inode): a different namespace later found at
+    /// the same path means this one is gone.
+    #[serde(default)]
+    pub netns_inode: Option<u64>,
     #[serde(default)]
     pub requested_ip: Option<IpAddr>,
     #[serde(default)]
@@ -137,6 +141,7 @@ impl Attachment {
             network: req.network.clone(),
             phase: Phase::Intent,
             port: None,
+            netns_inode: None,
             requested_ip: req.ip,
             requested_mac: req.mac.clone(),
             created_at: std::time::SystemTime::now()

@@ -1,7 +1,8 @@
 //! Reconciliation, at start (before the API serves) and periodically:
 //! 1. unfinished attachments (any phase but Ready) whose lock is free are rolled back — a crash's
 //!    or a failed rollback's leftovers (an attach in flight holds its lock);
-//! 2. Ready attachments whose netns no longer exists are detached (a forgotten DEL);
+//! 2. Ready attachments whose netns no longer exists — path gone, or now a different namespace
+//!    (compared by nsfs inode) — are detached (a forgotten DEL);
 //! 3. owned resources that no record references — logical ports and bridge ports marked with
 //!    this host, host veths named `cv<id>`/`cp<id>` whose alias is `courier:<host>:<id>` — are
 //!    deleted. (A crash between creating a veth and setting its alias is covered by step 1: the
@@ -60,7 +61,7 @@ pub async fn run(
                 attacher.roll_back(&current).await?;
                 report.rolled_back.push(att.id.clone());
             }
-        } else if !Path::new(&att.netns).exists() {
+        } else if netns_gone(&att) {
             tracing::warn!(attachment = %att.id, netns = %att.netns, "netns is gone; detaching");
             attacher.detach(&att.key()).await?;
             report.detached_gone_netns.push(att.id.clone());
@@ -107,6 +108,15 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// The attachment's netns no longer exists: its path is gone, is no longer a network namespace,
+/// or now names a different namespace than the one attached (a reused name or PID).
+fn netns_gone(att: &crate::model::Attachment) -> bool {
+    match crate::netns::identify(&att.netns) {
+        Err(_) => !Path::new(&att.netns).exists() || att.netns_inode.is_some(),
+        Ok(inode) => att.netns_inode.is_some_and(|i| i != inode),
+    }
 }
 
 /// Under the attachment's lock: if the store has no record of `id`, runs `delete`.

@@ -199,3 +199,35 @@ fn reconcile_detaches_when_netns_is_gone() {
     assert_eq!(world(&d), clean);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// The netns path comes back but names a *different* namespace (a runtime reusing a name, a
+/// reused PID in /proc/PID/ns/net): the old attachment is as good as forgotten and is detached.
+#[test]
+fn reconcile_detaches_when_netns_path_is_reused() {
+    if !env_ready("reconcile_detaches_when_netns_path_is_reused") {
+        return;
+    }
+    let d = TestDaemon::start("reuse");
+    let net = unique("reuse-net");
+    d.create_network(&net, &subnet_for(12));
+    let conf = d.netconf(&net, "1.1.0");
+    let clean = world(&d);
+    let ns = Netns::new("reuse-a");
+    assert_eq!(d.cni("ADD", "first", &ns.path(), "eth0", &conf).0, 0);
+    // Same name, new namespace: the path exists again, the old interface is gone with the old ns.
+    sh_ok("ip", &["netns", "del", &ns.name]);
+    sh_ok("ip", &["netns", "add", &ns.name]);
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(
+        report["detached_gone_netns"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        world(&d),
+        clean,
+        "the replaced namespace's attachment leaked"
+    );
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

@@ -55,30 +55,6 @@ async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInf
     Ok((ns, link))
 }
 
-/// Ok when `path` is a network namespace (nsfs inode of type CLONE_NEWNET).
-pub fn validate_netns(path: &str) -> Result<()> {
-    if path.is_empty() {
-        return Err(Error::InvalidEnv(
-            "no network namespace given (CNI_NETNS / --netns)".into(),
-        ));
-    }
-    let file = std::fs::File::open(Path::new(path)).map_err(|e| {
-        Error::InvalidEnv(format!(
-            "network namespace {path}: {e}: give the path of an existing netns such as /var/run/netns/NAME or /proc/PID/ns/net"
-        ))
-    })?;
-    // NS_GET_NSTYPE = _IO(0xb7, 0x3)
-    const NS_GET_NSTYPE: libc::c_ulong = (0xb7 << 8) | 0x3;
-    // SAFETY: ioctl on a valid open fd with no argument; returns the namespace type or -1.
-    let ty = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-    if ty != libc::CLONE_NEWNET {
-        return Err(Error::InvalidEnv(format!(
-            "{path} is not a network namespace: give /var/run/netns/NAME or /proc/PID/ns/net"
-        )));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl EdgeBinding for VethOvs {
     fn kind(&self) -> &'static str {
@@ -86,7 +62,7 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
-        validate_netns(&att.netns)?;
+        crate::netns::identify(&att.netns)?;
         if container_link(att).await?.1.is_some() {
             return Err(Error::InvalidInput(format!(
                 "netns {} already has an interface named {}: pick another ifname",
@@ -215,7 +191,13 @@ impl EdgeBinding for VethOvs {
         {
             return Err(fail(format!("host interface {host} is missing")));
         }
-        validate_netns(&att.netns).map_err(|e| fail(e.to_string()))?;
+        let inode = crate::netns::identify(&att.netns).map_err(|e| fail(e.to_string()))?;
+        if att.netns_inode.is_some_and(|i| i != inode) {
+            return Err(fail(format!(
+                "{} is now a different network namespace than the one attached",
+                att.netns
+            )));
+        }
         let (ns, link) = container_link(att).await?;
         let link =
             link.ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
