@@ -14,7 +14,7 @@ fi
 export COURIER_SKIP_LOG=$PWD/target/skipped.txt
 mkdir -p target && : > "$COURIER_SKIP_LOG"
 # Integration tests share one OVN and one host: one test at a time.
-cargo test --workspace --locked -- --test-threads=1
+cargo test --workspace --locked --features courier/test-hooks -- --test-threads=1
 skipped=$(wc -l < "$COURIER_SKIP_LOG")
 if [ "$skipped" -gt 0 ]; then
   echo "== $skipped test(s) SKIPPED:"; sed 's/^/   /' "$COURIER_SKIP_LOG"

@@ -2,15 +2,25 @@
 //! Detach is the same in reverse. The intent is durable in the store before any side effect,
 //! and every name is derived from the attachment id, so a crash anywhere can be undone
 //! (see reconcile.rs).
+//!
+//! Each attach and detach runs on a task of its own, to completion or rollback, whatever happens
+//! to the caller: a CNI runtime that kills the plugin on its timeout drops the API request, not
+//! the flow. An attach whose caller went away before it saw the result is undone (no runtime
+//! knows of it, so none would DEL it).
+//!
+//! Teardown (rollback and detach) is best effort: every step runs even when an earlier one
+//! failed, every error is reported, and the record stays until everything is gone, so
+//! reconcile finishes the job.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{Backend, PortRequest};
 use crate::binding::EdgeBinding;
-use crate::crash;
 use crate::error::{Error, Result};
+use crate::hooks;
 use crate::metrics::Metrics;
 use crate::model::{validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase};
 use crate::state::Store;
@@ -21,7 +31,18 @@ pub struct Attacher {
     pub backend: Arc<dyn Backend>,
     pub binding: Arc<dyn EdgeBinding>,
     pub port_up_timeout: Duration,
+    /// This host's ownership mark; part of every attachment id.
+    pub host: String,
     pub(crate) locks: KeyedLocks,
+}
+
+/// What a forgotten-DEL check decided about one attachment, re-made under its lock.
+#[derive(Debug, PartialEq)]
+pub enum Forgotten {
+    Detached,
+    /// The record changed since the snapshot (another generation, detached, not ready) or its
+    /// netns is not certainly gone: nothing was done.
+    Kept,
 }
 
 impl Attacher {
@@ -30,6 +51,7 @@ impl Attacher {
         backend: Arc<dyn Backend>,
         binding: Arc<dyn EdgeBinding>,
         port_up_timeout: Duration,
+        host: &str,
     ) -> Self {
         Attacher {
             metrics: Arc::new(Metrics::default()),
@@ -37,19 +59,55 @@ impl Attacher {
             backend,
             binding,
             port_up_timeout,
+            host: host.to_string(),
             locks: KeyedLocks::default(),
         }
     }
 
-    /// Gives the container an interface on the network; returns the complete attachment.
-    pub async fn attach(&self, req: &AttachRequest) -> Result<Attachment> {
-        let start = std::time::Instant::now();
-        let r = self.attach_flow(req).await;
-        self.metrics.op("attach", outcome(&r));
-        if r.is_ok() {
-            self.metrics.attach_took(start.elapsed());
+    /// The id an attachment key has on this host.
+    pub fn id_of(&self, key: &AttachmentKey) -> String {
+        key.id(&self.host)
+    }
+
+    /// The lock that serialises every flow on one interface (the key's id on this host, also
+    /// for a schema-1 record kept under its legacy id).
+    pub(crate) async fn lock_for(&self, key: &AttachmentKey) -> KeyedGuard<'_> {
+        self.locks.lock(&self.id_of(key)).await
+    }
+
+    /// The record for `key`: under its id, or a schema-1 record under the legacy id.
+    pub async fn record(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
+        if let Some(a) = self.store.get(&self.id_of(key)).await? {
+            return Ok(Some(a));
         }
-        r
+        Ok(self
+            .store
+            .get(&key.legacy_id())
+            .await?
+            .filter(|a| a.schema == 1 && a.key() == *key))
+    }
+
+    /// Gives the container an interface on the network; returns the complete attachment.
+    /// Runs on its own task: see the module header.
+    pub async fn attach(self: &Arc<Self>, req: &AttachRequest) -> Result<Attachment> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let req = req.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let r = this.attach_flow(&req).await;
+            this.metrics.op("attach", outcome(&r));
+            if r.is_ok() {
+                this.metrics.attach_took(start.elapsed());
+            }
+            if let Err(Ok(att)) = tx.send(r) {
+                tracing::warn!(attachment = %att.id, container = %att.container_id,
+                    "the caller went away before it saw the attach complete; undoing it");
+                this.undo_unseen(&att).await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Internal("attach task ended without a result".into()))?
     }
 
     async fn attach_flow(&self, req: &AttachRequest) -> Result<Attachment> {
@@ -63,9 +121,9 @@ impl Attacher {
         if let Some(mac) = &req.mac {
             crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
         }
-        let mut att = Attachment::new(req);
-        let _guard = self.locks.lock(&att.id).await;
-        if let Some(existing) = self.store.get(&att.id).await? {
+        let mut att = Attachment::new(req, &self.host);
+        let _guard = self.lock_for(&att.key()).await;
+        if let Some(existing) = self.record(&att.key()).await? {
             if existing.phase == Phase::Ready {
                 return Err(Error::AlreadyAttached {
                     container_id: existing.container_id,
@@ -82,9 +140,9 @@ impl Attacher {
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         self.binding.validate(&att).await?;
 
-        // 2. Intent: durable before anything exists.
-        self.store.put(&att).await?;
-        crash::point("after-intent");
+        // 2. Intent: durable before anything exists; the store gives it its generation.
+        self.store.create(&mut att).await?;
+        hooks::point("after-intent").await;
 
         let result = self.attach_steps(&mut att).await;
         match result {
@@ -92,7 +150,7 @@ impl Attacher {
             Err(e) => {
                 tracing::warn!(attachment = %att.id, error = %e, "attach failed; rolling back");
                 if let Err(re) = self.roll_back(&att).await {
-                    tracing::error!(attachment = %att.id, error = %re, "rollback incomplete; reconcile will retry");
+                    tracing::error!(attachment = %att.id, error = %re, "rollback incomplete; the record is kept and reconcile will retry");
                 }
                 Err(e)
             }
@@ -120,7 +178,7 @@ impl Attacher {
         att.phase = Phase::PortCreated;
         // Progress note: a crash recovers from "intent" the same way, so no fsync.
         self.store.note(att).await?;
-        crash::point("after-port");
+        hooks::point("after-port").await;
         let t1 = std::time::Instant::now();
 
         // 4. Edge binding: interface in the netns, bound to the logical port.
@@ -128,88 +186,149 @@ impl Attacher {
         let plug_ms = ms(t1);
         att.phase = Phase::Plugged;
         self.store.note(att).await?;
-        crash::point("after-plug");
+        hooks::point("after-plug").await;
         let t2 = std::time::Instant::now();
 
-        // 5. Wait until the data plane forwards for it.
+        // 5. Wait until the data plane forwards for it (OVS: ovn-controller set ovn-installed).
         self.binding.wait_ready(att, self.port_up_timeout).await?;
         let up_ms = ms(t2);
-        crash::point("after-up");
-        if let Some(p) = att.port.as_mut() {
-            p.up = true;
+        hooks::point("after-up").await;
+        // Report what the backend says of the port now (NB `up` may lag ovn-installed).
+        if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), self.backend.port(&port.name).await)
+        {
+            p.up = live.up;
         }
         att.phase = Phase::Ready;
         self.store.put(att).await?;
-        crash::point("after-ready");
+        hooks::point("after-ready").await;
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
             network = %att.network, port = %port.name, ips = ?port.ips,
             port_ms, plug_ms, up_ms, total_ms = ms(t0), "attached");
         Ok(())
     }
 
-    /// Removes whatever an attachment may have created, found by derived names; then its record.
+    /// Removes whatever an attachment may have created, found by the names in its record; then
+    /// the record. Best effort: every step runs, every error is reported, and the record stays
+    /// (for reconcile) unless everything went.
     pub async fn roll_back(&self, att: &Attachment) -> Result<()> {
-        self.binding.unplug(att).await?;
-        crash::point("detach-after-unplug");
-        self.backend.delete_port(&att.port_name).await?;
-        crash::point("detach-after-port");
+        let mut errors = self.binding.unplug(att).await;
+        hooks::point("detach-after-unplug").await;
+        if let Err(e) = self.backend.delete_port(&att.port_name).await {
+            errors.push(e);
+        }
+        hooks::point("detach-after-port").await;
+        if !errors.is_empty() {
+            return Err(Error::Teardown {
+                id: att.id.clone(),
+                errors,
+            });
+        }
         self.store.delete(&att.id).await?;
         Ok(())
     }
 
     /// Removes the container's interface. Idempotent: succeeds when nothing is attached, and
     /// still sweeps derived names in case a crash left something the store never recorded.
-    pub async fn detach(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
-        let r = self.detach_flow(key).await;
-        self.metrics.op("detach", outcome(&r));
-        r
+    /// Runs on its own task, to the end, whatever happens to the caller.
+    pub async fn detach(self: &Arc<Self>, key: &AttachmentKey) -> Result<Option<Attachment>> {
+        let (this, key) = (self.clone(), key.clone());
+        run_to_end(async move {
+            let r = this.detach_flow(&key).await;
+            this.metrics.op("detach", outcome(&r));
+            r
+        })
+        .await
     }
 
     async fn detach_flow(&self, key: &AttachmentKey) -> Result<Option<Attachment>> {
-        let id = key.id();
-        let _guard = self.locks.lock(&id).await;
-        let stored = self.store.get(&id).await?;
-        let mut att = match stored.clone() {
-            Some(a) => a,
-            None => Attachment::new(&AttachRequest {
-                container_id: key.container_id.clone(),
-                ifname: key.ifname.clone(),
-                netns: String::new(),
-                network: String::new(),
-                ip: None,
-                mac: None,
-            }),
-        };
-        if stored.is_some() {
-            att.phase = Phase::Detaching;
-            self.store.put(&att).await?;
-            crash::point("detach-after-mark");
+        let _guard = self.lock_for(key).await;
+        match self.record(key).await? {
+            Some(att) => self.detach_locked(att).await.map(Some),
+            None => {
+                // Nothing recorded: still undo what a crash before the intent's commit could
+                // have left under this key's names on this host.
+                let probe = Attachment::new(
+                    &AttachRequest {
+                        container_id: key.container_id.clone(),
+                        ifname: key.ifname.clone(),
+                        netns: String::new(),
+                        network: String::new(),
+                        ip: None,
+                        mac: None,
+                    },
+                    &self.host,
+                );
+                self.roll_back(&probe).await?;
+                Ok(None)
+            }
         }
+    }
+
+    /// Detaches `att`, the record as it is now; the caller holds its lock.
+    async fn detach_locked(&self, mut att: Attachment) -> Result<Attachment> {
+        att.phase = Phase::Detaching;
+        self.store.put(&att).await?;
+        hooks::point("detach-after-mark").await;
         self.roll_back(&att).await?;
-        if stored.is_some() {
-            tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname, "detached");
+        tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname, "detached");
+        Ok(att)
+    }
+
+    /// A forgotten DEL: detaches `seen` (a Ready record from an unlocked snapshot) only if,
+    /// under its lock, the record is still that generation, still Ready, and its netns is
+    /// certainly gone (see `netns::Probe`). A restarted container (DEL, then ADD with a new
+    /// netns) is a new generation and is never touched.
+    pub async fn detach_forgotten(&self, seen: &Attachment) -> Result<Forgotten> {
+        let _guard = self.lock_for(&seen.key()).await;
+        let Some(now) = self.store.get(&seen.id).await? else {
+            return Ok(Forgotten::Kept);
+        };
+        if now.generation != seen.generation || now.phase != Phase::Ready {
+            return Ok(Forgotten::Kept);
         }
-        Ok(stored)
+        let probe = crate::netns::probe(&now.netns);
+        if !probe.certainly_gone(now.netns_inode) {
+            if let crate::netns::Probe::Unknown(e) = &probe {
+                tracing::warn!(attachment = %now.id, netns = %now.netns, error = %e,
+                    "cannot tell whether the netns still exists; keeping the attachment");
+            }
+            return Ok(Forgotten::Kept);
+        }
+        tracing::warn!(attachment = %now.id, netns = %now.netns, probe = ?probe, "netns is gone; detaching");
+        self.detach_locked(now).await?;
+        Ok(Forgotten::Detached)
+    }
+
+    /// Undoes an attach whose caller never saw it complete (same generation only).
+    async fn undo_unseen(&self, att: &Attachment) {
+        let _guard = self.lock_for(&att.key()).await;
+        let r = match self.store.get(&att.id).await {
+            Ok(Some(now)) if now.generation == att.generation => {
+                self.detach_locked(now).await.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::error!(attachment = %att.id, error = %e, "undoing an unseen attach failed; reconcile will retry");
+        }
     }
 
     /// CNI CHECK: the attachment is complete, its logical port still exists with the same
-    /// addresses, and the edge is as plugged (the binding checks its own readiness).
-    pub async fn check(&self, key: &AttachmentKey) -> Result<Attachment> {
-        let r = self.check_flow(key).await;
+    /// addresses, and the edge is as plugged — in `netns` when given (CNI_NETNS: the namespace
+    /// the runtime asks about), else in the recorded one.
+    pub async fn check(&self, key: &AttachmentKey, netns: Option<&str>) -> Result<Attachment> {
+        let r = self.check_flow(key, netns).await;
         self.metrics.op("check", outcome(&r));
         r
     }
 
-    async fn check_flow(&self, key: &AttachmentKey) -> Result<Attachment> {
-        let id = key.id();
-        let att = self
-            .store
-            .get(&id)
-            .await?
-            .ok_or_else(|| Error::NotAttached {
-                container_id: key.container_id.clone(),
-                ifname: key.ifname.clone(),
-            })?;
+    async fn check_flow(&self, key: &AttachmentKey, netns: Option<&str>) -> Result<Attachment> {
+        let att = self.record(key).await?.ok_or_else(|| Error::NotAttached {
+            container_id: key.container_id.clone(),
+            ifname: key.ifname.clone(),
+        })?;
+        let id = att.id.clone();
         let fail = |what: String| Error::CheckFailed {
             id: id.clone(),
             what,
@@ -232,33 +351,64 @@ impl Attacher {
                 live.name, live.mac, live.ips, recorded.mac, recorded.ips
             )));
         }
-        self.binding.check(&att, &recorded).await?;
+        let mut asked = att.clone();
+        if let Some(ns) = netns.filter(|n| !n.is_empty()) {
+            asked.netns = ns.to_string();
+        }
+        self.binding.check(&asked, &recorded).await?;
         Ok(att)
     }
 
     /// CNI GC: detaches every attachment on `network` whose key is not in `valid`.
-    pub async fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
-        let r = self.gc_flow(network, valid).await;
-        self.metrics.op("gc", outcome(&r));
-        r
+    pub async fn gc(
+        self: &Arc<Self>,
+        network: &str,
+        valid: &[AttachmentKey],
+    ) -> Result<Vec<Attachment>> {
+        let (this, network, valid) = (self.clone(), network.to_string(), valid.to_vec());
+        run_to_end(async move {
+            let r = this.gc_flow(&network, &valid).await;
+            this.metrics.op("gc", outcome(&r));
+            r
+        })
+        .await
     }
 
     async fn gc_flow(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
-        let valid: HashSet<String> = valid.iter().map(AttachmentKey::id).collect();
+        let valid: HashSet<AttachmentKey> = valid.iter().cloned().collect();
         let mut removed = Vec::new();
-        for att in self.store.list().await? {
-            if att.network == network && !valid.contains(&att.id) {
-                if let Some(a) = self.detach(&att.key()).await? {
-                    removed.push(a);
+        let mut errors = Vec::new();
+        for att in self.store.list().await?.attachments {
+            if att.network == network && !valid.contains(&att.key()) {
+                match self.detach_flow(&att.key()).await {
+                    Ok(Some(a)) => removed.push(a),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
                 }
             }
         }
-        Ok(removed)
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(Error::Teardown {
+                id: format!("GC of network {network}"),
+                errors,
+            })
+        }
     }
 
-    pub async fn list(&self) -> Result<Vec<Attachment>> {
+    pub async fn list(&self) -> Result<crate::state::Listing> {
         self.store.list().await
     }
+}
+
+/// Runs `fut` on a task of its own and waits for it; if the caller is dropped, the task goes on.
+async fn run_to_end<T: Send + 'static>(
+    fut: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| Error::Internal(format!("flow task: {e}")))?
 }
 
 fn outcome<T>(r: &Result<T>) -> std::result::Result<(), u32> {

@@ -38,6 +38,9 @@ pub struct OvnConfig {
     /// MTU of container interfaces (both veth ends). Unset: the kernel's default (1500).
     /// Multi-node OVN over geneve needs room for the tunnel header, e.g. 1400.
     pub mtu: Option<u32>,
+    /// ovn-controller's unixctl socket, for STATUS. Empty: found from
+    /// /var/run/ovn/ovn-controller.pid, as ovn-appctl does.
+    pub controller_ctl: String,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for OvnConfig {
             bridge: "br-int".into(),
             port_up_timeout_ms: 10_000,
             mtu: None,
+            controller_ctl: String::new(),
         }
     }
 }
@@ -84,7 +88,8 @@ impl Config {
 
     /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
     /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
-    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU.
+    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU, COURIER_OVN_CONTROLLER_CTL.
+    /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
             self.socket = v.into();
@@ -112,12 +117,28 @@ impl Config {
         }
         if let Some(v) = get("COURIER_MTU") {
             let mtu = parse_num("COURIER_MTU", &v)?;
+            self.ovn.mtu = Some(u32::try_from(mtu).unwrap_or(u32::MAX));
+        }
+        if let Some(v) = get("COURIER_OVN_CONTROLLER_CTL") {
+            self.ovn.controller_ctl = v;
+        }
+        self.validate()
+    }
+
+    /// Checks values wherever they came from (file or environment).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(mtu) = self.ovn.mtu {
             if !(576..=65535).contains(&mtu) {
                 return Err(Error::InvalidInput(format!(
-                    "COURIER_MTU={v} must be between 576 and 65535"
+                    "MTU {mtu} ([ovn] mtu / COURIER_MTU) must be between 576 and 65535"
                 )));
             }
-            self.ovn.mtu = Some(mtu as u32);
+        }
+        if self.host.is_empty() || self.host.contains(':') {
+            return Err(Error::InvalidInput(format!(
+                "host {:?} (host / COURIER_HOST) must be non-empty and contain no ':'",
+                self.host
+            )));
         }
         Ok(())
     }
@@ -184,6 +205,20 @@ mod tests {
         let cfg: Config = toml::from_str(text).expect("contrib/courier.toml.example is valid");
         assert_eq!(cfg.ovn.bridge, "br-int");
         assert_eq!(cfg.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn mtu_from_the_file_is_validated_too() {
+        let mut cfg: Config = toml::from_str("[ovn]\nmtu = 100\n").unwrap();
+        let e = cfg.apply_env(|_| None).unwrap_err().to_string();
+        assert!(e.contains("between 576 and 65535"), "{e}");
+        let mut cfg: Config = toml::from_str("[ovn]\nmtu = 1400\n").unwrap();
+        cfg.apply_env(|_| None).unwrap();
+        assert_eq!(cfg.ovn.mtu, Some(1400));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[ovn]\nmtu = 70000\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `courier daemon`: wires the store, backend, vswitch and binding into the attach flow,
-//! reconciles, then serves the local API until SIGTERM/SIGINT.
+//! `courier daemon`: wires the store, backend, vswitch and binding into the attach flow, binds
+//! the API socket, and serves it until SIGTERM/SIGINT while the start-up reconcile runs beside
+//! it (one bad record or one failing rollback never keeps the node from serving).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,31 +24,58 @@ pub struct Daemon {
     pub vswitch: Arc<Vswitch>,
     pub host_netlink: Arc<Netlink>,
     pub started: Instant,
+    /// One reconcile pass at a time (start-up, periodic and requested ones queue).
+    reconciling: tokio::sync::Mutex<()>,
+    /// The last pass's report, for `courier status`.
+    pub last_reconcile: std::sync::Mutex<Option<reconcile::Report>>,
 }
 
 impl Daemon {
-    pub async fn reconcile(&self) -> Result<reconcile::Report> {
+    /// One reconcile pass. Never fails as a whole: each item's error is in the report.
+    pub async fn reconcile(&self) -> reconcile::Report {
+        let _one = self.reconciling.lock().await;
         let report = reconcile::run(
             &self.attacher,
             &self.vswitch,
             &self.host_netlink,
             &self.config.host,
         )
-        .await?;
+        .await;
         let m = &self.attacher.metrics;
         m.repaired("rolled_back", report.rolled_back.len());
         m.repaired("detached_gone_netns", report.detached_gone_netns.len());
         m.repaired("leaked_port", report.leaked_ports.len());
         m.repaired("leaked_bridge_port", report.leaked_bridge_ports.len());
         m.repaired("leaked_link", report.leaked_links.len());
-        Ok(report)
+        m.reconciled(report.errors.len(), report.undecodable.len());
+        let kept = reconcile::Report {
+            undecodable: report.undecodable.clone(),
+            errors: report.errors.clone(),
+            ..Default::default()
+        };
+        *self
+            .last_reconcile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(kept);
+        report
+    }
+}
+
+fn log_report(when: &str, r: &reconcile::Report) {
+    if r.is_empty() {
+        tracing::debug!("reconcile {when}: nothing to do");
+    } else if r.errors.is_empty() && r.undecodable.is_empty() {
+        tracing::warn!(report = ?r, "reconcile {when} repaired state");
+    } else {
+        tracing::error!(report = ?r, errors = r.errors.len(), undecodable = r.undecodable.len(),
+            "reconcile {when}: some items could not be repaired; the next pass retries");
     }
 }
 
 pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
     // OVN may start after us (boot order): wait for it rather than exit. The API socket is bound
-    // only once everything is up and reconciled, so CNI callers meanwhile get "try again later".
+    // once OVN is reachable, so CNI callers meanwhile get "try again later".
     let backend = Arc::new(
         retry_until_up("OVN Northbound", || {
             OvnBackend::connect(&config.ovn.nb_remote, &config.host)
@@ -68,12 +96,14 @@ pub async fn run(config: Config) -> Result<()> {
         vswitch.clone(),
         config.ovn.mtu,
         &config.host,
+        &config.ovn.controller_ctl,
     ));
     let attacher = Arc::new(Attacher::new(
         store,
         backend,
         binding,
         config.ovn.port_up_timeout(),
+        &config.host,
     ));
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -81,37 +111,34 @@ pub async fn run(config: Config) -> Result<()> {
         vswitch,
         host_netlink,
         started: Instant::now(),
+        reconciling: tokio::sync::Mutex::new(()),
+        last_reconcile: std::sync::Mutex::new(None),
     });
 
-    let report = daemon.reconcile().await?;
-    if report.is_empty() {
-        tracing::info!("reconcile at start: nothing to do");
-    } else {
-        tracing::warn!(?report, "reconcile at start repaired state");
-    }
-
+    // Serve first: the start-up reconcile runs beside the API. That is safe because every
+    // flow and every repair takes the attachment's lock, and an ADD that finds a leftover
+    // undoes it itself.
     let listener = bind(&config)?;
     tracing::info!(socket = %config.socket.display(), host = %config.host,
-        nb = %config.ovn.nb_remote, "courier daemon ready");
+        nb = %config.ovn.nb_remote, "courier daemon serving");
 
-    if config.reconcile_interval_secs > 0 {
-        let d = daemon.clone();
-        let every = Duration::from_secs(config.reconcile_interval_secs);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+    let d = daemon.clone();
+    let every = Duration::from_secs(config.reconcile_interval_secs);
+    tokio::spawn(async move {
+        let r = d.reconcile().await;
+        log_report("at start", &r);
+        if every.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                match d.reconcile().await {
-                    Ok(r) if !r.is_empty() => {
-                        tracing::warn!(report = ?r, "periodic reconcile repaired state")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "periodic reconcile failed"),
-                }
-            }
-        });
-    }
+            let r = d.reconcile().await;
+            log_report("(periodic)", &r);
+        }
+    });
 
     let app = crate::frontdoor::api::router(daemon.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -163,14 +190,15 @@ where
     }
 }
 
-/// Binds the API socket, root-only. A stale socket file (no daemon behind it) is replaced;
-/// a live one means another daemon runs: refuse.
+/// Binds the API socket, root-only from birth: it is bound inside a fresh 0700 directory next
+/// to its final path, made 0600 there, and renamed into place — so the socket at the final path
+/// never has another mode, and no process-wide umask is touched. A stale socket file (no daemon
+/// behind it) is replaced; a live one means another daemon runs: refuse.
 fn bind(config: &Config) -> Result<UnixListener> {
     let path = &config.socket;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
-    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(Error::InvalidInput(format!(
@@ -181,9 +209,73 @@ fn bind(config: &Config) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| Error::Internal(format!("removing stale {}: {e}", path.display())))?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| Error::Internal(format!("binding {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::Internal(format!("chmod 0600 {}: {e}", path.display())))?;
-    Ok(listener)
+    let private = dir.join(format!(".courier-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", private.display())))?;
+    let result = (|| {
+        let tmp = private.join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)
+            .map_err(|e| Error::Internal(format!("binding {}: {e}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Internal(format!("chmod 0600 {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Error::Internal(format!(
+                "moving {} to {}: {e}",
+                tmp.display(),
+                path.display()
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Internal(format!("socket {}: {e}", path.display())))?;
+        UnixListener::from_std(listener)
+            .map_err(|e| Error::Internal(format!("socket {}: {e}", path.display())))
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// The socket appears at its path already 0600 (moved there whole), and its mode is never
+    /// changed afterwards: no window where another user could connect.
+    #[tokio::test]
+    async fn socket_is_born_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.socket = dir.path().join("api.sock");
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+        ino.add_watch(
+            dir.path(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MOVED_TO,
+        )
+        .unwrap();
+        let _listener = bind(&config).unwrap();
+        let mode = std::fs::metadata(&config.socket)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let events: Vec<_> = ino
+            .read_events()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.name.as_deref() == Some(std::ffi::OsStr::new("api.sock")))
+            .map(|e| e.mask)
+            .collect();
+        assert!(
+            events.iter().all(|m| *m == AddWatchFlags::IN_MOVED_TO),
+            "the socket was created or chmod'ed in place: {events:?}"
+        );
+        assert!(!events.is_empty());
+        // Nothing left behind but the socket.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
 }

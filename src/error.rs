@@ -61,6 +61,12 @@ pub enum Error {
     Store(String),
     #[error("check failed for attachment {id}: {what}")]
     CheckFailed { id: String, what: String },
+    /// A best-effort teardown that could not do every step: each failure, in order.
+    #[error(
+        "teardown of {id} incomplete ({}); the record is kept and reconcile retries",
+        list(errors)
+    )]
+    Teardown { id: String, errors: Vec<Error> },
     #[error("daemon unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -68,6 +74,14 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn list(errors: &[Error]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// The CNI error shape; also the daemon API's error body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +132,15 @@ impl Error {
             CheckFailed { .. } => code::CHECK_FAILED,
             Unavailable(_) => code::PLUGIN_NOT_AVAILABLE,
             Internal(_) => code::INTERNAL,
+            // Retryable if any step was: the runtime should try the DEL again.
+            Teardown { errors, .. } => {
+                let codes: Vec<u32> = errors.iter().map(Error::code).collect();
+                if codes.contains(&code::TRY_AGAIN_LATER) {
+                    code::TRY_AGAIN_LATER
+                } else {
+                    codes.first().copied().unwrap_or(code::INTERNAL)
+                }
+            }
         }
     }
 
@@ -134,6 +157,7 @@ impl Error {
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) => 503,
             Backend { source, .. } if is_disconnect(source) => 503,
+            Teardown { .. } if self.code() == code::TRY_AGAIN_LATER => 503,
             _ => 500,
         }
     }
@@ -153,7 +177,9 @@ impl Error {
 fn is_disconnect(e: &courier_ovsdb::Error) -> bool {
     matches!(
         *e,
-        courier_ovsdb::Error::Disconnected | courier_ovsdb::Error::Connect { .. }
+        courier_ovsdb::Error::Disconnected
+            | courier_ovsdb::Error::Connect { .. }
+            | courier_ovsdb::Error::Timeout { .. }
     )
 }
 

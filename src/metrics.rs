@@ -29,6 +29,12 @@ pub struct Metrics {
     attach_seconds: Histogram,
     repairs: Family<RepairLabels, Counter>,
     pub attachments: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Records in the store this daemon cannot read (kept aside).
+    pub undecodable_records: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Reconcile items that failed (the pass went on).
+    reconcile_errors: Counter,
+    /// Reconcile passes, finished.
+    reconcile_runs: Counter,
 }
 
 impl Default for Metrics {
@@ -58,12 +64,33 @@ impl Default for Metrics {
             "Attachments in the local store",
             attachments.clone(),
         );
+        let undecodable_records = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "store_undecodable_records",
+            "Store records this daemon cannot read, kept aside (see courier status)",
+            undecodable_records.clone(),
+        );
+        let reconcile_errors = Counter::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconcile items that failed; the pass went on and the next one retries",
+            reconcile_errors.clone(),
+        );
+        let reconcile_runs = Counter::default();
+        registry.register(
+            "reconcile_runs",
+            "Reconcile passes completed (start-up, periodic, on request)",
+            reconcile_runs.clone(),
+        );
         Metrics {
             registry,
             ops,
             attach_seconds,
             repairs,
             attachments,
+            undecodable_records,
+            reconcile_errors,
+            reconcile_runs,
         }
     }
 }
@@ -94,6 +121,13 @@ impl Metrics {
         }
     }
 
+    /// One finished reconcile pass: its errors and what the store could not read.
+    pub fn reconciled(&self, errors: usize, undecodable: usize) {
+        self.reconcile_runs.inc();
+        self.reconcile_errors.inc_by(errors as u64);
+        self.undecodable_records.set(undecodable as i64);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -113,7 +147,14 @@ mod tests {
         m.attach_took(Duration::from_millis(20));
         m.repaired("leaked_port", 2);
         m.attachments.set(3);
+        m.reconciled(2, 1);
         let text = m.encode();
+        assert!(text.contains("courier_reconcile_errors_total 2"), "{text}");
+        assert!(text.contains("courier_reconcile_runs_total 1"), "{text}");
+        assert!(
+            text.contains("courier_store_undecodable_records 1"),
+            "{text}"
+        );
         assert!(
             text.contains("courier_operations_total{op=\"attach\",result=\"ok\"} 1"),
             "{text}"

@@ -69,15 +69,39 @@ pub struct AttachmentKey {
 
 impl AttachmentKey {
     /// Deterministic id, so every host-side and backend name derived from it can be found again
-    /// after a crash, even if the crash came before anything was recorded.
-    pub fn id(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.container_id.as_bytes());
-        h.update([0u8]);
-        h.update(self.ifname.as_bytes());
-        let digest = h.finalize();
-        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    /// after a crash, even if the crash came before anything was recorded. The host mark is part
+    /// of it: container ids are only unique per host (the CLI uses the netns path), and the
+    /// logical port name derived from the id is visible to every host on the backend.
+    pub fn id(&self, host: &str) -> String {
+        short_hash(&[host, &self.container_id, &self.ifname])
     }
+
+    /// The id records of schema 1 were written with (no host in it): only to find such a record.
+    pub fn legacy_id(&self) -> String {
+        short_hash(&[&self.container_id, &self.ifname])
+    }
+}
+
+/// First 48 bits of sha256 over the parts, NUL-separated, in hex.
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update([0u8]);
+        }
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The record schema this daemon writes. 1: records written before the schema was versioned
+/// (no `schema` field, id without the host). 2: `schema`, `generation`, host in the id.
+/// A daemon reads every schema up to its own; a newer record is kept aside, never guessed at.
+pub const SCHEMA_VERSION: u32 = 2;
+
+fn schema_1() -> u32 {
+    1
 }
 
 /// Where an attachment is in the attach flow. Written to the store *before* the step it names
@@ -100,7 +124,15 @@ pub enum Phase {
 /// The durable record of one attachment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Attachment {
+    /// Record schema (see [`SCHEMA_VERSION`]); absent in schema 1.
+    #[serde(default = "schema_1")]
+    pub schema: u32,
     pub id: String,
+    /// Which attach this record belongs to: unique per store, assigned when the intent is
+    /// written. A later attach of the same container and ifname (a restarted container) gets a
+    /// new one, so a decision taken on an older snapshot is never applied to it. 0 in schema 1.
+    #[serde(default)]
+    pub generation: u64,
     pub container_id: String,
     pub ifname: String,
     pub netns: String,
@@ -125,13 +157,16 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    pub fn new(req: &AttachRequest) -> Self {
+    /// A new intent for `req` on host `host` (generation 0 until the store assigns one).
+    pub fn new(req: &AttachRequest, host: &str) -> Self {
         let key = AttachmentKey {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
         };
-        let id = key.id();
+        let id = key.id(host);
         Attachment {
+            schema: SCHEMA_VERSION,
+            generation: 0,
             port_name: port_name(&id),
             host_ifname: host_ifname(&id),
             id,
@@ -243,21 +278,28 @@ mod tests {
             container_id: "abc".into(),
             ifname: "eth0".into(),
         };
-        assert_eq!(k.id(), k.id());
-        assert_eq!(k.id().len(), 12);
+        let id = k.id("h1");
+        assert_eq!(id, k.id("h1"));
+        assert_eq!(id.len(), 12);
         let other = AttachmentKey {
             container_id: "abc".into(),
             ifname: "eth1".into(),
         };
-        assert_ne!(k.id(), other.id());
-        let h = host_ifname(&k.id());
+        assert_ne!(id, other.id("h1"));
+        // The same container id on two hosts (e.g. the CLI's /var/run/netns/c1) never collides.
+        assert_ne!(id, k.id("h2"));
+        assert_ne!(port_name(&id), port_name(&k.id("h2")));
+        // Schema-1 ids: sha256(container, 0, ifname), as the first slice wrote them.
+        assert_eq!(k.legacy_id(), "d887cd286879"); // sha256("abc\0eth0")[..6]
+        assert_ne!(k.legacy_id(), id);
+        let h = host_ifname(&id);
         assert!(h.len() <= 15, "{h}");
-        assert_eq!(id_from_ifname(&h), Some(k.id().as_str()));
-        assert_eq!(id_from_ifname(&peer_ifname(&k.id())), Some(k.id().as_str()));
+        assert_eq!(id_from_ifname(&h), Some(id.as_str()));
+        assert_eq!(id_from_ifname(&peer_ifname(&id)), Some(id.as_str()));
         assert_eq!(id_from_ifname("cvnothex00000"), None);
         assert_eq!(id_from_ifname("eth0"), None);
-        assert!(peer_ifname(&k.id()).len() <= 15);
-        assert!(port_name(&k.id()).starts_with(PORT_NAME_PREFIX));
+        assert!(peer_ifname(&id).len() <= 15);
+        assert!(port_name(&id).starts_with(PORT_NAME_PREFIX));
     }
 
     #[test]

@@ -1,41 +1,86 @@
-//! Reconciliation, at start (before the API serves) and periodically:
-//! 1. unfinished attachments (any phase but Ready) whose lock is free are rolled back — a crash's
-//!    or a failed rollback's leftovers (an attach in flight holds its lock);
-//! 2. Ready attachments whose netns no longer exists — path gone, or now a different namespace
-//!    (compared by nsfs inode) — are detached (a forgotten DEL);
+//! Reconciliation, at start (while the API already serves) and periodically:
+//! 1. unfinished attachments (any phase but Ready) are rolled back under their lock — a
+//!    crash's or a failed rollback's leftovers (an attach in flight holds its lock, and after it
+//!    the record is Ready or gone);
+//! 2. Ready attachments whose netns is *certainly* gone — the path no longer exists, is no
+//!    netns, or names a different namespace (compared by nsfs inode) — are detached (a
+//!    forgotten DEL). The decision is re-made under the attachment's lock on the record as it is
+//!    then (same generation): a restarted container is never detached on an old snapshot, and
+//!    an error that cannot tell (EMFILE, EACCES) never counts as gone;
 //! 3. owned resources that no record references — logical ports and bridge ports marked with
 //!    this host, host veths named `cv<id>`/`cp<id>` whose alias is `courier:<host>:<id>` — are
 //!    deleted. (A crash between creating a veth and setting its alias is covered by step 1: the
 //!    record exists by then and rollback deletes by derived name.)
+//!
+//! Every item is on its own: an error is recorded in the report (`errors`) and the pass goes on.
+//! Records that do not decode are kept aside (see state.rs), listed in `undecodable`, and their
+//! ids count as recorded, so step 3 spares whatever they describe.
 //!
 //! Every resource is created only after its attachment's intent is durable, and the sweep
 //! holds that attachment's lock while it re-reads the store and deletes; so "no record"
 //! really means leaked, never "being created right now".
 
 use std::future::Future;
-use std::path::Path;
 
-use crate::attach::Attacher;
+use serde::{Deserialize, Serialize};
+
+use crate::attach::{Attacher, Forgotten};
 use crate::error::{Error, Result};
+use crate::hooks;
 use crate::model::{self, Phase};
+use crate::state::Undecodable;
 use crate::vswitch::Vswitch;
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub rolled_back: Vec<String>,
     pub detached_gone_netns: Vec<String>,
     pub leaked_ports: Vec<String>,
     pub leaked_bridge_ports: Vec<String>,
     pub leaked_links: Vec<String>,
+    /// Records kept aside because this daemon cannot read them.
+    #[serde(default)]
+    pub undecodable: Vec<Undecodable>,
+    /// What could not be done this pass, item by item; the next pass retries.
+    #[serde(default)]
+    pub errors: Vec<ItemError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ItemError {
+    /// What it was about: an attachment id, a port or link name, or a listing.
+    pub item: String,
+    pub error: String,
 }
 
 impl Report {
+    /// Nothing repaired, nothing failed, nothing kept aside.
     pub fn is_empty(&self) -> bool {
         self.rolled_back.is_empty()
             && self.detached_gone_netns.is_empty()
             && self.leaked_ports.is_empty()
             && self.leaked_bridge_ports.is_empty()
             && self.leaked_links.is_empty()
+            && self.undecodable.is_empty()
+            && self.errors.is_empty()
+    }
+
+    fn failed(&mut self, item: impl Into<String>, e: &Error) {
+        let item = item.into();
+        tracing::error!(item = %item, error = %e, "reconcile: item failed; going on");
+        self.errors.push(ItemError {
+            item,
+            error: e.to_string(),
+        });
+    }
+
+    /// Records `r` (Ok(true) = repaired → `into`, Err → errors) for `item`.
+    fn record(&mut self, item: String, r: Result<bool>, into: fn(&mut Report) -> &mut Vec<String>) {
+        match r {
+            Ok(true) => into(self).push(item),
+            Ok(false) => {}
+            Err(e) => self.failed(item, &e),
+        }
     }
 }
 
@@ -44,50 +89,70 @@ pub async fn run(
     vswitch: &Vswitch,
     host: &courier_netlink::Netlink,
     host_mark: &str,
-) -> Result<Report> {
+) -> Report {
     let mut report = Report::default();
 
-    for att in attacher.store.list().await? {
-        if att.phase != Phase::Ready {
-            // Under the attachment's lock an unfinished record is never one in flight (attach
-            // and detach hold the lock for their whole flow): it is a crash's or a failed
-            // rollback's leftover. Re-read it under the lock, then undo it.
-            let _guard = attacher.locks.lock(&att.id).await;
-            let Some(current) = attacher.store.get(&att.id).await? else {
-                continue;
-            };
-            if current.phase != Phase::Ready {
-                tracing::warn!(attachment = %att.id, phase = ?current.phase, "rolling back unfinished attachment");
-                attacher.roll_back(&current).await?;
-                report.rolled_back.push(att.id.clone());
+    match attacher.store.list().await {
+        Ok(listing) => {
+            for u in &listing.undecodable {
+                tracing::error!(record = %u.id, error = %u.error,
+                    "store record cannot be read; kept aside, and what it may describe is spared");
             }
-        } else if netns_gone(&att) {
-            tracing::warn!(attachment = %att.id, netns = %att.netns, "netns is gone; detaching");
-            attacher.detach(&att.key()).await?;
-            report.detached_gone_netns.push(att.id.clone());
+            report.undecodable = listing.undecodable;
+            hooks::point("reconcile-after-list").await;
+            for att in listing.attachments {
+                if att.phase != Phase::Ready {
+                    let r = roll_back_leftover(attacher, &att).await;
+                    report.record(att.id, r, |r| &mut r.rolled_back);
+                } else if crate::netns::probe(&att.netns).certainly_gone(att.netns_inode) {
+                    // Decided on the snapshot only as a hint; re-made under the lock.
+                    let r = attacher
+                        .detach_forgotten(&att)
+                        .await
+                        .map(|f| f == Forgotten::Detached);
+                    report.record(att.id, r, |r| &mut r.detached_gone_netns);
+                }
+            }
         }
+        Err(e) => report.failed("listing the store", &e),
     }
 
-    for port in attacher.backend.owned_ports().await? {
-        let id = port.attachment.clone().unwrap_or_default();
-        let name = port.name.clone();
-        if delete_if_unrecorded(attacher, &id, || attacher.backend.delete_port(&name)).await? {
-            tracing::warn!(port = %port.name, attachment = %id, "deleted leaked logical port");
-            report.leaked_ports.push(port.name);
+    match attacher.backend.owned_ports().await {
+        Ok(ports) => {
+            for port in ports {
+                let id = port.attachment.clone().unwrap_or_default();
+                let name = port.name.clone();
+                let r = delete_if_unrecorded(attacher, &id, || attacher.backend.delete_port(&name))
+                    .await;
+                if matches!(r, Ok(true)) {
+                    tracing::warn!(port = %port.name, attachment = %id, "deleted leaked logical port");
+                }
+                report.record(port.name, r, |r| &mut r.leaked_ports);
+            }
         }
+        Err(e) => report.failed("listing owned logical ports", &e),
     }
+
     for bp in vswitch.owned_ports() {
         let id = bp.attachment.clone().unwrap_or_default();
-        if delete_if_unrecorded(attacher, &id, || vswitch.delete_port(&bp.name)).await? {
+        let r = delete_if_unrecorded(attacher, &id, || vswitch.delete_port(&bp.name, &id)).await;
+        if matches!(r, Ok(true)) {
             tracing::warn!(port = %bp.name, attachment = %id, "deleted leaked bridge port");
-            report.leaked_bridge_ports.push(bp.name);
         }
+        report.record(bp.name, r, |r| &mut r.leaked_bridge_ports);
     }
+
     for prefix in [model::HOST_IFNAME_PREFIX, model::PEER_IFNAME_PREFIX] {
-        let links = host
-            .links_with_prefix(prefix)
-            .await
-            .map_err(|e| Error::netlink(format!("listing {prefix}* interfaces"), e))?;
+        let links = match host.links_with_prefix(prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                report.failed(
+                    format!("listing {prefix}* interfaces"),
+                    &Error::netlink(format!("listing {prefix}* interfaces"), e),
+                );
+                continue;
+            }
+        };
         for link in links {
             let Some(id) = model::id_from_ifname(&link.name) else {
                 continue;
@@ -101,32 +166,40 @@ pub async fn run(
                     .await
                     .map_err(|e| Error::netlink(format!("deleting {}", link.name), e))
             };
-            if delete_if_unrecorded(attacher, id, delete).await? {
+            let r = delete_if_unrecorded(attacher, id, delete).await;
+            if matches!(r, Ok(true)) {
                 tracing::warn!(link = %link.name, "deleted leaked host interface");
-                report.leaked_links.push(link.name);
             }
+            report.record(link.name, r, |r| &mut r.leaked_links);
         }
     }
-    Ok(report)
+    report
 }
 
-/// The attachment's netns no longer exists: its path is gone, is no longer a network namespace,
-/// or now names a different namespace than the one attached (a reused name or PID).
-fn netns_gone(att: &crate::model::Attachment) -> bool {
-    match crate::netns::identify(&att.netns) {
-        Err(_) => !Path::new(&att.netns).exists() || att.netns_inode.is_some(),
-        Ok(inode) => att.netns_inode.is_some_and(|i| i != inode),
+/// Rolls back an unfinished record — re-read under its lock, where an unfinished record is never
+/// one in flight (attach and detach hold the lock for their whole flow).
+async fn roll_back_leftover(attacher: &Attacher, seen: &model::Attachment) -> Result<bool> {
+    let _guard = attacher.lock_for(&seen.key()).await;
+    let Some(current) = attacher.store.get(&seen.id).await? else {
+        return Ok(false);
+    };
+    if current.phase == Phase::Ready {
+        return Ok(false);
     }
+    tracing::warn!(attachment = %current.id, phase = ?current.phase, "rolling back unfinished attachment");
+    attacher.roll_back(&current).await?;
+    Ok(true)
 }
 
-/// Under the attachment's lock: if the store has no record of `id`, runs `delete`.
+/// Under the attachment's lock: if the store has no record of `id` (an undecodable one counts
+/// as a record), runs `delete`.
 async fn delete_if_unrecorded<F, Fut>(attacher: &Attacher, id: &str, delete: F) -> Result<bool>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<bool>>,
 {
     let _guard = attacher.locks.lock(id).await;
-    if !id.is_empty() && attacher.store.get(id).await?.is_some() {
+    if !id.is_empty() && attacher.store.is_recorded(id).await? {
         return Ok(false);
     }
     delete().await

@@ -1,28 +1,84 @@
-//! Durable local state (redb): one record per attachment, keyed by attachment id.
+//! Durable local state (redb): one record per attachment, keyed by attachment id, and a small
+//! `meta` table (the generation counter).
 //!
 //! Writes that recovery depends on (the intent before any side effect, "ready", "detaching") are
 //! committed with immediate durability before the caller goes on; progress notes in between
 //! (`note`) are not, since every unfinished phase is recovered the same way (rollback by
 //! derived names). That is what lets `reconcile` finish or roll back after a crash.
+//!
+//! Records carry a schema version (`model::SCHEMA_VERSION`). Every older schema is read; a record
+//! that does not decode — corrupt, or written by a newer Courier — is *kept aside*: it stays in
+//! the store untouched, is listed separately (`Listing::undecodable`) and reported by reconcile,
+//! status and metrics, and its id counts as recorded, so the leak sweep never deletes what it
+//! might describe. One bad record never fails a listing.
 //! redb is blocking, so every call runs on tokio's blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::Attachment;
+use crate::model::{Attachment, SCHEMA_VERSION};
 
 const ATTACHMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("attachments");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_GENERATION: &str = "next_generation";
 
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
 }
 
+/// A record that is in the store but cannot be read by this daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Undecodable {
+    pub id: String,
+    pub error: String,
+}
+
+/// Every record, decoded where possible.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub attachments: Vec<Attachment>,
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// What the store holds under one id.
+#[derive(Debug)]
+pub enum Slot {
+    Absent,
+    Record(Attachment),
+    Undecodable(Undecodable),
+}
+
 fn store_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{what}: {e}"))
+}
+
+/// Decodes one stored record, whatever schema up to ours it was written with.
+pub fn decode_record(id: &str, bytes: &[u8]) -> std::result::Result<Attachment, Undecodable> {
+    let bad = |error: String| Undecodable {
+        id: id.to_string(),
+        error,
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let schema = match v.get("schema") {
+        None => 1,
+        Some(s) => s
+            .as_u64()
+            .ok_or_else(|| bad(format!("schema {s} is not a number")))?,
+    };
+    if schema > u64::from(SCHEMA_VERSION) {
+        return Err(bad(format!(
+            "written by a newer Courier (record schema {schema}; this daemon reads 1 to {SCHEMA_VERSION}): upgrade this daemon"
+        )));
+    }
+    // Schemas 1 and 2 differ only by fields that have serde defaults.
+    serde_json::from_value::<Attachment>(v)
+        .map_err(|e| bad(format!("schema {schema} record does not decode: {e}")))
 }
 
 impl Store {
@@ -34,6 +90,8 @@ impl Store {
             .map_err(|e| store_err(&format!("opening {}", path.display()), e))?;
         let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
         txn.open_table(ATTACHMENTS)
+            .map_err(|e| store_err("creating table", e))?;
+        txn.open_table(META)
             .map_err(|e| store_err("creating table", e))?;
         txn.commit().map_err(|e| store_err("commit", e))?;
         Ok(Store { db: Arc::new(db) })
@@ -47,6 +105,38 @@ impl Store {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| Error::Internal(format!("store task: {e}")))?
+    }
+
+    /// Writes a new intent durably, assigning it the next generation in the same transaction.
+    pub async fn create(&self, att: &mut Attachment) -> Result<()> {
+        let mut rec = att.clone();
+        let rec = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+                {
+                    let mut meta = txn.open_table(META).map_err(|e| store_err("open", e))?;
+                    let next = meta
+                        .get(NEXT_GENERATION)
+                        .map_err(|e| store_err("read", e))?
+                        .map(|g| g.value())
+                        .unwrap_or(1);
+                    meta.insert(NEXT_GENERATION, next + 1)
+                        .map_err(|e| store_err("writing generation", e))?;
+                    rec.generation = next;
+                    let bytes = serde_json::to_vec(&rec).map_err(|e| store_err("encoding", e))?;
+                    let mut t = txn
+                        .open_table(ATTACHMENTS)
+                        .map_err(|e| store_err("open", e))?;
+                    t.insert(rec.id.as_str(), bytes.as_slice())
+                        .map_err(|e| store_err(&format!("writing attachment {}", rec.id), e))?;
+                }
+                txn.commit()
+                    .map_err(|e| store_err(&format!("committing attachment {}", rec.id), e))?;
+                Ok(rec)
+            })
+            .await?;
+        att.generation = rec.generation;
+        Ok(())
     }
 
     /// Inserts or replaces the record and makes it durable before returning (≈ 1 ms: an fsync).
@@ -81,21 +171,42 @@ impl Store {
         .await
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<Attachment>> {
+    /// What the store holds under `id`, undecodable records included.
+    pub async fn slot(&self, id: &str) -> Result<Slot> {
         let id = id.to_string();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
             let t = txn
                 .open_table(ATTACHMENTS)
                 .map_err(|e| store_err("open", e))?;
-            match t.get(id.as_str()).map_err(|e| store_err("read", e))? {
-                Some(v) => serde_json::from_slice(v.value())
-                    .map(Some)
-                    .map_err(|e| store_err(&format!("decoding attachment {id}"), e)),
-                None => Ok(None),
-            }
+            Ok(
+                match t.get(id.as_str()).map_err(|e| store_err("read", e))? {
+                    Some(v) => match decode_record(&id, v.value()) {
+                        Ok(a) => Slot::Record(a),
+                        Err(u) => Slot::Undecodable(u),
+                    },
+                    None => Slot::Absent,
+                },
+            )
         })
         .await
+    }
+
+    /// The record under `id`. An undecodable one is an error that says so (it is kept aside).
+    pub async fn get(&self, id: &str) -> Result<Option<Attachment>> {
+        match self.slot(id).await? {
+            Slot::Absent => Ok(None),
+            Slot::Record(a) => Ok(Some(a)),
+            Slot::Undecodable(u) => Err(Error::Store(format!(
+                "attachment record {} cannot be read ({}); it is kept aside untouched: see `courier status`",
+                u.id, u.error
+            ))),
+        }
+    }
+
+    /// True when a record (decodable or not) exists under `id`: what the leak sweep must spare.
+    pub async fn is_recorded(&self, id: &str) -> Result<bool> {
+        Ok(!matches!(self.slot(id).await?, Slot::Absent))
     }
 
     /// Removes the record; Ok(false) when there was none.
@@ -118,20 +229,37 @@ impl Store {
         .await
     }
 
-    pub async fn list(&self) -> Result<Vec<Attachment>> {
+    /// Every record; those that do not decode are listed apart, never fail the listing.
+    pub async fn list(&self) -> Result<Listing> {
         self.blocking(|db| {
             let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
             let t = txn
                 .open_table(ATTACHMENTS)
                 .map_err(|e| store_err("open", e))?;
-            let mut out = Vec::new();
+            let mut out = Listing::default();
             for item in t.iter().map_err(|e| store_err("iterate", e))? {
                 let (k, v) = item.map_err(|e| store_err("iterate", e))?;
-                let att: Attachment = serde_json::from_slice(v.value())
-                    .map_err(|e| store_err(&format!("decoding attachment {}", k.value()), e))?;
-                out.push(att);
+                match decode_record(k.value(), v.value()) {
+                    Ok(a) => out.attachments.push(a),
+                    Err(u) => out.undecodable.push(u),
+                }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Test support: stores raw bytes under `id` (an old-schema or corrupt record).
+    #[cfg(test)]
+    pub async fn put_raw(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        let (id, bytes) = (id.to_string(), bytes.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+            txn.open_table(ATTACHMENTS)
+                .map_err(|e| store_err("open", e))?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(|e| store_err("write", e))?;
+            txn.commit().map_err(|e| store_err("commit", e))
         })
         .await
     }
@@ -156,21 +284,75 @@ mod tests {
     #[tokio::test]
     async fn put_get_list_delete_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Attachment::new(&req("c1"));
-        let mut b = Attachment::new(&req("c2"));
+        let mut a = Attachment::new(&req("c1"), "h");
+        let mut b = Attachment::new(&req("c2"), "h");
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put(&a).await.unwrap();
-            s.put(&b).await.unwrap();
+            s.create(&mut a).await.unwrap();
+            s.create(&mut b).await.unwrap();
+            assert!(a.generation >= 1 && b.generation > a.generation);
             b.phase = Phase::Ready;
             s.put(&b).await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.get(&a.id).await.unwrap(), Some(a.clone()));
         assert_eq!(s.get(&b.id).await.unwrap().unwrap().phase, Phase::Ready);
-        assert_eq!(s.list().await.unwrap().len(), 2);
+        assert_eq!(s.list().await.unwrap().attachments.len(), 2);
         assert!(s.delete(&a.id).await.unwrap());
         assert!(!s.delete(&a.id).await.unwrap());
-        assert_eq!(s.list().await.unwrap().len(), 1);
+        assert_eq!(s.list().await.unwrap().attachments.len(), 1);
+        // Generations keep growing across reopen: a new attach never reuses one.
+        let mut c = Attachment::new(&req("c1"), "h");
+        s.create(&mut c).await.unwrap();
+        assert!(c.generation > b.generation);
+    }
+
+    /// A record exactly as the first slice (schema 1, no version field) wrote it.
+    const SCHEMA_1_RECORD: &str = r#"{"id":"d887cd286879","container_id":"abc","ifname":"eth0","netns":"/var/run/netns/x","network":"n1","phase":"ready","port_name":"courier-d887cd286879","host_ifname":"cvd887cd286879","port":{"name":"courier-d887cd286879","network":"n1","mac":"0a:00:00:00:00:05","ips":["10.9.0.5/24"],"gateway":"10.9.0.1","up":true,"attachment":"d887cd286879"},"netns_inode":4026532000,"requested_ip":null,"requested_mac":null,"created_at":1764500000}"#;
+
+    #[tokio::test]
+    async fn older_schema_is_read_and_bad_records_are_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_raw("d887cd286879", SCHEMA_1_RECORD.as_bytes())
+            .await
+            .unwrap();
+        s.put_raw("000000000bad", b"{not json").await.unwrap();
+        s.put_raw(
+            "0000000000f9",
+            br#"{"schema": 99, "id": "0000000000f9", "from": "the future"}"#,
+        )
+        .await
+        .unwrap();
+        let mut good = Attachment::new(&req("c2"), "h");
+        s.create(&mut good).await.unwrap();
+
+        let l = s.list().await.unwrap();
+        assert_eq!(l.attachments.len(), 2, "{l:?}");
+        let old = l
+            .attachments
+            .iter()
+            .find(|a| a.id == "d887cd286879")
+            .unwrap();
+        assert_eq!(old.schema, 1);
+        assert_eq!(old.generation, 0);
+        assert_eq!(old.phase, Phase::Ready);
+        assert_eq!(old.host_ifname, "cvd887cd286879");
+        assert_eq!(old.port.as_ref().unwrap().mac, "0a:00:00:00:00:05");
+        assert_eq!(l.undecodable.len(), 2);
+        let future = l
+            .undecodable
+            .iter()
+            .find(|u| u.id == "0000000000f9")
+            .unwrap();
+        assert!(future.error.contains("newer Courier"), "{future:?}");
+        // Kept, never dropped; get says what is wrong; the sweep treats them as recorded.
+        assert!(s.is_recorded("000000000bad").await.unwrap());
+        let e = s.get("000000000bad").await.unwrap_err().to_string();
+        assert!(e.contains("kept aside"), "{e}");
+        assert!(!s.is_recorded("0000000000aa").await.unwrap());
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.list().await.unwrap().undecodable.len(), 2);
     }
 }

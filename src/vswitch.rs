@@ -68,8 +68,10 @@ impl Vswitch {
         Ok(vs)
     }
 
+    /// Ok when the DB answers and the integration bridge exists.
     pub async fn health(&self) -> Result<()> {
-        self.db.echo().await.map_err(ovs_err("echo"))
+        self.db.echo().await.map_err(ovs_err("echo"))?;
+        self.bridge_uuid().map(|_| ())
     }
 
     fn bridge_uuid(&self) -> Result<String> {
@@ -139,27 +141,55 @@ impl Vswitch {
         Ok(())
     }
 
-    /// Removes every port named `name` from the bridge; Ok(false) if there was none.
-    pub async fn delete_port(&self, name: &str) -> Result<bool> {
+    /// The ownership marks a port of `attachment` made by this host carries.
+    fn owned_by(&self, attachment: &str) -> Condition {
+        Condition::includes(
+            "external_ids",
+            ovsdb::map([
+                (marks::OWNER, marks::OWNER_VALUE),
+                (marks::HOST, self.host.as_str()),
+                (marks::ATTACHMENT, attachment),
+            ]),
+        )
+    }
+
+    /// Removes the ports named `name` that this host made for `attachment` (its ownership
+    /// marks); a port of that name with other marks is left alone. Ok(false) if none was ours.
+    pub async fn delete_port(&self, name: &str, attachment: &str) -> Result<bool> {
+        let owned = || {
+            vec![
+                Condition::eq("name", json!(name)),
+                self.owned_by(attachment),
+            ]
+        };
         let uuids = self
             .db
-            .select_uuids(DB, "Port", vec![Condition::eq("name", json!(name))])
+            .select_uuids(DB, "Port", owned())
             .await
             .map_err(ovs_err(format!("looking up port {name}")))?;
         if uuids.is_empty() {
             return Ok(false);
         }
-        // Port and Interface are not root tables: dropping the reference deletes them.
-        let ops = uuids
-            .iter()
-            .map(|u| {
-                Op::mutate(
-                    "Bridge",
-                    vec![Condition::includes("ports", ovsdb::uuid(u))],
-                    vec![Mutation::delete("ports", ovsdb::uuid(u))],
-                )
-            })
-            .collect();
+        // Port and Interface are not root tables: dropping the reference deletes them. The
+        // wait makes "still ours" part of the same transaction.
+        let mut ops = Vec::new();
+        for u in &uuids {
+            let mut cond = owned();
+            cond.push(Condition::eq("_uuid", ovsdb::uuid(u)));
+            ops.push(Op::wait(
+                "Port",
+                cond,
+                &["_uuid"],
+                ovsdb::WaitUntil::Equal,
+                vec![json!({"_uuid": ovsdb::uuid(u)})],
+                Some(0),
+            ));
+            ops.push(Op::mutate(
+                "Bridge",
+                vec![Condition::includes("ports", ovsdb::uuid(u))],
+                vec![Mutation::delete("ports", ovsdb::uuid(u))],
+            ));
+        }
         self.db.transact(DB, ops).await.map_err(ovs_err(format!(
             "removing port {name} from {}",
             self.bridge

@@ -23,7 +23,7 @@ const DETACH_STEPS: &[&str] = &[
 
 #[test]
 fn kill9_at_every_step_leaks_nothing() {
-    if !env_ready("kill9_at_every_step_leaks_nothing") {
+    if !hooks_ready("kill9_at_every_step_leaks_nothing") {
         return;
     }
     let mut d = TestDaemon::start("crash");

@@ -35,7 +35,9 @@ pub trait Backend: Send + Sync {
     /// Creates a port on `network`, marked as owned by this host and attachment, and returns it
     /// with the addresses the backend assigned.
     async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort>;
-    /// Deletes the port; Ok(false) when it did not exist.
+    /// Deletes the port named `name` if this host owns it (its ownership marks, checked
+    /// atomically with the delete); Ok(false) when no such port of ours exists. Another host's
+    /// port is never deleted.
     async fn delete_port(&self, name: &str) -> Result<bool>;
     async fn port(&self, name: &str) -> Result<Option<LogicalPort>>;
     /// Every port this host's Courier owns, whatever the local store says (for leak sweeps).

@@ -385,7 +385,7 @@ impl Backend for OvnBackend {
     }
 
     async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort> {
-        let _requested_guard = if req.ip.is_some() || req.mac.is_some() {
+        let requested_guard = if req.ip.is_some() || req.mac.is_some() {
             Some(self.requested_ip.lock().await)
         } else {
             None
@@ -481,6 +481,19 @@ impl Backend for OvnBackend {
                 )))
             }
         };
+        // The requested address is taken once our row is in the cache (its `addresses` names
+        // it): the next check-and-take sees it, so the lock goes now, before the bounded wait
+        // for ovn-northd below.
+        if let Some(guard) = requested_guard {
+            self.cache
+                .wait_for(CACHE_TIMEOUT, |v| v.row(LSP, &port_uuid).map(|_| ()))
+                .await
+                .map_err(nb_err(format!(
+                    "waiting to see port {} in the monitor",
+                    req.name
+                )))?;
+            drop(guard);
+        }
         // OVN's IPAM runs in ovn-northd: wait for it to fill dynamic_addresses.
         let row = self
             .cache
@@ -531,10 +544,24 @@ impl Backend for OvnBackend {
     }
 
     async fn delete_port(&self, name: &str) -> Result<bool> {
-        // Ask the server (not the cache) so a port created a moment ago is found too.
+        // Only a port this host owns: name and ownership marks, asked of the server (not the
+        // cache, so a port created a moment ago is found too), and checked again inside the
+        // deleting transaction. Another host's port of the same name is never touched.
+        let owned = || {
+            vec![
+                Condition::eq("name", json!(name)),
+                Condition::includes(
+                    "external_ids",
+                    ovsdb::map([
+                        (marks::OWNER, marks::OWNER_VALUE),
+                        (marks::HOST, self.host.as_str()),
+                    ]),
+                ),
+            ]
+        };
         let uuids = self
             .nb
-            .select_uuids(DB, LSP, vec![Condition::eq("name", json!(name))])
+            .select_uuids(DB, LSP, owned())
             .await
             .map_err(nb_err(format!("looking up port {name}")))?;
         if uuids.is_empty() {
@@ -542,6 +569,16 @@ impl Backend for OvnBackend {
         }
         let mut ops = Vec::new();
         for u in &uuids {
+            let mut cond = owned();
+            cond.push(Condition::eq("_uuid", ovsdb::uuid(u)));
+            ops.push(Op::wait(
+                LSP,
+                cond,
+                &["_uuid"],
+                ovsdb::WaitUntil::Equal,
+                vec![json!({"_uuid": ovsdb::uuid(u)})],
+                Some(0),
+            ));
             ops.push(Op::mutate(
                 LS,
                 vec![Condition::includes("ports", ovsdb::uuid(u))],

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
 
 use super::EdgeBinding;
-use crate::crash;
 use crate::error::{Error, Result};
+use crate::hooks;
 use crate::model::{link_alias, parse_mac, peer_ifname, Attachment, LogicalPort};
 use crate::vswitch::Vswitch;
 
@@ -20,6 +20,8 @@ pub struct VethOvs {
     mtu: Option<u32>,
     /// This host's ownership mark (config `host`), set as the host link's alias.
     host_mark: String,
+    /// ovn-controller's unixctl socket ("" = from its pidfile).
+    controller_ctl: String,
 }
 
 fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
@@ -33,12 +35,14 @@ impl VethOvs {
         vswitch: Arc<Vswitch>,
         mtu: Option<u32>,
         host_mark: &str,
+        controller_ctl: &str,
     ) -> Self {
         VethOvs {
             host,
             vswitch,
             mtu,
             host_mark: host_mark.to_string(),
+            controller_ctl: controller_ctl.to_string(),
         }
     }
 }
@@ -59,6 +63,11 @@ async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInf
 impl EdgeBinding for VethOvs {
     fn kind(&self) -> &'static str {
         "veth-ovs"
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.vswitch.health().await?;
+        crate::ovn_controller::check_connected(&self.controller_ctl).await
     }
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
@@ -100,7 +109,7 @@ impl EdgeBinding for VethOvs {
             .set_alias(host, &link_alias(&self.host_mark, &att.id))
             .await
             .map_err(nl_err(format!("marking {host}")))?;
-        crash::point("after-veth");
+        hooks::point("after-veth").await;
         // The userspace datapath drops TCP with offloaded checksums: compute them in software.
         nl::set_tx_checksum(host, false)
             .await
@@ -118,7 +127,7 @@ impl EdgeBinding for VethOvs {
         self.vswitch
             .add_port(host, &port.name, &port.mac, &att.id)
             .await?;
-        crash::point("after-ovs-port");
+        hooks::point("after-ovs-port").await;
         ns.configure(&IfaceConfig {
             current_name: att.ifname.clone(),
             new_name: att.ifname.clone(),
@@ -139,20 +148,19 @@ impl EdgeBinding for VethOvs {
         self.vswitch.wait_installed(&att.host_ifname, timeout).await
     }
 
-    async fn unplug(&self, att: &Attachment) -> Result<()> {
+    async fn unplug(&self, att: &Attachment) -> Vec<Error> {
         let host = att.host_ifname.as_str();
-        self.vswitch.delete_port(host).await?;
+        let mut errors = Vec::new();
+        if let Err(e) = self.vswitch.delete_port(host, &att.id).await {
+            errors.push(e);
+        }
         // Deleting one end of a veth deletes the other, wherever it is.
-        self.host
-            .delete_link(host)
-            .await
-            .map_err(nl_err(format!("deleting {host}")))?;
-        let peer = peer_ifname(&att.id);
-        self.host
-            .delete_link(&peer)
-            .await
-            .map_err(nl_err(format!("deleting {peer}")))?;
-        Ok(())
+        for link in [host.to_string(), peer_ifname(&att.id)] {
+            if let Err(e) = self.host.delete_link(&link).await {
+                errors.push(nl_err(format!("deleting {link}"))(e));
+            }
+        }
+        errors
     }
 
     async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {

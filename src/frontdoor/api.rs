@@ -71,15 +71,30 @@ pub struct Status {
     pub backend_error: Option<String>,
     pub vswitch_reachable: bool,
     pub vswitch_error: Option<String>,
+    /// The binding can plug and ready edges now (veth-ovs: OVS DB, bridge, ovn-controller
+    /// connected to the Southbound DB).
+    #[serde(default)]
+    pub edge_ready: bool,
+    #[serde(default)]
+    pub edge_error: Option<String>,
     pub networks: usize,
     pub attachments: usize,
     pub attachments_ready: usize,
+    /// Store records this daemon cannot read, kept aside untouched.
+    #[serde(default)]
+    pub undecodable_records: Vec<crate::state::Undecodable>,
+    /// Items the last reconcile pass could not repair (retried on the next pass).
+    #[serde(default)]
+    pub reconcile_errors: Vec<crate::reconcile::ItemError>,
     pub uptime_secs: u64,
 }
 
 async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
-    let backend = d.attacher.backend.health().await;
-    let vswitch = d.vswitch.health().await;
+    let (backend, vswitch, edge) = tokio::join!(
+        d.attacher.backend.health(),
+        d.vswitch.health(),
+        d.attacher.binding.health()
+    );
     let networks = d
         .attacher
         .backend
@@ -87,7 +102,15 @@ async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
         .await
         .map(|n| n.len())
         .unwrap_or(0);
-    let atts = d.attacher.list().await?;
+    let listing = d.attacher.list().await?;
+    let reconcile_errors = d
+        .last_reconcile
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|r| r.errors.clone())
+        .unwrap_or_default();
+    let atts = &listing.attachments;
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         host: d.config.host.clone(),
@@ -97,12 +120,16 @@ async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
         backend_error: backend.err().map(|e| e.to_string()),
         vswitch_reachable: vswitch.is_ok(),
         vswitch_error: vswitch.err().map(|e| e.to_string()),
+        edge_ready: edge.is_ok(),
+        edge_error: edge.err().map(|e| e.to_string()),
         networks,
         attachments: atts.len(),
         attachments_ready: atts
             .iter()
             .filter(|a| a.phase == crate::model::Phase::Ready)
             .count(),
+        undecodable_records: listing.undecodable,
+        reconcile_errors,
         uptime_secs: d.started.elapsed().as_secs(),
     }))
 }
@@ -133,7 +160,7 @@ async fn list_ports(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
 }
 
 async fn list_attachments(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
-    Ok(Json(json!(d.attacher.list().await?)))
+    Ok(Json(json!(d.attacher.list().await?.attachments)))
 }
 
 async fn attach(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
@@ -147,9 +174,20 @@ async fn detach(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
     Ok(Json(json!({"detached": removed})))
 }
 
+#[derive(Deserialize)]
+struct CheckRequest {
+    #[serde(flatten)]
+    key: AttachmentKey,
+    /// Check the interface in this netns (default: the one recorded at attach).
+    #[serde(default)]
+    netns: Option<String>,
+}
+
 async fn check(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
-    let key: AttachmentKey = parse(&body)?;
-    Ok(Json(json!(d.attacher.check(&key).await?)))
+    let req: CheckRequest = parse(&body)?;
+    Ok(Json(json!(
+        d.attacher.check(&req.key, req.netns.as_deref()).await?
+    )))
 }
 
 #[derive(Deserialize)]
@@ -165,7 +203,12 @@ async fn gc(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
 }
 
 async fn reconcile(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
-    Ok(Json(json!(d.reconcile().await?)))
+    // On its own task: a caller that goes away does not cut a pass in half.
+    let d2 = d.clone();
+    let report = tokio::spawn(async move { d2.reconcile().await })
+        .await
+        .map_err(|e| Error::Internal(format!("reconcile task: {e}")))?;
+    Ok(Json(json!(report)))
 }
 
 async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response, ApiError> {
@@ -182,8 +225,15 @@ async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response,
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
-    if let Ok(atts) = d.attacher.list().await {
-        d.attacher.metrics.attachments.set(atts.len() as i64);
+    if let Ok(l) = d.attacher.list().await {
+        d.attacher
+            .metrics
+            .attachments
+            .set(l.attachments.len() as i64);
+        d.attacher
+            .metrics
+            .undecodable_records
+            .set(l.undecodable.len() as i64);
     }
     (
         [(

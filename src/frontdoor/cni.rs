@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -128,7 +129,7 @@ fn require(var: &str, value: &str) -> Result<()> {
 }
 
 /// Daemon side: runs one CNI command. Ok(Some(json)) is printed by the plugin; Ok(None) prints nothing.
-pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>> {
+pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<Value>> {
     let conf = parse_netconf(&call.stdin)?;
     match call.command.as_str() {
         "ADD" => {
@@ -167,10 +168,13 @@ pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>
             require("CNI_NETNS", &call.netns)?;
             require("CNI_IFNAME", &call.ifname)?;
             let att = attacher
-                .check(&AttachmentKey {
-                    container_id: call.container_id.clone(),
-                    ifname: call.ifname.clone(),
-                })
+                .check(
+                    &AttachmentKey {
+                        container_id: call.container_id.clone(),
+                        ifname: call.ifname.clone(),
+                    },
+                    Some(&call.netns),
+                )
                 .await?;
             check_prev_result(&att, conf.prev_result.as_ref())?;
             Ok(None)
@@ -195,11 +199,14 @@ pub async fn handle(attacher: &Attacher, call: &CniCall) -> Result<Option<Value>
             Ok(None)
         }
         "STATUS" => {
-            attacher
-                .backend
-                .health()
-                .await
-                .map_err(|e| Error::Unavailable(format!("backend unreachable: {e}")))?;
+            // Ready to ADD: the backend answers, and this host can plug and ready an edge
+            // (local OVS DB with its bridge, ovn-controller connected to the Southbound DB).
+            let (backend, edge) =
+                tokio::join!(attacher.backend.health(), attacher.binding.health());
+            backend.map_err(|e| Error::Unavailable(format!("backend unreachable: {e}")))?;
+            edge.map_err(|e| {
+                Error::Unavailable(format!("this host cannot plug containers now: {e}"))
+            })?;
             Ok(None)
         }
         other => Err(Error::InvalidEnv(format!(
@@ -392,14 +399,17 @@ mod tests {
     use crate::model::{AttachRequest, LogicalPort, Phase};
 
     fn att() -> Attachment {
-        let mut a = Attachment::new(&AttachRequest {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            netns: "/var/run/netns/a".into(),
-            network: "n1".into(),
-            ip: None,
-            mac: None,
-        });
+        let mut a = Attachment::new(
+            &AttachRequest {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                netns: "/var/run/netns/a".into(),
+                network: "n1".into(),
+                ip: None,
+                mac: None,
+            },
+            "h",
+        );
         a.phase = Phase::Ready;
         a.port = Some(LogicalPort {
             name: a.port_name.clone(),

@@ -51,6 +51,19 @@ pub fn env_ready(test: &str) -> bool {
 
 pub use courier_testenv::skip;
 
+/// [`env_ready`], and the binary has the crash/pause points (cargo feature `test-hooks`, which
+/// scripts/test.sh enables); otherwise the test is reported skipped.
+pub fn hooks_ready(test: &str) -> bool {
+    if !cfg!(feature = "test-hooks") {
+        skip(
+            test,
+            "courier built without the test-hooks feature (run scripts/test.sh, or cargo test --features courier/test-hooks)",
+        );
+        return false;
+    }
+    env_ready(test)
+}
+
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
         .args(args)

@@ -1,0 +1,40 @@
+//! Test hooks, compiled only with the `test-hooks` cargo feature (the crash and race tests build
+//! with it; the shipped binary has none, and every call below is then an empty inline fn).
+//! - `COURIER_CRASH_AT=<step>`: the daemon kills itself with SIGKILL (no destructors, no
+//!   flushing: like kill -9) when a flow reaches that step.
+//! - `COURIER_PAUSE_AT=<step>` (+ `COURIER_PAUSE_MS`, default 2000): the flow sleeps there, so
+//!   a test can act in that window (kill the client, DEL + ADD a container, ...).
+//!
+//! Steps: after-intent, after-port, after-veth, after-ovs-port, after-plug, after-up,
+//! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, reconcile-after-list.
+
+#[cfg(feature = "test-hooks")]
+pub async fn point(step: &str) {
+    use std::sync::OnceLock;
+    static AT: OnceLock<(Option<String>, Option<String>, u64)> = OnceLock::new();
+    let (crash, pause, ms) = AT.get_or_init(|| {
+        (
+            std::env::var("COURIER_CRASH_AT").ok(),
+            std::env::var("COURIER_PAUSE_AT").ok(),
+            std::env::var("COURIER_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2000),
+        )
+    });
+    if crash.as_deref() == Some(step) {
+        tracing::warn!(
+            step,
+            "COURIER_CRASH_AT reached: killing the daemon with SIGKILL"
+        );
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+    if pause.as_deref() == Some(step) {
+        tracing::warn!(step, ms, "COURIER_PAUSE_AT reached: pausing");
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub async fn point(_step: &str) {}
