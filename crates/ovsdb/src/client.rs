@@ -25,6 +25,9 @@ pub struct ClientOptions {
     pub echo_deadline: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How long one connect attempt (the first one, and each reconnect attempt) may take
+    /// before it fails with [`Error::Connect`](crate::Error::Connect), kind `TimedOut`.
+    pub connect_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -34,6 +37,7 @@ impl Default for ClientOptions {
             echo_deadline: Duration::from_secs(15),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -92,19 +96,29 @@ pub struct Client {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-async fn open(remote: &str) -> Result<Box<dyn Stream>, Error> {
+/// Opens `remote`, giving up after `timeout` (a SYN to a blackholed address is otherwise
+/// retried for minutes).
+async fn open(remote: &str, timeout: Duration) -> Result<Box<dyn Stream>, Error> {
     let connect_err = |source| Error::Connect {
         remote: remote.to_string(),
         source,
     };
+    let timed_out = || {
+        connect_err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection after {timeout:?}"),
+        ))
+    };
     if let Some(path) = remote.strip_prefix("unix:") {
-        let s = tokio::net::UnixStream::connect(path)
+        let s = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
             .await
+            .map_err(|_| timed_out())?
             .map_err(connect_err)?;
         Ok(Box::new(s))
     } else if let Some(addr) = remote.strip_prefix("tcp:") {
-        let s = tokio::net::TcpStream::connect(addr)
+        let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
+            .map_err(|_| timed_out())?
             .map_err(connect_err)?;
         let _ = s.set_nodelay(true);
         Ok(Box::new(s))
@@ -124,7 +138,7 @@ impl Client {
 
     /// [`Client::connect`] with explicit session timing.
     pub async fn connect_with(remote: &str, options: ClientOptions) -> Result<Client, Error> {
-        let stream = open(remote).await?;
+        let stream = open(remote, options.connect_timeout).await?;
         let shared = Arc::new(Shared {
             remote: remote.to_string(),
             options,
@@ -438,7 +452,7 @@ async fn session(
                         },
                     }
                 }
-                match open(&shared.remote).await {
+                match open(&shared.remote, opts.connect_timeout).await {
                     Ok(s) => {
                         tracing::info!(remote = %shared.remote, "OVSDB reconnected");
                         backoff = opts.backoff_min;
@@ -838,6 +852,7 @@ mod keepalive_tests {
             echo_deadline: Duration::from_millis(300),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(50),
+            ..Default::default()
         };
         let c = Client::connect_with(&format!("unix:{}", path.display()), opts)
             .await
@@ -863,5 +878,66 @@ mod keepalive_tests {
         }
         assert!(matches!(pending.await.unwrap(), Err(Error::Disconnected)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Every wait is bounded: against real TCP peers that misbehave in the ways a network does.
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use tokio::net::TcpSocket;
+    use tokio::time::Instant;
+
+    /// A TCP connect that is never answered (the listener's accept queue is full, so the SYN is
+    /// dropped, as with a blackholed address) fails after connect_timeout.
+    #[tokio::test]
+    async fn connect_to_unanswering_address_times_out() {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let _l = sock.listen(0).unwrap();
+        let mut fill = vec![];
+        let mut hung = false;
+        for _ in 0..16 {
+            let s = TcpSocket::new_v4().unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), s.connect(addr)).await {
+                Ok(Ok(s)) => fill.push(s),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => {
+                    hung = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            hung,
+            "could not make a connect hang (accept queue never full)"
+        );
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            Client::connect_with(
+                &format!("tcp:{addr}"),
+                ClientOptions {
+                    connect_timeout: Duration::from_millis(300),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("connect still waiting after 5 s");
+        let took = t0.elapsed();
+        eprintln!("connect timed out after {took:?}");
+        match r {
+            Err(Error::Connect { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::TimedOut)
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected"),
+        }
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1300),
+            "{took:?}"
+        );
     }
 }
