@@ -1191,7 +1191,9 @@ mod deadline_tests {
             .unwrap();
         let detect = second - first;
         eprintln!("stalled peer dropped after {detect:?}");
-        assert!(detect < Duration::from_millis(1000), "{detect:?}");
+        // 300 ms + slack: serializing the 1 MiB requests costs CPU in a debug build (observed
+        // 320-660 ms on 2 cores).
+        assert!(detect < Duration::from_millis(1500), "{detect:?}");
         let r = tokio::time::timeout(Duration::from_secs(1), calls.into_iter().next().unwrap())
             .await
             .expect("call not failed")
