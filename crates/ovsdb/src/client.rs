@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::framing::Framer;
 use crate::ops::{Op, OpResult};
@@ -17,23 +18,56 @@ use crate::value::Row;
 use crate::Error;
 
 /// Session timing. The defaults suit a local or LAN server.
+///
+/// Every wait of the client is bounded:
+///
+/// * **Dead peer**: silence is measured from the last byte *received*. After `echo_idle` of
+///   silence the client sends an echo; if still nothing at all has arrived `echo_deadline`
+///   after that, the connection is declared dead, every call waiting on it fails with
+///   [`Error::Disconnected`](crate::Error::Disconnected) and the session reconnects. So a
+///   peer that goes silent (crashed host, half-open TCP, hung server) is dropped at most
+///   `echo_idle + echo_deadline` after the last byte it sent: 5 s + 10 s = **15 s** with the
+///   defaults (OVN's own inactivity probe is 5 s). The timer is driven by absolute deadlines,
+///   not a periodic tick, so no granularity is added, and steady outgoing traffic does not
+///   postpone it. A write that stalls (the peer stopped reading) is bounded by the same
+///   instant.
+/// * **Calls**: every request (including the initial reply of [`Client::monitor`]) fails with
+///   [`Error::Timeout`](crate::Error::Timeout) after `call_timeout` (**30 s**) — or earlier,
+///   with `Disconnected`, when the connection is declared dead first. An OVSDB `wait`
+///   operation must therefore use a timeout below `call_timeout`.
+/// * **Connect**: each TCP or unix connect (the first one, and each reconnect attempt) fails
+///   with [`Error::Connect`](crate::Error::Connect) (kind `TimedOut`) after `connect_timeout`
+///   (**10 s**). Reconnect attempts are spaced by `backoff_min` doubling up to `backoff_max`;
+///   calls made while disconnected fail at once with `Disconnected`, calls made while a
+///   reconnect attempt is under way are sent if it succeeds (still bounded by `call_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientOptions {
-    /// Send an echo after this long without traffic from the server.
+    /// Send an echo after this long without receiving anything from the server.
     pub echo_idle: Duration,
-    /// Drop the connection (and reconnect) when an echo is unanswered this long.
+    /// Declare the connection dead (and reconnect) when nothing at all was received this long
+    /// after the echo was due, i.e. `echo_idle + echo_deadline` after the last byte received.
     pub echo_deadline: Duration,
+    /// First delay before a reconnect attempt; doubles per failed attempt.
     pub backoff_min: Duration,
+    /// Longest delay between reconnect attempts.
     pub backoff_max: Duration,
+    /// How long a call (and the initial reply of a monitor) waits for its reply before it
+    /// fails with [`Error::Timeout`](crate::Error::Timeout).
+    pub call_timeout: Duration,
+    /// How long one connect attempt (the first one, and each reconnect attempt) may take
+    /// before it fails with [`Error::Connect`](crate::Error::Connect), kind `TimedOut`.
+    pub connect_timeout: Duration,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             echo_idle: Duration::from_secs(5),
-            echo_deadline: Duration::from_secs(15),
+            echo_deadline: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -80,6 +114,7 @@ struct Shared {
     connected: AtomicBool,
     next_monitor: AtomicU64,
     monitors: Mutex<Vec<MonitorReg>>,
+    pending_len: std::sync::atomic::AtomicUsize,
 }
 
 /// An OVSDB client session. Cheap to clone.
@@ -92,19 +127,29 @@ pub struct Client {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-async fn open(remote: &str) -> Result<Box<dyn Stream>, Error> {
+/// Opens `remote`, giving up after `timeout` (a SYN to a blackholed address is otherwise
+/// retried for minutes).
+async fn open(remote: &str, timeout: Duration) -> Result<Box<dyn Stream>, Error> {
     let connect_err = |source| Error::Connect {
         remote: remote.to_string(),
         source,
     };
+    let timed_out = || {
+        connect_err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection after {timeout:?}"),
+        ))
+    };
     if let Some(path) = remote.strip_prefix("unix:") {
-        let s = tokio::net::UnixStream::connect(path)
+        let s = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
             .await
+            .map_err(|_| timed_out())?
             .map_err(connect_err)?;
         Ok(Box::new(s))
     } else if let Some(addr) = remote.strip_prefix("tcp:") {
-        let s = tokio::net::TcpStream::connect(addr)
+        let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
+            .map_err(|_| timed_out())?
             .map_err(connect_err)?;
         let _ = s.set_nodelay(true);
         Ok(Box::new(s))
@@ -124,13 +169,14 @@ impl Client {
 
     /// [`Client::connect`] with explicit session timing.
     pub async fn connect_with(remote: &str, options: ClientOptions) -> Result<Client, Error> {
-        let stream = open(remote).await?;
+        let stream = open(remote, options.connect_timeout).await?;
         let shared = Arc::new(Shared {
             remote: remote.to_string(),
             options,
             connected: AtomicBool::new(true),
             next_monitor: AtomicU64::new(1),
             monitors: Mutex::new(Vec::new()),
+            pending_len: Default::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(session(shared.clone(), stream, rx));
@@ -154,7 +200,15 @@ impl Client {
                 reply,
             })
             .map_err(|_| Error::Disconnected)?;
-        rx.await.map_err(|_| Error::Disconnected)?
+        // On timeout `rx` is dropped; the session then prunes the waiter (and ignores the
+        // reply should it come).
+        let limit = self.shared.options.call_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(reply) => reply.map_err(|_| Error::Disconnected)?,
+            Err(_) => Err(Error::Timeout {
+                what: format!("{method} reply after {limit:?}"),
+            }),
+        }
     }
 
     pub async fn list_dbs(&self) -> Result<Vec<String>, Error> {
@@ -249,8 +303,14 @@ impl Client {
             established,
             reply,
         });
+        let limit = self.shared.options.call_timeout;
         let res = match sent {
-            Ok(()) => rx.await.unwrap_or(Err(Error::Disconnected)),
+            Ok(()) => match tokio::time::timeout(limit, rx).await {
+                Ok(reply) => reply.unwrap_or(Err(Error::Disconnected)),
+                Err(_) => Err(Error::Timeout {
+                    what: format!("monitor reply after {limit:?}"),
+                }),
+            },
             Err(_) => Err(Error::Disconnected),
         };
         if let Err(e) = res {
@@ -379,7 +439,7 @@ impl Monitor {
         timeout: Duration,
         mut pred: impl FnMut(&CacheView) -> Option<T>,
     ) -> Result<T, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut rx = self.cache.generation.subscribe();
         loop {
             rx.borrow_and_update();
@@ -413,6 +473,16 @@ enum Pending {
     Monitor(Arc<CacheState>, Arc<AtomicBool>, Reply),
 }
 
+impl Pending {
+    /// The caller no longer waits (it timed out or was dropped): the reply has nowhere to go.
+    fn abandoned(&self) -> bool {
+        match self {
+            Pending::Caller(reply) | Pending::Monitor(_, _, reply) => reply.is_closed(),
+            Pending::Echo | Pending::Remonitor(_) => false,
+        }
+    }
+}
+
 async fn session(
     shared: Arc<Shared>,
     first: Box<dyn Stream>,
@@ -438,7 +508,7 @@ async fn session(
                         },
                     }
                 }
-                match open(&shared.remote).await {
+                match open(&shared.remote, opts.connect_timeout).await {
                     Ok(s) => {
                         tracing::info!(remote = %shared.remote, "OVSDB reconnected");
                         backoff = opts.backoff_min;
@@ -475,8 +545,21 @@ async fn run_connection(
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 64 * 1024];
+    let opts = &shared.options;
+    // Silence is measured from the last byte received: `echo_idle` after it an echo is sent,
+    // `echo_idle + echo_deadline` after it the connection is declared dead (`dead_at`). No
+    // write may block past `dead_at` either (a peer that stopped reading fills the socket
+    // buffers), so nothing in this loop can postpone the verdict.
     let mut last_rx = Instant::now();
-    let mut echo_sent: Option<Instant> = None;
+    let mut echo_out = false;
+    let dead_at = |last_rx: Instant| last_rx + opts.echo_idle + opts.echo_deadline;
+    let keepalive_due = |last_rx: Instant, echo_out: bool| {
+        if echo_out {
+            dead_at(last_rx)
+        } else {
+            last_rx + opts.echo_idle
+        }
+    };
 
     // Re-issue the monitors that were established on an earlier connection (a monitor whose
     // first request is still queued is sent by its own command, not here).
@@ -499,14 +582,28 @@ async fn run_connection(
         let rid = *next_id;
         *next_id += 1;
         let msg = json!({"id": rid, "method": "monitor", "params": [db, id, requests]});
-        if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
+        if let Err(e) = write_by(&mut wr, &msg, dead_at(last_rx)).await {
             return Some(format!("re-issuing monitor: {e}"));
         }
         pending.insert(rid, Pending::Remonitor(cache));
     }
 
+    // Created once: other select branches firing (steady command traffic) must not push
+    // these timers back, only what they measure does.
+    let keepalive = tokio::time::sleep_until(keepalive_due(last_rx, echo_out));
+    tokio::pin!(keepalive);
+    let prune_every = opts
+        .call_timeout
+        .clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut prune = tokio::time::interval_at(Instant::now() + prune_every, prune_every);
+    prune.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
     let result = loop {
-        let tick = tokio::time::sleep((shared.options.echo_idle / 2).min(Duration::from_secs(1)));
+        shared.pending_len.store(pending.len(), Ordering::Relaxed);
+        let due = keepalive_due(last_rx, echo_out);
+        if keepalive.deadline() != due {
+            keepalive.as_mut().reset(due);
+        }
         tokio::select! {
             n = rd.read(&mut buf) => {
                 let n = match n {
@@ -515,7 +612,7 @@ async fn run_connection(
                     Err(e) => break Some(format!("read: {e}")),
                 };
                 last_rx = Instant::now();
-                echo_sent = None;
+                echo_out = false;
                 framer.push(&buf[..n]);
                 let mut fatal = None;
                 while let Some(msg) = framer.next_message() {
@@ -523,7 +620,8 @@ async fn run_connection(
                         Ok(m) => m,
                         Err(e) => { fatal = Some(e); break; }
                     };
-                    if let Err(e) = handle_message(shared, &mut wr, &mut pending, msg).await {
+                    let by = dead_at(last_rx);
+                    if let Err(e) = handle_message(shared, &mut wr, &mut pending, msg, by).await {
                         fatal = Some(e);
                         break;
                     }
@@ -533,40 +631,49 @@ async fn run_connection(
                 }
             }
             cmd = rx.recv() => {
-                let id = *next_id;
-                *next_id += 1;
-                let (msg, waiter) = match cmd {
+                let (method, params, waiter) = match cmd {
                     None => break None,
                     Some(Cmd::Request { method, params, reply }) => {
-                        (json!({"id": id, "method": method, "params": params}), Pending::Caller(reply))
+                        (method, params, Pending::Caller(reply))
                     }
                     Some(Cmd::Monitor { params, cache, established, reply }) => {
-                        (json!({"id": id, "method": "monitor", "params": params}), Pending::Monitor(cache, established, reply))
+                        ("monitor".to_string(), params, Pending::Monitor(cache, established, reply))
                     }
                 };
-                if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
+                if waiter.abandoned() {
+                    continue; // its caller gave up while it was queued (e.g. during a reconnect)
+                }
+                let id = *next_id;
+                *next_id += 1;
+                let msg = json!({"id": id, "method": method, "params": params});
+                if let Err(e) = write_by(&mut wr, &msg, dead_at(last_rx)).await {
                     if let Pending::Caller(reply) | Pending::Monitor(_, _, reply) = waiter {
                         let _ = reply.send(Err(Error::Disconnected));
                     }
-                    break Some(format!("write: {e}"));
+                    break Some(e);
                 }
                 pending.insert(id, waiter);
             }
-            _ = tick => {
-                match echo_sent {
-                    Some(t) if t.elapsed() > shared.options.echo_deadline => break Some("no reply to echo".to_string()),
-                    None if last_rx.elapsed() > shared.options.echo_idle => {
-                        let id = *next_id;
-                        *next_id += 1;
-                        let msg = json!({"id": id, "method": "echo", "params": ["keepalive"]});
-                        if let Err(e) = wr.write_all(msg.to_string().as_bytes()).await {
-                            break Some(format!("write: {e}"));
-                        }
-                        pending.insert(id, Pending::Echo);
-                        echo_sent = Some(Instant::now());
-                    }
-                    _ => {}
+            () = &mut keepalive => {
+                if echo_out {
+                    break Some(format!(
+                        "echo unanswered: nothing received for {:?}",
+                        last_rx.elapsed()
+                    ));
                 }
+                let id = *next_id;
+                *next_id += 1;
+                let msg = json!({"id": id, "method": "echo", "params": ["keepalive"]});
+                if let Err(e) = write_by(&mut wr, &msg, dead_at(last_rx)).await {
+                    break Some(e);
+                }
+                pending.insert(id, Pending::Echo);
+                echo_out = true;
+            }
+            _ = prune.tick() => {
+                // Waiters whose caller timed out (or was dropped) would otherwise stay until
+                // a reply that may never come.
+                pending.retain(|_, p| !p.abandoned());
             }
         }
     };
@@ -578,19 +685,31 @@ async fn run_connection(
     result
 }
 
+/// Writes one message, failing if it has not gone out by `by`.
+async fn write_by<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    msg: &Value,
+    by: Instant,
+) -> Result<(), String> {
+    match tokio::time::timeout_at(by, wr.write_all(msg.to_string().as_bytes())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write: {e}")),
+        Err(_) => Err("write stalled: the server is not reading".to_string()),
+    }
+}
+
 async fn handle_message<W: AsyncWrite + Unpin>(
     shared: &Shared,
     wr: &mut W,
     pending: &mut HashMap<u64, Pending>,
     msg: Value,
+    by: Instant,
 ) -> Result<(), String> {
     if let Some(method) = msg.get("method").and_then(Value::as_str) {
         match method {
             "echo" => {
                 let reply = json!({"id": msg["id"], "result": msg["params"], "error": null});
-                wr.write_all(reply.to_string().as_bytes())
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
+                write_by(wr, &reply, by).await?;
             }
             "update" => {
                 let id = msg["params"][0].as_str().unwrap_or_default();
@@ -713,6 +832,7 @@ mod tests {
             connected: AtomicBool::new(true),
             next_monitor: AtomicU64::new(1),
             monitors: Mutex::new(Vec::new()),
+            pending_len: Default::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(session(shared.clone(), Box::new(client_end), rx));
@@ -838,6 +958,7 @@ mod keepalive_tests {
             echo_deadline: Duration::from_millis(300),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(50),
+            ..Default::default()
         };
         let c = Client::connect_with(&format!("unix:{}", path.display()), opts)
             .await
@@ -848,7 +969,7 @@ mod keepalive_tests {
         });
         let mut echoed = false;
         let mut second_conn = false;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         while !(echoed && second_conn) {
             let (conn, m) = tokio::time::timeout_at(deadline, seen_rx.recv())
                 .await
@@ -863,5 +984,273 @@ mod keepalive_tests {
         }
         assert!(matches!(pending.await.unwrap(), Err(Error::Disconnected)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Every wait is bounded: against real TCP peers that misbehave in the ways a network does.
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    /// What the fake server does with each accepted connection. None of them ever closes it.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Peer {
+        /// Reads and discards everything, never answers (a half-open / hung peer).
+        Silent,
+        /// Answers the client's echo, nothing else (alive, but never replies to the call).
+        EchoOnly,
+        /// Never reads (its receive window fills, so the client's writes stall).
+        NoRead,
+    }
+
+    /// A TCP server on 127.0.0.1:0; the channel gets the time of every accepted connection.
+    async fn server(peer: Peer) -> (String, mpsc::UnboundedReceiver<Instant>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = format!("tcp:{}", l.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = tx.send(Instant::now());
+                if peer == Peer::NoRead {
+                    held.push(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut f = Framer::default();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        f.push(&buf[..n]);
+                        while let Some(Ok(m)) = f.next_message() {
+                            if peer == Peer::EchoOnly && m["method"] == "echo" {
+                                let r =
+                                    json!({"id": m["id"], "result": m["params"], "error": null});
+                                if s.write_all(r.to_string().as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (remote, rx)
+    }
+
+    fn opts(echo_idle_ms: u64, echo_deadline_ms: u64, call_timeout_ms: u64) -> ClientOptions {
+        ClientOptions {
+            echo_idle: Duration::from_millis(echo_idle_ms),
+            echo_deadline: Duration::from_millis(echo_deadline_ms),
+            call_timeout: Duration::from_millis(call_timeout_ms),
+            connect_timeout: Duration::from_millis(300),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(50),
+        }
+    }
+
+    /// A call to a peer that accepts and never answers fails with Timeout after call_timeout
+    /// (keep-alive is set long so only the call deadline can end it), and the waiters of
+    /// abandoned calls do not pile up in the session's pending map.
+    #[tokio::test]
+    async fn call_to_silent_peer_times_out() {
+        let (remote, mut accepts) = server(Peer::Silent).await;
+        let c = Client::connect_with(&remote, opts(60_000, 60_000, 500))
+            .await
+            .unwrap();
+        accepts.recv().await.unwrap();
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), c.list_dbs())
+            .await
+            .expect("call still waiting after 5 s (no call deadline)");
+        let took = t0.elapsed();
+        match r {
+            Err(Error::Timeout { what }) => assert_eq!(what, "list_dbs reply after 500ms"),
+            other => panic!("{other:?}"),
+        }
+        eprintln!("call timed out after {took:?}");
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // 50 more abandoned calls: every waiter is removed once its caller gave up.
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.echo().await })
+            })
+            .collect();
+        for h in calls {
+            let r = tokio::time::timeout(Duration::from_secs(5), h).await;
+            assert!(matches!(r, Ok(Ok(Err(Error::Timeout { .. })))), "{r:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while c.shared.pending_len.load(Ordering::Relaxed) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} waiters left in the pending map",
+                c.shared.pending_len.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(c.is_connected());
+        assert!(accepts.try_recv().is_err(), "no reconnect was needed");
+    }
+
+    /// A peer that answers the keep-alive but not the call: the call times out, and the
+    /// connection stays up (a timed-out call is not a dead connection).
+    #[tokio::test]
+    async fn call_times_out_while_keepalive_succeeds() {
+        let (remote, mut accepts) = server(Peer::EchoOnly).await;
+        let c = Client::connect_with(&remote, opts(100, 200, 800))
+            .await
+            .unwrap();
+        accepts.recv().await.unwrap();
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get_schema("X"))
+            .await
+            .expect("call still waiting after 5 s (no call deadline)");
+        assert!(
+            matches!(&r, Err(Error::Timeout { what }) if what == "get_schema reply after 800ms"),
+            "{r:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(1800),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(c.is_connected());
+        assert!(
+            accepts.try_recv().is_err(),
+            "echo was answered: no reconnect"
+        );
+    }
+
+    /// Under steady traffic (a request every 20 ms, each abandoned after 20 ms) a peer that
+    /// never answers is still declared dead echo_idle + echo_deadline after the connection
+    /// began: the session reconnects and the call in flight fails with Disconnected.
+    #[tokio::test]
+    async fn dead_peer_detected_under_steady_traffic() {
+        let (remote, mut accepts) = server(Peer::Silent).await;
+        let c = Client::connect_with(&remote, opts(100, 200, 3000))
+            .await
+            .unwrap();
+        let first = accepts.recv().await.unwrap();
+        let in_flight = tokio::spawn({
+            let c = c.clone();
+            async move { c.list_dbs().await }
+        });
+        let load = tokio::spawn({
+            let c = c.clone();
+            async move {
+                loop {
+                    let _ = tokio::time::timeout(Duration::from_millis(20), c.list_dbs()).await;
+                }
+            }
+        });
+        let second = tokio::time::timeout(Duration::from_secs(3), accepts.recv())
+            .await
+            .expect("dead peer not detected within 3 s under load")
+            .unwrap();
+        let detect = second - first;
+        eprintln!("dead peer detected and reconnected after {detect:?} under load");
+        assert!(
+            detect >= Duration::from_millis(250) && detect < Duration::from_millis(1000),
+            "{detect:?}"
+        );
+        let r = tokio::time::timeout(Duration::from_secs(1), in_flight)
+            .await
+            .expect("in-flight call not failed")
+            .unwrap();
+        assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+        load.abort();
+    }
+
+    /// A peer that never reads: the client's writes stall once the socket buffers are full.
+    /// A stalled write must not freeze the session; it is dead by the keep-alive bound.
+    #[tokio::test]
+    async fn stalled_write_does_not_freeze_the_session() {
+        let (remote, mut accepts) = server(Peer::NoRead).await;
+        let c = Client::connect_with(&remote, opts(100, 200, 3000))
+            .await
+            .unwrap();
+        let first = accepts.recv().await.unwrap();
+        let big = "x".repeat(1 << 20);
+        let calls: Vec<_> = (0..64)
+            .map(|_| {
+                let (c, big) = (c.clone(), big.clone());
+                tokio::spawn(async move { c.transact("X", vec![Op::comment(&big)]).await })
+            })
+            .collect();
+        let second = tokio::time::timeout(Duration::from_secs(3), accepts.recv())
+            .await
+            .expect("session frozen in a write to a peer that does not read")
+            .unwrap();
+        let detect = second - first;
+        eprintln!("stalled peer dropped after {detect:?}");
+        // 300 ms + slack: serializing the 1 MiB requests costs CPU in a debug build (observed
+        // 320-660 ms on 2 cores).
+        assert!(detect < Duration::from_millis(1500), "{detect:?}");
+        let r = tokio::time::timeout(Duration::from_secs(1), calls.into_iter().next().unwrap())
+            .await
+            .expect("call not failed")
+            .unwrap();
+        assert!(matches!(r, Err(Error::Disconnected)), "{r:?}");
+    }
+
+    /// A TCP connect that is never answered (the listener's accept queue is full, so the SYN is
+    /// dropped, as with a blackholed address) fails after connect_timeout.
+    #[tokio::test]
+    async fn connect_to_unanswering_address_times_out() {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let _l = sock.listen(0).unwrap();
+        let mut fill = vec![];
+        let mut hung = false;
+        for _ in 0..16 {
+            let s = TcpSocket::new_v4().unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), s.connect(addr)).await {
+                Ok(Ok(s)) => fill.push(s),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => {
+                    hung = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            hung,
+            "could not make a connect hang (accept queue never full)"
+        );
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            Client::connect_with(
+                &format!("tcp:{addr}"),
+                ClientOptions {
+                    connect_timeout: Duration::from_millis(300),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("connect still waiting after 5 s");
+        let took = t0.elapsed();
+        eprintln!("connect timed out after {took:?}");
+        match r {
+            Err(Error::Connect { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::TimedOut)
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("connected"),
+        }
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1300),
+            "{took:?}"
+        );
     }
 }

@@ -3,6 +3,13 @@
 //! `monitor` with a live local cache, echo keep-alive, and reconnect with backoff that
 //! re-establishes monitors. It knows nothing of Courier; one client type serves the OVN
 //! Northbound DB and the local Open_vSwitch DB alike.
+//!
+//! Nothing waits unboundedly (defaults; see [`ClientOptions`]): a connect attempt fails after
+//! 10 s (`connect_timeout`), a call after 30 s (`call_timeout`, [`Error::Timeout`]), and a
+//! peer that goes silent is declared dead at most 15 s after the last byte received from it
+//! (`echo_idle` 5 s + `echo_deadline` 10 s), however much the caller keeps sending; calls
+//! waiting on it then fail with [`Error::Disconnected`] and the session reconnects.
+//! [`Monitor::wait_for`] takes its own timeout.
 
 mod client;
 mod framing;
