@@ -378,14 +378,41 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         .map(|e| format!(" ({e})"))
                         .unwrap_or_default()
                 );
+                println!(
+                    "edge:        {}{}",
+                    if v["edge_ready"].as_bool() == Some(true) {
+                        "ready"
+                    } else {
+                        "NOT READY"
+                    },
+                    v["edge_error"]
+                        .as_str()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
                 println!("networks:    {}", v["networks"]);
                 println!(
                     "attachments: {} ({} ready)",
                     v["attachments"], v["attachments_ready"]
                 );
+                for u in v["undecodable_records"].as_array().into_iter().flatten() {
+                    println!(
+                        "kept aside:  record {} cannot be read: {}",
+                        u["id"].as_str().unwrap_or("?"),
+                        u["error"].as_str().unwrap_or("?")
+                    );
+                }
+                for e in v["reconcile_errors"].as_array().into_iter().flatten() {
+                    println!(
+                        "reconcile:   {} failed: {}",
+                        e["item"].as_str().unwrap_or("?"),
+                        e["error"].as_str().unwrap_or("?")
+                    );
+                }
             });
             if v["backend_reachable"].as_bool() != Some(true)
                 || v["vswitch_reachable"].as_bool() != Some(true)
+                || v["edge_ready"].as_bool() != Some(true)
             {
                 return Err("not everything is reachable".into());
             }

@@ -38,6 +38,12 @@ pub struct OvnConfig {
     /// MTU of container interfaces (both veth ends). Unset: the kernel's default (1500).
     /// Multi-node OVN over geneve needs room for the tunnel header, e.g. 1400.
     pub mtu: Option<u32>,
+    /// OVSDB sessions (NB and local OVS): send an echo after this long without a byte from
+    /// the server; the server is declared dead (and the session reconnects) when nothing came
+    /// for twice as long again — 5 s → dead within 15 s. OVN's own default probe is 5 s.
+    pub inactivity_probe_ms: u64,
+    /// Longest wait for any one OVSDB reply before the call fails (try again later).
+    pub call_timeout_ms: u64,
     /// ovn-controller's unixctl socket, for STATUS. Empty: found from
     /// /var/run/ovn/ovn-controller.pid, as ovn-appctl does.
     pub controller_ctl: String,
@@ -63,6 +69,8 @@ impl Default for OvnConfig {
             bridge: "br-int".into(),
             port_up_timeout_ms: 10_000,
             mtu: None,
+            inactivity_probe_ms: 5_000,
+            call_timeout_ms: 30_000,
             controller_ctl: String::new(),
         }
     }
@@ -71,6 +79,17 @@ impl Default for OvnConfig {
 impl OvnConfig {
     pub fn port_up_timeout(&self) -> Duration {
         Duration::from_millis(self.port_up_timeout_ms)
+    }
+
+    /// Session timing for both OVSDB clients.
+    pub fn ovsdb_options(&self) -> courier_ovsdb::ClientOptions {
+        let probe = Duration::from_millis(self.inactivity_probe_ms);
+        courier_ovsdb::ClientOptions {
+            echo_idle: probe,
+            echo_deadline: probe * 2,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            ..Default::default()
+        }
     }
 }
 
@@ -88,7 +107,8 @@ impl Config {
 
     /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
     /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
-    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU, COURIER_OVN_CONTROLLER_CTL.
+    /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
+    /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL.
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -119,6 +139,12 @@ impl Config {
             let mtu = parse_num("COURIER_MTU", &v)?;
             self.ovn.mtu = Some(u32::try_from(mtu).unwrap_or(u32::MAX));
         }
+        if let Some(v) = get("COURIER_OVN_INACTIVITY_PROBE_MS") {
+            self.ovn.inactivity_probe_ms = parse_num("COURIER_OVN_INACTIVITY_PROBE_MS", &v)?;
+        }
+        if let Some(v) = get("COURIER_OVN_CALL_TIMEOUT_MS") {
+            self.ovn.call_timeout_ms = parse_num("COURIER_OVN_CALL_TIMEOUT_MS", &v)?;
+        }
         if let Some(v) = get("COURIER_OVN_CONTROLLER_CTL") {
             self.ovn.controller_ctl = v;
         }
@@ -133,6 +159,12 @@ impl Config {
                     "MTU {mtu} ([ovn] mtu / COURIER_MTU) must be between 576 and 65535"
                 )));
             }
+        }
+        if self.ovn.inactivity_probe_ms < 100 || self.ovn.call_timeout_ms < 100 {
+            return Err(Error::InvalidInput(format!(
+                "[ovn] inactivity_probe_ms ({}) and call_timeout_ms ({}) must be at least 100",
+                self.ovn.inactivity_probe_ms, self.ovn.call_timeout_ms
+            )));
         }
         if self.host.is_empty() || self.host.contains(':') {
             return Err(Error::InvalidInput(format!(

@@ -78,13 +78,22 @@ pub async fn run(config: Config) -> Result<()> {
     // once OVN is reachable, so CNI callers meanwhile get "try again later".
     let backend = Arc::new(
         retry_until_up("OVN Northbound", || {
-            OvnBackend::connect(&config.ovn.nb_remote, &config.host)
+            OvnBackend::connect(
+                &config.ovn.nb_remote,
+                &config.host,
+                config.ovn.ovsdb_options(),
+            )
         })
         .await?,
     );
     let vswitch = Arc::new(
         retry_until_up("local Open_vSwitch DB", || {
-            Vswitch::connect(&config.ovn.ovs_remote, &config.ovn.bridge, &config.host)
+            Vswitch::connect(
+                &config.ovn.ovs_remote,
+                &config.ovn.bridge,
+                &config.host,
+                config.ovn.ovsdb_options(),
+            )
         })
         .await?,
     );

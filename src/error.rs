@@ -124,7 +124,9 @@ impl Error {
             AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             NotAttached { .. } => code::NOT_ATTACHED,
             AddressInUse { .. } => code::ADDRESS_IN_USE,
-            Backend { source, .. } if is_disconnect(source) => code::TRY_AGAIN_LATER,
+            Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => {
+                code::TRY_AGAIN_LATER
+            }
             Backend { .. } | BackendState(_) => code::BACKEND,
             Vswitch { .. } | Netlink { .. } => code::EDGE,
             Timeout(_) => code::TRY_AGAIN_LATER,
@@ -156,7 +158,7 @@ impl Error {
             | AddressInUse { .. } => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) => 503,
-            Backend { source, .. } if is_disconnect(source) => 503,
+            Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => 503,
             Teardown { .. } if self.code() == code::TRY_AGAIN_LATER => 503,
             _ => 500,
         }

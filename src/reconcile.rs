@@ -104,13 +104,19 @@ pub async fn run(
                 if att.phase != Phase::Ready {
                     let r = roll_back_leftover(attacher, &att).await;
                     report.record(att.id, r, |r| &mut r.rolled_back);
-                } else if crate::netns::probe(&att.netns).certainly_gone(att.netns_inode) {
-                    // Decided on the snapshot only as a hint; re-made under the lock.
-                    let r = attacher
-                        .detach_forgotten(&att)
-                        .await
-                        .map(|f| f == Forgotten::Detached);
-                    report.record(att.id, r, |r| &mut r.detached_gone_netns);
+                } else {
+                    let probe = crate::netns::probe(&att.netns);
+                    if let crate::netns::Probe::Unknown(e) = &probe {
+                        tracing::warn!(attachment = %att.id, netns = %att.netns, error = %e,
+                            "cannot tell whether the netns still exists; keeping the attachment");
+                    } else if probe.certainly_gone(att.netns_inode) {
+                        // Decided on the snapshot only as a hint; re-made under the lock.
+                        let r = attacher
+                            .detach_forgotten(&att)
+                            .await
+                            .map(|f| f == Forgotten::Detached);
+                        report.record(att.id, r, |r| &mut r.detached_gone_netns);
+                    }
                 }
             }
         }

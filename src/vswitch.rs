@@ -40,8 +40,13 @@ fn ovs_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
 }
 
 impl Vswitch {
-    pub async fn connect(remote: &str, bridge: &str, host: &str) -> Result<Vswitch> {
-        let db = Client::connect(remote)
+    pub async fn connect(
+        remote: &str,
+        bridge: &str,
+        host: &str,
+        options: ovsdb::ClientOptions,
+    ) -> Result<Vswitch> {
+        let db = Client::connect_with(remote, options)
             .await
             .map_err(ovs_err(format!("connecting to {remote}")))?;
         let cache = db

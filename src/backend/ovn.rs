@@ -38,8 +38,12 @@ fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
 }
 
 impl OvnBackend {
-    pub async fn connect(remote: &str, host: &str) -> Result<OvnBackend> {
-        let nb = Client::connect(remote)
+    pub async fn connect(
+        remote: &str,
+        host: &str,
+        options: ovsdb::ClientOptions,
+    ) -> Result<OvnBackend> {
+        let nb = Client::connect_with(remote, options)
             .await
             .map_err(nb_err(format!("connecting to {remote}")))?;
         let cache = nb

@@ -7,6 +7,8 @@
 //! --test-threads=1 (scripts/test.sh does).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -185,6 +187,24 @@ impl TestDaemon {
             assert!(Instant::now() < deadline, "daemon did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; returns how long that took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let t = Instant::now();
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        self.wait_exit(timeout);
+        t.elapsed()
+    }
+
+    /// The daemon's state directory (its redb store is `state/courier.redb`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     pub fn kill9(&mut self) {
@@ -472,4 +492,94 @@ pub fn subnet_for(i: u8) -> String {
 
 pub fn assert_path_absent(p: &Path) {
     assert!(!p.exists(), "{} should not exist", p.display());
+}
+
+/// What one daemon (by its host mark) owns right now, seen through the real components: LSPs
+/// and OVS ports carrying its `courier-host`, host links with its alias, its store records.
+/// Unlike [`world`], unaffected by anything else running on this machine.
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct Owned {
+    pub lsps: BTreeSet<String>,
+    pub ovs_ports: BTreeSet<String>,
+    pub links: BTreeSet<String>,
+    pub records: BTreeSet<String>,
+}
+
+impl Owned {
+    pub fn is_empty(&self) -> bool {
+        *self == Owned::default()
+    }
+}
+
+pub fn host_mark(d: &TestDaemon) -> String {
+    format!("it-{}", d.name)
+}
+
+pub fn owned(d: &TestDaemon) -> Owned {
+    let mark = host_mark(d);
+    let names = |s: String| {
+        s.split_whitespace()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+    };
+    let links: Value =
+        serde_json::from_str(&sh_ok("ip", &["-j", "link", "show"])).unwrap_or(Value::Null);
+    let alias_prefix = format!("courier:{mark}:");
+    Owned {
+        lsps: names(nbctl(&[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch_Port",
+            &format!("external_ids:courier-host={mark}"),
+        ])),
+        ovs_ports: names(sh_ok(
+            "ovs-vsctl",
+            &[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Port",
+                &format!("external_ids:courier-host={mark}"),
+            ],
+        )),
+        links: links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| {
+                l["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&alias_prefix))
+            })
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .collect(),
+        records: d
+            .try_api("GET", "/v1/attachments", None)
+            .ok()
+            .and_then(|(_, v)| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(String::from))
+            .collect(),
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many times the daemon's log says a pause point was reached.
+pub fn pauses(d: &TestDaemon) -> usize {
+    d.log().matches("COURIER_PAUSE_AT reached").count()
 }

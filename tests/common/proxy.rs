@@ -1,0 +1,178 @@
+//! A fault-injecting proxy to a real OVSDB server's unix socket, private to one test: the daemon
+//! under test connects to the proxy, and the test decides what the "server" does — forward
+//! faithfully, cut every connection (and refuse new ones), or go half-open (accept and keep
+//! connections, but never answer). The real server is never touched.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Mode {
+    Forward = 0,
+    /// Every connection closed; new ones closed at once.
+    Cut = 1,
+    /// Connections stay open, bytes are swallowed both ways, nothing ever answers.
+    HalfOpen = 2,
+}
+
+trait Conn: Read + Write + Send {
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>>;
+    fn shut(&self);
+}
+impl Conn for UnixStream {
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+impl Conn for TcpStream {
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+struct Shared {
+    mode: AtomicU8,
+    upstream: PathBuf,
+    /// Both ends of every live connection, to cut them.
+    live: Mutex<Vec<Box<dyn Conn>>>,
+}
+
+pub struct Proxy {
+    /// What to give the daemon as its remote: `unix:PATH` or `tcp:127.0.0.1:PORT`.
+    pub remote: String,
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+}
+
+impl Proxy {
+    /// Listens on the unix socket `listen`, forwarding to the unix socket `upstream`.
+    pub fn unix(listen: &Path, upstream: &str) -> Proxy {
+        let _ = std::fs::remove_file(listen);
+        let l = UnixListener::bind(listen).expect("proxy bind");
+        let shared = Self::shared(upstream);
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                serve(&s, Box::new(c));
+            }
+        });
+        Proxy {
+            remote: format!("unix:{}", listen.display()),
+            shared,
+            path: Some(listen.to_path_buf()),
+        }
+    }
+
+    /// Listens on 127.0.0.1 (a free port), forwarding to the unix socket `upstream`.
+    pub fn tcp(upstream: &str) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = l.local_addr().expect("addr").port();
+        let shared = Self::shared(upstream);
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let _ = c.set_nodelay(true);
+                serve(&s, Box::new(c));
+            }
+        });
+        Proxy {
+            remote: format!("tcp:127.0.0.1:{port}"),
+            shared,
+            path: None,
+        }
+    }
+
+    fn shared(upstream: &str) -> Arc<Shared> {
+        Arc::new(Shared {
+            mode: AtomicU8::new(Mode::Forward as u8),
+            upstream: PathBuf::from(upstream.strip_prefix("unix:").unwrap_or(upstream)),
+            live: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+        if mode == Mode::Cut {
+            for c in self.shared.live.lock().unwrap().drain(..) {
+                c.shut();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.set(Mode::Cut);
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn mode(s: &Shared) -> Mode {
+    match s.mode.load(Ordering::SeqCst) {
+        0 => Mode::Forward,
+        1 => Mode::Cut,
+        _ => Mode::HalfOpen,
+    }
+}
+
+fn serve(s: &Arc<Shared>, client: Box<dyn Conn>) {
+    if mode(s) == Mode::Cut {
+        client.shut();
+        return;
+    }
+    let Ok(up) = UnixStream::connect(&s.upstream) else {
+        client.shut();
+        return;
+    };
+    let (Ok(c2), Ok(u2)) = (client.try_clone_box(), up.try_clone_box()) else {
+        return;
+    };
+    {
+        let mut live = s.live.lock().unwrap();
+        live.push(c2);
+        live.push(u2);
+    }
+    let (Ok(c_rd), Ok(u_rd)) = (client.try_clone_box(), up.try_clone_box()) else {
+        return;
+    };
+    let (s1, s2) = (s.clone(), s.clone());
+    std::thread::spawn(move || pump(&s1, c_rd, Box::new(up)));
+    std::thread::spawn(move || pump(&s2, u_rd, client));
+}
+
+/// Copies `from` → `to` while forwarding; swallows while half-open; stops when cut or closed.
+fn pump(s: &Shared, mut from: Box<dyn Conn>, mut to: Box<dyn Conn>) {
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match mode(s) {
+            Mode::Forward => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Mode::HalfOpen => {}
+            Mode::Cut => break,
+        }
+    }
+    to.shut();
+    from.shut();
+    std::thread::sleep(Duration::from_millis(1));
+}
