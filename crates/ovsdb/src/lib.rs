@@ -4,11 +4,13 @@
 //! re-establishes monitors. It knows nothing of Courier; one client type serves the OVN
 //! Northbound DB and the local Open_vSwitch DB alike.
 
+mod cache;
 mod client;
 mod framing;
 mod ops;
 mod value;
 
+pub use cache::Index;
 pub use client::{CacheView, Client, ClientOptions, Monitor};
 pub use ops::{Condition, Mutation, Op, OpResult, WaitUntil};
 pub use value::{
