@@ -141,32 +141,35 @@ impl Cache {
         self.apply(updates);
     }
 
-    /// Applies <table-updates>: rows through [`apply_updates`], and for every changed row of an
-    /// indexed table, its old keys are removed before and its new keys added after.
+    /// Applies <table-updates>: rows through [`apply_updates`]; for every changed row of an
+    /// indexed table its keys are read before and after, and only the difference is filed
+    /// (a port added to a switch's `ports` set moves one key, not the whole set).
     pub(crate) fn apply(&mut self, updates: &Value) {
         let touched = self.touched(updates);
-        for (table, uuid, i) in &touched {
+        let before: Vec<BTreeSet<String>> = touched
+            .iter()
+            .map(|(table, uuid, i)| {
+                let idx = &self.indexes[table][*i].0;
+                self.row(table, uuid)
+                    .map(|r| idx.keys(r))
+                    .unwrap_or_default()
+            })
+            .collect();
+        apply_updates(&mut self.tables, updates);
+        for ((table, uuid, i), old) in touched.iter().zip(before) {
             let row = self.tables.get(table).and_then(|t| t.get(uuid));
             let (idx, entries) = &mut self.indexes.get_mut(table).expect("indexed table")[*i];
-            if let Some(row) = row {
-                for k in idx.keys(row) {
-                    if let Some(set) = entries.get_mut(&k) {
-                        set.remove(uuid);
-                        if set.is_empty() {
-                            entries.remove(&k);
-                        }
+            let new = row.map(|r| idx.keys(r)).unwrap_or_default();
+            for k in old.difference(&new) {
+                if let Some(set) = entries.get_mut(k) {
+                    set.remove(uuid);
+                    if set.is_empty() {
+                        entries.remove(k);
                     }
                 }
             }
-        }
-        apply_updates(&mut self.tables, updates);
-        for (table, uuid, i) in &touched {
-            let row = self.tables.get(table).and_then(|t| t.get(uuid));
-            let (idx, entries) = &mut self.indexes.get_mut(table).expect("indexed table")[*i];
-            if let Some(row) = row {
-                for k in idx.keys(row) {
-                    entries.entry(k).or_default().insert(uuid.clone());
-                }
+            for k in new.difference(&old) {
+                entries.entry(k.clone()).or_default().insert(uuid.clone());
             }
         }
     }
