@@ -380,7 +380,7 @@ fn main() {
         "cache update (per update)", "no index", "indexed", "ratio"
     );
     println!("|{:-<58}|{:->12}|{:->12}|{:->12}|", "", "", "", "");
-    let flip = |i: usize| json!({LSP: {uuid(2, (i * 7919) % PORTS): {"old": {"up": i % 2 == 0}, "new": {"up": i % 2 == 1}}}});
+    let flip = |i: usize| json!({LSP: {uuid(2, (i * 7919) % PORTS): {"old": {"up": i & 1 == 0}, "new": {"up": i & 1 == 1}}}});
     row(
         "LSP `up` flips (unindexed column)",
         time(budget, |i| nb_plain.apply_updates(&flip(i))),
