@@ -3,13 +3,21 @@
 
 use std::collections::BTreeMap;
 
-use courier_ovsdb::{self as ovsdb, Client, Condition, Monitor, Mutation, Op, OpResult};
+use courier_ovsdb::{
+    self as ovsdb, CacheView, Client, Condition, Index, Monitor, Mutation, Op, OpResult, Row,
+};
 use serde_json::json;
 
 use crate::backend::marks;
 use crate::error::{Error, Result};
 
 const DB: &str = "Open_vSwitch";
+
+/// Monitor cache indexes: port and interface by name, port by host mark.
+const PORT_BY_NAME: Index = Index::new("Port", "name");
+const PORT_BY_HOST: Index = Index::map_key("Port", "external_ids", marks::HOST);
+const IFACE_BY_NAME: Index = Index::new("Interface", "name");
+const INDEXES: &[Index] = &[PORT_BY_NAME, PORT_BY_HOST, IFACE_BY_NAME];
 
 /// A port Courier finds on the bridge.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +58,7 @@ impl Vswitch {
             .await
             .map_err(ovs_err(format!("connecting to {remote}")))?;
         let cache = db
-            .monitor(
+            .monitor_indexed(
                 DB,
                 &[
                     ("Bridge", &["name", "ports"][..]),
@@ -60,6 +68,7 @@ impl Vswitch {
                         &["name", "external_ids", "ofport", "error"][..],
                     ),
                 ],
+                INDEXES,
             )
             .await
             .map_err(ovs_err("monitoring Bridge/Port/Interface"))?;
@@ -208,10 +217,10 @@ impl Vswitch {
     pub async fn wait_installed(&self, name: &str, timeout: std::time::Duration) -> Result<()> {
         self.cache
             .wait_for(timeout, |v| {
-                v.rows("Interface")
+                v.lookup(&IFACE_BY_NAME, name)
+                    .iter()
                     .any(|(_, r)| {
-                        ovsdb::get_str(r, "name") == Some(name)
-                            && ovsdb::get_map(r, "external_ids").get("ovn-installed").map(String::as_str)
+                        ovsdb::get_map(r, "external_ids").get("ovn-installed").map(String::as_str)
                                 == Some("true")
                     })
                     .then_some(())
@@ -227,46 +236,45 @@ impl Vswitch {
 
     /// The port named `name` as the cache sees it.
     pub fn port(&self, name: &str) -> Option<VswitchPort> {
-        self.ports().into_iter().find(|p| p.name == name)
-    }
-
-    /// All ports on every bridge, with their first interface's details.
-    pub fn ports(&self) -> Vec<VswitchPort> {
-        self.cache
-            .rows("Port")
-            .into_iter()
-            .filter_map(|(_, port)| {
-                let name = ovsdb::get_str(&port, "name")?.to_string();
-                let pext = ovsdb::get_map(&port, "external_ids");
-                let iface = ovsdb::get_set(&port, "interfaces")
-                    .iter()
-                    .filter_map(|v| ovsdb::uuid_of(v))
-                    .find_map(|u| self.cache.row("Interface", u));
-                let iext = iface
-                    .as_ref()
-                    .map(|r| ovsdb::get_map(r, "external_ids"))
-                    .unwrap_or_default();
-                Some(VswitchPort {
-                    name,
-                    iface_id: iext.get("iface-id").cloned(),
-                    attachment: pext.get(marks::ATTACHMENT).cloned(),
-                    host: pext.get(marks::HOST).cloned(),
-                    ofport: iface.as_ref().and_then(|r| ovsdb::get_i64(r, "ofport")),
-                    error: iface
-                        .as_ref()
-                        .and_then(|r| ovsdb::get_str(r, "error"))
-                        .map(String::from),
-                    ovn_installed: iext.get("ovn-installed").map(String::as_str) == Some("true"),
-                })
-            })
-            .collect()
+        self.cache.view(|v| {
+            v.lookup(&PORT_BY_NAME, name)
+                .into_iter()
+                .find_map(|(_, r)| port_from_row(v, r))
+        })
     }
 
     /// Ports this host's Courier made (marked with owner, host and attachment), for leak sweeps.
     pub fn owned_ports(&self) -> Vec<VswitchPort> {
-        self.ports()
-            .into_iter()
-            .filter(|p| p.attachment.is_some() && p.host.as_deref() == Some(self.host.as_str()))
-            .collect()
+        self.cache.view(|v| {
+            v.lookup(&PORT_BY_HOST, &self.host)
+                .into_iter()
+                .filter_map(|(_, r)| port_from_row(v, r))
+                .filter(|p| p.attachment.is_some() && p.host.as_deref() == Some(self.host.as_str()))
+                .collect()
+        })
     }
+}
+
+/// A Port row with its first interface's details; None for a port without a name.
+fn port_from_row(view: &CacheView, port: &Row) -> Option<VswitchPort> {
+    let name = ovsdb::get_str(port, "name")?.to_string();
+    let pext = ovsdb::get_map(port, "external_ids");
+    let iface = ovsdb::get_set(port, "interfaces")
+        .iter()
+        .filter_map(ovsdb::uuid_of)
+        .find_map(|u| view.row("Interface", u));
+    let iext = iface
+        .map(|r| ovsdb::get_map(r, "external_ids"))
+        .unwrap_or_default();
+    Some(VswitchPort {
+        name,
+        iface_id: iext.get("iface-id").cloned(),
+        attachment: pext.get(marks::ATTACHMENT).cloned(),
+        host: pext.get(marks::HOST).cloned(),
+        ofport: iface.and_then(|r| ovsdb::get_i64(r, "ofport")),
+        error: iface
+            .and_then(|r| ovsdb::get_str(r, "error"))
+            .map(String::from),
+        ovn_installed: iext.get("ovn-installed").map(String::as_str) == Some("true"),
+    })
 }

@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_ovsdb::{self as ovsdb, Client, Condition, Monitor, Mutation, Op, OpResult, Row};
+use courier_ovsdb::{
+    self as ovsdb, CacheView, Client, Condition, Index, Monitor, Mutation, Op, OpResult, Row,
+};
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::json;
 
@@ -21,6 +23,14 @@ const LSP: &str = "Logical_Switch_Port";
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long our own committed write may take to reach the monitor cache.
 const CACHE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Monitor cache indexes: switch by name, switch by each port uuid it holds, port by name,
+/// port by host mark.
+const LS_BY_NAME: Index = Index::new(LS, "name");
+const LS_BY_PORT: Index = Index::new(LS, "ports");
+const LSP_BY_NAME: Index = Index::new(LSP, "name");
+const LSP_BY_HOST: Index = Index::map_key(LSP, "external_ids", marks::HOST);
+const INDEXES: &[Index] = &[LS_BY_NAME, LS_BY_PORT, LSP_BY_NAME, LSP_BY_HOST];
 
 pub struct OvnBackend {
     nb: Client,
@@ -47,7 +57,7 @@ impl OvnBackend {
             .await
             .map_err(nb_err(format!("connecting to {remote}")))?;
         let cache = nb
-            .monitor(
+            .monitor_indexed(
                 DB,
                 &[
                     (LS, &["name", "other_config", "external_ids", "ports"][..]),
@@ -62,6 +72,7 @@ impl OvnBackend {
                         ][..],
                     ),
                 ],
+                INDEXES,
             )
             .await
             .map_err(nb_err("monitoring Logical_Switch/Logical_Switch_Port"))?;
@@ -75,12 +86,7 @@ impl OvnBackend {
 
     /// The switch row named `name`, from the monitor cache.
     fn switch(&self, name: &str) -> Result<(String, Row)> {
-        let mut found: Vec<(String, Row)> = self
-            .cache
-            .rows(LS)
-            .into_iter()
-            .filter(|(_, r)| ovsdb::get_str(r, "name") == Some(name))
-            .collect();
+        let mut found: Vec<(String, Row)> = self.cache.lookup(&LS_BY_NAME, name);
         match found.len() {
             0 => Err(Error::UnknownNetwork(name.to_string())),
             1 => Ok(found.remove(0)),
@@ -144,39 +150,55 @@ impl OvnBackend {
         })
     }
 
-    fn network_of_port(&self, port_uuid: &str) -> Option<Network> {
-        self.cache.rows(LS).into_iter().find_map(|(u, r)| {
-            ovsdb::get_set(&r, "ports")
-                .iter()
-                .any(|p| ovsdb::uuid_of(p) == Some(port_uuid))
-                .then(|| self.network_from_row(&u, &r))
+    /// The network whose switch holds port `port_uuid` (index lookup).
+    fn network_of_port(&self, view: &CacheView, port_uuid: &str) -> Option<Network> {
+        view.lookup(&LS_BY_PORT, port_uuid)
+            .first()
+            .map(|(u, r)| self.network_from_row(u, r))
+    }
+
+    /// The first port of `rows` that has a name, with its network.
+    fn first_port<'a>(
+        &self,
+        view: &CacheView,
+        rows: impl IntoIterator<Item = (&'a String, &'a Row)>,
+    ) -> Option<LogicalPort> {
+        rows.into_iter().find_map(|(u, r)| {
+            let net = self.network_of_port(view, u);
+            self.port_from_row(r, net.as_ref())
         })
     }
 
-    fn lsp_rows_named(&self, name: &str) -> Vec<(String, Row)> {
-        self.cache
-            .rows(LSP)
+    /// Ports marked as this host's and Courier's, with their networks.
+    fn owned_ports_in(&self, view: &CacheView) -> Vec<LogicalPort> {
+        view.lookup(&LSP_BY_HOST, &self.host)
             .into_iter()
-            .filter(|(_, r)| ovsdb::get_str(r, "name") == Some(name))
+            .filter(|(_, r)| {
+                let ext = ovsdb::get_map(r, "external_ids");
+                ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
+                    && ext.get(marks::HOST) == Some(&self.host)
+            })
+            .filter_map(|(u, r)| {
+                let net = self.network_of_port(view, u);
+                self.port_from_row(r, net.as_ref())
+            })
             .collect()
     }
 
     /// Which port on `switch` already uses an address word (IP or MAC) for which `is` holds.
     fn address_user(&self, switch: &Row, is: impl Fn(&str) -> bool) -> Option<String> {
-        let ports: Vec<String> = ovsdb::get_set(switch, "ports")
-            .iter()
-            .filter_map(|v| ovsdb::uuid_of(v).map(String::from))
-            .collect();
-        ports.iter().find_map(|u| {
-            let row = self.cache.row(LSP, u)?;
-            let mut addrs = ovsdb::get_str_set(&row, "addresses");
-            if let Some(d) = ovsdb::get_str(&row, "dynamic_addresses") {
-                addrs.push(d.to_string());
-            }
-            addrs
-                .iter()
-                .any(|a| a.split_whitespace().any(&is))
-                .then(|| ovsdb::get_str(&row, "name").unwrap_or("?").to_string())
+        let ports = ovsdb::get_set(switch, "ports");
+        self.cache.view(|view| {
+            ports.iter().filter_map(ovsdb::uuid_of).find_map(|u| {
+                let row = view.row(LSP, u)?;
+                let dynamic = ovsdb::get_str(row, "dynamic_addresses");
+                ovsdb::get_str_set(row, "addresses")
+                    .iter()
+                    .map(String::as_str)
+                    .chain(dynamic)
+                    .any(|a| a.split_whitespace().any(&is))
+                    .then(|| ovsdb::get_str(row, "name").unwrap_or("?").to_string())
+            })
         })
     }
 }
@@ -602,27 +624,13 @@ impl Backend for OvnBackend {
     }
 
     async fn port(&self, name: &str) -> Result<Option<LogicalPort>> {
-        Ok(self.lsp_rows_named(name).into_iter().find_map(|(u, r)| {
-            let net = self.network_of_port(&u);
-            self.port_from_row(&r, net.as_ref())
-        }))
+        Ok(self
+            .cache
+            .view(|v| self.first_port(v, v.lookup(&LSP_BY_NAME, name))))
     }
 
     async fn owned_ports(&self) -> Result<Vec<LogicalPort>> {
-        Ok(self
-            .cache
-            .rows(LSP)
-            .into_iter()
-            .filter(|(_, r)| {
-                let ext = ovsdb::get_map(r, "external_ids");
-                ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
-                    && ext.get(marks::HOST) == Some(&self.host)
-            })
-            .filter_map(|(u, r)| {
-                let net = self.network_of_port(&u);
-                self.port_from_row(&r, net.as_ref())
-            })
-            .collect())
+        Ok(self.cache.view(|v| self.owned_ports_in(v)))
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::cache::{Cache, Index};
 use crate::framing::Framer;
 use crate::ops::{Op, OpResult};
 use crate::value::Row;
@@ -104,7 +105,7 @@ struct MonitorReg {
 }
 
 pub(crate) struct CacheState {
-    tables: RwLock<Tables>,
+    tables: RwLock<Cache>,
     generation: watch::Sender<u64>,
 }
 
@@ -264,6 +265,17 @@ impl Client {
     /// Starts a monitor on `tables` (column lists; empty = all columns) and returns its cache,
     /// which follows the server from then on, across reconnects.
     pub async fn monitor(&self, db: &str, tables: &[(&str, &[&str])]) -> Result<Monitor, Error> {
+        self.monitor_indexed(db, tables, &[]).await
+    }
+
+    /// [`Client::monitor`] whose cache also keeps `indexes`, for [`Monitor::lookup`] and
+    /// [`CacheView::lookup`]. An indexed column must be among the monitored ones.
+    pub async fn monitor_indexed(
+        &self,
+        db: &str,
+        tables: &[(&str, &[&str])],
+        indexes: &[Index],
+    ) -> Result<Monitor, Error> {
         let mut requests = serde_json::Map::new();
         for (table, cols) in tables {
             let req = if cols.is_empty() {
@@ -280,7 +292,7 @@ impl Client {
         );
         let (generation, _) = watch::channel(0u64);
         let cache = Arc::new(CacheState {
-            tables: RwLock::new(HashMap::new()),
+            tables: RwLock::new(Cache::new(indexes)),
             generation,
         });
         let established = Arc::new(AtomicBool::new(false));
@@ -355,8 +367,7 @@ impl CacheState {
     fn replace(&self, updates: &Value) {
         {
             let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-            t.clear();
-            apply_updates(&mut t, updates);
+            t.replace(updates);
         }
         self.bump();
     }
@@ -364,7 +375,7 @@ impl CacheState {
     fn update(&self, updates: &Value) {
         {
             let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-            apply_updates(&mut t, updates);
+            t.apply(updates);
         }
         self.bump();
     }
@@ -406,31 +417,74 @@ pub struct Monitor {
 
 /// Read access to the monitored tables inside [`Monitor::wait_for`].
 pub struct CacheView<'a> {
-    tables: &'a Tables,
+    tables: &'a Cache,
 }
 
-impl CacheView<'_> {
-    pub fn rows(&self, table: &str) -> impl Iterator<Item = (&String, &Row)> {
-        self.tables.get(table).into_iter().flat_map(|t| t.iter())
+impl<'a> CacheView<'a> {
+    /// Every row of `table` (a scan: prefer [`CacheView::lookup`] or [`CacheView::row`]).
+    pub fn rows(&self, table: &str) -> impl Iterator<Item = (&'a String, &'a Row)> {
+        self.tables.rows(table)
     }
 
-    pub fn row(&self, table: &str, uuid: &str) -> Option<&Row> {
-        self.tables.get(table).and_then(|t| t.get(uuid))
+    pub fn row(&self, table: &str, uuid: &str) -> Option<&'a Row> {
+        self.tables.row(table, uuid)
+    }
+
+    /// The rows of `index.table()` filed under `key` in `index`, in uuid order, without
+    /// copying. Costs a hash probe plus the answer when the monitor declared `index`; an
+    /// undeclared index gives the same answer by scanning the table.
+    pub fn lookup(&self, index: &Index, key: &str) -> Vec<(&'a String, &'a Row)> {
+        self.tables.lookup(index, key)
     }
 }
 
 impl Monitor {
-    /// Snapshot of a table's rows.
+    /// Snapshot of a table's rows (copies the whole table: prefer [`Monitor::lookup`],
+    /// [`Monitor::row`] or [`Monitor::view`]).
     pub fn rows(&self, table: &str) -> Vec<(String, Row)> {
         let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
-        t.get(table)
-            .map(|rows| rows.iter().map(|(u, r)| (u.clone(), r.clone())).collect())
-            .unwrap_or_default()
+        t.rows(table).map(|(u, r)| (u.clone(), r.clone())).collect()
     }
 
     pub fn row(&self, table: &str, uuid: &str) -> Option<Row> {
         let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
-        t.get(table).and_then(|rows| rows.get(uuid)).cloned()
+        t.row(table, uuid).cloned()
+    }
+
+    /// Copies of the rows [`CacheView::lookup`] finds.
+    pub fn lookup(&self, index: &Index, key: &str) -> Vec<(String, Row)> {
+        let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
+        t.lookup(index, key)
+            .into_iter()
+            .map(|(u, r)| (u.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Runs `f` on the cache as it is now, under its read lock (so `f` must be quick and must
+    /// not wait): several lookups see one consistent state and nothing is copied.
+    pub fn view<T>(&self, f: impl FnOnce(&CacheView) -> T) -> T {
+        let t = self.cache.tables.read().unwrap_or_else(|p| p.into_inner());
+        f(&CacheView { tables: &t })
+    }
+
+    /// A monitor that never talks to a server, filled from <table-updates> `updates` (for
+    /// benchmarks and tests; a real one comes from [`Client::monitor_indexed`]).
+    #[doc(hidden)]
+    pub fn from_updates(indexes: &[Index], updates: &Value) -> Monitor {
+        let (generation, _) = watch::channel(0u64);
+        let cache = Arc::new(CacheState {
+            tables: RwLock::new(Cache::new(indexes)),
+            generation,
+        });
+        cache.replace(updates);
+        Monitor { cache }
+    }
+
+    /// Applies an "update" notification's <table-updates> as the session would (benchmarks
+    /// and tests).
+    #[doc(hidden)]
+    pub fn apply_updates(&self, updates: &Value) {
+        self.cache.update(updates);
     }
 
     /// Waits until `pred` returns Some on the cache (checked now and after every update).

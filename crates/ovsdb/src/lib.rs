@@ -11,11 +11,13 @@
 //! waiting on it then fail with [`Error::Disconnected`] and the session reconnects.
 //! [`Monitor::wait_for`] takes its own timeout.
 
+mod cache;
 mod client;
 mod framing;
 mod ops;
 mod value;
 
+pub use cache::Index;
 pub use client::{CacheView, Client, ClientOptions, Monitor};
 pub use ops::{Condition, Mutation, Op, OpResult, WaitUntil};
 pub use value::{

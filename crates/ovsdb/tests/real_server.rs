@@ -378,3 +378,88 @@ async fn reconnects_and_rebuilds_monitors() {
         .arg("start")
         .output();
 }
+
+/// An indexed monitor follows inserts, a rename (key change), a map-key change, a port joining
+/// a switch's `ports` set, and deletes made by someone else.
+#[tokio::test]
+async fn indexed_monitor_follows_changes_made_by_others() {
+    if !ready("indexed_monitor_follows_changes_made_by_others") {
+        return;
+    }
+    const LS_NAME: Index = Index::new("Logical_Switch", "name");
+    const LS_PORTS: Index = Index::new("Logical_Switch", "ports");
+    const LS_MARK: Index = Index::map_key("Logical_Switch", "external_ids", "ovsdbtest");
+    const LSP_NAME: Index = Index::new("Logical_Switch_Port", "name");
+    let c = Client::connect(NB).await.unwrap();
+    let m = c
+        .monitor_indexed(
+            "OVN_Northbound",
+            &[
+                ("Logical_Switch", &["name", "ports", "external_ids"][..]),
+                ("Logical_Switch_Port", &["name"][..]),
+            ],
+            &[LS_NAME, LS_PORTS, LS_MARK, LSP_NAME],
+        )
+        .await
+        .unwrap();
+    let (ls, ls2, lsp) = (name("idx"), name("idx2"), name("idx-p"));
+    let mark = format!("m{}", std::process::id());
+    let wait = |f: Box<dyn Fn(&CacheView) -> bool + Send>| {
+        let m = m.clone();
+        async move {
+            m.wait_for(Duration::from_secs(5), |v| f(v).then_some(()))
+                .await
+        }
+    };
+    nbctl(&[
+        "ls-add",
+        &ls,
+        "--",
+        "set",
+        "Logical_Switch",
+        &ls,
+        &format!("external_ids:ovsdbtest={mark}"),
+    ]);
+    let (l, mk) = (ls.clone(), mark.clone());
+    wait(Box::new(move |v| {
+        v.lookup(&LS_NAME, &l).len() == 1 && v.lookup(&LS_MARK, &mk).len() == 1
+    }))
+    .await
+    .expect("insert indexed");
+    let ls_uuid = m.lookup(&LS_NAME, &ls)[0].0.clone();
+
+    nbctl(&["lsp-add", &ls, &lsp]);
+    let (p, u) = (lsp.clone(), ls_uuid.clone());
+    wait(Box::new(move |v| {
+        v.lookup(&LSP_NAME, &p)
+            .first()
+            .is_some_and(|(pu, _)| v.lookup(&LS_PORTS, pu).first().map(|s| s.0) == Some(&u))
+    }))
+    .await
+    .expect("port's switch found through the ports index");
+
+    nbctl(&["set", "Logical_Switch", &ls, &format!("name={ls2}")]);
+    nbctl(&[
+        "remove",
+        "Logical_Switch",
+        &ls2,
+        "external_ids",
+        "ovsdbtest",
+    ]);
+    let (l, l2, mk) = (ls.clone(), ls2.clone(), mark.clone());
+    wait(Box::new(move |v| {
+        v.lookup(&LS_NAME, &l).is_empty()
+            && v.lookup(&LS_NAME, &l2).len() == 1
+            && v.lookup(&LS_MARK, &mk).is_empty()
+    }))
+    .await
+    .expect("rename and mark removal re-filed");
+
+    nbctl(&["ls-del", &ls2]);
+    let (l2, p) = (ls2.clone(), lsp.clone());
+    wait(Box::new(move |v| {
+        v.lookup(&LS_NAME, &l2).is_empty() && v.lookup(&LSP_NAME, &p).is_empty()
+    }))
+    .await
+    .expect("deletes unfiled");
+}
