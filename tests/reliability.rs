@@ -167,7 +167,8 @@ fn one_bad_record_or_failing_rollback_never_stops_the_node() {
     );
 }
 
-/// Item 2, the race: reconcile lists (old netns gone), then — before it acts — the container is
+/// Item 2, the race: reconcile picks the attachment (its netns is gone) from its unlocked
+/// snapshot, then — before it acts — the container is
 /// restarted the way podman does it (DEL, then ADD with the same id and ifname and a new
 /// namespace at the same path). The restarted container keeps its interface. Without the
 /// re-check under the lock on the same generation, the stale decision detached it.
@@ -179,7 +180,7 @@ fn restarted_container_survives_reconcile_on_an_old_snapshot() {
     let d = TestDaemon::start_with(
         "rel-restart",
         &[
-            ("COURIER_PAUSE_AT", "reconcile-after-list"),
+            ("COURIER_PAUSE_AT", "reconcile-before-detach"),
             ("COURIER_PAUSE_MS", "2500"),
         ],
     );
@@ -189,10 +190,6 @@ fn restarted_container_survives_reconcile_on_an_old_snapshot() {
     let ns = Netns::new("rel-restart");
     let (code, out) = d.cni("ADD", "ctr", &ns.path(), "eth0", &conf);
     assert_eq!(code, 0, "{out}");
-    // Let the start-up pass (it pauses too) finish first.
-    assert!(eventually(Duration::from_secs(10), || pauses(&d) >= 1));
-    std::thread::sleep(Duration::from_millis(2700));
-
     // The container's netns goes away behind our back (its pod is being restarted).
     sh_ok("ip", &["netns", "del", &ns.name]);
     let socket = d.socket.clone();
@@ -205,8 +202,8 @@ fn restarted_container_survives_reconcile_on_an_old_snapshot() {
             .expect("curl")
     });
     assert!(
-        eventually(Duration::from_secs(10), || pauses(&d) >= 2),
-        "reconcile did not reach its pause"
+        eventually(Duration::from_secs(10), || pauses(&d) >= 1),
+        "reconcile did not pick the attachment as a forgotten DEL"
     );
     // Inside the window: DEL, then ADD of the same container with a new netns at the same path.
     let (code, out) = d.cni("DEL", "ctr", &ns.path(), "eth0", &conf);
@@ -268,11 +265,11 @@ fn an_error_that_cannot_tell_never_detaches_a_live_container() {
     );
     assert!(lowered.elapsed() >= Duration::from_secs(3));
     let log = d.log();
+    assert!(ns.has_link("eth0"), "live container was detached:\n{log}");
     assert!(
         log.contains("cannot tell whether the netns still exists"),
         "the reconcile passes did run into EMFILE:\n{log}"
     );
-    assert!(ns.has_link("eth0"), "live container was detached:\n{log}");
     let (code, out) = d.cni("CHECK", "busy", &ns.path(), "eth0", &conf);
     assert_eq!(code, 0, "{out}");
     assert_eq!(d.store().len(), 1);
