@@ -257,8 +257,10 @@ mod tests {
     #[tokio::test]
     async fn socket_is_born_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.socket = dir.path().join("api.sock");
+        let config = Config {
+            socket: dir.path().join("api.sock"),
+            ..Default::default()
+        };
         let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
         ino.add_watch(
             dir.path(),

@@ -49,7 +49,7 @@ pub struct Listing {
 #[derive(Debug)]
 pub enum Slot {
     Absent,
-    Record(Attachment),
+    Record(Box<Attachment>),
     Undecodable(Undecodable),
 }
 
@@ -182,7 +182,7 @@ impl Store {
             Ok(
                 match t.get(id.as_str()).map_err(|e| store_err("read", e))? {
                     Some(v) => match decode_record(&id, v.value()) {
-                        Ok(a) => Slot::Record(a),
+                        Ok(a) => Slot::Record(Box::new(a)),
                         Err(u) => Slot::Undecodable(u),
                     },
                     None => Slot::Absent,
@@ -196,7 +196,7 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<Attachment>> {
         match self.slot(id).await? {
             Slot::Absent => Ok(None),
-            Slot::Record(a) => Ok(Some(a)),
+            Slot::Record(a) => Ok(Some(*a)),
             Slot::Undecodable(u) => Err(Error::Store(format!(
                 "attachment record {} cannot be read ({}); it is kept aside untouched: see `courier status`",
                 u.id, u.error
