@@ -33,7 +33,7 @@ pub struct OvnConfig {
     pub ovs_remote: String,
     /// Integration bridge that ovn-controller manages.
     pub bridge: String,
-    /// How long to wait for OVN to report a plugged port up.
+    /// How long to wait for ovn-controller to install a plugged port's flows (`ovn-installed`).
     pub port_up_timeout_ms: u64,
     /// MTU of container interfaces (both veth ends). Unset: the kernel's default (1500).
     /// Multi-node OVN over geneve needs room for the tunnel header, e.g. 1400.

@@ -6,7 +6,8 @@
 //!   a test can act in that window (kill the client, DEL + ADD a container, ...).
 //!
 //! Steps: after-intent, after-port, after-veth, after-ovs-port, after-plug, after-up,
-//! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, reconcile-after-list.
+//! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, reconcile-before-detach (a forgotten-DEL candidate was picked from the
+//! unlocked snapshot; the lock is not taken yet).
 
 #[cfg(feature = "test-hooks")]
 pub async fn point(step: &str) {

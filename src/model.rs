@@ -41,6 +41,8 @@ pub struct LogicalPort {
     /// Addresses with the subnet's prefix length.
     pub ips: Vec<IpNet>,
     pub gateway: Option<IpAddr>,
+    /// The backend's own "up" as last read (OVN NB `up`). Readiness is not this: the attach
+    /// waits for the edge (`ovn-installed` on the OVS Interface), and NB `up` may lag it.
     pub up: bool,
     /// Courier attachment that owns it, from the backend's ownership marks.
     pub attachment: Option<String>,
@@ -113,9 +115,9 @@ pub enum Phase {
     Intent,
     /// Logical port exists (its name and addresses are recorded); edge being plugged.
     PortCreated,
-    /// Edge plugged (veth + vswitch port); waiting for the backend to report the port up.
+    /// Edge plugged (veth + vswitch port); waiting for the edge to be ready (`ovn-installed`).
     Plugged,
-    /// Complete: the container has its interface and the port is up.
+    /// Complete: the container has its interface and ovn-controller installed its flows.
     Ready,
     /// Detach under way: resources are being removed.
     Detaching,

@@ -99,7 +99,6 @@ pub async fn run(
                     "store record cannot be read; kept aside, and what it may describe is spared");
             }
             report.undecodable = listing.undecodable;
-            hooks::point("reconcile-after-list").await;
             for att in listing.attachments {
                 if att.phase != Phase::Ready {
                     let r = roll_back_leftover(attacher, &att).await;
@@ -111,6 +110,7 @@ pub async fn run(
                             "cannot tell whether the netns still exists; keeping the attachment");
                     } else if probe.certainly_gone(att.netns_inode) {
                         // Decided on the snapshot only as a hint; re-made under the lock.
+                        hooks::point("reconcile-before-detach").await;
                         let r = attacher
                             .detach_forgotten(&att)
                             .await

@@ -203,7 +203,8 @@ fn restarted_container_survives_reconcile_on_an_old_snapshot() {
     });
     assert!(
         eventually(Duration::from_secs(10), || pauses(&d) >= 1),
-        "reconcile did not pick the attachment as a forgotten DEL"
+        "reconcile did not pick the attachment as a forgotten DEL\n{}",
+        d.log()
     );
     // Inside the window: DEL, then ADD of the same container with a new netns at the same path.
     let (code, out) = d.cni("DEL", "ctr", &ns.path(), "eth0", &conf);
