@@ -188,16 +188,7 @@ impl Vswitch {
         // wait makes "still ours" part of the same transaction.
         let mut ops = Vec::new();
         for u in &uuids {
-            let mut cond = owned();
-            cond.push(Condition::eq("_uuid", ovsdb::uuid(u)));
-            ops.push(Op::wait(
-                "Port",
-                cond,
-                &["_uuid"],
-                ovsdb::WaitUntil::Equal,
-                vec![json!({"_uuid": ovsdb::uuid(u)})],
-                Some(0),
-            ));
+            ops.push(Op::assert_row("Port", u, owned()));
             ops.push(Op::mutate(
                 "Bridge",
                 vec![Condition::includes("ports", ovsdb::uuid(u))],

@@ -595,16 +595,7 @@ impl Backend for OvnBackend {
         }
         let mut ops = Vec::new();
         for u in &uuids {
-            let mut cond = owned();
-            cond.push(Condition::eq("_uuid", ovsdb::uuid(u)));
-            ops.push(Op::wait(
-                LSP,
-                cond,
-                &["_uuid"],
-                ovsdb::WaitUntil::Equal,
-                vec![json!({"_uuid": ovsdb::uuid(u)})],
-                Some(0),
-            ));
+            ops.push(Op::assert_row(LSP, u, owned()));
             ops.push(Op::mutate(
                 LS,
                 vec![Condition::includes("ports", ovsdb::uuid(u))],

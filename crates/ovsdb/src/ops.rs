@@ -126,6 +126,21 @@ impl Op {
         Op { json }
     }
 
+    /// Fails the whole transaction unless row `uuid` of `table` exists now and matches
+    /// `conditions` too (e.g. still carries an owner mark): a `wait` with timeout 0, to make a
+    /// check part of the transaction that acts on it.
+    pub fn assert_row(table: &str, uuid: &str, mut conditions: Vec<Condition>) -> Op {
+        conditions.push(Condition::eq("_uuid", crate::value::uuid(uuid)));
+        Op::wait(
+            table,
+            conditions,
+            &["_uuid"],
+            WaitUntil::Equal,
+            vec![json!({"_uuid": crate::value::uuid(uuid)})],
+            Some(0),
+        )
+    }
+
     pub fn comment(text: &str) -> Op {
         Op {
             json: json!({"op": "comment", "comment": text}),
@@ -263,6 +278,13 @@ mod tests {
         assert_eq!(
             Op::comment("hi").to_json(),
             &json!({"op":"comment","comment":"hi"})
+        );
+        assert_eq!(
+            Op::assert_row("LSP", "u1", vec![Condition::eq("name", json!("p"))]).to_json(),
+            &json!({"op": "wait", "table": "LSP",
+                "where": [["name", "==", "p"], ["_uuid", "==", ["uuid", "u1"]]],
+                "columns": ["_uuid"], "until": "==", "rows": [{"_uuid": ["uuid", "u1"]}],
+                "timeout": 0})
         );
         assert_eq!(Op::insert("LSP", json!({})).describe(), "insert LSP");
         assert_eq!(Op::comment("x").describe(), "comment");
