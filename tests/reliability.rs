@@ -650,3 +650,91 @@ fn periodic_reconcile_sweeps_without_being_asked() {
     );
     d.cli(&["network", "delete", &net]);
 }
+
+/// Sends SIGCONT to a stopped process when dropped (also when the test panics).
+struct Continue(String);
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// Item 8: the record reports NB `up` as observed, not "true" by assumption. ovn-northd is
+/// frozen (SIGSTOP — host-wide, for about two seconds) after it made the port's SB binding, so
+/// ovn-controller still installs the flows (the attach completes on `ovn-installed`) but NB `up`
+/// stays false: the attachment must say false. Once northd runs again, `port list` shows true.
+#[test]
+fn port_up_is_what_was_observed() {
+    if !hooks_ready("port_up_is_what_was_observed") {
+        return;
+    }
+    let d = TestDaemon::start_with(
+        "rel-up",
+        &[
+            ("COURIER_PAUSE_AT", "after-port"),
+            ("COURIER_PAUSE_MS", "1500"),
+        ],
+    );
+    let net = unique("rel-up");
+    d.create_network(&net, &subnet_for(49));
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("rel-up");
+    let socket = d.socket.clone();
+    let nspath = ns.path();
+    let add = std::thread::spawn(move || {
+        let conf = json!({"cniVersion": "1.1.0", "name": net, "type": "courier", "socket": socket})
+            .to_string();
+        cni_exec("ADD", "upc", &nspath, "eth0", &conf, &[])
+    });
+    assert!(eventually(Duration::from_secs(10), || pauses(&d) >= 1));
+    let port = owned(&d)
+        .lsps
+        .into_iter()
+        .next()
+        .expect("port exists mid-ADD");
+    assert!(
+        eventually(Duration::from_secs(5), || !sh_ok(
+            "ovn-sbctl",
+            &[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                "Port_Binding",
+                &format!("logical_port={port}")
+            ]
+        )
+        .trim()
+        .is_empty()),
+        "northd made no SB binding"
+    );
+    let pid = std::fs::read_to_string("/var/run/ovn/ovn-northd.pid")
+        .unwrap()
+        .trim()
+        .to_string();
+    sh_ok("kill", &["-STOP", &pid]);
+    let thawed = Continue(pid);
+    let (code, out) = add.join().unwrap();
+    assert_eq!(code, 0, "{out}\n{}", d.log());
+    let nb_up = nbctl(&["get", "Logical_Switch_Port", &port, "up"]);
+    let rec = d
+        .store()
+        .into_iter()
+        .find(|a| a["container_id"] == "upc")
+        .unwrap();
+    assert_eq!(nb_up.trim(), "false", "NB up while northd is frozen");
+    assert_eq!(rec["port"]["up"], false, "the record claims up: {rec}");
+    drop(thawed);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let v: Value = serde_json::from_slice(&d.cli(&["port", "list", "--json"]).stdout)
+                .unwrap_or_default();
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == port.as_str() && p["up"] == true)
+        }),
+        "port list never showed the port up"
+    );
+    let (code, _) = d.cni("DEL", "upc", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+}
