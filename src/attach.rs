@@ -17,19 +17,22 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::{Backend, PortRequest};
+use crate::backend::{Backend, OwnerMark, PortRef, PortRequest};
 use crate::binding::EdgeBinding;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::metrics::Metrics;
-use crate::model::{validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Phase};
+use crate::model::{
+    validate_ifname, AttachRequest, Attachment, AttachmentKey, LogicalPort, Network, Phase,
+};
+use crate::registry::Registry;
 use crate::state::Store;
 
 pub struct Attacher {
     pub metrics: Arc<Metrics>,
     pub store: Store,
-    pub backend: Arc<dyn Backend>,
-    pub binding: Arc<dyn EdgeBinding>,
+    /// Every backend and binding; each attachment uses the ones its record names.
+    pub registry: Arc<Registry>,
     pub port_up_timeout: Duration,
     /// This host's ownership mark; part of every attachment id.
     pub host: String,
@@ -48,16 +51,14 @@ pub enum Forgotten {
 impl Attacher {
     pub fn new(
         store: Store,
-        backend: Arc<dyn Backend>,
-        binding: Arc<dyn EdgeBinding>,
+        registry: Arc<Registry>,
         port_up_timeout: Duration,
         host: &str,
     ) -> Self {
         Attacher {
             metrics: Arc::new(Metrics::default()),
             store,
-            backend,
-            binding,
+            registry,
             port_up_timeout,
             host: host.to_string(),
             locks: KeyedLocks::default(),
@@ -121,9 +122,13 @@ impl Attacher {
         if let Some(mac) = &req.mac {
             crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
         }
-        let mut att = Attachment::new(req, &self.host);
-        let _guard = self.lock_for(&att.key()).await;
-        if let Some(existing) = self.record(&att.key()).await? {
+        let key = AttachmentKey {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+        };
+        let binding = self.registry.binding(req.binding.as_deref())?.clone();
+        let _guard = self.lock_for(&key).await;
+        if let Some(existing) = self.record(&key).await? {
             if existing.phase == Phase::Ready {
                 return Err(Error::AlreadyAttached {
                     container_id: existing.container_id,
@@ -136,15 +141,19 @@ impl Attacher {
             tracing::info!(attachment = %existing.id, phase = ?existing.phase, "undoing a leftover before attaching again");
             self.roll_back(&existing).await?;
         }
-        self.backend.network(&req.network).await?;
+        let (backend, network) = self.registry.network(&req.network).await?;
+        let id = self.id_of(&key);
+        let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id));
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
-        self.binding.validate(&att).await?;
+        binding.validate(&att).await?;
 
         // 2. Intent: durable before anything exists; the store gives it its generation.
         self.store.create(&mut att).await?;
         hooks::point("after-intent").await;
 
-        let result = self.attach_steps(&mut att).await;
+        let result = self
+            .attach_steps(&mut att, &*backend, &network, &*binding)
+            .await;
         match result {
             Ok(()) => Ok(att),
             Err(e) => {
@@ -157,22 +166,31 @@ impl Attacher {
         }
     }
 
-    async fn attach_steps(&self, att: &mut Attachment) -> Result<()> {
+    async fn attach_steps(
+        &self,
+        att: &mut Attachment,
+        backend: &dyn Backend,
+        network: &Network,
+        binding: &dyn EdgeBinding,
+    ) -> Result<()> {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         // 3. Logical attachment: the backend creates the port and assigns its addresses.
-        let port = self
-            .backend
-            .create_port(
-                &att.network,
-                &PortRequest {
-                    name: att.port_name.clone(),
-                    attachment_id: att.id.clone(),
-                    ip: att.requested_ip,
-                    mac: att.requested_mac.clone(),
-                },
-            )
-            .await?;
+        let req = PortRequest {
+            name: att.port_name.clone(),
+            network: network.clone(),
+            owner: OwnerMark {
+                host: self.host.clone(),
+                attachment: att.id.clone(),
+            },
+            ips: att.requested_ip.into_iter().collect(),
+            mac: att.requested_mac.clone(),
+        };
+        let port = backend
+            .create_ports(std::slice::from_ref(&req))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal(format!("backend made no port {}", req.name)))?;
         let port_ms = ms(t0);
         att.port = Some(port.clone());
         att.phase = Phase::PortCreated;
@@ -182,7 +200,7 @@ impl Attacher {
         let t1 = std::time::Instant::now();
 
         // 4. Edge binding: interface in the netns, bound to the logical port.
-        self.binding.plug(att, &port).await?;
+        binding.plug(att, &port).await?;
         let plug_ms = ms(t1);
         att.phase = Phase::Plugged;
         self.store.note(att).await?;
@@ -190,12 +208,12 @@ impl Attacher {
         let t2 = std::time::Instant::now();
 
         // 5. Wait until the data plane forwards for it (OVS: ovn-controller set ovn-installed).
-        self.binding.wait_ready(att, self.port_up_timeout).await?;
+        binding.wait_ready(att, self.port_up_timeout).await?;
         let up_ms = ms(t2);
         hooks::point("after-up").await;
         // Report what the backend says of the port now (NB `up` may lag ovn-installed).
-        if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), self.backend.port(&port.name).await)
-        {
+        let live = backend.port(&port_ref(att)).await;
+        if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), live) {
             p.up = live.up;
         }
         att.phase = Phase::Ready;
@@ -211,9 +229,16 @@ impl Attacher {
     /// the record. Best effort: every step runs, every error is reported, and the record stays
     /// (for reconcile) unless everything went.
     pub async fn roll_back(&self, att: &Attachment) -> Result<()> {
-        let mut errors = self.binding.unplug(att).await;
+        let mut errors = match self.registry.binding(Some(att.edge.kind())) {
+            Ok(b) => b.unplug(att).await,
+            Err(e) => vec![e],
+        };
         hooks::point("detach-after-unplug").await;
-        if let Err(e) = self.backend.delete_port(&att.port_name).await {
+        let deleted = match self.registry.backend(&att.backend) {
+            Ok(b) => b.delete_port(&port_ref(att), &self.host).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             errors.push(e);
         }
         hooks::point("detach-after-port").await;
@@ -246,20 +271,33 @@ impl Attacher {
             Some(att) => self.detach_locked(att).await.map(Some),
             None => {
                 // Nothing recorded: still undo what a crash before the intent's commit could
-                // have left under this key's names on this host.
-                let probe = Attachment::new(
-                    &AttachRequest {
-                        container_id: key.container_id.clone(),
-                        ifname: key.ifname.clone(),
-                        netns: String::new(),
-                        network: String::new(),
-                        ip: None,
-                        mac: None,
-                    },
-                    &self.host,
-                );
-                self.roll_back(&probe).await?;
-                Ok(None)
+                // have left under this key's derived names on this host, with every backend
+                // and binding (the record that would say which never became durable).
+                let id = self.id_of(key);
+                let req = AttachRequest {
+                    container_id: key.container_id.clone(),
+                    ifname: key.ifname.clone(),
+                    ..Default::default()
+                };
+                let mut errors = Vec::new();
+                for b in self.registry.bindings() {
+                    let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id));
+                    errors.extend(b.unplug(&probe).await);
+                }
+                let port = PortRef {
+                    id: None,
+                    name: crate::model::port_name(&id),
+                };
+                for b in self.registry.backends() {
+                    if let Err(e) = b.delete_port(&port, &self.host).await {
+                        errors.push(e);
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::Teardown { id, errors })
+                }
             }
         }
     }
@@ -340,9 +378,10 @@ impl Attacher {
             .port
             .clone()
             .ok_or_else(|| fail("no logical port recorded".into()))?;
-        let live: LogicalPort = self
-            .backend
-            .port(&att.port_name)
+        let backend = self.registry.backend(&att.backend)?;
+        let binding = self.registry.binding(Some(att.edge.kind()))?;
+        let live: LogicalPort = backend
+            .port(&port_ref(&att))
             .await?
             .ok_or_else(|| fail(format!("logical port {} is gone", att.port_name)))?;
         if live.mac != recorded.mac || live.ips != recorded.ips {
@@ -355,7 +394,7 @@ impl Attacher {
         if let Some(ns) = netns.filter(|n| !n.is_empty()) {
             asked.netns = ns.to_string();
         }
-        self.binding.check(&asked, &recorded).await?;
+        binding.check(&asked, &recorded).await?;
         Ok(att)
     }
 
@@ -399,6 +438,18 @@ impl Attacher {
 
     pub async fn list(&self) -> Result<crate::state::Listing> {
         self.store.list().await
+    }
+}
+
+/// The record's port: by the backend's id once known, else by the derived name.
+fn port_ref(att: &Attachment) -> PortRef {
+    PortRef {
+        id: att
+            .port
+            .as_ref()
+            .map(|p| p.id.clone())
+            .filter(|i| !i.is_empty()),
+        name: att.port_name.clone(),
     }
 }
 

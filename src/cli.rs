@@ -51,7 +51,7 @@ pub enum Cmd {
     Detach(DetachArgs),
     /// List attachments recorded on this host.
     Attachments,
-    /// Daemon, backend and vswitch health, and counts.
+    /// Daemon, backends' and bindings' health, counts, records kept aside, reconcile errors.
     Status,
     /// Run leak detection and repair now (the daemon also does it at start and periodically).
     Reconcile,
@@ -77,6 +77,9 @@ pub enum NetworkCmd {
         /// Addresses or A..B ranges the backend must not assign (repeatable, or space separated).
         #[arg(long, num_args = 1..)]
         exclude_ips: Vec<String>,
+        /// Backend that holds the network (default: the daemon's default; see `courier status`).
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// List networks.
     List,
@@ -112,6 +115,9 @@ pub struct AttachArgs {
     /// Container id to record (default: the netns path).
     #[arg(long)]
     pub container_id: Option<String>,
+    /// Edge binding for this interface (default: the daemon's default; see `courier status`).
+    #[arg(long)]
+    pub binding: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +197,7 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
             gateway,
             no_gateway,
             exclude_ips,
+            backend,
         }) => {
             let net: ipnet::Ipv4Net = subnet.parse().map_err(|_| {
                 format!("--subnet {subnet:?} is not an IPv4 CIDR such as 10.9.0.0/24")
@@ -211,7 +218,9 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                 s,
                 "POST",
                 "/v1/networks",
-                Some(json!({"name": name, "subnet": net, "gateway": gw, "exclude_ips": excludes})),
+                Some(
+                    json!({"name": name, "subnet": net, "gateway": gw, "exclude_ips": excludes, "backend": backend}),
+                ),
             )?;
             out(&v, &|v| {
                 println!(
@@ -225,13 +234,14 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
             let v = call(s, "GET", "/v1/networks", None)?;
             out(&v, &|v| {
                 println!(
-                    "{:<24} {:<18} {:<15} {:>5}",
-                    "NAME", "SUBNET", "GATEWAY", "PORTS"
+                    "{:<24} {:<8} {:<18} {:<15} {:>5}",
+                    "NAME", "BACKEND", "SUBNET", "GATEWAY", "PORTS"
                 );
                 for n in v.as_array().into_iter().flatten() {
                     println!(
-                        "{:<24} {:<18} {:<15} {:>5}",
+                        "{:<24} {:<8} {:<18} {:<15} {:>5}",
                         n["name"].as_str().unwrap_or(""),
+                        n["backend"].as_str().unwrap_or(""),
                         n["subnet"].as_str().unwrap_or("-"),
                         n["gateway"].as_str().unwrap_or("-"),
                         n["ports"]
@@ -290,6 +300,7 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                     "network": a.network,
                     "ip": ip,
                     "mac": a.mac,
+                    "binding": a.binding,
                 })),
             )?;
             out(&v, &|v| {
@@ -347,49 +358,44 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
         Cmd::Status => {
             let v = call(s, "GET", "/v1/status", None)?;
             out(&v, &|v| {
-                let yes = |b: &Value| {
-                    if b.as_bool() == Some(true) {
-                        "reachable"
-                    } else {
-                        "UNREACHABLE"
-                    }
-                };
                 println!(
                     "daemon:      running (version {}, up {} s, host {})",
                     v["version"].as_str().unwrap_or("?"),
                     v["uptime_secs"],
                     v["host"].as_str().unwrap_or("?")
                 );
-                println!(
-                    "backend:     {} {}{}",
-                    v["backend"].as_str().unwrap_or("?"),
-                    yes(&v["backend_reachable"]),
-                    v["backend_error"]
-                        .as_str()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                );
-                println!("binding:     {}", v["binding"].as_str().unwrap_or("?"));
-                println!(
-                    "vswitch:     {}{}",
-                    yes(&v["vswitch_reachable"]),
-                    v["vswitch_error"]
-                        .as_str()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                );
-                println!(
-                    "edge:        {}{}",
-                    if v["edge_ready"].as_bool() == Some(true) {
-                        "ready"
-                    } else {
-                        "NOT READY"
-                    },
-                    v["edge_error"]
-                        .as_str()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                );
+                let health = |what: &str, h: &Value, ok: &str, bad: &str, default: &Value| {
+                    let name = h["name"].as_str().unwrap_or("?");
+                    println!(
+                        "{what:<12} {name}{} {}{}",
+                        if default.as_str() == Some(name) {
+                            " (default)"
+                        } else {
+                            ""
+                        },
+                        if h["ok"].as_bool() == Some(true) {
+                            ok
+                        } else {
+                            bad
+                        },
+                        h["error"]
+                            .as_str()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    );
+                };
+                for b in v["backends"].as_array().into_iter().flatten() {
+                    health(
+                        "backend:",
+                        b,
+                        "reachable",
+                        "UNREACHABLE",
+                        &v["default_backend"],
+                    );
+                }
+                for b in v["bindings"].as_array().into_iter().flatten() {
+                    health("binding:", b, "ready", "NOT READY", &v["default_binding"]);
+                }
                 println!("networks:    {}", v["networks"]);
                 println!(
                     "attachments: {} ({} ready)",
@@ -410,10 +416,13 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                     );
                 }
             });
-            if v["backend_reachable"].as_bool() != Some(true)
-                || v["vswitch_reachable"].as_bool() != Some(true)
-                || v["edge_ready"].as_bool() != Some(true)
-            {
+            let all_ok = ["backends", "bindings"].iter().all(|k| {
+                v[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|h| h["ok"].as_bool() == Some(true))
+            });
+            if !all_ok {
                 return Err("not everything is reachable".into());
             }
         }

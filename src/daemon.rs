@@ -15,32 +15,27 @@ use crate::binding::veth_ovs::VethOvs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::reconcile;
+use crate::registry::Registry;
 use crate::state::Store;
 use crate::vswitch::Vswitch;
 
 pub struct Daemon {
     pub config: Config,
     pub attacher: Arc<Attacher>,
-    pub vswitch: Arc<Vswitch>,
-    pub host_netlink: Arc<Netlink>,
     pub started: Instant,
     /// One reconcile pass at a time (start-up, periodic and requested ones queue).
     reconciling: tokio::sync::Mutex<()>,
     /// The last pass's report, for `courier status`.
     pub last_reconcile: std::sync::Mutex<Option<reconcile::Report>>,
+    /// Passes finished since start (the first is the start-up pass).
+    pub reconcile_passes: std::sync::atomic::AtomicU64,
 }
 
 impl Daemon {
     /// One reconcile pass. Never fails as a whole: each item's error is in the report.
     pub async fn reconcile(&self) -> reconcile::Report {
         let _one = self.reconciling.lock().await;
-        let report = reconcile::run(
-            &self.attacher,
-            &self.vswitch,
-            &self.host_netlink,
-            &self.config.host,
-        )
-        .await;
+        let report = reconcile::run(&self.attacher).await;
         let m = &self.attacher.metrics;
         m.repaired("rolled_back", report.rolled_back.len());
         m.repaired("detached_gone_netns", report.detached_gone_netns.len());
@@ -57,6 +52,8 @@ impl Daemon {
             .last_reconcile
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(kept);
+        self.reconcile_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         report
     }
 }
@@ -78,11 +75,7 @@ pub async fn run(config: Config) -> Result<()> {
     // once OVN is reachable, so CNI callers meanwhile get "try again later".
     let backend = Arc::new(
         retry_until_up("OVN Northbound", || {
-            OvnBackend::connect(
-                &config.ovn.nb_remote,
-                &config.host,
-                config.ovn.ovsdb_options(),
-            )
+            OvnBackend::connect(&config.ovn.nb_remote, config.ovn.ovsdb_options())
         })
         .await?,
     );
@@ -107,21 +100,20 @@ pub async fn run(config: Config) -> Result<()> {
         &config.host,
         &config.ovn.controller_ctl,
     ));
+    let registry = Arc::new(Registry::new(vec![backend], vec![binding]));
     let attacher = Arc::new(Attacher::new(
         store,
-        backend,
-        binding,
+        registry,
         config.ovn.port_up_timeout(),
         &config.host,
     ));
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         attacher,
-        vswitch,
-        host_netlink,
         started: Instant::now(),
         reconciling: tokio::sync::Mutex::new(()),
         last_reconcile: std::sync::Mutex::new(None),
+        reconcile_passes: std::sync::atomic::AtomicU64::new(0),
     });
 
     // Serve first: the start-up reconcile runs beside the API. That is safe because every

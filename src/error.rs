@@ -43,6 +43,8 @@ pub enum Error {
     },
     #[error("OVN Northbound: {0}")]
     BackendState(String),
+    #[error("backend {backend} is unreachable: {detail}: try again later")]
+    BackendDown { backend: String, detail: String },
     #[error("local Open_vSwitch DB: {context}: {source}")]
     Vswitch {
         context: String,
@@ -128,6 +130,7 @@ impl Error {
                 code::TRY_AGAIN_LATER
             }
             Backend { .. } | BackendState(_) => code::BACKEND,
+            BackendDown { .. } => code::TRY_AGAIN_LATER,
             Vswitch { .. } | Netlink { .. } => code::EDGE,
             Timeout(_) => code::TRY_AGAIN_LATER,
             Store(_) => code::IO_FAILURE,
@@ -157,7 +160,7 @@ impl Error {
             | AlreadyAttached { .. }
             | AddressInUse { .. } => 409,
             CheckFailed { .. } => 412,
-            Timeout(_) | Unavailable(_) => 503,
+            Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
             Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => 503,
             Teardown { .. } if self.code() == code::TRY_AGAIN_LATER => 503,
             _ => 500,

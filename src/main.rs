@@ -17,6 +17,7 @@ mod model;
 mod netns;
 mod ovn_controller;
 mod reconcile;
+mod registry;
 mod state;
 mod vswitch;
 

@@ -35,6 +35,10 @@ pub struct Network {
 /// A port on a logical network; its addresses come from the backend (the IPAM).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogicalPort {
+    /// The backend's id of the port, and what the edge tells the virtual switch
+    /// (`iface-id`): OVN direct — the LSP name; Neutron — the port UUID.
+    #[serde(default)]
+    pub id: String,
     pub name: String,
     pub network: String,
     pub mac: String,
@@ -49,7 +53,7 @@ pub struct LogicalPort {
 }
 
 /// A request to give a container an interface on a network.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct AttachRequest {
     pub container_id: String,
     pub ifname: String,
@@ -60,6 +64,9 @@ pub struct AttachRequest {
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// Edge binding kind for this port (default: the daemon's default binding).
+    #[serde(default)]
+    pub binding: Option<String>,
 }
 
 /// Identifies an attachment: one interface of one container.
@@ -99,8 +106,10 @@ fn short_hash(parts: &[&str]) -> String {
 
 /// The record schema this daemon writes. 1: records written before the schema was versioned
 /// (no `schema` field, id without the host). 2: `schema`, `generation`, host in the id.
+/// 3: `backend`, `edge` (the binding's own state, tagged by kind) instead of `host_ifname`,
+/// `port.id`. Older records are migrated when read (`state::decode_record`).
 /// A daemon reads every schema up to its own; a newer record is kept aside, never guessed at.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 fn schema_1() -> u32 {
     1
@@ -139,11 +148,14 @@ pub struct Attachment {
     pub ifname: String,
     pub netns: String,
     pub network: String,
+    /// The backend that owns the port (`Backend::id`): detach, CHECK and reconcile use this one,
+    /// whatever the configuration says later.
+    pub backend: String,
     pub phase: Phase,
     /// Name of the logical port (derived from `id`).
     pub port_name: String,
-    /// Host-side interface name (derived from `id`).
-    pub host_ifname: String,
+    /// What the edge binding made (its kind names the binding), known before it makes it.
+    pub edge: EdgeState,
     #[serde(default)]
     pub port: Option<LogicalPort>,
     /// Identity of the netns at attach time (nsfs inode): a different namespace later found at
@@ -158,19 +170,43 @@ pub struct Attachment {
     pub created_at: u64,
 }
 
+/// What an edge binding made on this host for one attachment, recorded with the intent (names
+/// derive from the attachment id), so that it can be undone after a crash or a restart with the
+/// same binding. Later bindings add their variants (VLAN tag and parent, VF, pool slot).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EdgeState {
+    /// A veth pair whose host end `host_ifname` is a port of that name on the OVS bridge.
+    VethOvs { host_ifname: String },
+}
+
+impl EdgeState {
+    /// The binding kind that made it (`EdgeBinding::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EdgeState::VethOvs { .. } => "veth-ovs",
+        }
+    }
+
+    /// The host-side interface, if the edge has one.
+    pub fn host_ifname(&self) -> Option<&str> {
+        match self {
+            EdgeState::VethOvs { host_ifname } => Some(host_ifname),
+        }
+    }
+}
+
 impl Attachment {
-    /// A new intent for `req` on host `host` (generation 0 until the store assigns one).
-    pub fn new(req: &AttachRequest, host: &str) -> Self {
-        let key = AttachmentKey {
-            container_id: req.container_id.clone(),
-            ifname: req.ifname.clone(),
-        };
-        let id = key.id(host);
+    /// A new intent for `req` under attachment id `id` (see [`AttachmentKey::id`]), with a port
+    /// of `backend` and the edge its binding will make (generation 0 until the store assigns
+    /// one).
+    pub fn new(req: &AttachRequest, id: String, backend: &str, edge: EdgeState) -> Self {
         Attachment {
             schema: SCHEMA_VERSION,
             generation: 0,
             port_name: port_name(&id),
-            host_ifname: host_ifname(&id),
+            edge,
+            backend: backend.to_string(),
             id,
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),

@@ -7,10 +7,11 @@
 //!    forgotten DEL). The decision is re-made under the attachment's lock on the record as it is
 //!    then (same generation): a restarted container is never detached on an old snapshot, and
 //!    an error that cannot tell (EMFILE, EACCES) never counts as gone;
-//! 3. owned resources that no record references — logical ports and bridge ports marked with
-//!    this host, host veths named `cv<id>`/`cp<id>` whose alias is `courier:<host>:<id>` — are
-//!    deleted. (A crash between creating a veth and setting its alias is covered by step 1: the
-//!    record exists by then and rollback deletes by derived name.)
+//! 3. owned resources that no record references are deleted: every backend's ports marked with
+//!    this host (`Backend::find_ports`), and what every binding made here (`EdgeBinding::owned`:
+//!    for veth-ovs, bridge ports marked with this host and host veths `cv<id>`/`cp<id>` whose
+//!    alias is `courier:<host>:<id>`). (A crash between creating a veth and setting its alias is
+//!    covered by step 1: the record exists by then and rollback deletes by derived name.)
 //!
 //! Every item is on its own: an error is recorded in the report (`errors`) and the pass goes on.
 //! Records that do not decode are kept aside (see state.rs), listed in `undecodable`, and their
@@ -25,11 +26,12 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::attach::{Attacher, Forgotten};
+use crate::backend::{PortQuery, PortRef};
+use crate::binding::EdgeResource;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::model::{self, Phase};
 use crate::state::Undecodable;
-use crate::vswitch::Vswitch;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -84,12 +86,7 @@ impl Report {
     }
 }
 
-pub async fn run(
-    attacher: &Attacher,
-    vswitch: &Vswitch,
-    host: &courier_netlink::Netlink,
-    host_mark: &str,
-) -> Report {
+pub async fn run(attacher: &Attacher) -> Report {
     let mut report = Report::default();
 
     match attacher.store.list().await {
@@ -123,60 +120,57 @@ pub async fn run(
         Err(e) => report.failed("listing the store", &e),
     }
 
-    match attacher.backend.owned_ports().await {
-        Ok(ports) => {
-            for port in ports {
-                let id = port.attachment.clone().unwrap_or_default();
-                let name = port.name.clone();
-                let r = delete_if_unrecorded(attacher, &id, || attacher.backend.delete_port(&name))
-                    .await;
-                if matches!(r, Ok(true)) {
-                    tracing::warn!(port = %port.name, attachment = %id, "deleted leaked logical port");
-                }
-                report.record(port.name, r, |r| &mut r.leaked_ports);
-            }
-        }
-        Err(e) => report.failed("listing owned logical ports", &e),
-    }
-
-    for bp in vswitch.owned_ports() {
-        let id = bp.attachment.clone().unwrap_or_default();
-        let r = delete_if_unrecorded(attacher, &id, || vswitch.delete_port(&bp.name, &id)).await;
-        if matches!(r, Ok(true)) {
-            tracing::warn!(port = %bp.name, attachment = %id, "deleted leaked bridge port");
-        }
-        report.record(bp.name, r, |r| &mut r.leaked_bridge_ports);
-    }
-
-    for prefix in [model::HOST_IFNAME_PREFIX, model::PEER_IFNAME_PREFIX] {
-        let links = match host.links_with_prefix(prefix).await {
-            Ok(l) => l,
+    for backend in attacher.registry.backends() {
+        let q = PortQuery::OwnedBy {
+            host: attacher.host.clone(),
+        };
+        let ports = match backend.find_ports(&q).await {
+            Ok(p) => p,
             Err(e) => {
-                report.failed(
-                    format!("listing {prefix}* interfaces"),
-                    &Error::netlink(format!("listing {prefix}* interfaces"), e),
-                );
+                report.failed(format!("listing {} ports owned here", backend.id()), &e);
                 continue;
             }
         };
-        for link in links {
-            let Some(id) = model::id_from_ifname(&link.name) else {
-                continue;
-            };
-            // Only links this host's Courier marked: another daemon's (or a stranger's) are not ours.
-            if link.alias.as_deref() != Some(model::link_alias(host_mark, id).as_str()) {
-                continue;
-            }
-            let delete = || async {
-                host.delete_link(&link.name)
-                    .await
-                    .map_err(|e| Error::netlink(format!("deleting {}", link.name), e))
-            };
-            let r = delete_if_unrecorded(attacher, id, delete).await;
+        for port in ports {
+            let id = port.attachment.clone().unwrap_or_default();
+            let r = delete_if_unrecorded(attacher, &id, || {
+                let port = PortRef {
+                    id: Some(port.id.clone()),
+                    name: port.name.clone(),
+                };
+                async move { backend.delete_port(&port, &attacher.host).await }
+            })
+            .await;
             if matches!(r, Ok(true)) {
-                tracing::warn!(link = %link.name, "deleted leaked host interface");
+                tracing::warn!(backend = backend.id(), port = %port.name, attachment = %id, "deleted leaked logical port");
             }
-            report.record(link.name, r, |r| &mut r.leaked_links);
+            report.record(port.name, r, |r| &mut r.leaked_ports);
+        }
+    }
+
+    for binding in attacher.registry.bindings() {
+        let orphans = match binding.owned().await {
+            Ok(o) => o,
+            Err(e) => {
+                report.failed(format!("listing what {} made here", binding.kind()), &e);
+                continue;
+            }
+        };
+        for o in orphans {
+            let r = delete_if_unrecorded(attacher, &o.attachment, || binding.remove(&o)).await;
+            if matches!(r, Ok(true)) {
+                let what = match o.resource {
+                    EdgeResource::BridgePort => "deleted leaked bridge port",
+                    EdgeResource::Link => "deleted leaked host interface",
+                };
+                tracing::warn!(binding = binding.kind(), name = %o.name, attachment = %o.attachment, "{what}");
+            }
+            match o.resource {
+                EdgeResource::BridgePort => {
+                    report.record(o.name, r, |r| &mut r.leaked_bridge_ports)
+                }
+                EdgeResource::Link => report.record(o.name, r, |r| &mut r.leaked_links),
+            }
         }
     }
     report

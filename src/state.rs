@@ -76,9 +76,34 @@ pub fn decode_record(id: &str, bytes: &[u8]) -> std::result::Result<Attachment, 
             "written by a newer Courier (record schema {schema}; this daemon reads 1 to {SCHEMA_VERSION}): upgrade this daemon"
         )));
     }
-    // Schemas 1 and 2 differ only by fields that have serde defaults.
+    let mut v = v;
+    if schema < 3 {
+        migrate_to_3(&mut v);
+    }
+    // Schemas 1 and 2 differ otherwise only by fields that have serde defaults.
     serde_json::from_value::<Attachment>(v)
         .map_err(|e| bad(format!("schema {schema} record does not decode: {e}")))
+}
+
+/// Schema 1/2 → 3: those daemons had one backend (OVN direct) and one binding (veth-ovs), the
+/// edge was the `host_ifname` field, and the port's id was its name.
+fn migrate_to_3(v: &mut serde_json::Value) {
+    let Some(o) = v.as_object_mut() else { return };
+    o.entry("backend").or_insert_with(|| "ovn".into());
+    if !o.contains_key("edge") {
+        if let Some(h) = o.remove("host_ifname") {
+            o.insert(
+                "edge".into(),
+                serde_json::json!({"kind": "veth-ovs", "host_ifname": h}),
+            );
+        }
+    }
+    if let Some(port) = o.get_mut("port").and_then(|p| p.as_object_mut()) {
+        if !port.contains_key("id") {
+            let name = port.get("name").cloned().unwrap_or_default();
+            port.insert("id".into(), name);
+        }
+    }
 }
 
 impl Store {
@@ -270,22 +295,30 @@ mod tests {
     use super::*;
     use crate::model::{AttachRequest, Phase};
 
-    fn req(c: &str) -> AttachRequest {
-        AttachRequest {
+    fn att(c: &str) -> Attachment {
+        let req = AttachRequest {
             container_id: c.into(),
             ifname: "eth0".into(),
             netns: "/var/run/netns/x".into(),
             network: "n1".into(),
-            ip: None,
-            mac: None,
-        }
+            ..Default::default()
+        };
+        let key = crate::model::AttachmentKey {
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        };
+        let id = key.id("h");
+        let edge = crate::model::EdgeState::VethOvs {
+            host_ifname: crate::model::host_ifname(&id),
+        };
+        Attachment::new(&req, id, "ovn", edge)
     }
 
     #[tokio::test]
     async fn put_get_list_delete_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Attachment::new(&req("c1"), "h");
-        let mut b = Attachment::new(&req("c2"), "h");
+        let mut a = att("c1");
+        let mut b = att("c2");
         {
             let s = Store::open(dir.path()).unwrap();
             s.create(&mut a).await.unwrap();
@@ -302,7 +335,7 @@ mod tests {
         assert!(!s.delete(&a.id).await.unwrap());
         assert_eq!(s.list().await.unwrap().attachments.len(), 1);
         // Generations keep growing across reopen: a new attach never reuses one.
-        let mut c = Attachment::new(&req("c1"), "h");
+        let mut c = att("c1");
         s.create(&mut c).await.unwrap();
         assert!(c.generation > b.generation);
     }
@@ -324,7 +357,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut good = Attachment::new(&req("c2"), "h");
+        let mut good = att("c2");
         s.create(&mut good).await.unwrap();
 
         let l = s.list().await.unwrap();
@@ -337,8 +370,11 @@ mod tests {
         assert_eq!(old.schema, 1);
         assert_eq!(old.generation, 0);
         assert_eq!(old.phase, Phase::Ready);
-        assert_eq!(old.host_ifname, "cvd887cd286879");
+        assert_eq!(old.edge.host_ifname(), Some("cvd887cd286879"));
+        assert_eq!(old.edge.kind(), "veth-ovs");
+        assert_eq!(old.backend, "ovn");
         assert_eq!(old.port.as_ref().unwrap().mac, "0a:00:00:00:00:05");
+        assert_eq!(old.port.as_ref().unwrap().id, "courier-d887cd286879");
         assert_eq!(l.undecodable.len(), 2);
         let future = l
             .undecodable

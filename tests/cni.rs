@@ -42,7 +42,7 @@ fn add_ping_tcp_check_del_gc() {
     assert_eq!(atts.len(), 2);
     for att in &atts {
         let port = att["port_name"].as_str().unwrap();
-        let host_if = att["host_ifname"].as_str().unwrap();
+        let host_if = att["edge"]["host_ifname"].as_str().unwrap();
         // ADD returned only after ovn-controller installed the flows...
         let installed = sh_ok(
             "ovs-vsctl",
@@ -126,7 +126,7 @@ fn add_ping_tcp_check_del_gc() {
     // A prevResult that does not match the attachment fails CHECK.
     let (code, out) = d.cni("CHECK", "ctr-a", &a.path(), "eth0", &with_prev(&rb));
     assert_eq!((code, out["code"].as_u64()), (1, Some(104)), "{out}");
-    let host_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["host_ifname"]
+    let host_a = atts.iter().find(|x| x["container_id"] == "ctr-a").unwrap()["edge"]["host_ifname"]
         .as_str()
         .unwrap()
         .to_string();

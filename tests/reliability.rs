@@ -46,9 +46,15 @@ fn one_bad_record_or_failing_rollback_never_stops_the_node() {
                 let rec: Value = serde_json::from_slice(v.value()).unwrap();
                 (k.value().to_string(), rec)
             };
-            // Schema 1: exactly what the first slice wrote (no schema, no generation).
-            rec.as_object_mut().unwrap().remove("schema");
-            rec.as_object_mut().unwrap().remove("generation");
+            // Schema 1: exactly what the first slice wrote (no schema, no generation, no
+            // backend, the veth in `host_ifname`, the port without an id).
+            let o = rec.as_object_mut().unwrap();
+            for k in ["schema", "generation", "backend"] {
+                o.remove(k);
+            }
+            let edge = o.remove("edge").unwrap();
+            o.insert("host_ifname".into(), edge["host_ifname"].clone());
+            o["port"].as_object_mut().unwrap().remove("id");
             t.insert(key.as_str(), rec.to_string().as_bytes()).unwrap();
             t.insert("0000000000ab", b"{garbage".as_slice()).unwrap();
             t.insert(
@@ -65,7 +71,9 @@ fn one_bad_record_or_failing_rollback_never_stops_the_node() {
             bad["container_id"] = json!("never-finishes");
             bad["phase"] = json!("port-created");
             bad["host_ifname"] = json!("cv-this-name-is-far-too-long-for-linux");
+            assert!(bad.get("edge").is_none(), "a schema-1 record");
             bad["port_name"] = json!(format!("courier-{failing_id}"));
+            bad["port"] = Value::Null;
             t.insert(failing_id, bad.to_string().as_bytes()).unwrap();
         }
         txn.commit().unwrap();
@@ -575,7 +583,14 @@ fn status_checks_the_local_ovs_db_and_ovn_controller() {
         "{out}"
     );
     let st: Value = serde_json::from_slice(&d2.cli(&["status", "--json"]).stdout).unwrap();
-    assert_eq!(st["edge_ready"], false, "{st}");
+    assert_eq!(st["bindings"][0]["ok"], false, "{st}");
+    assert!(
+        st["bindings"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ovn-controller"),
+        "{st}"
+    );
 }
 
 /// Item 8: CHECK looks at the interface in the netns CNI_NETNS names, not only the recorded one.

@@ -1,5 +1,8 @@
-//! Logical attachment: the backend owns networks and ports and is the IPAM.
-//! The attach flow talks to `dyn Backend` and never knows which one it has.
+//! Logical attachment: a backend owns networks and ports and is the IPAM. The attach flow talks
+//! to `dyn Backend` (through the `Registry`, which picks the backend per network) and never
+//! knows which one it has. Ports are referred to by the backend's own id where it is known, and
+//! by the name derived from the attachment id otherwise (after a crash before the id was
+//! recorded); every delete checks this host's ownership marks.
 
 pub mod ovn;
 
@@ -10,38 +13,63 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::model::{LogicalPort, Network, NetworkSpec};
 
+/// Who owns a port: this host's mark and the attachment it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerMark {
+    pub host: String,
+    pub attachment: String,
+}
+
 /// What the attach flow asks of a backend when it needs a port.
 #[derive(Debug, Clone)]
 pub struct PortRequest {
     /// Name the port must have (derived from the attachment id, so cleanup can find it).
     pub name: String,
-    pub attachment_id: String,
-    pub ip: Option<IpAddr>,
+    /// The Courier network (as the backend reported it).
+    pub network: Network,
+    pub owner: OwnerMark,
+    /// Requested fixed addresses (empty: the backend's IPAM chooses).
+    pub ips: Vec<IpAddr>,
     pub mac: Option<String>,
+}
+
+/// A port of one attachment: its backend id when known, else found by its derived name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRef {
+    pub id: Option<String>,
+    pub name: String,
+}
+
+/// Which ports to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortQuery {
+    /// Every port carrying this host's ownership mark (for leak sweeps).
+    OwnedBy { host: String },
 }
 
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Short name for status output ("ovn", later "neutron").
-    fn kind(&self) -> &'static str;
+    /// The backend's id in records and configuration ("ovn", "neutron").
+    fn id(&self) -> &str;
     /// Ok when the backend answers.
     async fn health(&self) -> Result<()>;
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<Network>;
     async fn delete_network(&self, name: &str) -> Result<()>;
-    async fn network(&self, name: &str) -> Result<Network>;
+    /// The Courier network `name` if this backend has it; Ok(None) if it does not.
+    async fn network(&self, name: &str) -> Result<Option<Network>>;
     async fn networks(&self) -> Result<Vec<Network>>;
 
-    /// Creates a port on `network`, marked as owned by this host and attachment, and returns it
-    /// with the addresses the backend assigned.
-    async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort>;
-    /// Deletes the port named `name` if this host owns it (its ownership marks, checked
-    /// atomically with the delete); Ok(false) when no such port of ours exists. Another host's
-    /// port is never deleted.
-    async fn delete_port(&self, name: &str) -> Result<bool>;
-    async fn port(&self, name: &str) -> Result<Option<LogicalPort>>;
-    /// Every port this host's Courier owns, whatever the local store says (for leak sweeps).
-    async fn owned_ports(&self) -> Result<Vec<LogicalPort>>;
+    /// Creates the ports, each marked as owned by its host and attachment, and returns them with
+    /// the addresses the backend assigned, in request order. All or nothing: on error none of
+    /// them is left.
+    async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>>;
+    /// Deletes the port if `host` owns it (its ownership marks, checked atomically with the
+    /// delete where the backend allows); Ok(false) when no such port of ours exists. Another
+    /// host's port is never deleted.
+    async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool>;
+    async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>>;
+    async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>>;
 }
 
 /// Ownership marks Courier puts on backend resources.

@@ -12,7 +12,7 @@ use courier_ovsdb::{
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::json;
 
-use super::{marks, Backend, PortRequest};
+use super::{marks, Backend, PortQuery, PortRef, PortRequest};
 use crate::error::{Error, Result};
 use crate::model::{validate_network_name, LogicalPort, Network, NetworkSpec};
 
@@ -35,7 +35,6 @@ const INDEXES: &[Index] = &[LS_BY_NAME, LS_BY_PORT, LSP_BY_NAME, LSP_BY_HOST];
 pub struct OvnBackend {
     nb: Client,
     cache: Monitor,
-    host: String,
     /// Serialises "is this requested address (IP or MAC) free? then take it": held from the check until our
     /// own port is visible in the cache, so two requests for one address cannot both pass.
     /// (Across hosts this needs the backend's help; OVN NB offers no uniqueness constraint.)
@@ -48,11 +47,7 @@ fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
 }
 
 impl OvnBackend {
-    pub async fn connect(
-        remote: &str,
-        host: &str,
-        options: ovsdb::ClientOptions,
-    ) -> Result<OvnBackend> {
+    pub async fn connect(remote: &str, options: ovsdb::ClientOptions) -> Result<OvnBackend> {
         let nb = Client::connect_with(remote, options)
             .await
             .map_err(nb_err(format!("connecting to {remote}")))?;
@@ -79,7 +74,6 @@ impl OvnBackend {
         Ok(OvnBackend {
             nb,
             cache,
-            host: host.to_string(),
             requested_ip: tokio::sync::Mutex::new(()),
         })
     }
@@ -137,6 +131,8 @@ impl OvnBackend {
             })
             .collect();
         Some(LogicalPort {
+            // OVN direct: the LSP name is the port's id and the edge's iface-id.
+            id: name.clone(),
             name,
             network: network
                 .map(|n| n.name.clone())
@@ -169,14 +165,14 @@ impl OvnBackend {
         })
     }
 
-    /// Ports marked as this host's and Courier's, with their networks.
-    fn owned_ports_in(&self, view: &CacheView) -> Vec<LogicalPort> {
-        view.lookup(&LSP_BY_HOST, &self.host)
+    /// Ports marked as `host`'s and Courier's, with their networks.
+    fn owned_ports_in(&self, view: &CacheView, host: &str) -> Vec<LogicalPort> {
+        view.lookup(&LSP_BY_HOST, host)
             .into_iter()
             .filter(|(_, r)| {
                 let ext = ovsdb::get_map(r, "external_ids");
                 ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
-                    && ext.get(marks::HOST) == Some(&self.host)
+                    && ext.get(marks::HOST).map(String::as_str) == Some(host)
             })
             .filter_map(|(u, r)| {
                 let net = self.network_of_port(view, u);
@@ -273,7 +269,7 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<String> {
 
 #[async_trait]
 impl Backend for OvnBackend {
-    fn kind(&self) -> &'static str {
+    fn id(&self) -> &str {
         "ovn"
     }
 
@@ -394,9 +390,12 @@ impl Backend for OvnBackend {
         }
     }
 
-    async fn network(&self, name: &str) -> Result<Network> {
-        let (uuid, row) = self.switch(name)?;
-        Ok(self.network_from_row(&uuid, &row))
+    async fn network(&self, name: &str) -> Result<Option<Network>> {
+        match self.switch(name) {
+            Ok((uuid, row)) => Ok(Some(self.network_from_row(&uuid, &row))),
+            Err(Error::UnknownNetwork(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn networks(&self) -> Result<Vec<Network>> {
@@ -410,15 +409,68 @@ impl Backend for OvnBackend {
         Ok(nets)
     }
 
-    async fn create_port(&self, network: &str, req: &PortRequest) -> Result<LogicalPort> {
-        let requested_guard = if req.ip.is_some() || req.mac.is_some() {
+    /// One after the other: OVN's IPAM (ovn-northd) assigns each port's addresses after its
+    /// insert, and requested addresses are checked-and-taken one at a time. (A pool's bulk
+    /// refill can batch the inserts into one transaction; the attach path creates one port.)
+    async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
+        let mut made: Vec<LogicalPort> = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.create_one(req).await {
+                Ok(p) => made.push(p),
+                Err(e) => {
+                    for (p, r) in made.iter().zip(reqs) {
+                        let port = PortRef {
+                            id: Some(p.id.clone()),
+                            name: p.name.clone(),
+                        };
+                        if let Err(de) = self.delete_port(&port, &r.owner.host).await {
+                            tracing::error!(port = %p.name, error = %de, "undoing a partial bulk create failed; reconcile will sweep it");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool> {
+        self.delete_owned(port.id.as_deref().unwrap_or(&port.name), host)
+            .await
+    }
+
+    async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>> {
+        let name = port.id.as_deref().unwrap_or(&port.name);
+        Ok(self
+            .cache
+            .view(|v| self.first_port(v, v.lookup(&LSP_BY_NAME, name))))
+    }
+
+    async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
+        match q {
+            PortQuery::OwnedBy { host } => Ok(self.cache.view(|v| self.owned_ports_in(v, host))),
+        }
+    }
+}
+
+impl OvnBackend {
+    async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {
+        let network = req.network.name.as_str();
+        if req.ips.len() > 1 {
+            return Err(Error::InvalidInput(format!(
+                "{} addresses requested: OVN networks give a port one address for now",
+                req.ips.len()
+            )));
+        }
+        let requested_ip = req.ips.first().copied();
+        let requested_guard = if requested_ip.is_some() || req.mac.is_some() {
             Some(self.requested_ip.lock().await)
         } else {
             None
         };
         let (ls_uuid, ls_row) = self.switch(network)?;
         let net = self.network_from_row(&ls_uuid, &ls_row);
-        if let Some(ip) = req.ip {
+        if let Some(ip) = requested_ip {
             let IpAddr::V4(v4) = ip else {
                 return Err(Error::InvalidInput(format!(
                     "requested address {ip}: only IPv4 is supported on OVN networks for now"
@@ -460,16 +512,16 @@ impl Backend for OvnBackend {
                 });
             }
         }
-        if net.subnet.is_none() && (req.ip.is_none() || req.mac.is_none()) {
+        if net.subnet.is_none() && (requested_ip.is_none() || req.mac.is_none()) {
             return Err(Error::InvalidInput(format!(
                 "network {network:?} has no other_config:subnet, so OVN cannot assign addresses; give --ip and --mac or set a subnet"
             )));
         }
-        let addresses = addresses_entry(req.mac.as_deref(), req.ip);
+        let addresses = addresses_entry(req.mac.as_deref(), requested_ip);
         let mut ext = BTreeMap::new();
         ext.insert(marks::OWNER, marks::OWNER_VALUE.to_string());
-        ext.insert(marks::HOST, self.host.clone());
-        ext.insert(marks::ATTACHMENT, req.attachment_id.clone());
+        ext.insert(marks::HOST, req.owner.host.clone());
+        ext.insert(marks::ATTACHMENT, req.owner.attachment.clone());
         ext.insert(marks::NETWORK, network.to_string());
         let ops = vec![
             Op::insert(
@@ -569,7 +621,9 @@ impl Backend for OvnBackend {
         Ok(port)
     }
 
-    async fn delete_port(&self, name: &str) -> Result<bool> {
+    /// Deletes LSP `name` if `host` owns it (the marks are checked again inside the deleting
+    /// transaction).
+    async fn delete_owned(&self, name: &str, host: &str) -> Result<bool> {
         // Only a port this host owns: name and ownership marks, asked of the server (not the
         // cache, so a port created a moment ago is found too), and checked again inside the
         // deleting transaction. Another host's port of the same name is never touched.
@@ -578,10 +632,7 @@ impl Backend for OvnBackend {
                 Condition::eq("name", json!(name)),
                 Condition::includes(
                     "external_ids",
-                    ovsdb::map([
-                        (marks::OWNER, marks::OWNER_VALUE),
-                        (marks::HOST, self.host.as_str()),
-                    ]),
+                    ovsdb::map([(marks::OWNER, marks::OWNER_VALUE), (marks::HOST, host)]),
                 ),
             ]
         };
@@ -612,16 +663,6 @@ impl Backend for OvnBackend {
             .map_err(nb_err(format!("deleting port {name}")))?;
         tracing::debug!(port = %name, "deleted logical port");
         Ok(true)
-    }
-
-    async fn port(&self, name: &str) -> Result<Option<LogicalPort>> {
-        Ok(self
-            .cache
-            .view(|v| self.first_port(v, v.lookup(&LSP_BY_NAME, name))))
-    }
-
-    async fn owned_ports(&self) -> Result<Vec<LogicalPort>> {
-        Ok(self.cache.view(|v| self.owned_ports_in(v)))
     }
 }
 

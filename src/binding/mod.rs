@@ -1,31 +1,56 @@
 //! Edge binding: host plumbing that gives the container's netns an interface and tells the
-//! virtual switch which logical port it is. One implementation per kind of edge.
+//! virtual switch which logical port it is. One implementation per kind of edge, chosen per
+//! attachment (the record names it, through its `EdgeState`); the `Registry` holds them.
 
 pub mod veth_ovs;
 
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
-use crate::model::{Attachment, LogicalPort};
+use crate::model::{Attachment, EdgeState, LogicalPort};
+
+/// Something a binding made on this host, found without the store: the leak sweep removes it
+/// when no record references `attachment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeOrphan {
+    pub attachment: String,
+    pub resource: EdgeResource,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeResource {
+    /// A port on the virtual switch (OVS bridge).
+    BridgePort,
+    /// A kernel network interface in the host netns.
+    Link,
+}
 
 #[async_trait]
 pub trait EdgeBinding: Send + Sync {
-    /// Short name for status output and records ("veth-ovs", later "vlan", "sriov", ...).
+    /// Its name in records, config and status ("veth-ovs", later "vlan", "sriov", ...).
     fn kind(&self) -> &'static str;
+    /// What this binding will make for attachment `id`, recorded with the intent before
+    /// anything exists (names derived from the id), so a crash at any step can be undone.
+    fn edge_for(&self, id: &str) -> EdgeState;
     /// Ok when this host can plug and ready edges of this kind now (CNI STATUS): for veth-ovs,
     /// the local Open_vSwitch DB answers, the bridge exists and ovn-controller is connected.
     async fn health(&self) -> Result<()>;
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
     /// Creates the interface in the container netns with the port's MAC/IPs/routes and binds it
-    /// to the logical port. Every host-side name derives from `att.id`.
+    /// to the logical port (`port.id`), as `att.edge` says.
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()>;
     /// Waits until the data plane forwards for this edge (OVS: ovn-controller installed its flows).
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()>;
-    /// Removes everything `plug` may have created, found by the record's names. Idempotent and
+    /// Removes everything `plug` may have made, found by the record's edge state. Idempotent and
     /// best effort: every step is tried even after one failed; returns every failure (none =
     /// all gone).
     async fn unplug(&self, att: &Attachment) -> Vec<Error>;
     /// Verifies the edge is as `plug` left it; Err(CheckFailed) naming what differs.
     async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()>;
+    /// Everything this binding made on this host (its ownership marks), for the leak sweep.
+    async fn owned(&self) -> Result<Vec<EdgeOrphan>>;
+    /// Removes one orphan; Ok(false) if it was already gone.
+    async fn remove(&self, orphan: &EdgeOrphan) -> Result<bool>;
 }

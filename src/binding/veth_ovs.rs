@@ -8,10 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
 
-use super::EdgeBinding;
+use super::{EdgeBinding, EdgeOrphan, EdgeResource};
 use crate::error::{Error, Result};
 use crate::hooks;
-use crate::model::{link_alias, parse_mac, peer_ifname, Attachment, LogicalPort};
+use crate::model::{
+    self, host_ifname, link_alias, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort,
+};
 use crate::vswitch::Vswitch;
 
 pub struct VethOvs {
@@ -47,6 +49,19 @@ impl VethOvs {
     }
 }
 
+/// The host end of the veth, from the record's edge state.
+fn host_end(att: &Attachment) -> Result<&str> {
+    match &att.edge {
+        EdgeState::VethOvs { host_ifname } => Ok(host_ifname),
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Internal(format!(
+            "attachment {} has a {} edge, not veth-ovs",
+            att.id,
+            other.kind()
+        ))),
+    }
+}
+
 /// Opens the container's netns and looks up the attachment's interface in it.
 async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInfoView>)> {
     let ns = Netlink::in_netns(Path::new(&att.netns))
@@ -63,6 +78,12 @@ async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInf
 impl EdgeBinding for VethOvs {
     fn kind(&self) -> &'static str {
         "veth-ovs"
+    }
+
+    fn edge_for(&self, id: &str) -> EdgeState {
+        EdgeState::VethOvs {
+            host_ifname: host_ifname(id),
+        }
     }
 
     async fn health(&self) -> Result<()> {
@@ -82,7 +103,7 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
-        let host = att.host_ifname.as_str();
+        let host = host_end(att)?;
         let mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
         let netns = Path::new(&att.netns);
         let netns_file = std::fs::File::open(netns)
@@ -125,7 +146,7 @@ impl EdgeBinding for VethOvs {
             .await
             .map_err(nl_err(format!("setting {host} up")))?;
         self.vswitch
-            .add_port(host, &port.name, &port.mac, &att.id)
+            .add_port(host, &port.id, &port.mac, &att.id)
             .await?;
         hooks::point("after-ovs-port").await;
         ns.configure(&IfaceConfig {
@@ -145,11 +166,14 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()> {
-        self.vswitch.wait_installed(&att.host_ifname, timeout).await
+        self.vswitch.wait_installed(host_end(att)?, timeout).await
     }
 
     async fn unplug(&self, att: &Attachment) -> Vec<Error> {
-        let host = att.host_ifname.as_str();
+        let host = match host_end(att) {
+            Ok(h) => h,
+            Err(e) => return vec![e],
+        };
         let mut errors = Vec::new();
         if let Err(e) = self.vswitch.delete_port(host, &att.id).await {
             errors.push(e);
@@ -168,13 +192,13 @@ impl EdgeBinding for VethOvs {
             id: att.id.clone(),
             what,
         };
-        let host = att.host_ifname.as_str();
+        let host = host_end(att)?;
         match self.vswitch.port(host) {
             None => return Err(fail(format!("port {host} is missing from the bridge"))),
-            Some(p) if p.iface_id.as_deref() != Some(port.name.as_str()) => {
+            Some(p) if p.iface_id.as_deref() != Some(port.id.as_str()) => {
                 return Err(fail(format!(
                     "port {host} has iface-id {:?}, expected {}",
-                    p.iface_id, port.name
+                    p.iface_id, port.id
                 )))
             }
             Some(p) if p.error.is_some() => {
@@ -237,5 +261,53 @@ impl EdgeBinding for VethOvs {
             }
         }
         Ok(())
+    }
+
+    async fn owned(&self) -> Result<Vec<EdgeOrphan>> {
+        let mut out: Vec<EdgeOrphan> = self
+            .vswitch
+            .owned_ports()
+            .into_iter()
+            .filter_map(|p| {
+                Some(EdgeOrphan {
+                    attachment: p.attachment?,
+                    resource: EdgeResource::BridgePort,
+                    name: p.name,
+                })
+            })
+            .collect();
+        for prefix in [model::HOST_IFNAME_PREFIX, model::PEER_IFNAME_PREFIX] {
+            let links = self
+                .host
+                .links_with_prefix(prefix)
+                .await
+                .map_err(nl_err(format!("listing {prefix}* interfaces")))?;
+            for link in links {
+                let Some(id) = model::id_from_ifname(&link.name) else {
+                    continue;
+                };
+                // Only links this host's Courier marked: another daemon's (or a stranger's)
+                // are not ours.
+                if link.alias.as_deref() == Some(link_alias(&self.host_mark, id).as_str()) {
+                    out.push(EdgeOrphan {
+                        attachment: id.to_string(),
+                        resource: EdgeResource::Link,
+                        name: link.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, o: &EdgeOrphan) -> Result<bool> {
+        match o.resource {
+            EdgeResource::BridgePort => self.vswitch.delete_port(&o.name, &o.attachment).await,
+            EdgeResource::Link => self
+                .host
+                .delete_link(&o.name)
+                .await
+                .map_err(nl_err(format!("deleting {}", o.name))),
+        }
     }
 }

@@ -61,22 +61,35 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError(Error::Decode(format!("request body: {e}"))))
 }
 
+/// One backend's or binding's health.
+#[derive(Serialize, Deserialize)]
+pub struct Health {
+    pub name: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+impl Health {
+    fn of(name: &str, r: crate::error::Result<()>) -> Health {
+        Health {
+            name: name.to_string(),
+            ok: r.is_ok(),
+            error: r.err().map(|e| e.to_string()),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub host: String,
-    pub backend: String,
-    pub binding: String,
-    pub backend_reachable: bool,
-    pub backend_error: Option<String>,
-    pub vswitch_reachable: bool,
-    pub vswitch_error: Option<String>,
-    /// The binding can plug and ready edges now (veth-ovs: OVS DB, bridge, ovn-controller
-    /// connected to the Southbound DB).
-    #[serde(default)]
-    pub edge_ready: bool,
-    #[serde(default)]
-    pub edge_error: Option<String>,
+    /// Every configured backend: reachable?
+    pub backends: Vec<Health>,
+    /// Every binding on this host: can it plug and ready edges now? (veth-ovs: the OVS DB, its
+    /// bridge, ovn-controller connected to the Southbound DB.)
+    pub bindings: Vec<Health>,
+    pub default_backend: String,
+    pub default_binding: String,
     pub networks: usize,
     pub attachments: usize,
     pub attachments_ready: usize,
@@ -86,22 +99,26 @@ pub struct Status {
     /// Items the last reconcile pass could not repair (retried on the next pass).
     #[serde(default)]
     pub reconcile_errors: Vec<crate::reconcile::ItemError>,
+    /// Reconcile passes finished since start (0: the start-up pass is still running).
+    #[serde(default)]
+    pub reconcile_passes: u64,
     pub uptime_secs: u64,
 }
 
 async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
-    let (backend, vswitch, edge) = tokio::join!(
-        d.attacher.backend.health(),
-        d.vswitch.health(),
-        d.attacher.binding.health()
+    let reg = &d.attacher.registry;
+    let backends = futures::future::join_all(
+        reg.backends()
+            .iter()
+            .map(|b| async move { Health::of(b.id(), b.health().await) }),
     );
-    let networks = d
-        .attacher
-        .backend
-        .networks()
-        .await
-        .map(|n| n.len())
-        .unwrap_or(0);
+    let bindings = futures::future::join_all(
+        reg.bindings()
+            .iter()
+            .map(|b| async move { Health::of(b.kind(), b.health().await) }),
+    );
+    let (backends, bindings) = tokio::join!(backends, bindings);
+    let networks = all_networks(&d).await.map(|n| n.len()).unwrap_or(0);
     let listing = d.attacher.list().await?;
     let reconcile_errors = d
         .last_reconcile
@@ -114,14 +131,10 @@ async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         host: d.config.host.clone(),
-        backend: d.attacher.backend.kind().into(),
-        binding: d.attacher.binding.kind().into(),
-        backend_reachable: backend.is_ok(),
-        backend_error: backend.err().map(|e| e.to_string()),
-        vswitch_reachable: vswitch.is_ok(),
-        vswitch_error: vswitch.err().map(|e| e.to_string()),
-        edge_ready: edge.is_ok(),
-        edge_error: edge.err().map(|e| e.to_string()),
+        backends,
+        bindings,
+        default_backend: reg.default_backend.clone(),
+        default_binding: reg.default_binding.clone(),
         networks,
         attachments: atts.len(),
         attachments_ready: atts
@@ -130,33 +143,74 @@ async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
             .count(),
         undecodable_records: listing.undecodable,
         reconcile_errors,
+        reconcile_passes: d
+            .reconcile_passes
+            .load(std::sync::atomic::Ordering::Relaxed),
         uptime_secs: d.started.elapsed().as_secs(),
     }))
 }
 
+/// Every backend's networks; a backend that does not answer is left out (and logged).
+async fn all_networks(d: &Daemon) -> crate::error::Result<Vec<crate::model::Network>> {
+    let mut out = Vec::new();
+    for b in d.attacher.registry.backends() {
+        match b.networks().await {
+            Ok(n) => out.extend(n),
+            Err(e) => tracing::warn!(backend = b.id(), error = %e, "listing networks failed"),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 async fn list_networks(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
-    Ok(Json(json!(d.attacher.backend.networks().await?)))
+    Ok(Json(json!(all_networks(&d).await?)))
+}
+
+#[derive(Deserialize)]
+struct CreateNetwork {
+    #[serde(flatten)]
+    spec: NetworkSpec,
+    /// Which backend (default: the daemon's default).
+    #[serde(default)]
+    backend: Option<String>,
 }
 
 async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
-    let spec: NetworkSpec = parse(&body)?;
-    Ok(Json(json!(d.attacher.backend.create_network(&spec).await?)))
+    let req: CreateNetwork = parse(&body)?;
+    let reg = &d.attacher.registry;
+    // A name is one network across all backends.
+    match reg.network(&req.spec.name).await {
+        Ok(_) => return Err(Error::NetworkExists(req.spec.name.clone()).into()),
+        Err(Error::UnknownNetwork(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let backend = reg.backend(req.backend.as_deref().unwrap_or(&reg.default_backend))?;
+    Ok(Json(json!(backend.create_network(&req.spec).await?)))
 }
 
 async fn show_network(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Value> {
-    Ok(Json(json!(d.attacher.backend.network(&name).await?)))
+    Ok(Json(json!(d.attacher.registry.network(&name).await?.1)))
 }
 
 async fn delete_network(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> ApiResult<Value> {
-    d.attacher.backend.delete_network(&name).await?;
+    let (backend, _) = d.attacher.registry.network(&name).await?;
+    backend.delete_network(&name).await?;
     Ok(Json(json!({"deleted": name})))
 }
 
 async fn list_ports(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
-    Ok(Json(json!(d.attacher.backend.owned_ports().await?)))
+    let q = crate::backend::PortQuery::OwnedBy {
+        host: d.attacher.host.clone(),
+    };
+    let mut out = Vec::new();
+    for b in d.attacher.registry.backends() {
+        out.extend(b.find_ports(&q).await?);
+    }
+    Ok(Json(json!(out)))
 }
 
 async fn list_attachments(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {

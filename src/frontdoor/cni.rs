@@ -57,6 +57,9 @@ pub struct NetConf {
     /// CHECK/DEL: the result of the ADD, as the runtime recorded it.
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// Edge binding for this network's attachments (default: the daemon's default binding).
+    #[serde(default)]
+    pub binding: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -148,6 +151,7 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                     .mac
                     .clone()
                     .or_else(|| args.get("MAC").cloned()),
+                binding: conf.binding.clone(),
             };
             let att = attacher.attach(&req).await?;
             Ok(Some(result_json(&att, &conf.cni_version)))
@@ -201,10 +205,20 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
         "STATUS" => {
             // Ready to ADD: the backend answers, and this host can plug and ready an edge
             // (local OVS DB with its bridge, ovn-controller connected to the Southbound DB).
-            let (backend, edge) =
-                tokio::join!(attacher.backend.health(), attacher.binding.health());
-            backend.map_err(|e| Error::Unavailable(format!("backend unreachable: {e}")))?;
-            edge.map_err(|e| {
+            // The backend of this network (or every backend, if it is not found in any);
+            // another backend being down does not matter to this network.
+            let reg = &attacher.registry;
+            let backends: Vec<_> = match reg.network(&conf.name).await {
+                Ok((b, _)) => vec![b],
+                Err(Error::UnknownNetwork(_)) => reg.backends().to_vec(),
+                Err(e) => return Err(Error::Unavailable(format!("backend unreachable: {e}"))),
+            };
+            for b in backends {
+                b.health().await.map_err(|e| {
+                    Error::Unavailable(format!("backend {} unreachable: {e}", b.id()))
+                })?;
+            }
+            reg.binding(None)?.health().await.map_err(|e| {
                 Error::Unavailable(format!("this host cannot plug containers now: {e}"))
             })?;
             Ok(None)
@@ -244,6 +258,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
         .port
         .clone()
         .unwrap_or_else(|| crate::model::LogicalPort {
+            id: String::new(),
             name: att.port_name.clone(),
             network: att.network.clone(),
             mac: String::new(),
@@ -280,7 +295,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
     json!({
         "cniVersion": version,
         "interfaces": [
-            {"name": att.host_ifname},
+            {"name": att.edge.host_ifname().unwrap_or_default()},
             {"name": att.ifname, "mac": port.mac, "sandbox": att.netns},
         ],
         "ips": ips,
@@ -396,7 +411,7 @@ pub fn run_plugin() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttachRequest, LogicalPort, Phase};
+    use crate::model::{AttachRequest, EdgeState, LogicalPort, Phase};
 
     fn att() -> Attachment {
         let mut a = Attachment::new(
@@ -405,13 +420,17 @@ mod tests {
                 ifname: "eth0".into(),
                 netns: "/var/run/netns/a".into(),
                 network: "n1".into(),
-                ip: None,
-                mac: None,
+                ..Default::default()
             },
-            "h",
+            "0123456789ab".into(),
+            "ovn",
+            EdgeState::VethOvs {
+                host_ifname: "cv0123456789ab".into(),
+            },
         );
         a.phase = Phase::Ready;
         a.port = Some(LogicalPort {
+            id: a.port_name.clone(),
             name: a.port_name.clone(),
             network: "n1".into(),
             mac: "0a:00:00:00:00:05".into(),
@@ -431,7 +450,7 @@ mod tests {
         assert_eq!(r["interfaces"][1]["name"], "eth0");
         assert_eq!(r["interfaces"][1]["mac"], "0a:00:00:00:00:05");
         assert_eq!(r["interfaces"][1]["sandbox"], "/var/run/netns/a");
-        assert_eq!(r["interfaces"][0]["name"], a.host_ifname.as_str());
+        assert_eq!(r["interfaces"][0]["name"], "cv0123456789ab");
         assert_eq!(r["ips"][0]["address"], "10.9.0.5/24");
         assert_eq!(r["ips"][0]["gateway"], "10.9.0.1");
         assert_eq!(r["ips"][0]["interface"], 1);
