@@ -116,35 +116,40 @@ start_mariadb() {
   log "MariaDB up on 127.0.0.1:$DB_PORT (pid $(cat "$D/run/mysqld.pid"))"
 }
 
-# ------------------------------------------------------------------ uwsgi helper
-# start_uwsgi NAME PORT URL_PATH [curl args...]: (re)start when not running or its config changed,
-# then wait until URL answers 200.
-start_uwsgi() {
-  local name=$1 port=$2 path=$3; shift 3
-  local ini="$D/etc/$name-uwsgi.ini" pidf="$D/run/$name.pid" sum t c=000
+# ------------------------------------------------------------------ uwsgi helpers
+# launch_uwsgi NAME: (re)start $UWSGI with $D/etc/NAME-uwsgi.ini unless it runs with the same
+# config ($CONF_FILES and the ini). wait_uwsgi NAME PORT URL_PATH [curl args...]: until it answers 200.
+declare -A LAUNCHED=()
+launch_uwsgi() {
+  local name=$1 ini="$D/etc/$1-uwsgi.ini" pidf="$D/run/$1.pid" sum
   sum=$(cat "$ini" "${CONF_FILES[@]}" | md5sum | cut -c1-32)
   if alive "$pidf" && [ "$(cat "$D/run/$name.confsum" 2>/dev/null)" != "$sum" ]; then
     stop_pid "$name"; log "$name: config changed, restarting"
   fi
-  if ! alive "$pidf"; then
-    t=$(now)
-    : > "$D/log/$name-uwsgi.log"
-    echo "$sum" > "$D/run/$name.confsum"
-    "$UWSGI" --ini "$ini" --daemonize2 "$D/log/$name-uwsgi.log" >> "$D/log/$name-uwsgi.log" 2>&1 \
-      || { tail -20 "$D/log/$name-uwsgi.log" >&2; die "$name: uwsgi did not start"; }
-    for _ in $(seq 600); do
-      c=$(http_code "$@" "http://127.0.0.1:$port$path"); [ "$c" = 200 ] && break
-      if grep -q "no app loaded" "$D/log/$name-uwsgi.log" || { [ -s "$pidf" ] && ! alive "$pidf"; }; then
-        tail -25 "$D/log/$name-uwsgi.log" >&2; die "$name failed to load (logs in $D/log)"; fi
-      sleep 0.2
-    done
-    [ "$c" = 200 ] || { tail -20 "$D/log/$name-uwsgi.log" >&2; die "$name: http://127.0.0.1:$port$path answered $c, not 200, within 120 s"; }
-    log "$name up on http://127.0.0.1:$port in $(el "$t")s (uwsgi pid $(cat "$pidf"))"
-  else
+  LAUNCHED[$name]=""
+  alive "$pidf" && return 0
+  LAUNCHED[$name]=$(now)
+  : > "$D/log/$name-uwsgi.log"
+  echo "$sum" > "$D/run/$name.confsum"
+  "$UWSGI" --ini "$ini" --daemonize2 "$D/log/$name-uwsgi.log" >> "$D/log/$name-uwsgi.log" 2>&1 \
+    || { tail -20 "$D/log/$name-uwsgi.log" >&2; die "$name: uwsgi did not start"; }
+}
+wait_uwsgi() {
+  local name=$1 port=$2 path=$3; shift 3
+  local pidf="$D/run/$name.pid" c=000 t=${LAUNCHED[$name]:-}
+  if [ -z "$t" ]; then
     c=$(http_code "$@" "http://127.0.0.1:$port$path")
     [ "$c" = 200 ] || die "$name is running (pid $(cat "$pidf")) but http://127.0.0.1:$port$path answers $c"
-    log "$name already running on http://127.0.0.1:$port"
+    log "$name already running on http://127.0.0.1:$port"; return 0
   fi
+  for _ in $(seq 600); do
+    c=$(http_code "$@" "http://127.0.0.1:$port$path"); [ "$c" = 200 ] && break
+    if grep -q "no app loaded" "$D/log/$name-uwsgi.log" || { [ -s "$pidf" ] && ! alive "$pidf"; }; then
+      tail -25 "$D/log/$name-uwsgi.log" >&2; die "$name failed to load (logs in $D/log)"; fi
+    sleep 0.2
+  done
+  [ "$c" = 200 ] || { tail -20 "$D/log/$name-uwsgi.log" >&2; die "$name: http://127.0.0.1:$port$path answered $c, not 200, within 120 s"; }
+  log "$name up on http://127.0.0.1:$port in $(el "$t")s (uwsgi pid $(cat "$pidf"))"
 }
 
 stop_pid() { # NAME: stop the process in $D/run/NAME.pid (only that one)
@@ -206,7 +211,7 @@ pidfile = $D/run/keystone.pid
 EOF
 }
 
-start_keystone() {
+prepare_keystone() {
   keystone_conf
   local km=("$D/venv-keystone/bin/keystone-manage" --config-file "$D/etc/keystone.conf") t
   local stamp="$D/keystone/bootstrap.stamp" want
@@ -221,11 +226,13 @@ start_keystone() {
       --bootstrap-public-url "$KS_URL" --bootstrap-internal-url "$KS_URL" --bootstrap-admin-url "$KS_URL" \
       >> "$D/log/keystone-manage.log" 2>&1 || { tail -20 "$D/log/keystone-manage.log" >&2; die "keystone-manage bootstrap"; }
     echo "$want" > "$stamp"
+    rm -f "$D/keystone/catalog.stamp"
     log "Keystone db_sync + fernet keys + bootstrap in $(el "$t")s"
   fi
+}
+launch_keystone() {
   UWSGI=$D/venv-keystone/bin/uwsgi; CONF_FILES=("$D/etc/keystone.conf")
-  start_uwsgi keystone $KS_PORT /v3
-  keystone_catalog
+  launch_uwsgi keystone
 }
 
 ks() { # METHOD PATH [JSON] -> body (dies on HTTP >= 400)
@@ -250,9 +257,10 @@ ks_ensure_user() { # NAME PASSWORD PROJECT_ID ROLE
   [ -n "$rid" ] || die "Keystone has no role $4"
   ks PUT "/projects/$3/users/$uid/roles/$rid" >/dev/null
 }
-keystone_catalog() {
+keystone_catalog() { # users, projects, the network service (once: stamp in $D/keystone)
   ADMIN_TOKEN=$(ks_token admin admin "$ADMIN_PW")
   [ -n "$ADMIN_TOKEN" ] || die "Keystone issues no token for admin (password changed by hand?)"
+  [ -f "$D/keystone/catalog.stamp" ] && return 0
   local svc ep
   ks_ensure_user neutron "$SVC_PW" "$(ks_ensure_project service)" admin
   ks_ensure_user demo "$DEMO_PW" "$(ks_ensure_project demo)" member
@@ -262,6 +270,7 @@ keystone_catalog() {
     ep=$(ks GET "/endpoints?service_id=$svc&interface=$i" | jq -r '.endpoints[0].id // empty')
     [ -n "$ep" ] || ks POST /endpoints "{\"endpoint\":{\"service_id\":\"$svc\",\"interface\":\"$i\",\"region_id\":\"RegionOne\",\"url\":\"http://127.0.0.1:$API_PORT\"}}" >/dev/null
   done
+  touch "$D/keystone/catalog.stamp"
   log "Keystone catalog: network -> http://127.0.0.1:$API_PORT (RegionOne); users admin, demo, neutron"
 }
 
@@ -373,7 +382,7 @@ EOF
   done
 }
 
-start_neutron() {
+prepare_neutron() {
   [ -S /var/run/ovn/ovnnb_db.sock ] && [ -S /var/run/ovn/ovnsb_db.sock ] \
     || die "the host's OVN is not running (no NB/SB socket): run scripts/ovn.sh start"
   command -v ovsdb-client >/dev/null || die "ovsdb-client is not on PATH (openvswitch-common)"
@@ -387,12 +396,12 @@ start_neutron() {
     echo "$NEUTRON_VERSION" > "$stamp"
     log "neutron-db-manage upgrade heads in $(el "$t")s"
   fi
-  local tok; tok=$(ks_token neutron service "$SVC_PW"); [ -n "$tok" ] || die "no Keystone token for neutron"
+}
+launch_neutron() { # NAME
   UWSGI=$D/venv-neutron/bin/uwsgi
   CONF_FILES=("$D/etc/neutron/neutron.conf" "$D/etc/neutron/ml2_conf.ini" "$D/etc/neutron/api-paste.ini")
-  start_uwsgi neutron $API_PORT /v2.0/networks -H "X-Auth-Token: $tok"
-  CONF_FILES+=("$D/etc/neutron/noauth.conf")
-  start_uwsgi neutron-noauth $NOAUTH_PORT /v2.0/networks
+  [ "$1" = neutron-noauth ] && CONF_FILES+=("$D/etc/neutron/noauth.conf")
+  launch_uwsgi "$1"
 }
 
 # ------------------------------------------------------------------ client files
@@ -451,8 +460,21 @@ start() {
   mkdir -p "$D"/{etc,run,log,state}
   install_venvs
   start_mariadb
-  start_keystone
-  start_neutron
+  prepare_keystone
+  launch_keystone
+  prepare_neutron          # (overlaps Keystone's start)
+  launch_neutron neutron   # its token check waits for Keystone, so it loads meanwhile
+  # The very first time, the noauth API starts only once the first is up (the first start of
+  # Neutron creates its rows in the DB and the shared OVN NB); later both load together.
+  local once="$D/mysql/courier-neutron-started"
+  [ -f "$once" ] && launch_neutron neutron-noauth
+  wait_uwsgi keystone $KS_PORT /v3
+  keystone_catalog
+  local tok; tok=$(ks_token neutron service "$SVC_PW"); [ -n "$tok" ] || die "Keystone issues no token for user neutron"
+  wait_uwsgi neutron $API_PORT /v2.0/networks -H "X-Auth-Token: $tok"
+  touch "$once"
+  [ -n "${LAUNCHED[neutron-noauth]+x}" ] || launch_neutron neutron-noauth
+  wait_uwsgi neutron-noauth $NOAUTH_PORT /v2.0/networks
   write_client_files
   log "ready in $(el)s. Keystone $KS_URL, Neutron http://127.0.0.1:$API_PORT (keystone), http://127.0.0.1:$NOAUTH_PORT (noauth)"
   log "clients: $ETC_TEST/clouds.yaml (+ secure.yaml), $ETC_TEST/admin-openrc.sh, $ETC_TEST/demo-openrc.sh; logs in $D/log"
@@ -494,8 +516,8 @@ case "${1:-}" in
   restart) stop; start ;;
   restart-keystone)
     keystone_conf; stop_pid keystone
-    UWSGI=$D/venv-keystone/bin/uwsgi; CONF_FILES=("$D/etc/keystone.conf")
-    start_uwsgi keystone $KS_PORT /v3
+    launch_keystone
+    wait_uwsgi keystone $KS_PORT /v3
     log "Keystone restarted, token expiration ${TOKEN_EXP}s (host-wide)" ;;
   *) echo "usage: $0 start|stop|status|restart|restart-keystone" >&2; exit 2 ;;
 esac
