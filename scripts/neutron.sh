@@ -57,8 +57,9 @@ http_code() { curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" || true; }
 
 # ------------------------------------------------------------------ install (venvs, packages)
 install_venvs() {
-  command -v mariadbd >/dev/null && [ -f /usr/include/python3.11/Python.h ] && command -v gcc >/dev/null \
-    && $PY -c 'import ensurepip' 2>/dev/null || "$here/install-deps.sh" neutron
+  command -v mariadbd >/dev/null && command -v gcc >/dev/null && command -v jq >/dev/null && command -v curl >/dev/null \
+    && $PY -c 'import ensurepip, os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' 2>/dev/null \
+    || "$here/install-deps.sh" neutron
   local need_n=0 need_k=0 t pn pk
   [ -x "$D/venv-neutron/bin/uwsgi" ] && [ -f "$D/venv-neutron/.courier-$NEUTRON_VERSION" ] || need_n=1
   [ -x "$D/venv-keystone/bin/uwsgi" ] && [ -f "$D/venv-keystone/.courier-$KEYSTONE_VERSION" ] || need_k=1
@@ -501,7 +502,7 @@ status() {
   else say "Keystone       DOWN (GET /v3 -> $c)"; bad=1; fi
   c=$(http_code -H "X-Auth-Token: ${tok:-none}" "http://127.0.0.1:$API_PORT/v2.0/networks")
   if [ "$c" = 200 ]; then say "Neutron        ok (http://127.0.0.1:$API_PORT, GET /v2.0/networks with token -> 200)"
-  else say "Neutron        DOWN (GET /v2.0/networks -> $c)"; bad=1; fi
+  else say "Neutron        DOWN (GET /v2.0/networks${tok:+ with token}${tok:-, no token to send,} -> $c)"; bad=1; fi
   c=$(http_code "http://127.0.0.1:$NOAUTH_PORT/v2.0/networks")
   if [ "$c" = 200 ]; then say "Neutron noauth ok (http://127.0.0.1:$NOAUTH_PORT, GET /v2.0/networks without token -> 200)"
   else say "Neutron noauth DOWN (GET /v2.0/networks -> $c)"; bad=1; fi
