@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Courier's setup and tests need on a fresh Debian 12 machine (root).
 # Idempotent: packages already present are skipped by apt.
+#   scripts/install-deps.sh           what setup.sh and test.sh need
+#   scripts/install-deps.sh neutron   also what scripts/neutron.sh needs (MariaDB, a Python venv,
+#                                     headers and a compiler for uwsgi; pip brings the rest)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(openvswitch-switch ovn-central ovn-host containernetworking-plugins iproute2 ethtool procps iputils-ping netcat-openbsd curl jq
       podman busybox-static)
+if [ "${1:-}" = neutron ]; then
+  pkgs+=(mariadb-server mariadb-client python3-venv python3-dev build-essential ca-certificates)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
