@@ -65,12 +65,16 @@ pub enum NetworkCmd {
     /// Create a logical network; the backend assigns addresses from --subnet.
     Create {
         name: String,
-        /// IPv4 subnet, e.g. 10.9.0.0/24.
-        #[arg(long)]
-        subnet: String,
-        /// Gateway for the default route (default: the subnet's first address). Never assigned to a port.
+        /// Subnet: an IPv4 CIDR (e.g. 10.9.0.0/24) and/or an IPv6 /64 (e.g. fd00:9::/64);
+        /// give --subnet twice for dual-stack.
+        #[arg(long, required = true)]
+        subnet: Vec<String>,
+        /// IPv4 gateway for the default route (default: the subnet's first address). Never assigned to a port.
         #[arg(long, conflicts_with = "no_gateway")]
         gateway: Option<String>,
+        /// IPv6 gateway for the default route (default: the /64's ::1).
+        #[arg(long, conflicts_with = "no_gateway")]
+        gateway6: Option<String>,
         /// Create the network without a gateway (no default route in containers).
         #[arg(long)]
         no_gateway: bool,
@@ -195,20 +199,47 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
             name,
             subnet,
             gateway,
+            gateway6,
             no_gateway,
             exclude_ips,
             backend,
         }) => {
-            let net: ipnet::Ipv4Net = subnet.parse().map_err(|_| {
-                format!("--subnet {subnet:?} is not an IPv4 CIDR such as 10.9.0.0/24")
-            })?;
+            let (mut v4, mut v6) = (None, None);
+            for sn in subnet.iter() {
+                match sn.parse::<ipnet::IpNet>() {
+                    Ok(ipnet::IpNet::V4(n)) if v4.is_none() => v4 = Some(n),
+                    Ok(ipnet::IpNet::V6(n)) if v6.is_none() => v6 = Some(n),
+                    Ok(_) => {
+                        return Err(format!(
+                            "--subnet {sn}: at most one IPv4 and one IPv6 subnet per network"
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "--subnet {sn:?} is not a CIDR such as 10.9.0.0/24 or fd00:9::/64"
+                        ))
+                    }
+                }
+            }
             let gw = match (gateway, no_gateway) {
                 (Some(g), _) => Some(
                     g.parse::<std::net::Ipv4Addr>()
                         .map_err(|_| format!("--gateway {g:?} is not an IPv4 address"))?,
                 ),
                 (None, true) => None,
-                (None, false) => net.hosts().next(),
+                (None, false) => v4.and_then(|n| n.hosts().next()),
+            };
+            let gw6 = match (gateway6, no_gateway) {
+                (Some(g), _) => Some(
+                    g.parse::<std::net::Ipv6Addr>()
+                        .map_err(|_| format!("--gateway6 {g:?} is not an IPv6 address"))?,
+                ),
+                (None, true) => None,
+                (None, false) => v6.map(|n| {
+                    let mut o = n.network().octets();
+                    o[15] |= 1;
+                    std::net::Ipv6Addr::from(o)
+                }),
             };
             let excludes: Vec<String> = exclude_ips
                 .iter()
@@ -219,14 +250,19 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                 "POST",
                 "/v1/networks",
                 Some(
-                    json!({"name": name, "subnet": net, "gateway": gw, "exclude_ips": excludes, "backend": backend}),
+                    json!({"name": name, "subnet": v4, "gateway": gw, "subnet6": v6,
+                    "gateway6": gw6, "exclude_ips": excludes, "backend": backend}),
                 ),
             )?;
             out(&v, &|v| {
                 println!(
-                    "created network {} ({})",
+                    "created network {} ({}{})",
                     v["name"].as_str().unwrap_or("?"),
-                    v["subnet"].as_str().unwrap_or("-")
+                    v["subnet"].as_str().unwrap_or("-"),
+                    v["subnet6"]
+                        .as_str()
+                        .map(|s| format!(", {s}"))
+                        .unwrap_or_default()
                 )
             });
         }

@@ -1,8 +1,8 @@
 //! Plain data: networks, logical ports, attachments. No I/O here.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -10,9 +10,18 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetworkSpec {
     pub name: String,
-    pub subnet: Ipv4Net,
+    /// IPv4 subnet (at least one of `subnet`, `subnet6`).
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
     /// Default route for attached containers; excluded from dynamic allocation.
+    #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 subnet; OVN direct needs a /64 (addresses are derived from the MAC, EUI-64).
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Net>,
+    /// IPv6 default route for attached containers.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     /// Addresses or `A..B` ranges the backend must not hand out.
     #[serde(default)]
     pub exclude_ips: Vec<String>,
@@ -27,6 +36,10 @@ pub struct Network {
     pub backend: String,
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     pub exclude_ips: Vec<String>,
     /// Number of logical ports on the network (any owner).
     pub ports: usize,
@@ -42,9 +55,11 @@ pub struct LogicalPort {
     pub name: String,
     pub network: String,
     pub mac: String,
-    /// Addresses with the subnet's prefix length.
+    /// Addresses with the subnet's prefix length, every family.
     pub ips: Vec<IpNet>,
-    pub gateway: Option<IpAddr>,
+    /// Default route per family (at most one IPv4 and one IPv6).
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
     /// The backend's own "up" as last read (OVN NB `up`). Readiness is not this: the attach
     /// waits for the edge (`ovn-installed` on the OVS Interface), and NB `up` may lag it.
     pub up: bool,

@@ -174,6 +174,8 @@ mod tests {
             backend: backend.into(),
             subnet: None,
             gateway: None,
+            subnet6: None,
+            gateway6: None,
             exclude_ips: vec![],
             ports: 0,
         }

@@ -103,6 +103,11 @@ fn migrate_to_3(v: &mut serde_json::Value) {
             let name = port.get("name").cloned().unwrap_or_default();
             port.insert("id".into(), name);
         }
+        // One optional gateway then; one per family now.
+        if let Some(gw) = port.remove("gateway") {
+            let gws = if gw.is_null() { vec![] } else { vec![gw] };
+            port.insert("gateways".into(), gws.into());
+        }
     }
 }
 
@@ -375,6 +380,10 @@ mod tests {
         assert_eq!(old.backend, "ovn");
         assert_eq!(old.port.as_ref().unwrap().mac, "0a:00:00:00:00:05");
         assert_eq!(old.port.as_ref().unwrap().id, "courier-d887cd286879");
+        assert_eq!(
+            old.port.as_ref().unwrap().gateways,
+            vec!["10.9.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert_eq!(l.undecodable.len(), 2);
         let future = l
             .undecodable

@@ -80,4 +80,5 @@ pub mod marks {
     pub const ATTACHMENT: &str = "courier-attachment";
     pub const NETWORK: &str = "courier-network";
     pub const GATEWAY: &str = "courier-gateway";
+    pub const GATEWAY6: &str = "courier-gateway6";
 }

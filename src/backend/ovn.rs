@@ -2,14 +2,14 @@
 //! `other_config:subnet`), ports are Logical_Switch_Ports with `addresses: dynamic`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_ovsdb::{
     self as ovsdb, CacheView, Client, Condition, Index, Monitor, Mutation, Op, OpResult, Row,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
 
 use super::{marks, Backend, PortQuery, PortRef, PortRequest};
@@ -99,6 +99,8 @@ impl OvnBackend {
             backend: "ovn".into(),
             subnet: other.get("subnet").and_then(|s| s.parse().ok()),
             gateway: ext.get(marks::GATEWAY).and_then(|s| s.parse().ok()),
+            subnet6: other.get("ipv6_prefix").and_then(|s| parse_prefix64(s)),
+            gateway6: ext.get(marks::GATEWAY6).and_then(|s| s.parse().ok()),
             exclude_ips: other
                 .get("exclude_ips")
                 .map(|s| s.split_whitespace().map(String::from).collect())
@@ -127,6 +129,8 @@ impl OvnBackend {
             .into_iter()
             .map(|ip| match (ip, prefix) {
                 (IpAddr::V4(v4), Some(p)) => IpNet::V4(Ipv4Net::new(v4, p).unwrap_or(v4.into())),
+                // OVN's IPv6 prefixes are /64.
+                (IpAddr::V6(v6), _) => IpNet::V6(Ipv6Net::new(v6, 64).unwrap_or(v6.into())),
                 (ip, _) => IpNet::from(ip),
             })
             .collect();
@@ -140,7 +144,13 @@ impl OvnBackend {
                 .unwrap_or_default(),
             mac,
             ips,
-            gateway: network.and_then(|n| n.gateway).map(IpAddr::V4),
+            gateways: network
+                .map(|n| {
+                    let v4 = n.gateway.map(IpAddr::V4);
+                    let v6 = n.gateway6.map(IpAddr::V6);
+                    v4.into_iter().chain(v6).collect()
+                })
+                .unwrap_or_default(),
             up: ovsdb::get_bool(row, "up").unwrap_or(false),
             attachment: ext.get(marks::ATTACHMENT).cloned(),
         })
@@ -218,10 +228,53 @@ pub fn addresses_entry(mac: Option<&str>, ip: Option<IpAddr>) -> String {
     }
 }
 
+/// An OVN `ipv6_prefix` ("fd00:1::" or "fd00:1::/64") as a /64.
+fn parse_prefix64(s: &str) -> Option<Ipv6Net> {
+    let addr = s.split('/').next()?.parse::<Ipv6Addr>().ok()?;
+    Ipv6Net::new(addr, 64).ok().map(|n| n.trunc())
+}
+
 /// Checks a network spec and returns the `exclude_ips` value to store (gateway included).
 pub fn validate_spec(spec: &NetworkSpec) -> Result<String> {
     validate_network_name(&spec.name).map_err(Error::InvalidInput)?;
-    let subnet = spec.subnet;
+    if spec.subnet.is_none() && spec.subnet6.is_none() {
+        return Err(Error::InvalidInput(
+            "a network needs a subnet: give --subnet with an IPv4 CIDR, an IPv6 /64, or both"
+                .into(),
+        ));
+    }
+    if let Some(s6) = spec.subnet6 {
+        if s6.prefix_len() != 64 || s6.trunc() != s6 {
+            return Err(Error::InvalidInput(format!(
+                "IPv6 subnet {s6} must be a /64 without host bits (OVN derives addresses from MACs), e.g. {}",
+                Ipv6Net::new(s6.addr(), 64).map(|n| n.trunc()).unwrap_or(s6)
+            )));
+        }
+        if let Some(g6) = spec.gateway6 {
+            if !s6.contains(&g6) || g6 == s6.network() {
+                return Err(Error::InvalidInput(format!(
+                    "IPv6 gateway {g6} is not a usable address of {s6}"
+                )));
+            }
+        }
+    } else if let Some(g6) = spec.gateway6 {
+        return Err(Error::InvalidInput(format!(
+            "IPv6 gateway {g6} needs an IPv6 subnet"
+        )));
+    }
+    let Some(subnet) = spec.subnet else {
+        if let Some(gw) = spec.gateway {
+            return Err(Error::InvalidInput(format!(
+                "gateway {gw} needs an IPv4 subnet"
+            )));
+        }
+        if let Some(e) = spec.exclude_ips.first() {
+            return Err(Error::InvalidInput(format!(
+                "exclude-ips {e:?} needs an IPv4 subnet (IPv6 addresses come from MACs)"
+            )));
+        }
+        return Ok(String::new());
+    };
     if subnet.trunc() != subnet {
         return Err(Error::InvalidInput(format!(
             "subnet {subnet} has host bits set: did you mean {}?",
@@ -280,7 +333,12 @@ impl Backend for OvnBackend {
     async fn create_network(&self, spec: &NetworkSpec) -> Result<Network> {
         let exclude = validate_spec(spec)?;
         let mut other = BTreeMap::new();
-        other.insert("subnet".to_string(), spec.subnet.to_string());
+        if let Some(subnet) = spec.subnet {
+            other.insert("subnet".to_string(), subnet.to_string());
+        }
+        if let Some(s6) = spec.subnet6 {
+            other.insert("ipv6_prefix".to_string(), s6.to_string());
+        }
         if !exclude.is_empty() {
             other.insert("exclude_ips".to_string(), exclude);
         }
@@ -288,6 +346,9 @@ impl Backend for OvnBackend {
         ext.insert(marks::OWNER.to_string(), marks::OWNER_VALUE.to_string());
         if let Some(gw) = spec.gateway {
             ext.insert(marks::GATEWAY.to_string(), gw.to_string());
+        }
+        if let Some(gw) = spec.gateway6 {
+            ext.insert(marks::GATEWAY6.to_string(), gw.to_string());
         }
         let ops = vec![
             // Atomic "name is free": fails the transaction if a switch with this name exists.
@@ -332,13 +393,15 @@ impl Backend for OvnBackend {
                 "waiting to see switch {} in the monitor",
                 spec.name
             )))?;
-        tracing::info!(network = %spec.name, %uuid, subnet = %spec.subnet, "created logical switch");
+        tracing::info!(network = %spec.name, %uuid, subnet = ?spec.subnet, subnet6 = ?spec.subnet6, "created logical switch");
         Ok(Network {
             name: spec.name.clone(),
             backend_id: uuid,
             backend: "ovn".into(),
-            subnet: Some(spec.subnet),
+            subnet: spec.subnet,
             gateway: spec.gateway,
+            subnet6: spec.subnet6,
+            gateway6: spec.gateway6,
             exclude_ips: spec.exclude_ips.clone(),
             ports: 0,
         })
@@ -512,7 +575,10 @@ impl OvnBackend {
                 });
             }
         }
-        if net.subnet.is_none() && (requested_ip.is_none() || req.mac.is_none()) {
+        if net.subnet.is_none()
+            && net.subnet6.is_none()
+            && (requested_ip.is_none() || req.mac.is_none())
+        {
             return Err(Error::InvalidInput(format!(
                 "network {network:?} has no other_config:subnet, so OVN cannot assign addresses; give --ip and --mac or set a subnet"
             )));
@@ -673,7 +739,9 @@ mod tests {
     fn spec(subnet: &str) -> NetworkSpec {
         NetworkSpec {
             name: "n1".into(),
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
+            subnet6: None,
+            gateway6: None,
             gateway: None,
             exclude_ips: vec![],
         }
@@ -694,6 +762,44 @@ mod tests {
             addresses_entry(Some("0a:00:00:00:00:01"), Some("10.0.0.5".parse().unwrap())),
             "0a:00:00:00:00:01 10.0.0.5"
         );
+    }
+
+    #[test]
+    fn ipv6_specs_and_prefixes() {
+        let mut s = spec("10.9.0.0/24");
+        s.subnet6 = Some("fd00:9::/64".parse().unwrap());
+        s.gateway6 = Some("fd00:9::1".parse().unwrap());
+        assert!(validate_spec(&s).is_ok());
+        s.subnet6 = Some("fd00:9::/48".parse().unwrap());
+        assert!(validate_spec(&s).unwrap_err().to_string().contains("/64"));
+        s.subnet6 = Some("fd00:9::5/64".parse().unwrap());
+        assert!(validate_spec(&s).is_err(), "host bits");
+        s.subnet6 = Some("fd00:9::/64".parse().unwrap());
+        s.gateway6 = Some("fd00:8::1".parse().unwrap());
+        assert!(validate_spec(&s).is_err(), "gateway outside");
+        let v6only = NetworkSpec {
+            subnet: None,
+            subnet6: Some("fd00:9::/64".parse().unwrap()),
+            ..spec("10.9.0.0/24")
+        };
+        assert_eq!(validate_spec(&v6only).unwrap(), "");
+        let none = NetworkSpec {
+            subnet: None,
+            ..spec("10.9.0.0/24")
+        };
+        assert!(validate_spec(&none).is_err());
+        assert_eq!(
+            parse_prefix64("fd77:1:2:3::"),
+            Some("fd77:1:2:3::/64".parse().unwrap())
+        );
+        assert_eq!(
+            parse_prefix64("fd77:1:2:4::/64"),
+            Some("fd77:1:2:4::/64".parse().unwrap())
+        );
+        assert_eq!(parse_prefix64("nonsense"), None);
+        let (_, ips) =
+            parse_addresses("ce:0f:63:4d:00:03 10.77.0.2 fd77:1:2:3:cc0f:63ff:fe4d:3").unwrap();
+        assert_eq!(ips.len(), 2);
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl EdgeBinding for VethOvs {
             mac: None,
             mtu: None,
             addresses: port.ips.clone(),
-            gateway: port.gateway,
+            gateways: port.gateways.clone(),
         })
         .await
         .map_err(nl_err(format!(
@@ -251,12 +251,12 @@ impl EdgeBinding for VethOvs {
                 return Err(fail(format!("{} lacks address {ip}", att.ifname)));
             }
         }
-        if let Some(gw) = port.gateway {
-            let gws = ns
-                .default_gateways()
-                .await
-                .map_err(nl_err(format!("reading routes in {}", att.netns)))?;
-            if !gws.contains(&gw) {
+        let gws = ns
+            .default_gateways()
+            .await
+            .map_err(nl_err(format!("reading routes in {}", att.netns)))?;
+        for gw in &port.gateways {
+            if !gws.contains(gw) {
                 return Err(fail(format!("no default route via {gw} in {}", att.netns)));
             }
         }

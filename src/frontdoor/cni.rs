@@ -263,7 +263,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             network: att.network.clone(),
             mac: String::new(),
             ips: vec![],
-            gateway: None,
+            gateways: vec![],
             up: false,
             attachment: None,
         });
@@ -273,10 +273,12 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
         .iter()
         .map(|ip| {
             let mut o = json!({"address": ip.to_string(), "interface": 1});
-            if let Some(gw) = port.gateway {
-                if gw.is_ipv4() == ip.addr().is_ipv4() {
-                    o["gateway"] = json!(gw.to_string());
-                }
+            if let Some(gw) = port
+                .gateways
+                .iter()
+                .find(|gw| gw.is_ipv4() == ip.addr().is_ipv4())
+            {
+                o["gateway"] = json!(gw.to_string());
             }
             if legacy {
                 o["version"] = json!(if ip.addr().is_ipv4() { "4" } else { "6" });
@@ -285,7 +287,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
         })
         .collect();
     let routes: Vec<Value> = port
-        .gateway
+        .gateways
         .iter()
         .map(|gw| {
             let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
@@ -435,7 +437,7 @@ mod tests {
             network: "n1".into(),
             mac: "0a:00:00:00:00:05".into(),
             ips: vec!["10.9.0.5/24".parse().unwrap()],
-            gateway: Some("10.9.0.1".parse().unwrap()),
+            gateways: vec!["10.9.0.1".parse().unwrap()],
             up: true,
             attachment: Some(a.id.clone()),
         });

@@ -74,7 +74,8 @@ pub struct IfaceConfig {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub addresses: Vec<IpNet>,
-    pub gateway: Option<IpAddr>,
+    /// A default route via each (at most one per family).
+    pub gateways: Vec<IpAddr>,
 }
 
 /// An rtnetlink socket bound to one network namespace.
@@ -271,7 +272,7 @@ impl Netlink {
             )
             .await?;
         }
-        if let Some(gw) = cfg.gateway {
+        for &gw in &cfg.gateways {
             self.execute(
                 msg::default_route(idx, gw),
                 &format!("adding default route via {gw} on {}", cfg.new_name),

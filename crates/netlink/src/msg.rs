@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 
 use ipnet::IpNet;
 use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{
@@ -123,17 +124,25 @@ pub fn set_alias(index: u32, alias: &str) -> Request {
     }
 }
 
-/// RTM_NEWADDR on link `index`.
+/// RTM_NEWADDR on link `index`. An IPv6 address is added with IFA_F_NODAD: the backend (the
+/// IPAM) already made it unique, and duplicate address detection would leave it "tentative"
+/// (unusable) for a second or more after the attach returns.
 pub fn address(index: u32, net: IpNet) -> Request {
     let message = match net {
         IpNet::V4(n) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
             .index(index)
             .address(n.addr(), n.prefix_len())
             .build(),
-        IpNet::V6(n) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
-            .index(index)
-            .address(n.addr(), n.prefix_len())
-            .build(),
+        IpNet::V6(n) => {
+            let mut m = AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(index)
+                .address(n.addr(), n.prefix_len())
+                .build();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m
+        }
     };
     Request {
         message: RouteNetlinkMessage::NewAddress(message),
@@ -293,7 +302,17 @@ mod tests {
         // IFA_LOCAL (2) = 10.9.0.5
         assert!(hex(&bytes).contains("080002000a090005"));
         let r6 = address(4, "fd00::5/64".parse().unwrap());
-        assert_eq!(r6.to_bytes(0)[16..18], [10, 64], "AF_INET6 /64");
+        let b6 = r6.to_bytes(0);
+        // ifaddrmsg: AF_INET6 (10), /64, flags IFA_F_NODAD (0x02).
+        assert_eq!(b6[16..19], [10, 64, 2], "AF_INET6 /64 nodad");
+        let RouteNetlinkMessage::NewAddress(m6) = roundtrip(&r6) else {
+            panic!()
+        };
+        assert!(m6
+            .attributes
+            .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
+        // The IPv4 message has no NODAD.
+        assert_eq!(bytes[18], 0);
     }
 
     #[test]

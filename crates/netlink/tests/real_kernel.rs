@@ -111,8 +111,11 @@ async fn veth_into_netns_with_checksum_off_configured_and_read_back() {
             new_name: "eth0".into(),
             mac: None,
             mtu: None,
-            addresses: vec!["10.55.0.7/24".parse().unwrap()],
-            gateway: Some("10.55.0.1".parse().unwrap()),
+            addresses: vec![
+                "10.55.0.7/24".parse().unwrap(),
+                "fd55::7/64".parse().unwrap(),
+            ],
+            gateways: vec!["10.55.0.1".parse().unwrap(), "fd55::1".parse().unwrap()],
         })
         .await
         .unwrap();
@@ -131,10 +134,22 @@ async fn veth_into_netns_with_checksum_off_configured_and_read_back() {
     );
     assert_eq!(
         inside.default_gateways().await.unwrap(),
-        vec!["10.55.0.1".parse::<std::net::IpAddr>().unwrap()]
+        vec![
+            "10.55.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "fd55::1".parse().unwrap()
+        ]
     );
     let r = ns.run(&["ip", "-o", "route", "show", "default"]);
     assert!(String::from_utf8_lossy(&r.stdout).contains("via 10.55.0.1 dev eth0"));
+    // The IPv6 address is usable at once: added with NODAD, never "tentative".
+    let a6 = ns.run(&[
+        "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    let a6 = String::from_utf8_lossy(&a6.stdout).into_owned();
+    assert!(a6.contains("fd55::7/64"), "{a6}");
+    assert!(!a6.contains("tentative"), "{a6}");
+    let r6 = ns.run(&["ip", "-o", "-6", "route", "show", "default"]);
+    assert!(String::from_utf8_lossy(&r6.stdout).contains("via fd55::1 dev eth0"));
 
     // Listing by prefix sees the host end; deleting it removes both ends.
     assert!(nl
@@ -184,7 +199,7 @@ async fn rename_after_move_and_ping_between_namespaces() {
                 mac: None,
                 mtu: Some(1450),
                 addresses: vec![ip.parse().unwrap()],
-                gateway: None,
+                gateways: vec![],
             })
             .await
             .unwrap();
