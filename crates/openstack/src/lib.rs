@@ -46,3 +46,4 @@ pub use neutron::{
 };
 pub use retry::{retry_transient, Backoff};
 pub use secret::Secret;
+pub use session::Session;
