@@ -125,6 +125,18 @@ impl Session {
         }
     }
 
+    /// Use this token (e.g. one obtained elsewhere) until it is about to expire or a service
+    /// answers 401 to it; then the session authenticates with its own credentials.
+    pub async fn set_token(&self, token: Token) {
+        let token = Arc::new(token);
+        let remaining = token.remaining();
+        let margin = self.cfg.token_renew_margin.min(remaining / 2);
+        *self.token.lock().await = Some(Cached {
+            token,
+            renew_at: Instant::now() + remaining.saturating_sub(margin),
+        });
+    }
+
     /// Forget the cached token whatever it is: the next request authenticates again.
     pub async fn clear_token(&self) {
         *self.token.lock().await = None;

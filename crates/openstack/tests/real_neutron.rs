@@ -39,6 +39,16 @@ fn env_map(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
     move |k| m.get(k).cloned()
 }
 
+/// Neutron's host:port (`$COURIER_TEST_NEUTRON`, default 127.0.0.1:9696): the catalog's.
+fn neutron_addr() -> String {
+    std::env::var("COURIER_TEST_NEUTRON").unwrap_or_else(|_| "127.0.0.1:9696".into())
+}
+
+/// The noauth Neutron (`$COURIER_TEST_NOAUTH_NEUTRON`, default 127.0.0.1:9697).
+fn noauth_addr() -> String {
+    std::env::var("COURIER_TEST_NOAUTH_NEUTRON").unwrap_or_else(|_| "127.0.0.1:9697".into())
+}
+
 /// Ok(()) when Keystone + Neutron + clouds.yaml are there, else the reason to skip.
 async fn env_ready() -> Result<(), String> {
     if !clouds_file().is_file() {
@@ -47,9 +57,18 @@ async fn env_ready() -> Result<(), String> {
             clouds_file().display()
         ));
     }
-    for a in ["127.0.0.1:5000", "127.0.0.1:9696"] {
-        if !reachable(a).await {
-            return Err(format!("nothing listening on {a} (scripts/neutron.sh)"));
+    let env = env_map(&[("OS_CLIENT_CONFIG_FILE", clouds_file().display().to_string())]);
+    let cfg = CloudConfig::resolve(Some("courier-admin"), &env).map_err(|e| e.to_string())?;
+    let auth_url = cfg.auth_url.unwrap_or_default();
+    let keystone = auth_url
+        .split_once("://")
+        .map(|(_, r)| r.split('/').next().unwrap_or(r).to_string())
+        .unwrap_or(auth_url);
+    for a in [keystone, neutron_addr()] {
+        if !reachable(&a).await {
+            return Err(format!(
+                "nothing listening on {a} (scripts/neutron.sh start)"
+            ));
         }
     }
     Ok(())
@@ -102,7 +121,10 @@ async fn auth_with_clouds_yaml_and_secure_yaml() {
         assert!(tokens[0].remaining() > Duration::from_secs(60));
         // the endpoint comes from the token's catalog
         let neutron = Neutron::with_session(session.clone()).await.unwrap();
-        assert_eq!(neutron.endpoint(), "http://127.0.0.1:9696/v2.0");
+        assert_eq!(
+            neutron.endpoint(),
+            format!("http://{}/v2.0", neutron_addr())
+        );
         neutron.list_networks(&Query::new().limit(5)).await.unwrap();
         assert_eq!(session.auth_count(), 1, "the cached token is reused");
         // after the cache is dropped, the next request authenticates again
@@ -110,6 +132,37 @@ async fn auth_with_clouds_yaml_and_secure_yaml() {
         neutron.list_ports(&Query::new().limit(1)).await.unwrap();
         assert_eq!(session.auth_count(), 2);
     }
+}
+
+/// A token Neutron refuses (401): the session renews it once and the request succeeds;
+/// concurrent 401s share that one renewal.
+#[tokio::test]
+async fn unauthorized_token_is_renewed_once() {
+    require_env!("unauthorized_token_is_renewed_once");
+    let session = Arc::new(Session::new(cloud("courier-admin")).unwrap());
+    let neutron = Neutron::with_endpoint(session.clone(), &format!("http://{}", neutron_addr()));
+    let bogus = || {
+        courier_openstack::Token::from_response(
+            "gAAAAABbogus-token-courier",
+            r#"{"token": {"expires_at": "2099-01-01T00:00:00Z", "catalog": []}}"#,
+        )
+        .unwrap()
+    };
+    session.set_token(bogus()).await;
+    neutron.list_networks(&Query::new().limit(1)).await.unwrap();
+    assert_eq!(session.auth_count(), 1);
+    session.set_token(bogus()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let n = neutron.clone();
+        tasks.push(tokio::spawn(async move {
+            n.list_ports(&Query::new().limit(1)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(session.auth_count(), 2, "4 concurrent 401s, one renewal");
 }
 
 #[tokio::test]
@@ -135,7 +188,10 @@ async fn auth_with_os_env_vars() {
     assert_eq!(cfg.auth_type, AuthType::Password);
     let neutron = Neutron::connect(cfg).await.unwrap();
     // the internal endpoint of RegionOne
-    assert_eq!(neutron.endpoint(), "http://127.0.0.1:9696/v2.0");
+    assert_eq!(
+        neutron.endpoint(),
+        format!("http://{}/v2.0", neutron_addr())
+    );
     neutron.list_networks(&Query::new()).await.unwrap();
 }
 
@@ -156,13 +212,14 @@ async fn wrong_password_is_an_auth_error_without_the_password() {
 
 #[tokio::test]
 async fn noauth_neutron() {
-    if !reachable("127.0.0.1:9697").await {
-        courier_testenv::skip("noauth_neutron", "no noauth Neutron on 127.0.0.1:9697");
+    let addr = noauth_addr();
+    if !reachable(&addr).await {
+        courier_testenv::skip("noauth_neutron", &format!("no noauth Neutron on {addr}"));
         return;
     }
     let env = env_map(&[
         ("OS_AUTH_TYPE", "noauth".into()),
-        ("OS_ENDPOINT", "http://127.0.0.1:9697".into()),
+        ("OS_ENDPOINT", format!("http://{addr}")),
     ]);
     let cfg = CloudConfig::resolve(None, &env).unwrap();
     let neutron = Neutron::connect(cfg).await.unwrap();
