@@ -53,7 +53,7 @@ pub struct NetworkCreate {
     pub port_security_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
-    /// Set with the tags API after create (inline when Neutron has `tag-creation`).
+    /// Set with the tags API right after create.
     #[serde(skip)]
     pub tags: Vec<String>,
 }
@@ -629,12 +629,10 @@ impl Neutron {
 
     // ------------------------------------------------------------------ networks
 
+    /// Create a network, then set its tags with `PUT /v2.0/networks/ID/tags` (Neutron 29
+    /// refuses `tags` in a network POST, `tag-creation` or not: it is for ports only).
     pub async fn create_network(&self, req: &NetworkCreate) -> Result<Network> {
-        let inline = !req.tags.is_empty() && self.has_extension("tag-creation").await?;
-        let mut body = serde_json::to_value(req).expect("serializable");
-        if inline {
-            body["tags"] = json!(req.tags);
-        }
+        let body = serde_json::to_value(req).expect("serializable");
         let what = format!("network {}", req.name.as_deref().unwrap_or("-"));
         let mut net: Network = self
             .call_key(
