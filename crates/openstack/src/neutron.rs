@@ -1,0 +1,1061 @@
+//! Neutron v2.0: networks, subnets, ports (single and bulk create, paginated lists, revision-
+//! checked updates), security groups, trunks, tags.
+//!
+//! Types follow the API reference; fields Neutron may omit are `Option` (lists default to
+//! empty) and unknown fields are ignored, so a newer Neutron does not break decoding.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+use crate::config::CloudConfig;
+use crate::error::{Error, RequestContext, Result};
+use crate::session::{Request, Session};
+
+// ------------------------------------------------------------------------------------ types
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub status: Option<String>,
+    pub admin_state_up: Option<bool>,
+    pub shared: Option<bool>,
+    pub mtu: Option<u32>,
+    pub subnets: Vec<String>,
+    pub tags: Vec<String>,
+    pub project_id: Option<String>,
+    pub port_security_enabled: Option<bool>,
+    pub revision_number: Option<u64>,
+    #[serde(rename = "provider:network_type")]
+    pub network_type: Option<String>,
+    #[serde(rename = "provider:segmentation_id")]
+    pub segmentation_id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkCreate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_security_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// Set with the tags API right after create.
+    #[serde(skip)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationPool {
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    pub destination: String,
+    pub nexthop: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Subnet {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub cidr: String,
+    pub ip_version: u8,
+    pub gateway_ip: Option<String>,
+    pub enable_dhcp: Option<bool>,
+    pub ipv6_address_mode: Option<String>,
+    pub ipv6_ra_mode: Option<String>,
+    pub dns_nameservers: Vec<String>,
+    pub host_routes: Vec<HostRoute>,
+    pub allocation_pools: Vec<AllocationPool>,
+    pub tags: Vec<String>,
+    pub project_id: Option<String>,
+    pub revision_number: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SubnetCreate {
+    pub network_id: String,
+    pub cidr: String,
+    pub ip_version: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Some(None)` sends `"gateway_ip": null` (no gateway); None lets Neutron pick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_ip: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_dhcp: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_address_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_ra_mode: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_nameservers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_routes: Vec<HostRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocation_pools: Vec<AllocationPool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedIp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedAddressPair {
+    pub ip_address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Port {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub mac_address: String,
+    pub fixed_ips: Vec<FixedIp>,
+    pub device_owner: String,
+    pub device_id: String,
+    pub status: Option<String>,
+    pub admin_state_up: Option<bool>,
+    pub security_groups: Vec<String>,
+    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    pub port_security_enabled: Option<bool>,
+    pub tags: Vec<String>,
+    pub project_id: Option<String>,
+    pub revision_number: Option<u64>,
+    #[serde(rename = "binding:host_id")]
+    pub binding_host_id: Option<String>,
+    #[serde(rename = "binding:vnic_type")]
+    pub binding_vnic_type: Option<String>,
+    #[serde(rename = "binding:vif_type")]
+    pub binding_vif_type: Option<String>,
+    #[serde(rename = "binding:profile")]
+    pub binding_profile: Option<Value>,
+    #[serde(rename = "binding:vif_details")]
+    pub binding_vif_details: Option<Value>,
+    /// Set on a trunk's parent port.
+    pub trunk_details: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PortCreate {
+    pub network_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fixed_ips: Vec<FixedIp>,
+    /// None: the project's default group; `Some(vec![])`: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(rename = "binding:host_id", skip_serializing_if = "Option::is_none")]
+    pub binding_host_id: Option<String>,
+    #[serde(rename = "binding:vnic_type", skip_serializing_if = "Option::is_none")]
+    pub binding_vnic_type: Option<String>,
+    #[serde(rename = "binding:profile", skip_serializing_if = "Option::is_none")]
+    pub binding_profile: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_security_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// Sent inline when Neutron has the `tag-ports-during-bulk-creation` (or `tag-creation`)
+    /// extension, else set with `PUT /v2.0/ports/ID/tags` after create.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// A partial port update: only the fields that are `Some` are sent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PortUpdate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_ips: Option<Vec<FixedIp>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(rename = "binding:host_id", skip_serializing_if = "Option::is_none")]
+    pub binding_host_id: Option<String>,
+    #[serde(rename = "binding:vnic_type", skip_serializing_if = "Option::is_none")]
+    pub binding_vnic_type: Option<String>,
+    #[serde(rename = "binding:profile", skip_serializing_if = "Option::is_none")]
+    pub binding_profile: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_address_pairs: Option<Vec<AllowedAddressPair>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_security_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub project_id: Option<String>,
+    pub stateful: Option<bool>,
+    pub tags: Vec<String>,
+    pub security_group_rules: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubPort {
+    pub port_id: String,
+    /// `vlan` (or `inherit`).
+    pub segmentation_type: String,
+    pub segmentation_id: u32,
+}
+
+impl SubPort {
+    pub fn vlan(port_id: impl Into<String>, vlan: u32) -> SubPort {
+        SubPort {
+            port_id: port_id.into(),
+            segmentation_type: "vlan".into(),
+            segmentation_id: vlan,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Trunk {
+    pub id: String,
+    pub name: String,
+    pub port_id: String,
+    pub status: Option<String>,
+    pub admin_state_up: Option<bool>,
+    pub sub_ports: Vec<SubPort>,
+    pub tags: Vec<String>,
+    pub project_id: Option<String>,
+    pub revision_number: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrunkCreate {
+    pub port_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sub_ports: Vec<SubPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_state_up: Option<bool>,
+}
+
+/// Query filters for a list call: `?k=v&k=v…`. Values are URL-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pairs: Vec<(String, String)>,
+    limit: Option<u32>,
+}
+
+impl Query {
+    pub fn new() -> Query {
+        Query::default()
+    }
+    /// Any `field=value` filter (repeatable: a field given twice matches either value).
+    pub fn eq(mut self, field: &str, value: impl Into<String>) -> Query {
+        self.pairs.push((field.to_string(), value.into()));
+        self
+    }
+    pub fn id(self, id: impl Into<String>) -> Query {
+        self.eq("id", id)
+    }
+    pub fn name(self, name: impl Into<String>) -> Query {
+        self.eq("name", name)
+    }
+    pub fn network_id(self, id: impl Into<String>) -> Query {
+        self.eq("network_id", id)
+    }
+    pub fn device_owner(self, v: impl Into<String>) -> Query {
+        self.eq("device_owner", v)
+    }
+    pub fn device_id(self, v: impl Into<String>) -> Query {
+        self.eq("device_id", v)
+    }
+    pub fn mac_address(self, v: impl Into<String>) -> Query {
+        self.eq("mac_address", v)
+    }
+    pub fn project_id(self, v: impl Into<String>) -> Query {
+        self.eq("project_id", v)
+    }
+    pub fn port_id(self, v: impl Into<String>) -> Query {
+        self.eq("port_id", v)
+    }
+    /// Ports with this fixed IP (`fixed_ips=ip_address=X`).
+    pub fn fixed_ip(self, ip: impl AsRef<str>) -> Query {
+        let v = format!("ip_address={}", ip.as_ref());
+        self.eq("fixed_ips", v)
+    }
+    /// Resources with all of these tags.
+    pub fn tags<S: AsRef<str>>(self, tags: &[S]) -> Query {
+        let v = tags
+            .iter()
+            .map(|t| t.as_ref())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.eq("tags", v)
+    }
+    /// Resources with any of these tags.
+    pub fn tags_any<S: AsRef<str>>(self, tags: &[S]) -> Query {
+        let v = tags
+            .iter()
+            .map(|t| t.as_ref())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.eq("tags-any", v)
+    }
+    /// Page size: the list is still read whole, `limit` items per request.
+    pub fn limit(mut self, n: u32) -> Query {
+        self.limit = Some(n);
+        self
+    }
+
+    fn to_query_string(&self, marker: Option<&str>) -> String {
+        let mut parts: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        if let Some(l) = self.limit {
+            parts.push(format!("limit={l}"));
+        }
+        if let Some(m) = marker {
+            parts.push(format!("marker={}", enc(m)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+}
+
+/// Percent-encode a query component or path segment (RFC 3986 unreserved kept).
+fn enc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                o.push(b as char)
+            }
+            _ => o.push_str(&format!("%{b:02X}")),
+        }
+    }
+    o
+}
+
+/// The `marker` of a `*_links` "next" href, if there is a next page.
+fn next_marker(links: Option<&Value>) -> Option<String> {
+    let links = links?.as_array()?;
+    let next = links
+        .iter()
+        .find(|l| l.get("rel").and_then(|r| r.as_str()) == Some("next"))?;
+    let href = next.get("href")?.as_str()?;
+    let query = href.split_once('?')?.1;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "marker").then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ------------------------------------------------------------------------------------ client
+
+/// A Neutron v2.0 client. Cheap to clone (shares the [`Session`]).
+#[derive(Debug, Clone)]
+pub struct Neutron {
+    session: Arc<Session>,
+    /// The endpoint, ending in `/v2.0`, no trailing slash.
+    base: String,
+    extensions: Arc<OnceCell<HashSet<String>>>,
+}
+
+fn v20(endpoint: &str) -> String {
+    let e = endpoint.trim_end_matches('/');
+    if e.ends_with("/v2.0") {
+        e.to_string()
+    } else {
+        format!("{e}/v2.0")
+    }
+}
+
+impl Neutron {
+    /// Build the session, authenticate (unless noauth or an endpoint override is given) and
+    /// find Neutron's endpoint.
+    pub async fn connect(cfg: CloudConfig) -> Result<Neutron> {
+        let session = Arc::new(Session::new(cfg)?);
+        Neutron::with_session(session).await
+    }
+
+    pub async fn with_session(session: Arc<Session>) -> Result<Neutron> {
+        let endpoint = session.endpoint("network").await?;
+        Ok(Neutron::with_endpoint(session, &endpoint))
+    }
+
+    /// A client for this endpoint (e.g. `http://127.0.0.1:9696`), no catalog look-up.
+    pub fn with_endpoint(session: Arc<Session>, endpoint: &str) -> Neutron {
+        Neutron {
+            session,
+            base: v20(endpoint),
+            extensions: Arc::new(OnceCell::new()),
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The endpoint in use, ending in `/v2.0`.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        if_match_revision: Option<u64>,
+        resource: Option<String>,
+    ) -> Result<(u16, String)> {
+        self.session
+            .send(Request {
+                method,
+                url: format!("{}{}", self.base, path),
+                path: format!("/v2.0{path}"),
+                body,
+                if_match_revision,
+                resource,
+            })
+            .await
+    }
+
+    fn decode<T: DeserializeOwned>(
+        method: &str,
+        path: &str,
+        resource: Option<String>,
+        text: &str,
+    ) -> Result<T> {
+        serde_json::from_str(text).map_err(|e| Error::Decode {
+            ctx: RequestContext {
+                method: method.into(),
+                path: format!("/v2.0{path}"),
+                resource,
+            },
+            message: e.to_string(),
+        })
+    }
+
+    /// Call and decode the member `key` of the answer.
+    async fn call_key<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<u64>,
+        resource: Option<String>,
+        key: &str,
+    ) -> Result<T> {
+        let m = method.to_string();
+        let (_, text) = self
+            .call(method, path, body, if_match, resource.clone())
+            .await?;
+        let mut v: Value = Self::decode(&m, path, resource.clone(), &text)?;
+        let inner = v
+            .get_mut(key)
+            .map(Value::take)
+            .ok_or_else(|| Error::Decode {
+                ctx: RequestContext {
+                    method: m.clone(),
+                    path: format!("/v2.0{path}"),
+                    resource: resource.clone(),
+                },
+                message: format!("no {key:?} in the answer"),
+            })?;
+        serde_json::from_value(inner).map_err(|e| Error::Decode {
+            ctx: RequestContext {
+                method: m,
+                path: format!("/v2.0{path}"),
+                resource,
+            },
+            message: e.to_string(),
+        })
+    }
+
+    /// GET a collection, following pagination (`limit` + `marker`, `<key>_links` next).
+    async fn list<T: DeserializeOwned + HasId>(
+        &self,
+        collection: &str,
+        q: &Query,
+    ) -> Result<Vec<T>> {
+        self.list_at(collection, collection, q).await
+    }
+
+    /// [`Neutron::list`] where the URL segment differs from the JSON key (`security-groups`).
+    async fn list_at<T: DeserializeOwned + HasId>(
+        &self,
+        segment: &str,
+        collection: &str,
+        q: &Query,
+    ) -> Result<Vec<T>> {
+        let mut out: Vec<T> = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let path = format!("/{segment}{}", q.to_query_string(marker.as_deref()));
+            let (_, text) = self.call(Method::GET, &path, None, None, None).await?;
+            let mut v: Value = Self::decode("GET", &path, None, &text)?;
+            let items: Vec<T> = serde_json::from_value(
+                v.get_mut(collection)
+                    .map(Value::take)
+                    .unwrap_or(Value::Array(vec![])),
+            )
+            .map_err(|e| Error::Decode {
+                ctx: RequestContext {
+                    method: "GET".into(),
+                    path: format!("/v2.0{path}"),
+                    resource: None,
+                },
+                message: e.to_string(),
+            })?;
+            let n = items.len();
+            let last = items.last().map(|i| i.id().to_string());
+            out.extend(items);
+            if q.limit.is_none() || n == 0 {
+                return Ok(out);
+            }
+            let next = next_marker(v.get(format!("{collection}_links").as_str())).or_else(|| {
+                // No links (pagination disabled?): a full page may have a successor.
+                (n as u32 >= q.limit.unwrap_or(u32::MAX))
+                    .then(|| last.clone())
+                    .flatten()
+            });
+            match next {
+                Some(m) if Some(&m) != marker.as_ref() => marker = Some(m),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// DELETE; 404 is Ok(false).
+    async fn delete_path(&self, path: &str, resource: String) -> Result<bool> {
+        match self
+            .call(Method::DELETE, path, None, None, Some(resource))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The aliases of the extensions this Neutron has (read once, cached).
+    pub async fn extensions(&self) -> Result<&HashSet<String>> {
+        self.extensions
+            .get_or_try_init(|| async {
+                #[derive(Deserialize)]
+                struct Ext {
+                    alias: String,
+                }
+                let exts: Vec<Ext> = self
+                    .call_key(Method::GET, "/extensions", None, None, None, "extensions")
+                    .await?;
+                Ok(exts.into_iter().map(|e| e.alias).collect())
+            })
+            .await
+    }
+
+    pub async fn has_extension(&self, alias: &str) -> Result<bool> {
+        Ok(self.extensions().await?.contains(alias))
+    }
+
+    // ------------------------------------------------------------------ networks
+
+    /// Create a network, then set its tags with `PUT /v2.0/networks/ID/tags` (Neutron 29
+    /// refuses `tags` in a network POST, `tag-creation` or not: it is for ports only).
+    pub async fn create_network(&self, req: &NetworkCreate) -> Result<Network> {
+        let body = serde_json::to_value(req).expect("serializable");
+        let what = format!("network {}", req.name.as_deref().unwrap_or("-"));
+        let mut net: Network = self
+            .call_key(
+                Method::POST,
+                "/networks",
+                Some(json!({ "network": body })),
+                None,
+                Some(what),
+                "network",
+            )
+            .await?;
+        if !req.tags.is_empty() && !req.tags.iter().all(|t| net.tags.contains(t)) {
+            net.tags = self.replace_tags("networks", &net.id, &req.tags).await?;
+        }
+        Ok(net)
+    }
+
+    pub async fn get_network(&self, id: &str) -> Result<Network> {
+        self.call_key(
+            Method::GET,
+            &format!("/networks/{}", enc(id)),
+            None,
+            None,
+            Some(format!("network {id}")),
+            "network",
+        )
+        .await
+    }
+
+    pub async fn list_networks(&self, q: &Query) -> Result<Vec<Network>> {
+        self.list("networks", q).await
+    }
+
+    pub async fn delete_network(&self, id: &str) -> Result<bool> {
+        self.delete_path(&format!("/networks/{}", enc(id)), format!("network {id}"))
+            .await
+    }
+
+    // ------------------------------------------------------------------ subnets
+
+    pub async fn create_subnet(&self, req: &SubnetCreate) -> Result<Subnet> {
+        let what = format!("subnet {} on network {}", req.cidr, req.network_id);
+        self.call_key(
+            Method::POST,
+            "/subnets",
+            Some(json!({ "subnet": req })),
+            None,
+            Some(what),
+            "subnet",
+        )
+        .await
+    }
+
+    pub async fn get_subnet(&self, id: &str) -> Result<Subnet> {
+        self.call_key(
+            Method::GET,
+            &format!("/subnets/{}", enc(id)),
+            None,
+            None,
+            Some(format!("subnet {id}")),
+            "subnet",
+        )
+        .await
+    }
+
+    pub async fn list_subnets(&self, q: &Query) -> Result<Vec<Subnet>> {
+        self.list("subnets", q).await
+    }
+
+    pub async fn delete_subnet(&self, id: &str) -> Result<bool> {
+        self.delete_path(&format!("/subnets/{}", enc(id)), format!("subnet {id}"))
+            .await
+    }
+
+    // ------------------------------------------------------------------ ports
+
+    async fn inline_port_tags(&self) -> Result<bool> {
+        let e = self.extensions().await?;
+        Ok(e.contains("tag-ports-during-bulk-creation") || e.contains("tag-creation"))
+    }
+
+    fn port_body(p: &PortCreate, inline_tags: bool) -> Value {
+        let mut v = serde_json::to_value(p).expect("serializable");
+        if !inline_tags {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("tags");
+            }
+        }
+        v
+    }
+
+    async fn ensure_port_tags(&self, port: &mut Port, tags: &[String]) -> Result<()> {
+        if !tags.is_empty() && !tags.iter().all(|t| port.tags.contains(t)) {
+            port.tags = self.replace_tags("ports", &port.id, tags).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn create_port(&self, req: &PortCreate) -> Result<Port> {
+        let inline = !req.tags.is_empty() && self.inline_port_tags().await?;
+        let what = format!(
+            "port {} on network {}",
+            req.name.as_deref().unwrap_or("-"),
+            req.network_id
+        );
+        let mut port: Port = self
+            .call_key(
+                Method::POST,
+                "/ports",
+                Some(json!({ "port": Self::port_body(req, inline) })),
+                None,
+                Some(what),
+                "port",
+            )
+            .await?;
+        self.ensure_port_tags(&mut port, &req.tags).await?;
+        Ok(port)
+    }
+
+    /// `POST /v2.0/ports` with `{"ports": [...]}`: all are created or none (Neutron rolls the
+    /// bulk back on an error). The answer is in the order of `reqs`.
+    pub async fn create_ports(&self, reqs: &[PortCreate]) -> Result<Vec<Port>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inline = reqs.iter().any(|r| !r.tags.is_empty()) && self.inline_port_tags().await?;
+        let body: Vec<Value> = reqs.iter().map(|r| Self::port_body(r, inline)).collect();
+        let what = format!("{} ports on network {}", reqs.len(), reqs[0].network_id);
+        let mut ports: Vec<Port> = self
+            .call_key(
+                Method::POST,
+                "/ports",
+                Some(json!({ "ports": body })),
+                None,
+                Some(what),
+                "ports",
+            )
+            .await?;
+        for (p, r) in ports.iter_mut().zip(reqs) {
+            self.ensure_port_tags(p, &r.tags).await?;
+        }
+        Ok(ports)
+    }
+
+    pub async fn get_port(&self, id: &str) -> Result<Port> {
+        self.call_key(
+            Method::GET,
+            &format!("/ports/{}", enc(id)),
+            None,
+            None,
+            Some(format!("port {id}")),
+            "port",
+        )
+        .await
+    }
+
+    /// All ports matching `q`, every page of them when `q` has a limit.
+    pub async fn list_ports(&self, q: &Query) -> Result<Vec<Port>> {
+        self.list("ports", q).await
+    }
+
+    /// PUT a partial port. With `if_revision`, sends `If-Match: revision_number=N`: a port
+    /// changed since is [`Error::RevisionConflict`].
+    pub async fn update_port(
+        &self,
+        id: &str,
+        upd: &PortUpdate,
+        if_revision: Option<u64>,
+    ) -> Result<Port> {
+        self.call_key(
+            Method::PUT,
+            &format!("/ports/{}", enc(id)),
+            Some(json!({ "port": upd })),
+            if_revision,
+            Some(format!("port {id}")),
+            "port",
+        )
+        .await
+    }
+
+    pub async fn delete_port(&self, id: &str) -> Result<bool> {
+        self.delete_path(&format!("/ports/{}", enc(id)), format!("port {id}"))
+            .await
+    }
+
+    // ------------------------------------------------------------------ security groups
+
+    pub async fn list_security_groups(&self, q: &Query) -> Result<Vec<SecurityGroup>> {
+        self.list_at("security-groups", "security_groups", q).await
+    }
+
+    pub async fn get_security_group(&self, id: &str) -> Result<SecurityGroup> {
+        self.call_key(
+            Method::GET,
+            &format!("/security-groups/{}", enc(id)),
+            None,
+            None,
+            Some(format!("security group {id}")),
+            "security_group",
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------------ trunks
+
+    pub async fn create_trunk(&self, req: &TrunkCreate) -> Result<Trunk> {
+        let what = format!("trunk on port {}", req.port_id);
+        self.call_key(
+            Method::POST,
+            "/trunks",
+            Some(json!({ "trunk": req })),
+            None,
+            Some(what),
+            "trunk",
+        )
+        .await
+    }
+
+    pub async fn get_trunk(&self, id: &str) -> Result<Trunk> {
+        self.call_key(
+            Method::GET,
+            &format!("/trunks/{}", enc(id)),
+            None,
+            None,
+            Some(format!("trunk {id}")),
+            "trunk",
+        )
+        .await
+    }
+
+    pub async fn list_trunks(&self, q: &Query) -> Result<Vec<Trunk>> {
+        self.list("trunks", q).await
+    }
+
+    /// `PUT /v2.0/trunks/ID/add_subports`; the answer is the trunk.
+    pub async fn add_subports(&self, trunk_id: &str, subports: &[SubPort]) -> Result<Trunk> {
+        self.subports(trunk_id, "add_subports", json!({ "sub_ports": subports }))
+            .await
+    }
+
+    /// `PUT /v2.0/trunks/ID/remove_subports` (only `port_id` matters).
+    pub async fn remove_subports(&self, trunk_id: &str, port_ids: &[&str]) -> Result<Trunk> {
+        let sp: Vec<Value> = port_ids.iter().map(|p| json!({ "port_id": p })).collect();
+        self.subports(trunk_id, "remove_subports", json!({ "sub_ports": sp }))
+            .await
+    }
+
+    async fn subports(&self, trunk_id: &str, action: &str, body: Value) -> Result<Trunk> {
+        let path = format!("/trunks/{}/{action}", enc(trunk_id));
+        let what = Some(format!("trunk {trunk_id}"));
+        let (_, text) = self
+            .call(Method::PUT, &path, Some(body), None, what.clone())
+            .await?;
+        // The answer is the trunk itself (not wrapped in "trunk").
+        let v: Value = Self::decode("PUT", &path, what.clone(), &text)?;
+        let v = match v.get("trunk") {
+            Some(t) => t.clone(),
+            None => v,
+        };
+        serde_json::from_value(v).map_err(|e| Error::Decode {
+            ctx: RequestContext {
+                method: "PUT".into(),
+                path: format!("/v2.0{path}"),
+                resource: what,
+            },
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn delete_trunk(&self, id: &str) -> Result<bool> {
+        self.delete_path(&format!("/trunks/{}", enc(id)), format!("trunk {id}"))
+            .await
+    }
+
+    // ------------------------------------------------------------------ tags
+
+    /// `PUT /v2.0/{resource}/{id}/tags/{tag}` (resource: `networks`, `ports`, `subnets`,
+    /// `trunks`, `security-groups`…).
+    pub async fn add_tag(&self, resource: &str, id: &str, tag: &str) -> Result<()> {
+        let path = format!("/{resource}/{}/tags/{}", enc(id), enc(tag));
+        self.call(
+            Method::PUT,
+            &path,
+            None,
+            None,
+            Some(format!("{resource} {id}")),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `DELETE /v2.0/{resource}/{id}/tags/{tag}`; a tag that was not there is Ok(false).
+    pub async fn remove_tag(&self, resource: &str, id: &str, tag: &str) -> Result<bool> {
+        let path = format!("/{resource}/{}/tags/{}", enc(id), enc(tag));
+        self.delete_path(&path, format!("{resource} {id}")).await
+    }
+
+    /// `PUT /v2.0/{resource}/{id}/tags` with all the tags; returns them.
+    pub async fn replace_tags<S: AsRef<str>>(
+        &self,
+        resource: &str,
+        id: &str,
+        tags: &[S],
+    ) -> Result<Vec<String>> {
+        let tags: Vec<&str> = tags.iter().map(|t| t.as_ref()).collect();
+        self.call_key(
+            Method::PUT,
+            &format!("/{resource}/{}/tags", enc(id)),
+            Some(json!({ "tags": tags })),
+            None,
+            Some(format!("{resource} {id}")),
+            "tags",
+        )
+        .await
+    }
+
+    /// `GET /v2.0/{resource}/{id}/tags`.
+    pub async fn get_tags(&self, resource: &str, id: &str) -> Result<Vec<String>> {
+        self.call_key(
+            Method::GET,
+            &format!("/{resource}/{}/tags", enc(id)),
+            None,
+            None,
+            Some(format!("{resource} {id}")),
+            "tags",
+        )
+        .await
+    }
+}
+
+/// Items of a paginated collection.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+macro_rules! has_id {
+    ($($t:ty),*) => { $(impl HasId for $t { fn id(&self) -> &str { &self.id } })* };
+}
+has_id!(Network, Subnet, Port, SecurityGroup, Trunk);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        let q = Query::new()
+            .network_id("n1")
+            .fixed_ip("10.0.0.5")
+            .tags(&["a", "b c"])
+            .tags_any(&["x"])
+            .limit(2);
+        assert_eq!(
+            q.to_query_string(Some("m/1")),
+            "?network_id=n1&fixed_ips=ip_address%3D10.0.0.5&tags=a%2Cb%20c&tags-any=x&limit=2&marker=m%2F1"
+        );
+        assert_eq!(Query::new().to_query_string(None), "");
+    }
+
+    #[test]
+    fn next_link_marker() {
+        let links = json!([
+            {"rel": "previous", "href": "http://n:9696/v2.0/ports?limit=1&marker=aaa&page_reverse=True"},
+            {"rel": "next", "href": "http://n:9696/v2.0/ports?limit=1&marker=b%2Dbb"}
+        ]);
+        assert_eq!(next_marker(Some(&links)).as_deref(), Some("b-bb"));
+        assert_eq!(next_marker(Some(&json!([]))), None);
+        assert_eq!(next_marker(None), None);
+        assert_eq!(percent_decode("a%20b%"), "a b%");
+    }
+
+    #[test]
+    fn bodies_and_decoding() {
+        let p = PortCreate {
+            network_id: "n".into(),
+            name: Some("p".into()),
+            fixed_ips: vec![FixedIp {
+                subnet_id: Some("s".into()),
+                ip_address: None,
+            }],
+            binding_host_id: Some("h1".into()),
+            binding_profile: Some(json!({"capabilities": ["switchdev"]})),
+            security_groups: Some(vec![]),
+            tags: vec!["t".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            Neutron::port_body(&p, false),
+            json!({"network_id": "n", "name": "p", "fixed_ips": [{"subnet_id": "s"}],
+                "security_groups": [], "binding:host_id": "h1",
+                "binding:profile": {"capabilities": ["switchdev"]}})
+        );
+        assert_eq!(Neutron::port_body(&p, true)["tags"], json!(["t"]));
+        let u = PortUpdate {
+            allowed_address_pairs: Some(vec![]),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            json!({"allowed_address_pairs": []})
+        );
+        let s = SubnetCreate {
+            network_id: "n".into(),
+            cidr: "fd00::/64".into(),
+            ip_version: 6,
+            gateway_ip: Some(None),
+            ipv6_address_mode: Some("slaac".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"network_id": "n", "cidr": "fd00::/64", "ip_version": 6, "gateway_ip": null, "ipv6_address_mode": "slaac"})
+        );
+        let port: Port = serde_json::from_value(json!({
+            "id": "p", "network_id": "n", "mac_address": "fa:16:3e:00:00:01", "unknown_field": 1,
+            "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.3"}], "binding:host_id": "",
+            "binding:profile": {}, "revision_number": 3, "tags": ["a"], "device_owner": "", "device_id": ""
+        }))
+        .unwrap();
+        assert_eq!(port.revision_number, Some(3));
+        assert_eq!(port.fixed_ips[0].ip_address.as_deref(), Some("10.0.0.3"));
+        assert_eq!(v20("http://x:9696/"), "http://x:9696/v2.0");
+        assert_eq!(v20("http://x:9696/v2.0/"), "http://x:9696/v2.0");
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+    }
+}

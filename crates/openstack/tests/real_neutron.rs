@@ -1,0 +1,592 @@
+//! Against the real Keystone (127.0.0.1:5000) and Neutron (127.0.0.1:9696, and the noauth one
+//! on :9697 when it is there) that scripts/neutron.sh starts, with the clouds.yaml +
+//! secure.yaml it writes to /etc/courier-test (or `$COURIER_TEST_CLOUDS`). Skipped (a failure
+//! under COURIER_REQUIRE_ENV=1) when they are not there.
+//!
+//! Everything created carries a tag unique to the run (pid + time) and is deleted at the end,
+//! also when the test fails.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_openstack::{
+    retry_transient, AllocationPool, AllowedAddressPair, AuthType, Backoff, CloudConfig, Error,
+    FixedIp, HostRoute, NetworkCreate, Neutron, PortCreate, PortUpdate, Query, Secret, Session,
+    SubPort, SubnetCreate, TrunkCreate,
+};
+
+fn clouds_file() -> PathBuf {
+    std::env::var("COURIER_TEST_CLOUDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/etc/courier-test/clouds.yaml"))
+}
+
+async fn reachable(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The env map a test resolves its config with (never the process env).
+fn env_map(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
+    let m: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    move |k| m.get(k).cloned()
+}
+
+/// Neutron's host:port (`$COURIER_TEST_NEUTRON`, default 127.0.0.1:9696): the catalog's.
+fn neutron_addr() -> String {
+    std::env::var("COURIER_TEST_NEUTRON").unwrap_or_else(|_| "127.0.0.1:9696".into())
+}
+
+/// The noauth Neutron (`$COURIER_TEST_NOAUTH_NEUTRON`, default 127.0.0.1:9697).
+fn noauth_addr() -> String {
+    std::env::var("COURIER_TEST_NOAUTH_NEUTRON").unwrap_or_else(|_| "127.0.0.1:9697".into())
+}
+
+/// Ok(()) when Keystone + Neutron + clouds.yaml are there, else the reason to skip.
+async fn env_ready() -> Result<(), String> {
+    if !clouds_file().is_file() {
+        return Err(format!(
+            "{} missing (scripts/neutron.sh writes it)",
+            clouds_file().display()
+        ));
+    }
+    let env = env_map(&[("OS_CLIENT_CONFIG_FILE", clouds_file().display().to_string())]);
+    let cfg = CloudConfig::resolve(Some("courier-admin"), &env).map_err(|e| e.to_string())?;
+    let auth_url = cfg.auth_url.unwrap_or_default();
+    let keystone = auth_url
+        .split_once("://")
+        .map(|(_, r)| r.split('/').next().unwrap_or(r).to_string())
+        .unwrap_or(auth_url);
+    for a in [keystone, neutron_addr()] {
+        if !reachable(&a).await {
+            return Err(format!(
+                "nothing listening on {a} (scripts/neutron.sh start)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+macro_rules! require_env {
+    ($name:expr) => {
+        if let Err(why) = env_ready().await {
+            courier_testenv::skip($name, &why);
+            return;
+        }
+    };
+}
+
+fn cloud(name: &str) -> CloudConfig {
+    let env = env_map(&[("OS_CLIENT_CONFIG_FILE", clouds_file().display().to_string())]);
+    CloudConfig::resolve(Some(name), &env).expect("cloud from clouds.yaml + secure.yaml")
+}
+
+fn unique() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("courier-ostest-{}-{t}", std::process::id())
+}
+
+#[tokio::test]
+async fn auth_with_clouds_yaml_and_secure_yaml() {
+    require_env!("auth_with_clouds_yaml_and_secure_yaml");
+    for name in ["courier-admin", "courier-demo"] {
+        let cfg = cloud(name);
+        assert!(cfg.password.is_some(), "password merged from secure.yaml");
+        let session = Arc::new(Session::new(cfg).unwrap());
+        // concurrent first callers share one Keystone request
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = session.clone();
+            tasks.push(tokio::spawn(
+                async move { s.token().await.unwrap().unwrap() },
+            ));
+        }
+        let mut tokens = Vec::new();
+        for t in tasks {
+            tokens.push(t.await.unwrap());
+        }
+        assert_eq!(session.auth_count(), 1, "{name}: one renewal for 8 callers");
+        assert!(tokens.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+        assert!(tokens[0].project_id.is_some());
+        assert!(tokens[0].remaining() > Duration::from_secs(60));
+        // the endpoint comes from the token's catalog
+        let neutron = Neutron::with_session(session.clone()).await.unwrap();
+        assert_eq!(
+            neutron.endpoint(),
+            format!("http://{}/v2.0", neutron_addr())
+        );
+        neutron.list_networks(&Query::new().limit(5)).await.unwrap();
+        assert_eq!(session.auth_count(), 1, "the cached token is reused");
+        // after the cache is dropped, the next request authenticates again
+        session.clear_token().await;
+        neutron.list_ports(&Query::new().limit(1)).await.unwrap();
+        assert_eq!(session.auth_count(), 2);
+    }
+}
+
+/// A token Neutron refuses (401): the session renews it once and the request succeeds;
+/// concurrent 401s share that one renewal.
+#[tokio::test]
+async fn unauthorized_token_is_renewed_once() {
+    require_env!("unauthorized_token_is_renewed_once");
+    let session = Arc::new(Session::new(cloud("courier-admin")).unwrap());
+    let neutron = Neutron::with_endpoint(session.clone(), &format!("http://{}", neutron_addr()));
+    let bogus = || {
+        courier_openstack::Token::from_response(
+            "gAAAAABbogus-token-courier",
+            r#"{"token": {"expires_at": "2099-01-01T00:00:00Z", "catalog": []}}"#,
+        )
+        .unwrap()
+    };
+    session.set_token(bogus()).await;
+    neutron.list_networks(&Query::new().limit(1)).await.unwrap();
+    assert_eq!(session.auth_count(), 1);
+    session.set_token(bogus()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let n = neutron.clone();
+        tasks.push(tokio::spawn(async move {
+            n.list_ports(&Query::new().limit(1)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(session.auth_count(), 2, "4 concurrent 401s, one renewal");
+}
+
+#[tokio::test]
+async fn auth_with_os_env_vars() {
+    require_env!("auth_with_os_env_vars");
+    // the OS_* variables of an openrc, with the password from the resolved clouds.yaml
+    let admin = cloud("courier-admin");
+    let env = env_map(&[
+        ("OS_AUTH_URL", admin.auth_url.clone().unwrap()),
+        ("OS_USERNAME", admin.username.clone().unwrap()),
+        (
+            "OS_PASSWORD",
+            admin.password.clone().unwrap().expose().to_string(),
+        ),
+        ("OS_PROJECT_NAME", admin.project_name.clone().unwrap()),
+        ("OS_USER_DOMAIN_NAME", "Default".into()),
+        ("OS_PROJECT_DOMAIN_NAME", "Default".into()),
+        ("OS_REGION_NAME", "RegionOne".into()),
+        ("OS_INTERFACE", "internal".into()),
+        ("OS_AUTH_TYPE", "v3password".into()),
+    ]);
+    let cfg = CloudConfig::resolve(None, &env).unwrap();
+    assert_eq!(cfg.auth_type, AuthType::Password);
+    let neutron = Neutron::connect(cfg).await.unwrap();
+    // the internal endpoint of RegionOne
+    assert_eq!(
+        neutron.endpoint(),
+        format!("http://{}/v2.0", neutron_addr())
+    );
+    neutron.list_networks(&Query::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_without_the_password() {
+    require_env!("wrong_password_is_an_auth_error_without_the_password");
+    let mut cfg = cloud("courier-admin");
+    let wrong = format!("wrong-pw-{}", std::process::id());
+    cfg.password = Some(Secret::new(wrong.clone()));
+    let e = Neutron::connect(cfg).await.unwrap_err();
+    let shown = format!("{e} / {e:?}");
+    assert!(matches!(e, Error::Auth { .. }), "{shown}");
+    assert!(shown.contains("http://127.0.0.1:5000/v3"), "{shown}");
+    assert!(shown.contains("admin"), "{shown}");
+    assert!(!shown.contains(&wrong), "{shown}");
+    assert!(!e.is_transient());
+}
+
+#[tokio::test]
+async fn noauth_neutron() {
+    let addr = noauth_addr();
+    if !reachable(&addr).await {
+        courier_testenv::skip("noauth_neutron", &format!("no noauth Neutron on {addr}"));
+        return;
+    }
+    let env = env_map(&[
+        ("OS_AUTH_TYPE", "noauth".into()),
+        ("OS_ENDPOINT", format!("http://{addr}")),
+    ]);
+    let cfg = CloudConfig::resolve(None, &env).unwrap();
+    let neutron = Neutron::connect(cfg).await.unwrap();
+    assert!(neutron.has_extension("trunk").await.unwrap());
+    let tag = unique();
+    let net = neutron
+        .create_network(&NetworkCreate {
+            name: Some(tag.clone()),
+            tags: vec![tag.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(net.project_id.as_deref(), Some("fake_project_id"));
+    assert!(neutron.delete_network(&net.id).await.unwrap());
+    assert!(!neutron.delete_network(&net.id).await.unwrap());
+}
+
+/// Delete whatever carries `tag`: trunks, then ports, then networks (with their subnets).
+async fn cleanup(neutron: &Neutron, tag: &str) {
+    let q = Query::new().tags(&[tag]);
+    if let Ok(trunks) = neutron.list_trunks(&q).await {
+        for t in trunks {
+            let _ = neutron.delete_trunk(&t.id).await;
+        }
+    }
+    if let Ok(ports) = neutron.list_ports(&q).await {
+        for p in ports {
+            let _ = neutron.delete_port(&p.id).await;
+        }
+    }
+    if let Ok(nets) = neutron.list_networks(&q).await {
+        for n in nets {
+            let _ = neutron.delete_network(&n.id).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn neutron_resources_lifecycle() {
+    require_env!("neutron_resources_lifecycle");
+    let neutron = Neutron::connect(cloud("courier-admin")).await.unwrap();
+    let tag = unique();
+    let body = tokio::spawn(lifecycle(neutron.clone(), tag.clone())).await;
+    cleanup(&neutron, &tag).await;
+    if let Err(e) = body {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    // nothing of this run is left
+    let q = Query::new().tags(&[tag.as_str()]);
+    assert!(neutron.list_ports(&q).await.unwrap().is_empty());
+    assert!(neutron.list_networks(&q).await.unwrap().is_empty());
+}
+
+async fn lifecycle(neutron: Neutron, tag: String) {
+    let tags = vec![tag.clone()];
+    // ---- network + subnets
+    let net = neutron
+        .create_network(&NetworkCreate {
+            name: Some(tag.clone()),
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(net.tags.contains(&tag), "{:?}", net.tags);
+    assert!(net.mtu.is_some());
+    assert_eq!(neutron.get_network(&net.id).await.unwrap().name, tag);
+    let found = neutron
+        .list_networks(
+            &Query::new()
+                .name(tag.as_str())
+                .tags_any(&[tag.as_str(), "nope"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        [net.id.as_str()]
+    );
+
+    let v4 = neutron
+        .create_subnet(&SubnetCreate {
+            network_id: net.id.clone(),
+            name: Some(format!("{tag}-v4")),
+            cidr: "10.99.0.0/24".into(),
+            ip_version: 4,
+            gateway_ip: Some(Some("10.99.0.1".into())),
+            enable_dhcp: Some(false),
+            dns_nameservers: vec!["10.99.0.2".into()],
+            host_routes: vec![HostRoute {
+                destination: "10.98.0.0/16".into(),
+                nexthop: "10.99.0.3".into(),
+            }],
+            allocation_pools: vec![AllocationPool {
+                start: "10.99.0.10".into(),
+                end: "10.99.0.200".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(v4.gateway_ip.as_deref(), Some("10.99.0.1"));
+    assert_eq!(v4.allocation_pools[0].start, "10.99.0.10");
+    assert_eq!(v4.host_routes.len(), 1);
+    let v6 = neutron
+        .create_subnet(&SubnetCreate {
+            network_id: net.id.clone(),
+            cidr: "fd00:99::/64".into(),
+            ip_version: 6,
+            ipv6_address_mode: Some("slaac".into()),
+            ipv6_ra_mode: Some("slaac".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(v6.ipv6_address_mode.as_deref(), Some("slaac"));
+    assert_eq!(neutron.get_subnet(&v6.id).await.unwrap().ip_version, 6);
+    let subnets = neutron
+        .list_subnets(&Query::new().network_id(net.id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(subnets.len(), 2);
+
+    // ---- bulk ports, listed by tag one page at a time
+    let reqs: Vec<PortCreate> = (0..3)
+        .map(|i| PortCreate {
+            network_id: net.id.clone(),
+            name: Some(format!("{tag}-p{i}")),
+            device_owner: Some("compute:courier".into()),
+            device_id: Some(format!("{tag}-dev{i}")),
+            fixed_ips: vec![FixedIp {
+                subnet_id: Some(v4.id.clone()),
+                ip_address: None,
+            }],
+            binding_host_id: (i == 0).then(|| "courier-test-host".to_string()),
+            binding_profile: (i == 0).then(|| serde_json::json!({"courier": "test"})),
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let ports = neutron.create_ports(&reqs).await.unwrap();
+    assert_eq!(ports.len(), 3);
+    for (i, p) in ports.iter().enumerate() {
+        assert_eq!(p.name, format!("{tag}-p{i}"));
+        assert!(p.tags.contains(&tag));
+        assert!(p
+            .fixed_ips
+            .iter()
+            .any(|f| f.subnet_id.as_deref() == Some(v4.id.as_str())));
+    }
+    assert_eq!(
+        ports[0].binding_host_id.as_deref(),
+        Some("courier-test-host")
+    );
+    let listed = neutron
+        .list_ports(&Query::new().tags(&[tag.as_str()]).limit(1))
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = listed.iter().map(|p| p.id.as_str()).collect();
+    ids.sort();
+    let mut want: Vec<&str> = ports.iter().map(|p| p.id.as_str()).collect();
+    want.sort();
+    assert_eq!(ids, want, "all 3 ports through limit=1 pagination");
+    let ip1 = ports[1]
+        .fixed_ips
+        .iter()
+        .find(|f| f.subnet_id.as_deref() == Some(v4.id.as_str()))
+        .and_then(|f| f.ip_address.clone())
+        .unwrap();
+    let by_ip = neutron
+        .list_ports(&Query::new().network_id(net.id.as_str()).fixed_ip(&ip1))
+        .await
+        .unwrap();
+    assert_eq!(by_ip.len(), 1);
+    assert_eq!(by_ip[0].id, ports[1].id);
+    let by_dev = neutron
+        .list_ports(
+            &Query::new()
+                .device_owner("compute:courier")
+                .device_id(format!("{tag}-dev2")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_dev.len(), 1);
+    let by_mac = neutron
+        .list_ports(&Query::new().mac_address(ports[0].mac_address.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(by_mac[0].id, ports[0].id);
+
+    // ---- revision-checked update
+    let p0 = neutron.get_port(&ports[0].id).await.unwrap();
+    let rev = p0.revision_number.unwrap();
+    let upd = PortUpdate {
+        allowed_address_pairs: Some(vec![AllowedAddressPair {
+            ip_address: "10.99.0.250".into(),
+            mac_address: None,
+        }]),
+        ..Default::default()
+    };
+    let p0b = neutron.update_port(&p0.id, &upd, Some(rev)).await.unwrap();
+    assert_eq!(p0b.allowed_address_pairs[0].ip_address, "10.99.0.250");
+    assert!(p0b.revision_number.unwrap() > rev);
+    let e = neutron
+        .update_port(&p0.id, &upd, Some(rev))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::RevisionConflict { .. }), "{e}");
+    assert_eq!(e.status(), Some(412));
+    assert!(e.to_string().contains(&p0.id), "{e}");
+
+    // ---- an IP in use
+    let e = neutron
+        .create_port(&PortCreate {
+            network_id: net.id.clone(),
+            fixed_ips: vec![FixedIp {
+                subnet_id: Some(v4.id.clone()),
+                ip_address: Some(ip1.clone()),
+            }],
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e}");
+    assert_eq!(e.fault_type(), Some("IpAddressAlreadyAllocated"), "{e}");
+
+    // ---- a bad MAC is a 400 with its type
+    let e = neutron
+        .create_port(&PortCreate {
+            network_id: net.id.clone(),
+            mac_address: Some("not-a-mac".into()),
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::BadRequest { .. }), "{e}");
+
+    // ---- unknown ids
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let e = neutron.get_port(unknown).await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(e.to_string().contains(unknown), "{e}");
+    assert!(!neutron.delete_port(unknown).await.unwrap());
+    assert!(neutron
+        .get_network(unknown)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // ---- tags API
+    neutron
+        .add_tag("ports", &ports[2].id, "extra")
+        .await
+        .unwrap();
+    let t = neutron.get_tags("ports", &ports[2].id).await.unwrap();
+    assert!(t.contains(&"extra".to_string()) && t.contains(&tag));
+    assert!(neutron
+        .remove_tag("ports", &ports[2].id, "extra")
+        .await
+        .unwrap());
+    assert!(!neutron
+        .remove_tag("ports", &ports[2].id, "extra")
+        .await
+        .unwrap());
+    let t = neutron
+        .replace_tags("ports", &ports[2].id, &[tag.as_str(), "b"])
+        .await
+        .unwrap();
+    assert_eq!(t.len(), 2);
+
+    // ---- security groups: the project's default one exists now that it has ports
+    let project = neutron
+        .session()
+        .token()
+        .await
+        .unwrap()
+        .unwrap()
+        .project_id
+        .clone()
+        .unwrap();
+    let sgs = neutron
+        .list_security_groups(&Query::new().name("default").project_id(project.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(sgs.len(), 1, "{sgs:?}");
+    let sg = neutron.get_security_group(&sgs[0].id).await.unwrap();
+    assert!(!sg.security_group_rules.is_empty());
+    assert!(ports[0].security_groups.contains(&sg.id));
+
+    // ---- trunk with a subport
+    let child = neutron
+        .create_port(&PortCreate {
+            network_id: net.id.clone(),
+            name: Some(format!("{tag}-child")),
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let trunk = neutron
+        .create_trunk(&TrunkCreate {
+            port_id: ports[2].id.clone(),
+            name: Some(tag.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    neutron.add_tag("trunks", &trunk.id, &tag).await.unwrap();
+    assert_eq!(trunk.port_id, ports[2].id);
+    let t = neutron
+        .add_subports(&trunk.id, &[SubPort::vlan(child.id.clone(), 101)])
+        .await
+        .unwrap();
+    assert_eq!(t.sub_ports, vec![SubPort::vlan(child.id.clone(), 101)]);
+    let trunks = neutron
+        .list_trunks(&Query::new().port_id(ports[2].id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(trunks.len(), 1);
+    assert_eq!(trunks[0].sub_ports.len(), 1);
+    let t = neutron
+        .remove_subports(&trunk.id, &[child.id.as_str()])
+        .await
+        .unwrap();
+    assert!(t.sub_ports.is_empty());
+    assert!(neutron
+        .get_trunk(&trunk.id)
+        .await
+        .unwrap()
+        .sub_ports
+        .is_empty());
+    assert!(neutron.delete_trunk(&trunk.id).await.unwrap());
+    assert!(neutron
+        .get_trunk(&trunk.id)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // ---- the retry helper on a call that succeeds / fails for good
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let n = retry_transient(deadline, Backoff::default(), || {
+        neutron.get_network(&net.id)
+    })
+    .await
+    .unwrap();
+    assert_eq!(n.id, net.id);
+    let e = retry_transient(deadline, Backoff::default(), || neutron.get_port(unknown))
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found());
+
+    // ---- delete everything and check it is gone
+    for p in ports.iter().chain([&child]) {
+        assert!(neutron.delete_port(&p.id).await.unwrap(), "{}", p.id);
+        assert!(neutron.get_port(&p.id).await.unwrap_err().is_not_found());
+    }
+    assert!(neutron.delete_subnet(&v6.id).await.unwrap());
+    assert!(neutron.get_subnet(&v6.id).await.unwrap_err().is_not_found());
+    assert!(neutron.delete_network(&net.id).await.unwrap());
+    assert!(neutron
+        .get_network(&net.id)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(neutron.get_subnet(&v4.id).await.unwrap_err().is_not_found());
+    assert!(!neutron.delete_network(&net.id).await.unwrap());
+}
