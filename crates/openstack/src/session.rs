@@ -169,14 +169,26 @@ impl Session {
         };
         self.auths.fetch_add(1, Ordering::Relaxed);
         let body = auth::auth_body(&self.cfg)?;
-        let resp = self
-            .http
-            .post(&url)
-            .header(ACCEPT, "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Error::transport(ctx.clone(), &e))?;
+        // Issuing a token has no side effect, so a connection that broke before the answer
+        // (a server closing it under load) is retried once here; a timeout is not.
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            match self
+                .http
+                .post(&url)
+                .header(ACCEPT, "application/json")
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if attempt == 1 && !e.is_timeout() => {
+                    tracing::debug!(error = %e, "Keystone request failed, retrying once");
+                }
+                Err(e) => return Err(Error::transport(ctx, &e)),
+            }
+        };
         drop(body);
         let status = resp.status().as_u16();
         let subject = resp
