@@ -65,10 +65,14 @@ pub enum NetworkCmd {
     /// Create a logical network; the backend assigns addresses from --subnet.
     Create {
         name: String,
-        /// Subnet: an IPv4 CIDR (e.g. 10.9.0.0/24) and/or an IPv6 /64 (e.g. fd00:9::/64);
-        /// give --subnet twice for dual-stack.
-        #[arg(long, required = true)]
+        /// Subnet: an IPv4 CIDR (e.g. 10.9.0.0/24) and/or an IPv6 prefix (OVN direct: a /64,
+        /// e.g. fd00:9::/64); give --subnet twice for dual-stack.
+        #[arg(long, required_unless_present = "neutron_network")]
         subnet: Vec<String>,
+        /// Neutron: register this existing network (id or name) under NAME instead of creating
+        /// one (`network delete` then removes only the registration).
+        #[arg(long, conflicts_with = "subnet")]
+        neutron_network: Option<String>,
         /// IPv4 gateway for the default route (default: the subnet's first address). Never assigned to a port.
         #[arg(long, conflicts_with = "no_gateway")]
         gateway: Option<String>,
@@ -203,7 +207,12 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
             no_gateway,
             exclude_ips,
             backend,
+            neutron_network,
         }) => {
+            let backend = match (backend, neutron_network) {
+                (None, Some(_)) => Some("neutron".to_string()),
+                (b, _) => b.clone(),
+            };
             let (mut v4, mut v6) = (None, None);
             for sn in subnet.iter() {
                 match sn.parse::<ipnet::IpNet>() {
@@ -227,6 +236,7 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         .map_err(|_| format!("--gateway {g:?} is not an IPv4 address"))?,
                 ),
                 (None, true) => None,
+                (None, false) if backend.as_deref() == Some("neutron") => None,
                 (None, false) => v4.and_then(|n| n.hosts().next()),
             };
             let gw6 = match (gateway6, no_gateway) {
@@ -235,6 +245,8 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         .map_err(|_| format!("--gateway6 {g:?} is not an IPv6 address"))?,
                 ),
                 (None, true) => None,
+                // Neutron picks the gateway itself (the subnet's first address).
+                (None, false) if backend.as_deref() == Some("neutron") => None,
                 (None, false) => v6.map(|n| {
                     let mut o = n.network().octets();
                     o[15] |= 1;

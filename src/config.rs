@@ -21,13 +21,31 @@ pub struct Config {
     pub host: String,
     /// Seconds between periodic reconciliations (0 = only at start).
     pub reconcile_interval_secs: u64,
+    /// Where `network create` puts a network that names no backend: "ovn" or "neutron".
+    pub default_backend: String,
     pub ovn: OvnConfig,
+    pub neutron: NeutronConfig,
+}
+
+/// The Neutron backend. Credentials come the way every OpenStack client takes them:
+/// `cloud` (or `OS_CLOUD`) from clouds.yaml (`OS_CLIENT_CONFIG_FILE`, ./clouds.yaml,
+/// ~/.config/openstack/, /etc/openstack/; `secure.yaml` beside it), else the `OS_*` variables.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NeutronConfig {
+    pub enabled: bool,
+    /// clouds.yaml cloud name (default: `OS_CLOUD`, else the `OS_*` variables).
+    pub cloud: Option<String>,
+    /// `binding:host_id` of Courier's ports: the hostname this host's ovn-controller
+    /// registered as its chassis (default: this machine's hostname).
+    pub host_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OvnConfig {
-    /// OVN Northbound DB: `unix:PATH` or `tcp:HOST:PORT`.
+    /// OVN Northbound DB: `unix:PATH` or `tcp:HOST:PORT`; empty: no OVN-direct backend (the
+    /// local OVS DB is still used by the veth-ovs binding).
     pub nb_remote: String,
     /// The local Open_vSwitch DB.
     pub ovs_remote: String,
@@ -56,7 +74,9 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/courier"),
             host: local_hostname(),
             reconcile_interval_secs: 60,
+            default_backend: "ovn".into(),
             ovn: OvnConfig::default(),
+            neutron: NeutronConfig::default(),
         }
     }
 }
@@ -108,7 +128,9 @@ impl Config {
     /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
     /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
-    /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL.
+    /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
+    /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
+    /// COURIER_NEUTRON_HOST_ID.
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -145,6 +167,19 @@ impl Config {
         if let Some(v) = get("COURIER_OVN_CALL_TIMEOUT_MS") {
             self.ovn.call_timeout_ms = parse_num("COURIER_OVN_CALL_TIMEOUT_MS", &v)?;
         }
+        if let Some(v) = get("COURIER_DEFAULT_BACKEND") {
+            self.default_backend = v;
+        }
+        if let Some(v) = get("COURIER_NEUTRON") {
+            self.neutron.enabled = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("COURIER_NEUTRON_CLOUD") {
+            self.neutron.cloud = Some(v);
+            self.neutron.enabled = true;
+        }
+        if let Some(v) = get("COURIER_NEUTRON_HOST_ID") {
+            self.neutron.host_id = Some(v);
+        }
         if let Some(v) = get("COURIER_OVN_CONTROLLER_CTL") {
             self.ovn.controller_ctl = v;
         }
@@ -164,6 +199,25 @@ impl Config {
             return Err(Error::InvalidInput(format!(
                 "[ovn] inactivity_probe_ms ({}) and call_timeout_ms ({}) must be at least 100",
                 self.ovn.inactivity_probe_ms, self.ovn.call_timeout_ms
+            )));
+        }
+        let enabled: Vec<&str> = [
+            (!self.ovn.nb_remote.is_empty()).then_some("ovn"),
+            self.neutron.enabled.then_some("neutron"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if enabled.is_empty() {
+            return Err(Error::InvalidInput(
+                "no backend configured: set [ovn] nb_remote and/or [neutron] enabled = true".into(),
+            ));
+        }
+        if !enabled.contains(&self.default_backend.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "default_backend {:?} is not configured (configured: {}): set default_backend / COURIER_DEFAULT_BACKEND",
+                self.default_backend,
+                enabled.join(", ")
             )));
         }
         if self.host.is_empty() || self.host.contains(':') {

@@ -10,7 +10,10 @@ use courier_netlink::Netlink;
 use tokio::net::UnixListener;
 
 use crate::attach::Attacher;
+use crate::backend::lazy::Lazy;
+use crate::backend::neutron::{self, NeutronBackend};
 use crate::backend::ovn::OvnBackend;
+use crate::backend::Backend;
 use crate::binding::veth_ovs::VethOvs;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -71,14 +74,33 @@ fn log_report(when: &str, r: &reconcile::Report) {
 
 pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
-    // OVN may start after us (boot order): wait for it rather than exit. The API socket is bound
-    // once OVN is reachable, so CNI callers meanwhile get "try again later".
-    let backend = Arc::new(
-        retry_until_up("OVN Northbound", || {
-            OvnBackend::connect(&config.ovn.nb_remote, config.ovn.ovsdb_options())
-        })
-        .await?,
-    );
+    // Backends connect in the background: the daemon serves the networks of those that are up,
+    // and the others answer "try again later" until they come (boot order, outages).
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    if !config.ovn.nb_remote.is_empty() {
+        let (remote, options) = (config.ovn.nb_remote.clone(), config.ovn.ovsdb_options());
+        backends.push(Lazy::spawn("ovn", move || {
+            let remote = remote.clone();
+            async move { OvnBackend::connect(&remote, options).await }
+        }));
+    }
+    if config.neutron.enabled {
+        let cloud = config.neutron.cloud.clone();
+        // Resolved once, now: a bad clouds.yaml or missing OS_* is a start-up error to fix.
+        let cloud_cfg = courier_openstack::CloudConfig::from_process_env(cloud.as_deref())
+            .map_err(|e| Error::InvalidInput(format!("[neutron]: {e}")))?;
+        let host_id = config
+            .neutron
+            .host_id
+            .clone()
+            .unwrap_or_else(crate::config::local_hostname);
+        tracing::info!(cloud = ?cloud, principal = %cloud_cfg.principal(), %host_id, "Neutron backend configured");
+        backends.push(Lazy::spawn(neutron::ID, move || {
+            let (cfg, host_id) = (cloud_cfg.clone(), host_id.clone());
+            async move { NeutronBackend::connect(cfg, &host_id).await }
+        }));
+    }
+    // The edge needs the local OVS DB whatever the backend: wait for it (boot order).
     let vswitch = Arc::new(
         retry_until_up("local Open_vSwitch DB", || {
             Vswitch::connect(
@@ -100,7 +122,11 @@ pub async fn run(config: Config) -> Result<()> {
         &config.host,
         &config.ovn.controller_ctl,
     ));
-    let registry = Arc::new(Registry::new(vec![backend], vec![binding]));
+    let registry = Arc::new(Registry::new(
+        backends,
+        vec![binding],
+        Some(&config.default_backend),
+    ));
     let attacher = Arc::new(Attacher::new(
         store,
         registry,

@@ -43,6 +43,12 @@ pub enum Error {
     },
     #[error("OVN Northbound: {0}")]
     BackendState(String),
+    #[error("Neutron: {context}: {source}")]
+    OpenStack {
+        context: String,
+        #[source]
+        source: Box<courier_openstack::Error>,
+    },
     #[error("backend {backend} is unreachable: {detail}: try again later")]
     BackendDown { backend: String, detail: String },
     #[error("local Open_vSwitch DB: {context}: {source}")]
@@ -131,6 +137,11 @@ impl Error {
             }
             Backend { .. } | BackendState(_) => code::BACKEND,
             BackendDown { .. } => code::TRY_AGAIN_LATER,
+            OpenStack { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,
+            OpenStack { source, .. } => match source.fault_type() {
+                Some("IpAddressAlreadyAllocated") | Some("MacAddressInUse") => code::ADDRESS_IN_USE,
+                _ => code::BACKEND,
+            },
             Vswitch { .. } | Netlink { .. } => code::EDGE,
             Timeout(_) => code::TRY_AGAIN_LATER,
             Store(_) => code::IO_FAILURE,
@@ -161,6 +172,7 @@ impl Error {
             | AddressInUse { .. } => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
+            OpenStack { source, .. } if source.is_transient() => 503,
             Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => 503,
             Teardown { .. } if self.code() == code::TRY_AGAIN_LATER => 503,
             _ => 500,

@@ -22,6 +22,10 @@ pub struct NetworkSpec {
     /// IPv6 default route for attached containers.
     #[serde(default)]
     pub gateway6: Option<Ipv6Addr>,
+    /// Neutron: register this existing network (id or name) under `name` instead of creating
+    /// one (then no subnet is given).
+    #[serde(default)]
+    pub existing: Option<String>,
     /// Addresses or `A..B` ranges the backend must not hand out.
     #[serde(default)]
     pub exclude_ips: Vec<String>,
@@ -41,6 +45,12 @@ pub struct Network {
     #[serde(default)]
     pub gateway6: Option<Ipv6Addr>,
     pub exclude_ips: Vec<String>,
+    /// The network's MTU, when the backend says (Neutron `mtu`).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Created by Courier (deleted with it) or registered (only the registration is removed).
+    #[serde(default)]
+    pub created_by_courier: bool,
     /// Number of logical ports on the network (any owner).
     pub ports: usize,
 }
@@ -60,11 +70,38 @@ pub struct LogicalPort {
     /// Default route per family (at most one IPv4 and one IPv6).
     #[serde(default)]
     pub gateways: Vec<IpAddr>,
+    /// More routes the network gives (Neutron subnets' `host_routes`).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// DNS servers and search domains for the container (Neutron subnets' `dns_nameservers`).
+    #[serde(default)]
+    pub dns: Dns,
+    /// Interface MTU the network asks for (Neutron `mtu`), else the host's setting.
+    #[serde(default)]
+    pub mtu: Option<u32>,
     /// The backend's own "up" as last read (OVN NB `up`). Readiness is not this: the attach
     /// waits for the edge (`ovn-installed` on the OVS Interface), and NB `up` may lag it.
     pub up: bool,
     /// Courier attachment that owns it, from the backend's ownership marks.
     pub attachment: Option<String>,
+}
+
+/// A route the network gives its ports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    pub dst: IpNet,
+    pub gw: IpAddr,
+}
+
+/// DNS settings, as the CNI result carries them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
 }
 
 /// A request to give a container an interface on a network.

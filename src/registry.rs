@@ -21,12 +21,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The first backend and binding are the defaults.
-    pub fn new(backends: Vec<Arc<dyn Backend>>, bindings: Vec<Arc<dyn EdgeBinding>>) -> Registry {
+    /// `default_backend` (else the first backend) and the first binding are the defaults.
+    pub fn new(
+        backends: Vec<Arc<dyn Backend>>,
+        bindings: Vec<Arc<dyn EdgeBinding>>,
+        default_backend: Option<&str>,
+    ) -> Registry {
         Registry {
-            default_backend: backends
-                .first()
-                .map(|b| b.id().to_string())
+            default_backend: default_backend
+                .map(String::from)
+                .or_else(|| backends.first().map(|b| b.id().to_string()))
                 .unwrap_or_default(),
             default_binding: bindings
                 .first()
@@ -177,6 +181,8 @@ mod tests {
             subnet6: None,
             gateway6: None,
             exclude_ips: vec![],
+            mtu: None,
+            created_by_courier: false,
             ports: 0,
         }
     }

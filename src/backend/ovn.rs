@@ -105,6 +105,9 @@ impl OvnBackend {
                 .get("exclude_ips")
                 .map(|s| s.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
+            mtu: None,
+            created_by_courier: ext.get(marks::OWNER).map(String::as_str)
+                == Some(marks::OWNER_VALUE),
             ports: ovsdb::get_set(row, "ports").len(),
         }
     }
@@ -151,6 +154,9 @@ impl OvnBackend {
                     v4.into_iter().chain(v6).collect()
                 })
                 .unwrap_or_default(),
+            routes: vec![],
+            dns: Default::default(),
+            mtu: None,
             up: ovsdb::get_bool(row, "up").unwrap_or(false),
             attachment: ext.get(marks::ATTACHMENT).cloned(),
         })
@@ -403,6 +409,8 @@ impl Backend for OvnBackend {
             subnet6: spec.subnet6,
             gateway6: spec.gateway6,
             exclude_ips: spec.exclude_ips.clone(),
+            mtu: None,
+            created_by_courier: true,
             ports: 0,
         })
     }
@@ -744,6 +752,7 @@ mod tests {
             gateway6: None,
             gateway: None,
             exclude_ips: vec![],
+            existing: None,
         }
     }
 

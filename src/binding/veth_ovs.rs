@@ -118,7 +118,7 @@ impl EdgeBinding for VethOvs {
                 host_name: host.to_string(),
                 peer_name: att.ifname.clone(),
                 peer_mac: Some(mac),
-                mtu: self.mtu,
+                mtu: port.mtu.or(self.mtu),
                 peer_netns_fd: Some(netns_file.as_raw_fd()),
             })
             .await
@@ -156,6 +156,7 @@ impl EdgeBinding for VethOvs {
             mtu: None,
             addresses: port.ips.clone(),
             gateways: port.gateways.clone(),
+            routes: port.routes.iter().map(|r| (r.dst, r.gw)).collect(),
         })
         .await
         .map_err(nl_err(format!(

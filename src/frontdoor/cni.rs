@@ -264,6 +264,9 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             mac: String::new(),
             ips: vec![],
             gateways: vec![],
+            routes: vec![],
+            dns: Default::default(),
+            mtu: None,
             up: false,
             attachment: None,
         });
@@ -293,6 +296,11 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             let dst = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
             json!({"dst": dst, "gw": gw.to_string()})
         })
+        .chain(
+            port.routes
+                .iter()
+                .map(|r| json!({"dst": r.dst.to_string(), "gw": r.gw.to_string()})),
+        )
         .collect();
     json!({
         "cniVersion": version,
@@ -302,7 +310,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
         ],
         "ips": ips,
         "routes": routes,
-        "dns": {},
+        "dns": port.dns,
     })
 }
 
@@ -438,6 +446,9 @@ mod tests {
             mac: "0a:00:00:00:00:05".into(),
             ips: vec!["10.9.0.5/24".parse().unwrap()],
             gateways: vec!["10.9.0.1".parse().unwrap()],
+            routes: vec![],
+            dns: Default::default(),
+            mtu: None,
             up: true,
             attachment: Some(a.id.clone()),
         });

@@ -76,6 +76,8 @@ pub struct IfaceConfig {
     pub addresses: Vec<IpNet>,
     /// A default route via each (at most one per family).
     pub gateways: Vec<IpAddr>,
+    /// More routes: (destination, via).
+    pub routes: Vec<(IpNet, IpAddr)>,
 }
 
 /// An rtnetlink socket bound to one network namespace.
@@ -269,6 +271,18 @@ impl Netlink {
             self.execute(
                 msg::address(idx, *a),
                 &format!("adding {a} to {}", cfg.new_name),
+            )
+            .await?;
+        }
+        for &(dst, gw) in &cfg.routes {
+            let m = msg::route(idx, dst, gw).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "route to {dst} via {gw}: the gateway is of another address family"
+                ))
+            })?;
+            self.execute(
+                m,
+                &format!("adding route to {dst} via {gw} on {}", cfg.new_name),
             )
             .await?;
         }

@@ -168,6 +168,28 @@ pub fn default_route(index: u32, gw: IpAddr) -> Request {
     }
 }
 
+/// RTM_NEWROUTE: `dst` via `gw` out of link `index`; None when the two are of different
+/// address families.
+pub fn route(index: u32, dst: IpNet, gw: IpAddr) -> Option<Request> {
+    let message = match (dst, gw) {
+        (IpNet::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .output_interface(index)
+            .gateway(g)
+            .build(),
+        (IpNet::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .output_interface(index)
+            .gateway(g)
+            .build(),
+        _ => return None,
+    };
+    Some(Request {
+        message: RouteNetlinkMessage::NewRoute(message),
+        flags: CREATE,
+    })
+}
+
 /// RTM_DELLINK of link `index`.
 pub fn delete_link(index: u32) -> Request {
     Request {
@@ -313,6 +335,39 @@ mod tests {
             .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
         // The IPv4 message has no NODAD.
         assert_eq!(bytes[18], 0);
+    }
+
+    #[test]
+    fn route_message() {
+        assert!(route(
+            4,
+            "192.168.7.0/24".parse().unwrap(),
+            "fd00::1".parse().unwrap()
+        )
+        .is_none());
+        let r = route(
+            4,
+            "192.168.7.0/24".parse().unwrap(),
+            "10.9.0.254".parse().unwrap(),
+        )
+        .unwrap();
+        let bytes = r.to_bytes(0);
+        assert_eq!(bytes[4], 24, "RTM_NEWROUTE");
+        // rtmsg: family 2, dst_len 24
+        assert_eq!(&bytes[16..18], &[2, 24]);
+        let RouteNetlinkMessage::NewRoute(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert!(m
+            .attributes
+            .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                "192.168.7.0".parse().unwrap()
+            ))));
+        assert!(m
+            .attributes
+            .contains(&RouteAttribute::Gateway(RouteAddress::Inet(
+                "10.9.0.254".parse().unwrap()
+            ))));
     }
 
     #[test]

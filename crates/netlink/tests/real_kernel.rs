@@ -116,6 +116,10 @@ async fn veth_into_netns_with_checksum_off_configured_and_read_back() {
                 "fd55::7/64".parse().unwrap(),
             ],
             gateways: vec!["10.55.0.1".parse().unwrap(), "fd55::1".parse().unwrap()],
+            routes: vec![(
+                "192.168.55.0/24".parse().unwrap(),
+                "10.55.0.254".parse().unwrap(),
+            )],
         })
         .await
         .unwrap();
@@ -141,6 +145,8 @@ async fn veth_into_netns_with_checksum_off_configured_and_read_back() {
     );
     let r = ns.run(&["ip", "-o", "route", "show", "default"]);
     assert!(String::from_utf8_lossy(&r.stdout).contains("via 10.55.0.1 dev eth0"));
+    let r = ns.run(&["ip", "-o", "route", "show", "192.168.55.0/24"]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("via 10.55.0.254 dev eth0"));
     // The IPv6 address is usable at once: added with NODAD, never "tentative".
     let a6 = ns.run(&[
         "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
@@ -200,6 +206,7 @@ async fn rename_after_move_and_ping_between_namespaces() {
                 mtu: Some(1450),
                 addresses: vec![ip.parse().unwrap()],
                 gateways: vec![],
+                routes: vec![],
             })
             .await
             .unwrap();

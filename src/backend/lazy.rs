@@ -1,0 +1,110 @@
+//! A backend that may not be reachable yet: it connects in the background (retrying every
+//! second, logging why), and until then answers every call with "backend X is unreachable: try
+//! again later" (11). So the daemon starts with whatever backends are up, serves the networks of
+//! those, and picks the others up when they come — one backend down never holds up another.
+//! Once connected, the inner backend's own session handles later outages (reconnects).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::{Backend, PortQuery, PortRef, PortRequest};
+use crate::error::{Error, Result};
+use crate::model::{LogicalPort, Network, NetworkSpec};
+
+pub struct Lazy {
+    id: String,
+    inner: OnceCell<Arc<dyn Backend>>,
+    /// Why the last connect attempt failed.
+    last_error: Mutex<String>,
+}
+
+impl Lazy {
+    /// Starts connecting `id` with `connect` in the background.
+    pub fn spawn<B, F, Fut>(id: &str, connect: F) -> Arc<Lazy>
+    where
+        B: Backend + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<B>> + Send,
+    {
+        let lazy = Arc::new(Lazy {
+            id: id.to_string(),
+            inner: OnceCell::new(),
+            last_error: Mutex::new("connecting".into()),
+        });
+        let l = lazy.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match connect().await {
+                    Ok(b) => {
+                        let _ = l.inner.set(Arc::new(b));
+                        if warned {
+                            tracing::info!(backend = %l.id, "backend is reachable now");
+                        } else {
+                            tracing::info!(backend = %l.id, "backend connected");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(backend = %l.id, error = %e,
+                                "backend not reachable yet; its networks answer 'try again later' meanwhile; retrying every second");
+                            warned = true;
+                        }
+                        *l.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        lazy
+    }
+
+    fn get(&self) -> Result<&Arc<dyn Backend>> {
+        self.inner.get().ok_or_else(|| Error::BackendDown {
+            backend: self.id.clone(),
+            detail: format!(
+                "not connected yet ({})",
+                self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for Lazy {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    async fn health(&self) -> Result<()> {
+        self.get()?.health().await
+    }
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<Network> {
+        self.get()?.create_network(spec).await
+    }
+    async fn delete_network(&self, name: &str) -> Result<()> {
+        self.get()?.delete_network(name).await
+    }
+    async fn network(&self, name: &str) -> Result<Option<Network>> {
+        self.get()?.network(name).await
+    }
+    async fn networks(&self) -> Result<Vec<Network>> {
+        self.get()?.networks().await
+    }
+    async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
+        self.get()?.create_ports(reqs).await
+    }
+    async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool> {
+        self.get()?.delete_port(port, host).await
+    }
+    async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>> {
+        self.get()?.port(port).await
+    }
+    async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
+        self.get()?.find_ports(q).await
+    }
+}

@@ -1,0 +1,556 @@
+//! OpenStack Neutron (REST, through `courier-openstack`): a Courier network is a Neutron network
+//! carrying the tag `courier:network:<NAME>` (so every host on the cloud sees the
+//! registration), created by Courier (also tagged `courier:created`, deleted with it) or an
+//! existing one registered under a Courier name (only the tag is removed). Ports are Neutron
+//! ports with `device_owner = compute:courier`, `binding:host_id` = this host's OVN chassis and
+//! the ownership tags `courier:owner`, `courier:host:<HOST>`, `courier:attachment:<ID>`; their
+//! id (a UUID) is what the edge sets as `iface-id` (ML2/OVN names the LSP after it).
+//! Transient failures (5xx, connection errors, timeouts) are retried with backoff and jitter
+//! inside a deadline, then answered "try again later" (11).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use courier_openstack::{self as os, FixedIp, Neutron, PortCreate, Query, SubnetCreate};
+use ipnet::IpNet;
+
+use super::{Backend, PortQuery, PortRef, PortRequest};
+use crate::error::{Error, Result};
+use crate::model::{validate_network_name, Dns, LogicalPort, Network, NetworkSpec, Route};
+
+pub const ID: &str = "neutron";
+const TAG_OWNER: &str = "courier:owner";
+const TAG_CREATED: &str = "courier:created";
+const DEVICE_OWNER: &str = "compute:courier";
+/// How long one logical operation may keep retrying transient failures.
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
+fn tag_network(name: &str) -> String {
+    format!("courier:network:{name}")
+}
+fn tag_host(host: &str) -> String {
+    format!("courier:host:{host}")
+}
+fn tag_attachment(id: &str) -> String {
+    format!("courier:attachment:{id}")
+}
+
+pub struct NeutronBackend {
+    api: Neutron,
+    /// `binding:host_id` of our ports: the hostname this host's ovn-controller registered.
+    host_id: String,
+    /// Subnets by id, so a port's addresses get their prefix, gateway, DNS and routes without
+    /// a request per port. Subnets are immutable in what we read (cidr, gateway) or change
+    /// rarely (dns, routes): a port created after such a change sees it on the next miss.
+    subnets: Mutex<HashMap<String, os::Subnet>>,
+}
+
+/// What an OpenStack failure means for Courier.
+fn os_err(context: impl Into<String>) -> impl FnOnce(os::Error) -> Error {
+    let context = context.into();
+    move |e| Error::OpenStack {
+        context,
+        source: Box::new(e),
+    }
+}
+
+impl NeutronBackend {
+    pub async fn connect(cfg: os::CloudConfig, host_id: &str) -> Result<NeutronBackend> {
+        let api = Neutron::connect(cfg)
+            .await
+            .map_err(os_err("connecting to Neutron"))?;
+        Ok(NeutronBackend {
+            api,
+            host_id: host_id.to_string(),
+            subnets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `op`, retrying transient failures until the deadline.
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = os::Result<T>>,
+    {
+        os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), op)
+            .await
+            .map_err(os_err(what.to_string()))
+    }
+
+    /// The Neutron network registered as `name`, if any.
+    async fn find_network(&self, name: &str) -> Result<Option<os::Network>> {
+        let tag = [tag_network(name)];
+        let q = Query::new().tags(&tag);
+        let mut nets = self
+            .retry(&format!("looking up network {name}"), || {
+                self.api.list_networks(&q)
+            })
+            .await?;
+        match nets.len() {
+            0 => Ok(None),
+            1 => Ok(nets.pop()),
+            n => Err(Error::BackendState(format!(
+                "{n} Neutron networks carry the tag {}: remove it from all but one",
+                tag[0]
+            ))),
+        }
+    }
+
+    async fn subnets_of(&self, net: &os::Network) -> Result<Vec<os::Subnet>> {
+        let q = Query::new().network_id(&net.id);
+        let subs = self
+            .retry(&format!("listing subnets of network {}", net.id), || {
+                self.api.list_subnets(&q)
+            })
+            .await?;
+        let mut cache = self.subnets.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &subs {
+            cache.insert(s.id.clone(), s.clone());
+        }
+        Ok(subs)
+    }
+
+    async fn subnet(&self, id: &str) -> Result<os::Subnet> {
+        if let Some(s) = self
+            .subnets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(s.clone());
+        }
+        let s = self
+            .retry(&format!("reading subnet {id}"), || self.api.get_subnet(id))
+            .await?;
+        self.subnets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn to_network(name: &str, net: &os::Network, subs: &[os::Subnet]) -> Network {
+        let v4 = subs.iter().find(|s| s.ip_version == 4);
+        let v6 = subs.iter().find(|s| s.ip_version == 6);
+        Network {
+            name: name.to_string(),
+            backend_id: net.id.clone(),
+            backend: ID.into(),
+            subnet: v4.and_then(|s| s.cidr.parse().ok()),
+            gateway: v4.and_then(|s| s.gateway_ip.as_deref()?.parse().ok()),
+            subnet6: v6.and_then(|s| s.cidr.parse().ok()),
+            gateway6: v6.and_then(|s| s.gateway_ip.as_deref()?.parse().ok()),
+            exclude_ips: vec![],
+            mtu: net.mtu,
+            created_by_courier: net.tags.iter().any(|t| t == TAG_CREATED),
+            ports: 0,
+        }
+    }
+
+    /// A Neutron port as Courier sees it: addresses with their subnets' prefixes, a gateway
+    /// per family, the subnets' DNS servers and host routes, the network's MTU.
+    async fn to_port(&self, p: &os::Port, network: &str, mtu: Option<u32>) -> Result<LogicalPort> {
+        let mut ips = Vec::new();
+        let mut gateways: Vec<IpAddr> = Vec::new();
+        let mut routes = Vec::new();
+        let mut dns = Dns::default();
+        for f in &p.fixed_ips {
+            let Some(addr) = f
+                .ip_address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let sub = match &f.subnet_id {
+                Some(id) => Some(self.subnet(id).await?),
+                None => None,
+            };
+            let prefix = sub
+                .as_ref()
+                .and_then(|s| s.cidr.parse::<IpNet>().ok())
+                .map(|n| n.prefix_len())
+                .unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
+            ips.push(IpNet::new(addr, prefix).map_err(|e| {
+                Error::BackendState(format!("port {}: address {addr}/{prefix}: {e}", p.id))
+            })?);
+            let Some(sub) = sub else { continue };
+            if let Some(gw) = sub
+                .gateway_ip
+                .as_deref()
+                .and_then(|g| g.parse::<IpAddr>().ok())
+            {
+                if !gateways.iter().any(|g| g.is_ipv4() == gw.is_ipv4()) {
+                    gateways.push(gw);
+                }
+            }
+            for r in &sub.host_routes {
+                if let (Ok(dst), Ok(gw)) = (r.destination.parse(), r.nexthop.parse()) {
+                    routes.push(Route { dst, gw });
+                }
+            }
+            for ns in &sub.dns_nameservers {
+                if !dns.nameservers.contains(ns) {
+                    dns.nameservers.push(ns.clone());
+                }
+            }
+        }
+        let attachment = p
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix("courier:attachment:"))
+            .map(String::from);
+        Ok(LogicalPort {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            network: network.to_string(),
+            mac: p.mac_address.clone(),
+            ips,
+            gateways,
+            routes,
+            dns,
+            mtu,
+            up: p.status.as_deref() == Some("ACTIVE"),
+            attachment,
+        })
+    }
+
+    /// Our port by id, or by derived name; only if `host` owns it.
+    async fn owned_port(&self, port: &PortRef, host: &str) -> Result<Vec<os::Port>> {
+        let owned = |p: &os::Port| {
+            p.tags.iter().any(|t| t == TAG_OWNER) && p.tags.contains(&tag_host(host))
+        };
+        match &port.id {
+            Some(id) => match self.api.get_port(id).await {
+                Ok(p) => Ok(vec![p].into_iter().filter(owned).collect()),
+                Err(e) if e.is_not_found() => Ok(vec![]),
+                Err(e) => Err(os_err(format!("reading port {id}"))(e)),
+            },
+            None => {
+                let tags = [TAG_OWNER.to_string(), tag_host(host)];
+                let q = Query::new().name(&port.name).tags(&tags);
+                let found = self
+                    .retry(&format!("looking up port {}", port.name), || {
+                        self.api.list_ports(&q)
+                    })
+                    .await?;
+                Ok(found.into_iter().filter(owned).collect())
+            }
+        }
+    }
+
+    fn network_name_of(tags: &[String]) -> Option<String> {
+        tags.iter()
+            .find_map(|t| t.strip_prefix("courier:network:"))
+            .map(String::from)
+    }
+}
+
+/// A Neutron refusal of a port request, in Courier's terms.
+fn port_create_error(network: &str, e: os::Error) -> Error {
+    match e.fault_type() {
+        Some("IpAddressAlreadyAllocated") | Some("MacAddressInUse") => Error::AddressInUse {
+            address: e
+                .fault()
+                .map(|f| f.message.clone())
+                .unwrap_or_default(),
+            port: "a Neutron port".into(),
+            network: network.into(),
+        },
+        Some("OverQuota") => Error::InvalidInput(format!(
+            "Neutron refuses another port on {network:?}: the project's port quota is used up ({e}); raise it or delete unused ports"
+        )),
+        _ => os_err(format!("creating a port on {network}"))(e),
+    }
+}
+
+#[async_trait]
+impl Backend for NeutronBackend {
+    fn id(&self) -> &str {
+        ID
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.api
+            .list_networks(&Query::new().limit(1))
+            .await
+            .map(|_| ())
+            .map_err(os_err("listing networks"))
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<Network> {
+        validate_network_name(&spec.name).map_err(Error::InvalidInput)?;
+        if self.find_network(&spec.name).await?.is_some() {
+            return Err(Error::NetworkExists(spec.name.clone()));
+        }
+        if let Some(existing) = &spec.existing {
+            if spec.subnet.is_some() || spec.subnet6.is_some() {
+                return Err(Error::InvalidInput(
+                    "give either an existing Neutron network or subnets to create, not both".into(),
+                ));
+            }
+            // By id, else by name (which must be unique).
+            let net = match self.api.get_network(existing).await {
+                Ok(n) => n,
+                Err(e) if e.is_not_found() => {
+                    let q = Query::new().name(existing);
+                    let mut by_name = self
+                        .retry(&format!("looking up network {existing}"), || {
+                            self.api.list_networks(&q)
+                        })
+                        .await?;
+                    match by_name.len() {
+                        1 => by_name.remove(0),
+                        0 => {
+                            return Err(Error::InvalidInput(format!(
+                                "Neutron has no network {existing:?} (by id or name): check `openstack network list`"
+                            )))
+                        }
+                        n => {
+                            return Err(Error::InvalidInput(format!(
+                                "{n} Neutron networks are named {existing:?}: give its id"
+                            )))
+                        }
+                    }
+                }
+                Err(e) => return Err(os_err(format!("reading network {existing}"))(e)),
+            };
+            if let Some(other) = Self::network_name_of(&net.tags) {
+                return Err(Error::InvalidInput(format!(
+                    "Neutron network {} is already registered as Courier network {other:?}",
+                    net.id
+                )));
+            }
+            self.api
+                .add_tag("networks", &net.id, &tag_network(&spec.name))
+                .await
+                .map_err(os_err(format!("tagging network {}", net.id)))?;
+            let subs = self.subnets_of(&net).await?;
+            tracing::info!(network = %spec.name, neutron = %net.id, "registered Neutron network");
+            return Ok(Self::to_network(&spec.name, &net, &subs));
+        }
+        if spec.subnet.is_none() && spec.subnet6.is_none() {
+            return Err(Error::InvalidInput(
+                "a Neutron network needs --subnet (IPv4 and/or IPv6), or --neutron-network to register an existing one".into(),
+            ));
+        }
+        let net = self
+            .api
+            .create_network(&os::NetworkCreate {
+                name: Some(spec.name.clone()),
+                tags: vec![tag_network(&spec.name), TAG_CREATED.into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(os_err(format!("creating network {}", spec.name)))?;
+        let mut subs = Vec::new();
+        let made = async {
+            if let Some(v4) = spec.subnet {
+                subs.push(
+                    self.api
+                        .create_subnet(&SubnetCreate {
+                            network_id: net.id.clone(),
+                            cidr: v4.to_string(),
+                            ip_version: 4,
+                            name: Some(format!("{}-v4", spec.name)),
+                            gateway_ip: spec.gateway.map(|g| Some(g.to_string())),
+                            ..Default::default()
+                        })
+                        .await?,
+                );
+            }
+            if let Some(v6) = spec.subnet6 {
+                subs.push(
+                    self.api
+                        .create_subnet(&SubnetCreate {
+                            network_id: net.id.clone(),
+                            cidr: v6.to_string(),
+                            ip_version: 6,
+                            name: Some(format!("{}-v6", spec.name)),
+                            gateway_ip: spec.gateway6.map(|g| Some(g.to_string())),
+                            ipv6_address_mode: Some("dhcpv6-stateful".into()),
+                            ..Default::default()
+                        })
+                        .await?,
+                );
+            }
+            Ok::<(), os::Error>(())
+        };
+        if let Err(e) = made.await {
+            // Nothing half-made stays: the network goes with its subnets.
+            if let Err(de) = self.api.delete_network(&net.id).await {
+                tracing::error!(network = %net.id, error = %de, "removing a half-created network failed");
+            }
+            return Err(os_err(format!("creating subnets of {}", spec.name))(e));
+        }
+        let net = self
+            .api
+            .get_network(&net.id)
+            .await
+            .map_err(os_err(format!("reading network {}", net.id)))?;
+        tracing::info!(network = %spec.name, neutron = %net.id, "created Neutron network");
+        Ok(Self::to_network(&spec.name, &net, &subs))
+    }
+
+    async fn delete_network(&self, name: &str) -> Result<()> {
+        let Some(net) = self.find_network(name).await? else {
+            return Err(Error::UnknownNetwork(name.to_string()));
+        };
+        let q = Query::new().network_id(&net.id).limit(1);
+        let ours = self
+            .retry(&format!("listing ports of {name}"), || {
+                self.api.list_ports(&q)
+            })
+            .await?;
+        if net.tags.iter().any(|t| t == TAG_CREATED) {
+            if !ours.is_empty() {
+                return Err(Error::NetworkInUse {
+                    name: name.into(),
+                    ports: ours.len(),
+                });
+            }
+            self.api
+                .delete_network(&net.id)
+                .await
+                .map_err(os_err(format!("deleting network {}", net.id)))?;
+        } else {
+            // Registered, not created: only the registration goes.
+            self.api
+                .remove_tag("networks", &net.id, &tag_network(name))
+                .await
+                .map_err(os_err(format!("untagging network {}", net.id)))?;
+        }
+        Ok(())
+    }
+
+    async fn network(&self, name: &str) -> Result<Option<Network>> {
+        let Some(net) = self.find_network(name).await? else {
+            return Ok(None);
+        };
+        let subs = self.subnets_of(&net).await?;
+        Ok(Some(Self::to_network(name, &net, &subs)))
+    }
+
+    async fn networks(&self) -> Result<Vec<Network>> {
+        let q = Query::new();
+        let nets = self
+            .retry("listing networks", || self.api.list_networks(&q))
+            .await?;
+        let mut out = Vec::new();
+        for n in nets {
+            if let Some(name) = Self::network_name_of(&n.tags) {
+                let subs = self.subnets_of(&n).await?;
+                out.push(Self::to_network(&name, &n, &subs));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
+        let mut bodies = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let net = &r.network;
+            let mut fixed_ips = Vec::new();
+            for ip in &r.ips {
+                fixed_ips.push(FixedIp {
+                    subnet_id: None,
+                    ip_address: Some(ip.to_string()),
+                });
+            }
+            bodies.push(PortCreate {
+                network_id: net.backend_id.clone(),
+                name: Some(r.name.clone()),
+                device_owner: Some(DEVICE_OWNER.into()),
+                device_id: Some(r.owner.attachment.clone()),
+                mac_address: r.mac.clone(),
+                fixed_ips,
+                binding_host_id: Some(self.host_id.clone()),
+                tags: vec![
+                    TAG_OWNER.into(),
+                    tag_host(&r.owner.host),
+                    tag_attachment(&r.owner.attachment),
+                ],
+                ..Default::default()
+            });
+        }
+        // Not retried: a POST that failed in transit may have created the ports; they carry our
+        // tags and derived names, so rollback (by name) and the sweep find them.
+        let network = reqs
+            .first()
+            .map(|r| r.network.name.clone())
+            .unwrap_or_default();
+        let made = self
+            .api
+            .create_ports(&bodies)
+            .await
+            .map_err(|e| port_create_error(&network, e))?;
+        let mut out = Vec::with_capacity(made.len());
+        for (p, r) in made.iter().zip(reqs) {
+            out.push(self.to_port(p, &r.network.name, r.network.mtu).await?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool> {
+        let mut deleted = false;
+        for p in self.owned_port(port, host).await? {
+            deleted |= self
+                .retry(&format!("deleting port {}", p.id), || {
+                    self.api.delete_port(&p.id)
+                })
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>> {
+        let found = match &port.id {
+            Some(id) => match self.api.get_port(id).await {
+                Ok(p) => Some(p),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(os_err(format!("reading port {id}"))(e)),
+            },
+            None => {
+                let q = Query::new().name(&port.name);
+                self.retry(&format!("looking up port {}", port.name), || {
+                    self.api.list_ports(&q)
+                })
+                .await?
+                .into_iter()
+                .next()
+            }
+        };
+        match found {
+            None => Ok(None),
+            Some(p) => {
+                let net = self
+                    .api
+                    .get_network(&p.network_id)
+                    .await
+                    .map_err(os_err(format!("reading network {}", p.network_id)))?;
+                let name = Self::network_name_of(&net.tags).unwrap_or(net.name.clone());
+                Ok(Some(self.to_port(&p, &name, net.mtu).await?))
+            }
+        }
+    }
+
+    async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
+        match q {
+            PortQuery::OwnedBy { host } => {
+                let tags = [TAG_OWNER.to_string(), tag_host(host)];
+                let q = Query::new().tags(&tags);
+                let ports = self
+                    .retry("listing ports owned here", || self.api.list_ports(&q))
+                    .await?;
+                let mut out = Vec::with_capacity(ports.len());
+                for p in &ports {
+                    out.push(self.to_port(p, "", None).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
