@@ -263,7 +263,8 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                 "/v1/networks",
                 Some(
                     json!({"name": name, "subnet": v4, "gateway": gw, "subnet6": v6,
-                    "gateway6": gw6, "exclude_ips": excludes, "backend": backend}),
+                    "gateway6": gw6, "exclude_ips": excludes, "backend": backend,
+                    "existing": neutron_network}),
                 ),
             )?;
             out(&v, &|v| {

@@ -76,10 +76,10 @@ pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
     // Backends connect in the background: the daemon serves the networks of those that are up,
     // and the others answer "try again later" until they come (boot order, outages).
-    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    let mut lazies: Vec<Arc<Lazy>> = Vec::new();
     if !config.ovn.nb_remote.is_empty() {
         let (remote, options) = (config.ovn.nb_remote.clone(), config.ovn.ovsdb_options());
-        backends.push(Lazy::spawn("ovn", move || {
+        lazies.push(Lazy::spawn("ovn", move || {
             let remote = remote.clone();
             async move { OvnBackend::connect(&remote, options).await }
         }));
@@ -95,11 +95,15 @@ pub async fn run(config: Config) -> Result<()> {
             .clone()
             .unwrap_or_else(crate::config::local_hostname);
         tracing::info!(cloud = ?cloud, principal = %cloud_cfg.principal(), %host_id, "Neutron backend configured");
-        backends.push(Lazy::spawn(neutron::ID, move || {
+        lazies.push(Lazy::spawn(neutron::ID, move || {
             let (cfg, host_id) = (cloud_cfg.clone(), host_id.clone());
             async move { NeutronBackend::connect(cfg, &host_id).await }
         }));
     }
+    let backends: Vec<Arc<dyn Backend>> = lazies
+        .iter()
+        .map(|l| l.clone() as Arc<dyn Backend>)
+        .collect();
     // The edge needs the local OVS DB whatever the backend: wait for it (boot order).
     let vswitch = Arc::new(
         retry_until_up("local Open_vSwitch DB", || {
@@ -149,6 +153,16 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(socket = %config.socket.display(), host = %config.host,
         nb = %config.ovn.nb_remote, "courier daemon serving");
 
+    // A backend that connects after the start-up pass gets a pass of its own then (its leaks
+    // and its records' leftovers), periodic reconcile or not.
+    for lazy in lazies.iter().filter(|l| !l.is_connected()) {
+        let (d, lazy) = (daemon.clone(), lazy.clone());
+        tokio::spawn(async move {
+            lazy.wait_connected().await;
+            let r = d.reconcile().await;
+            log_report(&format!("after {} connected", lazy.id()), &r);
+        });
+    }
     let d = daemon.clone();
     let every = Duration::from_secs(config.reconcile_interval_secs);
     tokio::spawn(async move {

@@ -20,6 +20,7 @@ pub struct Lazy {
     inner: OnceCell<Arc<dyn Backend>>,
     /// Why the last connect attempt failed.
     last_error: Mutex<String>,
+    connected: tokio::sync::watch::Sender<bool>,
 }
 
 impl Lazy {
@@ -34,6 +35,7 @@ impl Lazy {
             id: id.to_string(),
             inner: OnceCell::new(),
             last_error: Mutex::new("connecting".into()),
+            connected: tokio::sync::watch::channel(false).0,
         });
         let l = lazy.clone();
         tokio::spawn(async move {
@@ -42,6 +44,7 @@ impl Lazy {
                 match connect().await {
                     Ok(b) => {
                         let _ = l.inner.set(Arc::new(b));
+                        l.connected.send_replace(true);
                         if warned {
                             tracing::info!(backend = %l.id, "backend is reachable now");
                         } else {
@@ -62,6 +65,16 @@ impl Lazy {
             }
         });
         lazy
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.get().is_some()
+    }
+
+    /// Returns once the backend is connected.
+    pub async fn wait_connected(&self) {
+        let mut rx = self.connected.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     fn get(&self) -> Result<&Arc<dyn Backend>> {

@@ -81,6 +81,7 @@ impl OvnBackend {
     /// The switch row named `name`, from the monitor cache.
     fn switch(&self, name: &str) -> Result<(String, Row)> {
         let mut found: Vec<(String, Row)> = self.cache.lookup(&LS_BY_NAME, name);
+        found.retain(|(_, r)| !neutron_managed(r));
         match found.len() {
             0 => Err(Error::UnknownNetwork(name.to_string())),
             1 => Ok(found.remove(0)),
@@ -232,6 +233,15 @@ pub fn addresses_entry(mac: Option<&str>, ip: Option<IpAddr>) -> String {
         (Some(m), None) => format!("{m} dynamic"),
         (Some(m), Some(ip)) => format!("{m} {ip}"),
     }
+}
+
+/// A switch ML2/OVN made for a Neutron network (its `external_ids` carry `neutron:` keys): it
+/// belongs to Neutron, so OVN direct neither lists nor attaches to it — through Courier it is
+/// reached as a Neutron network.
+fn neutron_managed(row: &Row) -> bool {
+    ovsdb::get_map(row, "external_ids")
+        .keys()
+        .any(|k| k.starts_with("neutron:"))
 }
 
 /// An OVN `ipv6_prefix` ("fd00:1::" or "fd00:1::/64") as a /64.
@@ -474,6 +484,7 @@ impl Backend for OvnBackend {
             .cache
             .rows(LS)
             .iter()
+            .filter(|(_, r)| !neutron_managed(r))
             .map(|(u, r)| self.network_from_row(u, r))
             .collect();
         nets.sort_by(|a, b| a.name.cmp(&b.name));

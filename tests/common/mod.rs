@@ -587,3 +587,136 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn pauses(d: &TestDaemon) -> usize {
     d.log().matches("COURIER_PAUSE_AT reached").count()
 }
+
+/// Neutron + Keystone from scripts/neutron.sh (started here if needed), and a way to look at
+/// them as an admin, for asserting what Courier did. `None` (with the skip reported) when they
+/// cannot run.
+pub struct NeutronEnv {
+    pub clouds: String,
+    pub host_id: String,
+    token: String,
+}
+
+pub const NEUTRON_URL: &str = "http://127.0.0.1:9696/v2.0";
+pub const ADMIN_PASSWORD: &str = "courier-admin-secret";
+
+impl NeutronEnv {
+    pub fn get(test: &str) -> Option<NeutronEnv> {
+        if !env_ready(test) {
+            return None;
+        }
+        static READY: OnceLock<Result<(), String>> = OnceLock::new();
+        let r = READY.get_or_init(|| {
+            let out = Command::new(repo().join("scripts/neutron.sh"))
+                .arg("start")
+                .output()
+                .map_err(|e| format!("cannot run scripts/neutron.sh: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "scripts/neutron.sh start failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        });
+        if let Err(reason) = r {
+            skip(test, reason);
+            return None;
+        }
+        let host_id = sh_ok(
+            "ovs-vsctl",
+            &["get", "open_vswitch", ".", "external_ids:hostname"],
+        )
+        .trim()
+        .trim_matches('"')
+        .to_string();
+        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": ADMIN_PASSWORD}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
+        let out = sh_ok(
+            "curl",
+            &[
+                "-si",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body.to_string(),
+                "http://127.0.0.1:5000/v3/auth/tokens",
+            ],
+        );
+        let token = out
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("x-subject-token:")
+                    .then(|| l[16..].trim().to_string())
+            })
+            .expect("a Keystone token");
+        Some(NeutronEnv {
+            clouds: "/etc/courier-test/clouds.yaml".into(),
+            host_id,
+            token,
+        })
+    }
+
+    /// The admin token this test uses to look at Neutron.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The daemon environment that enables the Neutron backend with the admin cloud.
+    pub fn daemon_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OS_CLIENT_CONFIG_FILE", self.clouds.clone()),
+            ("COURIER_NEUTRON_CLOUD", "courier-admin".into()),
+            ("COURIER_NEUTRON_HOST_ID", self.host_id.clone()),
+        ]
+    }
+
+    /// GET on Neutron: (status, body).
+    pub fn api(&self, method: &str, path: &str) -> (u16, Value) {
+        let out = sh_ok(
+            "curl",
+            &[
+                "-s",
+                "-X",
+                method,
+                "-H",
+                &format!("X-Auth-Token: {}", self.token),
+                "-w",
+                "\n%{http_code}",
+                &format!("{NEUTRON_URL}{path}"),
+            ],
+        );
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Neutron ports carrying this daemon's host tag.
+    pub fn owned_ports(&self, d: &TestDaemon) -> Vec<Value> {
+        let (_, v) = self.api("GET", &format!("/ports?tags=courier:host:{}", host_mark(d)));
+        v["ports"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Starts a daemon with the Neutron backend (and OVN direct) enabled.
+pub fn neutron_daemon(name: &str, n: &NeutronEnv, extra: &[(&str, &str)]) -> TestDaemon {
+    let env = n.daemon_env();
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    let d = TestDaemon::start_with(name, &all);
+    let connected = eventually(Duration::from_secs(20), || {
+        d.try_api("GET", "/v1/status", None).is_ok_and(|(_, st)| {
+            st["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|h| h["ok"] == true))
+        })
+    });
+    assert!(connected, "backends did not connect:\n{}", d.log());
+    d
+}

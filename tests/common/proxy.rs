@@ -44,7 +44,8 @@ impl Conn for TcpStream {
 
 struct Shared {
     mode: AtomicU8,
-    upstream: PathBuf,
+    /// `unix:PATH` (or a bare path) or `tcp:HOST:PORT`.
+    upstream: String,
     /// Both ends of every live connection, to cut them.
     live: Mutex<Vec<Box<dyn Conn>>>,
 }
@@ -75,7 +76,8 @@ impl Proxy {
         }
     }
 
-    /// Listens on 127.0.0.1 (a free port), forwarding to the unix socket `upstream`.
+    /// Listens on 127.0.0.1 (a free port), forwarding to `upstream` (`unix:PATH` or
+    /// `tcp:HOST:PORT`).
     pub fn tcp(upstream: &str) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = l.local_addr().expect("addr").port();
@@ -97,7 +99,7 @@ impl Proxy {
     fn shared(upstream: &str) -> Arc<Shared> {
         Arc::new(Shared {
             mode: AtomicU8::new(Mode::Forward as u8),
-            upstream: PathBuf::from(upstream.strip_prefix("unix:").unwrap_or(upstream)),
+            upstream: upstream.to_string(),
             live: Mutex::new(Vec::new()),
         })
     }
@@ -134,9 +136,24 @@ fn serve(s: &Arc<Shared>, client: Box<dyn Conn>) {
         client.shut();
         return;
     }
-    let Ok(up) = UnixStream::connect(&s.upstream) else {
-        client.shut();
-        return;
+    let up: Box<dyn Conn> = match s.upstream.strip_prefix("tcp:") {
+        Some(addr) => match TcpStream::connect(addr) {
+            Ok(t) => Box::new(t),
+            Err(_) => {
+                client.shut();
+                return;
+            }
+        },
+        None => {
+            let path = s.upstream.strip_prefix("unix:").unwrap_or(&s.upstream);
+            match UnixStream::connect(path) {
+                Ok(u) => Box::new(u),
+                Err(_) => {
+                    client.shut();
+                    return;
+                }
+            }
+        }
     };
     let (Ok(c2), Ok(u2)) = (client.try_clone_box(), up.try_clone_box()) else {
         return;
@@ -150,7 +167,7 @@ fn serve(s: &Arc<Shared>, client: Box<dyn Conn>) {
         return;
     };
     let (s1, s2) = (s.clone(), s.clone());
-    std::thread::spawn(move || pump(&s1, c_rd, Box::new(up)));
+    std::thread::spawn(move || pump(&s1, c_rd, up));
     std::thread::spawn(move || pump(&s2, u_rd, client));
 }
 

@@ -1,0 +1,361 @@
+//! The Neutron backend against a real Neutron 29 (ML2/OVN on this host's OVN, so its ports are
+//! bound by the real ovn-controller) and Keystone 30, both from scripts/neutron.sh.
+mod common;
+use std::time::Duration;
+
+use common::proxy::{Mode, Proxy};
+use common::*;
+use serde_json::Value;
+
+fn addr(r: &Value, v6: bool) -> String {
+    r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .find(|a| a.contains(':') == v6)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Two containers on a dual-stack Neutron network: Neutron ports ACTIVE with Courier's tags
+/// and binding:host_id, ping, ping6 and TCP cross, CHECK passes, the network's MTU reaches the
+/// interface; DEL deletes the ports; `network delete` removes the network and subnets.
+#[test]
+fn neutron_network_containers_talk_and_leave_nothing() {
+    let Some(n) = NeutronEnv::get("neutron_network_containers_talk_and_leave_nothing") else {
+        return;
+    };
+    let d = neutron_daemon("neu-talk", &n, &[]);
+    let net = unique("neu-talk");
+    let out = d.cli(&[
+        "network",
+        "create",
+        &net,
+        "--backend",
+        "neutron",
+        "--subnet",
+        "10.212.0.0/24",
+        "--subnet",
+        "fd00:212::/64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8_lossy(&d.cli(&["network", "list"]).stdout).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&net) && l.contains("neutron")),
+        "{list}"
+    );
+    let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{net}"));
+    let neutron_net = nets["networks"][0].clone();
+    let net_id = neutron_net["id"]
+        .as_str()
+        .expect("tagged network")
+        .to_string();
+    let mtu = neutron_net["mtu"].as_u64().unwrap();
+
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("neu-a"), Netns::new("neu-b"));
+    let (code, ra) = d.cni("ADD", "neu-a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{ra}\n{}", d.log());
+    let (code, rb) = d.cni("ADD", "neu-b", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rb}");
+    assert_eq!(ra["ips"].as_array().unwrap().len(), 2, "{ra}");
+
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for p in &ports {
+        let tags: Vec<&str> = p["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        assert!(tags.contains(&"courier:owner"), "{p}");
+        assert!(
+            tags.iter().any(|t| t.starts_with("courier:attachment:")),
+            "{p}"
+        );
+        assert_eq!(p["binding:host_id"], n.host_id.as_str(), "{p}");
+        assert_eq!(p["device_owner"], "compute:courier", "{p}");
+        assert_eq!(p["network_id"], net_id.as_str());
+    }
+    // The ports go ACTIVE (ovn-controller bound them through iface-id = port id).
+    assert!(
+        eventually(Duration::from_secs(15), || n
+            .owned_ports(&d)
+            .iter()
+            .all(|p| p["status"] == "ACTIVE")),
+        "ports not ACTIVE: {:?}",
+        n.owned_ports(&d)
+    );
+    let link =
+        String::from_utf8_lossy(&a.exec(&["ip", "-o", "link", "show", "eth0"]).stdout).into_owned();
+    assert!(
+        link.contains(&format!("mtu {mtu}")),
+        "network MTU {mtu} on the interface: {link}"
+    );
+
+    assert!(a.ping(&addr(&rb, false)), "ping over the Neutron network");
+    assert!(a.ping(&addr(&rb, true)), "ping6 over the Neutron network");
+    let ((n_recv, h_recv), (n_sent, h_sent)) =
+        tcp_transfer(&b, &a, &addr(&rb, false), 5201, 1 << 20);
+    assert_eq!((n_recv, &h_recv), (n_sent, &h_sent), "TCP data intact");
+    let (code, out) = d.cni("CHECK", "neu-a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+
+    for (c, ns) in [("neu-a", &a), ("neu-b", &b)] {
+        let (code, out) = d.cni("DEL", c, &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+    }
+    for p in &ports {
+        let (code, _) = n.api("GET", &format!("/ports/{}", p["id"].as_str().unwrap()));
+        assert_eq!(code, 404, "port {} left after DEL", p["id"]);
+    }
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    let out = d.cli(&["network", "delete", &net]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(n.api("GET", &format!("/networks/{net_id}")).0, 404);
+}
+
+/// An existing Neutron network registered under a Courier name: usable, and `network delete`
+/// removes only the registration (the network stays).
+#[test]
+fn registered_neutron_network_is_not_deleted() {
+    let Some(n) = NeutronEnv::get("registered_neutron_network_is_not_deleted") else {
+        return;
+    };
+    let d = neutron_daemon("neu-reg", &n, &[]);
+    let own = unique("neu-own");
+    let out = d.cli(&[
+        "network",
+        "create",
+        &own,
+        "--backend",
+        "neutron",
+        "--subnet",
+        "10.213.0.0/24",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{own}"));
+    let id = nets["networks"][0]["id"].as_str().unwrap().to_string();
+    // Unregister by deleting? No: register the same Neutron network under a second name is refused.
+    let alias = unique("neu-alias");
+    let out = d.cli(&["network", "create", &alias, "--neutron-network", &id]);
+    assert!(!out.status.success(), "a network registered twice");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already registered"));
+    // A plain Neutron network (made outside Courier) registered by name.
+    let ext = unique("neu-ext");
+    let (code, _) = n.api("POST", "/networks"); // refused without a body: only to see the API answers
+    assert!(code >= 400);
+    let made = sh_ok(
+        "curl",
+        &[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-Auth-Token: {}", token_of(&n)),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("{{\"network\": {{\"name\": \"{ext}\"}}}}"),
+            &format!("{NEUTRON_URL}/networks"),
+        ],
+    );
+    let ext_id = serde_json::from_str::<Value>(&made).unwrap()["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reg = unique("neu-reg");
+    let out = d.cli(&["network", "create", &reg, "--neutron-network", &ext]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &reg, "--json"]).stdout).unwrap();
+    assert_eq!(show["backend_id"], ext_id.as_str(), "{show}");
+    assert_eq!(show["created_by_courier"], false);
+    assert!(d.cli(&["network", "delete", &reg]).status.success());
+    assert_eq!(
+        n.api("GET", &format!("/networks/{ext_id}")).0,
+        200,
+        "a registered network survives delete"
+    );
+    let (_, v) = n.api("GET", &format!("/networks/{ext_id}"));
+    assert!(
+        !v["network"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap_or("").starts_with("courier:")),
+        "{v}"
+    );
+    n.api("DELETE", &format!("/networks/{ext_id}"));
+    assert!(d.cli(&["network", "delete", &own]).status.success());
+    assert_eq!(n.api("GET", &format!("/networks/{id}")).0, 404);
+}
+
+fn token_of(n: &NeutronEnv) -> String {
+    n.token().to_string()
+}
+
+/// One daemon serves an OVN-direct and a Neutron network at once; with Neutron unreachable
+/// (its API behind a proxy the test cuts), Neutron networks answer 11 and OVN-direct ones keep
+/// working; when Neutron is back, attaches work again.
+#[test]
+fn neutron_down_leaves_ovn_direct_working() {
+    let Some(n) = NeutronEnv::get("neutron_down_leaves_ovn_direct_working") else {
+        return;
+    };
+    let proxy = Proxy::tcp("tcp:127.0.0.1:9696");
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = dir.path().join("clouds.yaml");
+    let text = std::fs::read_to_string(&n.clouds).unwrap().replace(
+        "  courier-admin:\n",
+        &format!(
+            "  courier-admin:\n    network_endpoint_override: http://{}\n",
+            proxy.remote.trim_start_matches("tcp:")
+        ),
+    );
+    std::fs::write(&clouds, text).unwrap();
+    std::fs::copy(
+        "/etc/courier-test/secure.yaml",
+        dir.path().join("secure.yaml"),
+    )
+    .unwrap();
+    let clouds_s = clouds.display().to_string();
+    let d = neutron_daemon("neu-down", &n, &[("OS_CLIENT_CONFIG_FILE", &clouds_s)]);
+    let (ovn_net, neu_net) = (unique("neu-down-ovn"), unique("neu-down-neu"));
+    d.create_network(&ovn_net, &subnet_for(60));
+    let out = d.cli(&[
+        "network",
+        "create",
+        &neu_net,
+        "--backend",
+        "neutron",
+        "--subnet",
+        "10.214.0.0/24",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (co, cn) = (d.netconf(&ovn_net, "1.1.0"), d.netconf(&neu_net, "1.1.0"));
+    let (x, y) = (Netns::new("neu-down-x"), Netns::new("neu-down-y"));
+    let (code, out) = d.cni("ADD", "x", &x.path(), "eth0", &cn);
+    assert_eq!(code, 0, "{out}");
+
+    proxy.set(Mode::Cut);
+    let (code, out) = d.cni("ADD", "y", &y.path(), "eth0", &cn);
+    assert_eq!(
+        (code, out["code"].as_u64()),
+        (1, Some(11)),
+        "Neutron down: {out}"
+    );
+    let (code, out) = d.cni("ADD", "y", &y.path(), "eth0", &co);
+    assert_eq!(code, 0, "OVN direct while Neutron is down: {out}");
+    let (code, out) = d.cni("DEL", "y", &y.path(), "eth0", &co);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = d.cni("STATUS", "", "", "", &co);
+    assert_eq!(code, 0, "STATUS of an OVN network with Neutron down: {out}");
+    let (code, out) = d.cni("STATUS", "", "", "", &cn);
+    assert_eq!((code, out["code"].as_u64()), (1, Some(50)), "{out}");
+
+    proxy.set(Mode::Forward);
+    let (code, out) = d.cni("ADD", "y", &y.path(), "eth0", &cn);
+    assert_eq!(code, 0, "Neutron back: {out}");
+    for c in ["x", "y"] {
+        let ns = if c == "x" { &x } else { &y };
+        let (code, out) = d.cni("DEL", c, &ns.path(), "eth0", &cn);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert!(n.owned_ports(&d).is_empty());
+    assert!(d.cli(&["network", "delete", &neu_net]).status.success());
+    assert!(d.cli(&["network", "delete", &ovn_net]).status.success());
+}
+
+/// Bad input against Neutron changes nothing: an address in use (105), an unknown Neutron
+/// network to register; and no secret reaches the log or `courier status`.
+#[test]
+fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
+    let Some(n) = NeutronEnv::get("neutron_bad_input_changes_nothing_and_no_secret_is_logged")
+    else {
+        return;
+    };
+    let d = neutron_daemon("neu-bad", &n, &[("COURIER_LOG", "debug")]);
+    let net = unique("neu-bad");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.215.0.0/24"
+        ])
+        .status
+        .success());
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("neu-bad-a"), Netns::new("neu-bad-b"));
+    let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{ra}");
+    let before = (n.owned_ports(&d).len(), owned(&d));
+    let taken = addr(&ra, false);
+    let (code, out) = cni_exec(
+        "ADD",
+        "b",
+        &b.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("IP={taken}"))],
+    );
+    assert_eq!((code, out["code"].as_u64()), (1, Some(105)), "{out}");
+    assert_eq!(
+        (n.owned_ports(&d).len(), owned(&d)),
+        before,
+        "an address in use changed something"
+    );
+    assert!(!b.has_link("eth0"));
+    let out = d.cli(&[
+        "network",
+        "create",
+        &unique("neu-none"),
+        "--neutron-network",
+        "no-such-network-anywhere",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("no network") && err.contains("no-such-network-anywhere"),
+        "{err}"
+    );
+
+    let status = String::from_utf8_lossy(&d.cli(&["status", "--json"]).stdout).into_owned();
+    for secret in [ADMIN_PASSWORD, token_of(&n).as_str()] {
+        assert!(!d.log().contains(secret), "a secret in the daemon log");
+        assert!(!status.contains(secret), "a secret in courier status");
+    }
+    let (code, _) = d.cni("DEL", "a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
