@@ -89,27 +89,34 @@ fn nb_down_then_back() {
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
 
-/// The daemon starts before OVN (boot order): it waits instead of exiting, its socket stays
-/// unbound meanwhile (the plugin says 50 to STATUS), and it serves once OVN is there.
+/// The daemon starts before OVN (boot order): it serves at once (backends connect in the
+/// background), the OVN-direct backend answers "try again later" meanwhile — STATUS 50, ADD 11
+/// — and it serves OVN networks once OVN is there.
 #[test]
-fn daemon_started_before_ovn_waits() {
-    if !env_ready("daemon_started_before_ovn_waits") {
+fn daemon_started_before_ovn_serves_and_waits_for_it() {
+    if !env_ready("daemon_started_before_ovn_serves_and_waits_for_it") {
         return;
     }
     let _back = NbBack;
     sh_ok(OVN_CTL, &["stop_nb_ovsdb"]);
     let mut d = TestDaemon::launch("early", &[]);
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        d.try_api("GET", "/v1/status", None).is_err(),
-        "API served without OVN"
-    );
+    d.wait_ready(Duration::from_secs(15));
     let conf = d.netconf("any", "1.1.0");
     let (code, out) = d.cni("STATUS", "", "", "", &conf);
     assert_eq!((code, out["code"].as_u64()), (1, Some(50)), "{out}");
+    assert!(out["msg"].as_str().unwrap_or("").contains("ovn"), "{out}");
+    let ns = Netns::new("early");
+    let (code, out) = d.cni("ADD", "early", &ns.path(), "eth0", &conf);
+    assert_eq!((code, out["code"].as_u64()), (1, Some(11)), "ADD before OVN: {out}");
     assert!(d.log().contains("not reachable yet"), "{}", d.log());
     sh_ok(OVN_CTL, &["start_nb_ovsdb"]);
-    d.wait_ready(Duration::from_secs(15));
-    assert_eq!(d.cni("STATUS", "", "", "", &conf).0, 0);
+    assert!(
+        eventually(Duration::from_secs(15), || d
+            .cni("STATUS", "", "", "", &conf)
+            .0
+            == 0),
+        "{}",
+        d.log()
+    );
     assert!(d.log().contains("reachable now"), "{}", d.log());
 }

@@ -359,3 +359,159 @@ fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
     assert_eq!(code, 0);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+const ATTACH_STEPS: &[&str] = &[
+    "after-intent",
+    "after-port",
+    "after-veth",
+    "after-ovs-port",
+    "after-plug",
+    "after-up",
+];
+const DETACH_STEPS: &[&str] = &[
+    "detach-after-mark",
+    "detach-after-unplug",
+    "detach-after-port",
+];
+
+/// kill -9 of the daemon at every step of a Neutron attach and detach: after a restart nothing
+/// is left in Neutron (no port with this host's tag), in OVS, the kernel or the store.
+#[test]
+fn neutron_kill9_at_every_step_leaks_nothing() {
+    let Some(n) = NeutronEnv::get("neutron_kill9_at_every_step_leaks_nothing") else {
+        return;
+    };
+    if !hooks_ready("neutron_kill9_at_every_step_leaks_nothing") {
+        return;
+    }
+    let mut d = neutron_daemon("neu-crash", &n, &[]);
+    let net = unique("neu-crash");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.216.0.0/24"
+        ])
+        .status
+        .success());
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("neu-crash");
+    let env = n.daemon_env();
+    let with = |extra: Option<(&'static str, &'static str)>| {
+        let mut v: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        v.extend(extra);
+        v
+    };
+    let clean = |d: &TestDaemon| {
+        eventually(Duration::from_secs(20), || {
+            n.owned_ports(d).is_empty() && owned(d).is_empty()
+        })
+    };
+    for step in ATTACH_STEPS {
+        d.restart(&with(Some(("COURIER_CRASH_AT", step))));
+        let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
+        assert_ne!(
+            code, 0,
+            "{step}: ADD should fail when the daemon dies: {out}"
+        );
+        d.wait_exit(Duration::from_secs(20));
+        d.restart(&with(None));
+        assert!(
+            clean(&d),
+            "{step}: leaked after restart: neutron {:?} local {:?}\n{}",
+            n.owned_ports(&d),
+            owned(&d),
+            d.log()
+        );
+        assert!(!ns.has_link("eth0"), "{step}: interface left in netns");
+    }
+    for step in DETACH_STEPS {
+        d.restart(&with(None));
+        let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+        d.restart(&with(Some(("COURIER_CRASH_AT", step))));
+        let (code, _) = d.cni("DEL", "crashy", &ns.path(), "eth0", &conf);
+        assert_ne!(code, 0, "{step}");
+        d.wait_exit(Duration::from_secs(20));
+        d.restart(&with(None));
+        assert!(
+            clean(&d),
+            "{step}: leaked after restart: neutron {:?} local {:?}\n{}",
+            n.owned_ports(&d),
+            owned(&d),
+            d.log()
+        );
+    }
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// 20 ADDs and DELs at once on one Neutron network: each attachment is whole or absent, the
+/// addresses are distinct, and afterwards no Neutron port, OVS port, link or record is left.
+#[test]
+fn neutron_concurrent_add_del_leaks_nothing() {
+    let Some(n) = NeutronEnv::get("neutron_concurrent_add_del_leaks_nothing") else {
+        return;
+    };
+    let d = neutron_daemon("neu-conc", &n, &[]);
+    let net = unique("neu-conc");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.217.0.0/24"
+        ])
+        .status
+        .success());
+    let conf = d.netconf(&net, "1.1.0");
+    let nss: Vec<Netns> = (0..20).map(|i| Netns::new(&format!("nc{i}"))).collect();
+    let results: Vec<(i32, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let conf = conf.clone();
+                let p = ns.path();
+                s.spawn(move || d_cni(&conf, "ADD", &format!("c{i}"), &p))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::BTreeSet::new();
+    for (i, (code, out)) in results.iter().enumerate() {
+        assert_eq!(*code, 0, "ADD c{i}: {out}");
+        assert!(ips.insert(addr(out, false)), "duplicate address {out}");
+        assert!(nss[i].has_link("eth0"));
+    }
+    assert_eq!(n.owned_ports(&d).len(), 20);
+    assert_eq!(d.store().len(), 20);
+    let dels: Vec<(i32, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let conf = conf.clone();
+                let p = ns.path();
+                s.spawn(move || d_cni(&conf, "DEL", &format!("c{i}"), &p))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (code, out)) in dels.iter().enumerate() {
+        assert_eq!(*code, 0, "DEL c{i}: {out}");
+    }
+    assert!(n.owned_ports(&d).is_empty(), "{:?}", n.owned_ports(&d));
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+fn d_cni(conf: &str, cmd: &str, container: &str, netns: &str) -> (i32, Value) {
+    cni_exec(cmd, container, netns, "eth0", conf, &[])
+}
