@@ -413,6 +413,7 @@ fn neutron_kill9_at_every_step_leaks_nothing() {
     };
     for step in ATTACH_STEPS {
         d.restart(&with(Some(("COURIER_CRASH_AT", step))));
+        wait_backends(&d);
         let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
         assert_ne!(
             code, 0,
@@ -431,9 +432,11 @@ fn neutron_kill9_at_every_step_leaks_nothing() {
     }
     for step in DETACH_STEPS {
         d.restart(&with(None));
+        wait_backends(&d);
         let (code, out) = d.cni("ADD", "crashy", &ns.path(), "eth0", &conf);
         assert_eq!(code, 0, "{out}");
         d.restart(&with(Some(("COURIER_CRASH_AT", step))));
+        wait_backends(&d);
         let (code, _) = d.cni("DEL", "crashy", &ns.path(), "eth0", &conf);
         assert_ne!(code, 0, "{step}");
         d.wait_exit(Duration::from_secs(20));

@@ -710,6 +710,12 @@ pub fn neutron_daemon(name: &str, n: &NeutronEnv, extra: &[(&str, &str)]) -> Tes
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     all.extend_from_slice(extra);
     let d = TestDaemon::start_with(name, &all);
+    wait_backends(&d);
+    d
+}
+
+/// Waits until every backend of the daemon is connected (they connect in the background).
+pub fn wait_backends(d: &TestDaemon) {
     let connected = eventually(Duration::from_secs(20), || {
         d.try_api("GET", "/v1/status", None).is_ok_and(|(_, st)| {
             st["backends"]
@@ -718,5 +724,4 @@ pub fn neutron_daemon(name: &str, n: &NeutronEnv, extra: &[(&str, &str)]) -> Tes
         })
     });
     assert!(connected, "backends did not connect:\n{}", d.log());
-    d
 }
