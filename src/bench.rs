@@ -34,6 +34,14 @@ pub enum BenchCmd {
         /// Also write the numbers as JSON to this file.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Attach to this existing Courier network (any backend) instead of a fresh OVN one.
+        /// On a Neutron network the run also times bare Neutron port create + delete through
+        /// the API (credentials: --cloud / OS_CLOUD / OS_*), and prints Courier's ratio to it.
+        #[arg(long)]
+        network: Option<String>,
+        /// clouds.yaml cloud for the Neutron baseline (default: OS_CLOUD, else OS_*).
+        #[arg(long)]
+        cloud: Option<String>,
     },
 }
 
@@ -192,14 +200,20 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
             cni_path,
             no_reference,
             output,
+            network,
+            cloud,
         } => {
             match bench_attach(
                 socket,
-                count,
-                parallel,
-                &cni_path,
-                no_reference,
-                output.as_deref(),
+                &Opts {
+                    count,
+                    parallel,
+                    cni_path: &cni_path,
+                    no_reference,
+                    output: output.as_deref(),
+                    network: network.as_deref(),
+                    cloud: cloud.as_deref(),
+                },
             ) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -211,26 +225,85 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
     }
 }
 
-fn bench_attach(
-    socket: &Path,
+struct Opts<'a> {
     count: usize,
     parallel: usize,
-    cni_path: &Path,
+    cni_path: &'a Path,
     no_reference: bool,
-    output: Option<&Path>,
-) -> Result<(), String> {
+    output: Option<&'a Path>,
+    network: Option<&'a str>,
+    cloud: Option<&'a str>,
+}
+
+/// Bare Neutron port create + delete on `network_id`, `count` times: what Neutron itself costs.
+fn neutron_baseline(
+    cloud: Option<&str>,
+    network_id: &str,
+    count: usize,
+) -> Result<(Stats, Stats), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let cfg = courier_openstack::CloudConfig::from_process_env(cloud)
+            .map_err(|e| format!("Neutron baseline: {e}"))?;
+        let api = courier_openstack::Neutron::connect(cfg)
+            .await
+            .map_err(|e| format!("Neutron baseline: {e}"))?;
+        let (mut creates, mut deletes) = (Vec::new(), Vec::new());
+        let tag = format!("courier-bench-{}", std::process::id());
+        let start = Instant::now();
+        for i in 0..count {
+            let t = Instant::now();
+            let p = api
+                .create_port(&courier_openstack::PortCreate {
+                    network_id: network_id.to_string(),
+                    name: Some(format!("{tag}-{i}")),
+                    tags: vec![tag.clone()],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            creates.push(t.elapsed());
+            let t = Instant::now();
+            api.delete_port(&p.id).await.map_err(|e| e.to_string())?;
+            deletes.push(t.elapsed());
+        }
+        let wall = start.elapsed();
+        Ok((stats(creates, wall), stats(deletes, wall)))
+    })
+}
+
+fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
+    let Opts {
+        count,
+        parallel,
+        cni_path,
+        no_reference,
+        output,
+        ..
+    } = *o;
     let me = std::env::current_exe().map_err(|e| format!("finding own binary: {e}"))?;
     let tag = std::process::id();
-    let network = format!("bench-{tag}");
     call(socket, "GET", "/v1/status", None)?;
-    call(
-        socket,
-        "POST",
-        "/v1/networks",
-        Some(
-            json!({"name": network, "subnet": "10.240.0.0/16", "gateway": "10.240.0.1", "exclude_ips": []}),
-        ),
-    )?;
+    let (network, own_network) = match o.network {
+        Some(n) => (n.to_string(), false),
+        None => (format!("bench-{tag}"), true),
+    };
+    let net_info = if own_network {
+        call(
+            socket,
+            "POST",
+            "/v1/networks",
+            Some(
+                json!({"name": network, "subnet": "10.240.0.0/16", "gateway": "10.240.0.1", "exclude_ips": []}),
+            ),
+        )?
+    } else {
+        call(socket, "GET", &format!("/v1/networks/{network}"), None)?
+    };
+    let backend = net_info["backend"].as_str().unwrap_or("ovn").to_string();
     let names: Vec<String> = (0..count).map(|i| format!("cb{tag}-{i}")).collect();
     let ref_names: Vec<String> = (0..count).map(|i| format!("rb{tag}-{i}")).collect();
     let cleanup = |names: &[String]| {
@@ -249,15 +322,30 @@ fn bench_attach(
         let conf =
             json!({"cniVersion": "1.1.0", "name": network, "type": "courier", "socket": socket})
                 .to_string();
-        println!("courier bench attach: n={count} parallel={parallel}; Courier network {network} (OVN), reference bridge+host-local");
+        println!("courier bench attach: n={count} parallel={parallel}; Courier network {network} ({backend}), reference bridge+host-local");
         let (add, add_wall) = run_phase(&me, "ADD", &names, "cb", cni_path, &conf, parallel)?;
         let (del, del_wall) = run_phase(&me, "DEL", &names, "cb", cni_path, &conf, parallel)?;
         let c_add = stats(add, add_wall);
         let c_del = stats(del, del_wall);
         print_row("courier ADD", &c_add);
         print_row("courier DEL", &c_del);
-        let mut out =
-            json!({"count": count, "parallel": parallel, "courier": {"add": c_add, "del": c_del}});
+        let mut out = json!({"count": count, "parallel": parallel, "backend": backend,
+            "courier": {"add": c_add, "del": c_del}});
+        if backend == "neutron" {
+            let net_id = net_info["backend_id"].as_str().unwrap_or_default();
+            let (n_create, n_delete) = neutron_baseline(o.cloud, net_id, count)?;
+            print_row("neutron port create", &n_create);
+            print_row("neutron port delete", &n_delete);
+            let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            println!(
+                "ratio courier/neutron: ADD/create p50 {:.2}x p99 {:.2}x; DEL/delete p50 {:.2}x p99 {:.2}x",
+                r(c_add.p50_ms, n_create.p50_ms),
+                r(c_add.p99_ms, n_create.p99_ms),
+                r(c_del.p50_ms, n_delete.p50_ms),
+                r(c_del.p99_ms, n_delete.p99_ms),
+            );
+            out["neutron"] = json!({"create": n_create, "delete": n_delete});
+        }
         if !no_reference {
             let data_dir = std::env::temp_dir().join(format!("courier-bench-ipam-{tag}"));
             let rconf = json!({
@@ -293,7 +381,9 @@ fn bench_attach(
     })();
     cleanup(&names);
     cleanup(&ref_names);
-    let _ = call(socket, "DELETE", &format!("/v1/networks/{network}"), None);
+    if own_network {
+        let _ = call(socket, "DELETE", &format!("/v1/networks/{network}"), None);
+    }
     let out = result?;
     if let Some(path) = output {
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap_or_default())

@@ -107,7 +107,11 @@ fn daemon_started_before_ovn_serves_and_waits_for_it() {
     assert!(out["msg"].as_str().unwrap_or("").contains("ovn"), "{out}");
     let ns = Netns::new("early");
     let (code, out) = d.cni("ADD", "early", &ns.path(), "eth0", &conf);
-    assert_eq!((code, out["code"].as_u64()), (1, Some(11)), "ADD before OVN: {out}");
+    assert_eq!(
+        (code, out["code"].as_u64()),
+        (1, Some(11)),
+        "ADD before OVN: {out}"
+    );
     assert!(d.log().contains("not reachable yet"), "{}", d.log());
     sh_ok(OVN_CTL, &["start_nb_ovsdb"]);
     assert!(
