@@ -146,6 +146,15 @@ impl Attacher {
         let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id));
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         binding.validate(&att).await?;
+        if let Some(port) = &req.port {
+            if req.ip.is_some() || req.mac.is_some() || !req.security_groups.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "port {port} exists already: its addresses and security groups are its own; drop the IP, MAC and security groups"
+                )));
+            }
+            // Recorded with the intent, before the port is touched: rollback gives it back.
+            att.existing_port = Some(backend.inspect_port(port, &network).await?);
+        }
 
         // 2. Intent: durable before anything exists; the store gives it its generation.
         self.store.create(&mut att).await?;
@@ -185,12 +194,16 @@ impl Attacher {
             },
             ips: att.requested_ip.into_iter().collect(),
             mac: att.requested_mac.clone(),
+            security_groups: att.security_groups.clone(),
         };
-        let port = backend
-            .create_ports(std::slice::from_ref(&req))
-            .await?
-            .pop()
-            .ok_or_else(|| Error::Internal(format!("backend made no port {}", req.name)))?;
+        let port = match &att.existing_port {
+            Some(existing) => backend.claim_port(existing, &req.owner, network).await?,
+            None => backend
+                .create_ports(std::slice::from_ref(&req))
+                .await?
+                .pop()
+                .ok_or_else(|| Error::Internal(format!("backend made no port {}", req.name)))?,
+        };
         let port_ms = ms(t0);
         att.port = Some(port.clone());
         att.phase = Phase::PortCreated;
@@ -234,9 +247,11 @@ impl Attacher {
             Err(e) => vec![e],
         };
         hooks::point("detach-after-unplug").await;
-        let deleted = match self.registry.backend(&att.backend) {
-            Ok(b) => b.delete_port(&port_ref(att), &self.host).await,
-            Err(e) => Err(e),
+        // A port Courier made is deleted; an existing port it bound is given back as it was.
+        let deleted = match (self.registry.backend(&att.backend), &att.existing_port) {
+            (Ok(b), Some(existing)) => b.release_port(existing, &self.host).await,
+            (Ok(b), None) => b.delete_port(&port_ref(att), &self.host).await,
+            (Err(e), _) => Err(e),
         };
         if let Err(e) = deleted {
             errors.push(e);

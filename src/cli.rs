@@ -126,6 +126,13 @@ pub struct AttachArgs {
     /// Edge binding for this interface (default: the daemon's default; see `courier status`).
     #[arg(long)]
     pub binding: Option<String>,
+    /// Neutron security group (name or id) for the port; repeatable. Default: the project's.
+    #[arg(long = "security-group")]
+    pub security_groups: Vec<String>,
+    /// Bind this existing Neutron port (its id) instead of creating one; detach gives it back
+    /// as it was and never deletes it.
+    #[arg(long, conflicts_with_all = ["ip", "mac", "security_groups"])]
+    pub port: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -350,6 +357,8 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                     "ip": ip,
                     "mac": a.mac,
                     "binding": a.binding,
+                    "security_groups": a.security_groups,
+                    "port": a.port,
                 })),
             )?;
             out(&v, &|v| {

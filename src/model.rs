@@ -119,6 +119,22 @@ pub struct AttachRequest {
     /// Edge binding kind for this port (default: the daemon's default binding).
     #[serde(default)]
     pub binding: Option<String>,
+    /// Neutron security groups (names or ids) for the port; empty: the project's default.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Bind this existing port (its backend id) instead of creating one; it is kept on detach.
+    #[serde(default)]
+    pub port: Option<String>,
+}
+
+/// An existing port an attachment binds (created by the user, e.g. Zun's `--nets port=ID`): what
+/// it was before Courier claimed it, restored on detach; the port itself is never deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExistingPort {
+    pub id: String,
+    pub device_owner: String,
+    pub device_id: String,
+    pub host_id: Option<String>,
 }
 
 /// Identifies an attachment: one interface of one container.
@@ -218,6 +234,11 @@ pub struct Attachment {
     pub requested_ip: Option<IpAddr>,
     #[serde(default)]
     pub requested_mac: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Set when the attachment binds an existing port (recorded, durably, before it is claimed).
+    #[serde(default)]
+    pub existing_port: Option<ExistingPort>,
     /// Unix seconds.
     pub created_at: u64,
 }
@@ -269,6 +290,8 @@ impl Attachment {
             netns_inode: None,
             requested_ip: req.ip,
             requested_mac: req.mac.clone(),
+            security_groups: req.security_groups.clone(),
+            existing_port: None,
             created_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

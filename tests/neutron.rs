@@ -518,3 +518,188 @@ fn neutron_concurrent_add_del_leaks_nothing() {
 fn d_cni(conf: &str, cmd: &str, container: &str, netns: &str) -> (i32, Value) {
     cni_exec(cmd, container, netns, "eth0", conf, &[])
 }
+
+/// An existing Neutron port bound by id (the Zun `--nets port=UUID` flow, CNI_ARGS PORT=ID):
+/// the container gets its MAC and IP, the port is bound to this host while attached, and DEL
+/// gives it back as it was without deleting it. A port bound elsewhere and an unknown port are
+/// refused, changing nothing.
+#[test]
+fn existing_port_is_bound_and_given_back() {
+    let Some(n) = NeutronEnv::get("existing_port_is_bound_and_given_back") else {
+        return;
+    };
+    let d = neutron_daemon("neu-exist", &n, &[]);
+    let net = unique("neu-exist");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.218.0.0/24"
+        ])
+        .status
+        .success());
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
+    let net_id = show["backend_id"].as_str().unwrap().to_string();
+    let mk = |name: &str, owner: &str| {
+        let (code, v) = n.call(
+            "POST",
+            "/ports",
+            Some(serde_json::json!({"port": {"network_id": net_id, "name": name, "device_owner": owner}})),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["port"].clone()
+    };
+    let user_port = mk(&unique("user-port"), "");
+    let vm_port = mk(&unique("vm-port"), "compute:nova");
+    let pid = user_port["id"].as_str().unwrap();
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("neu-exist");
+
+    // Bound elsewhere: refused, says where, nothing changes.
+    let vm_id = vm_port["id"].as_str().unwrap();
+    let (code, out) = cni_exec(
+        "ADD",
+        "c",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("PORT={vm_id}"))],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        out["msg"].as_str().unwrap().contains("compute:nova"),
+        "{out}"
+    );
+    assert_eq!(
+        n.api("GET", &format!("/ports/{vm_id}")).1["port"]["device_owner"],
+        "compute:nova"
+    );
+    let (code, out) = cni_exec(
+        "ADD",
+        "c",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", "PORT=00000000-0000-0000-0000-000000000000")],
+    );
+    assert_ne!(code, 0);
+    assert!(out["msg"].as_str().unwrap().contains("no port"), "{out}");
+    assert!(d.store().is_empty() && !ns.has_link("eth0"));
+
+    let (code, r) = cni_exec(
+        "ADD",
+        "c",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("PORT={pid}"))],
+    );
+    assert_eq!(code, 0, "{r}\n{}", d.log());
+    assert_eq!(r["interfaces"][1]["mac"], user_port["mac_address"], "{r}");
+    assert_eq!(
+        addr(&r, false),
+        user_port["fixed_ips"][0]["ip_address"].as_str().unwrap()
+    );
+    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(p["port"]["device_owner"], "compute:courier", "{p}");
+    assert_eq!(p["port"]["binding:host_id"], n.host_id.as_str(), "{p}");
+    assert!(
+        eventually(Duration::from_secs(15), || n
+            .api("GET", &format!("/ports/{pid}"))
+            .1["port"]["status"]
+            == "ACTIVE"),
+        "the bound port goes ACTIVE"
+    );
+    let (code, out) = d.cni("CHECK", "c", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = d.cni("DEL", "c", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    let (code, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(code, 200, "the existing port is kept on DEL");
+    assert_eq!(p["port"]["device_owner"], "", "{p}");
+    assert_eq!(p["port"]["binding:host_id"], "", "{p}");
+    assert!(
+        !p["port"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap_or("").starts_with("courier:")),
+        "{p}"
+    );
+    assert!(owned(&d).is_empty());
+    for id in [pid, vm_id] {
+        n.api("DELETE", &format!("/ports/{id}"));
+    }
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// Security groups by name (CNI_ARGS SECURITY_GROUPS): the port gets them; an unknown one is a
+/// clear error and changes nothing.
+#[test]
+fn security_groups_reach_the_port() {
+    let Some(n) = NeutronEnv::get("security_groups_reach_the_port") else {
+        return;
+    };
+    let d = neutron_daemon("neu-sg", &n, &[]);
+    let net = unique("neu-sg");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.219.0.0/24"
+        ])
+        .status
+        .success());
+    let sg_name = unique("courier-sg");
+    let (code, sg) = n.call(
+        "POST",
+        "/security-groups",
+        Some(serde_json::json!({"security_group": {"name": sg_name}})),
+    );
+    assert_eq!(code, 201, "{sg}");
+    let sg_id = sg["security_group"]["id"].as_str().unwrap().to_string();
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("neu-sg");
+    let (code, out) = cni_exec(
+        "ADD",
+        "s",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", "SECURITY_GROUPS=no-such-group")],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        out["msg"].as_str().unwrap().contains("no-such-group"),
+        "{out}"
+    );
+    assert!(n.owned_ports(&d).is_empty() && d.store().is_empty());
+    let (code, out) = cni_exec(
+        "ADD",
+        "s",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("SECURITY_GROUPS={sg_name}"))],
+    );
+    assert_eq!(code, 0, "{out}");
+    let ports = n.owned_ports(&d);
+    assert_eq!(
+        ports[0]["security_groups"],
+        serde_json::json!([sg_id]),
+        "{ports:?}"
+    );
+    let (code, _) = d.cni("DEL", "s", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    n.api("DELETE", &format!("/security-groups/{sg_id}"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{Backend, PortQuery, PortRef, PortRequest};
+use super::{Backend, OwnerMark, PortQuery, PortRef, PortRequest};
 use crate::error::{Error, Result};
-use crate::model::{LogicalPort, Network, NetworkSpec};
+use crate::model::{ExistingPort, LogicalPort, Network, NetworkSpec};
 
 pub struct Lazy {
     id: String,
@@ -119,5 +119,19 @@ impl Backend for Lazy {
     }
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
         self.get()?.find_ports(q).await
+    }
+    async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
+        self.get()?.inspect_port(id, network).await
+    }
+    async fn claim_port(
+        &self,
+        port: &ExistingPort,
+        owner: &OwnerMark,
+        network: &Network,
+    ) -> Result<LogicalPort> {
+        self.get()?.claim_port(port, owner, network).await
+    }
+    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
+        self.get()?.release_port(port, host).await
     }
 }

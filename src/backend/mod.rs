@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::model::{LogicalPort, Network, NetworkSpec};
+use crate::model::{ExistingPort, LogicalPort, Network, NetworkSpec};
 
 /// Who owns a port: this host's mark and the attachment it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct PortRequest {
     /// Requested fixed addresses (empty: the backend's IPAM chooses).
     pub ips: Vec<IpAddr>,
     pub mac: Option<String>,
+    /// Security groups (names or ids) where the backend has them; empty: its default.
+    pub security_groups: Vec<String>,
 }
 
 /// A port of one attachment: its backend id when known, else found by its derived name.
@@ -72,6 +74,39 @@ pub trait Backend: Send + Sync {
     async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool>;
     async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>>;
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>>;
+
+    /// An existing port to bind (no side effect): what it is now, refused if it is bound to
+    /// something else (the error says to what) or is not on `network`.
+    async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
+        let _ = (id, network);
+        Err(crate::error::Error::InvalidInput(format!(
+            "backend {} has no existing ports to bind: Courier creates its ports (binding an existing port is a Neutron feature)",
+            self.id()
+        )))
+    }
+    /// Claims the existing port for `owner` on this host and returns it as Courier sees it.
+    async fn claim_port(
+        &self,
+        port: &ExistingPort,
+        owner: &OwnerMark,
+        network: &Network,
+    ) -> Result<LogicalPort> {
+        let _ = (owner, network);
+        Err(crate::error::Error::Internal(format!(
+            "backend {} cannot claim port {}",
+            self.id(),
+            port.id
+        )))
+    }
+    /// Gives a claimed port back as it was (`port`); never deletes it. Ok(false) if it is gone.
+    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
+        let _ = host;
+        Err(crate::error::Error::Internal(format!(
+            "backend {} cannot release port {}",
+            self.id(),
+            port.id
+        )))
+    }
 }
 
 /// Ownership marks Courier puts on backend resources.

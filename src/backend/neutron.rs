@@ -17,13 +17,17 @@ use async_trait::async_trait;
 use courier_openstack::{self as os, FixedIp, Neutron, PortCreate, Query, SubnetCreate};
 use ipnet::IpNet;
 
-use super::{Backend, PortQuery, PortRef, PortRequest};
+use super::{Backend, OwnerMark, PortQuery, PortRef, PortRequest};
 use crate::error::{Error, Result};
-use crate::model::{validate_network_name, Dns, LogicalPort, Network, NetworkSpec, Route};
+use crate::model::{
+    validate_network_name, Dns, ExistingPort, LogicalPort, Network, NetworkSpec, Route,
+};
 
 pub const ID: &str = "neutron";
 const TAG_OWNER: &str = "courier:owner";
 const TAG_CREATED: &str = "courier:created";
+/// On an existing port Courier binds: claimed (not owned, so no sweep ever deletes it).
+const TAG_CLAIMED: &str = "courier:claimed";
 const DEVICE_OWNER: &str = "compute:courier";
 /// How long one logical operation may keep retrying transient failures.
 const RETRY_FOR: Duration = Duration::from_secs(20);
@@ -242,6 +246,39 @@ impl NeutronBackend {
         }
     }
 
+    /// Security group ids for names or ids; an unknown or ambiguous one is an error naming it.
+    async fn security_group_ids(&self, wanted: &[String]) -> Result<Vec<String>> {
+        let q = Query::new();
+        let all = self
+            .retry("listing security groups", || {
+                self.api.list_security_groups(&q)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            if let Some(g) = all.iter().find(|g| &g.id == w) {
+                out.push(g.id.clone());
+                continue;
+            }
+            let named: Vec<_> = all.iter().filter(|g| &g.name == w).collect();
+            match named.as_slice() {
+                [g] => out.push(g.id.clone()),
+                [] => {
+                    return Err(Error::InvalidInput(format!(
+                        "Neutron has no security group {w:?} visible to this project: check `openstack security group list`"
+                    )))
+                }
+                many => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} security groups are named {w:?}: give its id",
+                        many.len()
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn network_name_of(tags: &[String]) -> Option<String> {
         tags.iter()
             .find_map(|t| t.strip_prefix("courier:network:"))
@@ -452,6 +489,11 @@ impl Backend for NeutronBackend {
     async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
         let mut bodies = Vec::with_capacity(reqs.len());
         for r in reqs {
+            let security_groups = if r.security_groups.is_empty() {
+                None // the project's default group
+            } else {
+                Some(self.security_group_ids(&r.security_groups).await?)
+            };
             let net = &r.network;
             let mut fixed_ips = Vec::new();
             for ip in &r.ips {
@@ -468,6 +510,7 @@ impl Backend for NeutronBackend {
                 mac_address: r.mac.clone(),
                 fixed_ips,
                 binding_host_id: Some(self.host_id.clone()),
+                security_groups,
                 tags: vec![
                     TAG_OWNER.into(),
                     tag_host(&r.owner.host),
@@ -552,5 +595,107 @@ impl Backend for NeutronBackend {
                 Ok(out)
             }
         }
+    }
+
+    async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
+        let p = match self.api.get_port(id).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::InvalidInput(format!(
+                    "Neutron has no port {id:?}: check `openstack port show {id}`"
+                )))
+            }
+            Err(e) => return Err(os_err(format!("reading port {id}"))(e)),
+        };
+        if p.network_id != network.backend_id {
+            return Err(Error::InvalidInput(format!(
+                "port {id} is on Neutron network {}, not on {:?} ({}): attach it to its own network",
+                p.network_id, network.name, network.backend_id
+            )));
+        }
+        if p.tags.iter().any(|t| t == TAG_OWNER || t == TAG_CLAIMED) {
+            return Err(Error::InvalidInput(format!(
+                "port {id} is already used by Courier ({}): detach that first",
+                p.tags.join(", ")
+            )));
+        }
+        let host = p.binding_host_id.clone().filter(|h| !h.is_empty());
+        if !p.device_owner.is_empty() || !p.device_id.is_empty() || host.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "port {id} is bound elsewhere (device_owner {:?}, device_id {:?}, host {:?}): give a port no server or container uses",
+                p.device_owner, p.device_id, host.unwrap_or_default()
+            )));
+        }
+        Ok(ExistingPort {
+            id: p.id,
+            device_owner: p.device_owner,
+            device_id: p.device_id,
+            host_id: p.binding_host_id,
+        })
+    }
+
+    async fn claim_port(
+        &self,
+        port: &ExistingPort,
+        owner: &OwnerMark,
+        network: &Network,
+    ) -> Result<LogicalPort> {
+        let update = os::PortUpdate {
+            device_owner: Some(DEVICE_OWNER.into()),
+            device_id: Some(owner.attachment.clone()),
+            binding_host_id: Some(self.host_id.clone()),
+            ..Default::default()
+        };
+        let p = self
+            .api
+            .update_port(&port.id, &update, None)
+            .await
+            .map_err(os_err(format!("claiming port {}", port.id)))?;
+        for tag in [
+            TAG_CLAIMED.to_string(),
+            tag_host(&owner.host),
+            tag_attachment(&owner.attachment),
+        ] {
+            self.api
+                .add_tag("ports", &port.id, &tag)
+                .await
+                .map_err(os_err(format!("tagging port {}", port.id)))?;
+        }
+        let mut lp = self.to_port(&p, &network.name, network.mtu).await?;
+        lp.attachment = Some(owner.attachment.clone());
+        Ok(lp)
+    }
+
+    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
+        let p = match self.api.get_port(&port.id).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(os_err(format!("reading port {}", port.id))(e)),
+        };
+        // Only a claim of this host's: another host's claim is not ours to undo.
+        if !p.tags.contains(&tag_host(host)) && p.tags.iter().any(|t| t == TAG_CLAIMED) {
+            return Ok(false);
+        }
+        let update = os::PortUpdate {
+            device_owner: Some(port.device_owner.clone()),
+            device_id: Some(port.device_id.clone()),
+            binding_host_id: Some(port.host_id.clone().unwrap_or_default()),
+            ..Default::default()
+        };
+        self.api
+            .update_port(&port.id, &update, None)
+            .await
+            .map_err(os_err(format!("giving port {} back", port.id)))?;
+        for tag in p.tags.iter().filter(|t| {
+            t.as_str() == TAG_CLAIMED
+                || t.starts_with("courier:host:")
+                || t.starts_with("courier:attachment:")
+        }) {
+            self.api
+                .remove_tag("ports", &port.id, tag)
+                .await
+                .map_err(os_err(format!("untagging port {}", port.id)))?;
+        }
+        Ok(true)
     }
 }

@@ -538,6 +538,12 @@ impl Backend for OvnBackend {
 impl OvnBackend {
     async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {
         let network = req.network.name.as_str();
+        if !req.security_groups.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "security groups ({}) are a Neutron feature; network {network:?} is OVN direct (its ports get port security only)",
+                req.security_groups.join(", ")
+            )));
+        }
         if req.ips.len() > 1 {
             return Err(Error::InvalidInput(format!(
                 "{} addresses requested: OVN networks give a port one address for now",

@@ -60,6 +60,10 @@ pub struct NetConf {
     /// Edge binding for this network's attachments (default: the daemon's default binding).
     #[serde(default)]
     pub binding: Option<String>,
+    /// Neutron security groups (names or ids) for this network's ports (CNI_ARGS
+    /// SECURITY_GROUPS=a,b overrides); empty: the project's default group.
+    #[serde(default, rename = "securityGroups")]
+    pub security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -152,6 +156,17 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                     .clone()
                     .or_else(|| args.get("MAC").cloned()),
                 binding: conf.binding.clone(),
+                // CNI_ARGS SECURITY_GROUPS=a,b (names or ids), else the netconf's list.
+                security_groups: match args.get("SECURITY_GROUPS") {
+                    Some(v) => v
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    None => conf.security_groups.clone(),
+                },
+                // CNI_ARGS PORT=<id>: bind this existing Neutron port (kept on DEL).
+                port: args.get("PORT").cloned(),
             };
             let att = attacher.attach(&req).await?;
             Ok(Some(result_json(&att, &conf.cni_version)))

@@ -675,21 +675,22 @@ impl NeutronEnv {
         ]
     }
 
-    /// GET on Neutron: (status, body).
+    /// A bodiless call on Neutron: (status, body).
     pub fn api(&self, method: &str, path: &str) -> (u16, Value) {
-        let out = sh_ok(
-            "curl",
-            &[
-                "-s",
-                "-X",
-                method,
-                "-H",
-                &format!("X-Auth-Token: {}", self.token),
-                "-w",
-                "\n%{http_code}",
-                &format!("{NEUTRON_URL}{path}"),
-            ],
-        );
+        self.call(method, path, None)
+    }
+
+    /// A call with a JSON body on Neutron: (status, body).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let token = format!("X-Auth-Token: {}", self.token);
+        let url = format!("{NEUTRON_URL}{path}");
+        let body = body.map(|b| b.to_string());
+        let mut args = vec!["-s", "-X", method, "-H", &token, "-w", "\n%{http_code}"];
+        if let Some(b) = &body {
+            args.extend(["-H", "Content-Type: application/json", "-d", b]);
+        }
+        args.push(&url);
+        let out = sh_ok("curl", &args);
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
         (
             code.trim().parse().unwrap_or(0),
