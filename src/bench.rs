@@ -42,6 +42,10 @@ pub enum BenchCmd {
         /// clouds.yaml cloud for the Neutron baseline (default: OS_CLOUD, else OS_*).
         #[arg(long)]
         cloud: Option<String>,
+        /// binding:host_id of the baseline's ports (default: this machine's hostname, as the
+        /// daemon's [neutron] host_id).
+        #[arg(long)]
+        host_id: Option<String>,
     },
 }
 
@@ -202,6 +206,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
             output,
             network,
             cloud,
+            host_id,
         } => {
             match bench_attach(
                 socket,
@@ -213,6 +218,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
                     output: output.as_deref(),
                     network: network.as_deref(),
                     cloud: cloud.as_deref(),
+                    host_id: host_id.as_deref(),
                 },
             ) {
                 Ok(()) => 0,
@@ -233,12 +239,16 @@ struct Opts<'a> {
     output: Option<&'a Path>,
     network: Option<&'a str>,
     cloud: Option<&'a str>,
+    host_id: Option<&'a str>,
 }
 
-/// Bare Neutron port create + delete on `network_id`, `count` times: what Neutron itself costs.
+/// Neutron port create + delete on `network_id` straight through the API, `count` times: what
+/// Neutron itself costs for the port Courier asks for (same device_owner, binding:host_id and
+/// tags — a host binding makes ML2 bind the port, which is most of Neutron's work).
 fn neutron_baseline(
     cloud: Option<&str>,
     network_id: &str,
+    host_id: &str,
     count: usize,
 ) -> Result<(Stats, Stats), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -260,7 +270,10 @@ fn neutron_baseline(
                 .create_port(&courier_openstack::PortCreate {
                     network_id: network_id.to_string(),
                     name: Some(format!("{tag}-{i}")),
-                    tags: vec![tag.clone()],
+                    device_owner: Some("compute:courier-bench".into()),
+                    device_id: Some(format!("{tag}-{i}")),
+                    binding_host_id: Some(host_id.to_string()),
+                    tags: vec![tag.clone(), "courier:bench".into(), format!("{tag}-{i}")],
                     ..Default::default()
                 })
                 .await
@@ -333,7 +346,11 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
             "courier": {"add": c_add, "del": c_del}});
         if backend == "neutron" {
             let net_id = net_info["backend_id"].as_str().unwrap_or_default();
-            let (n_create, n_delete) = neutron_baseline(o.cloud, net_id, count)?;
+            let host_id = o
+                .host_id
+                .map(String::from)
+                .unwrap_or_else(crate::config::local_hostname);
+            let (n_create, n_delete) = neutron_baseline(o.cloud, net_id, &host_id, count)?;
             print_row("neutron port create", &n_create);
             print_row("neutron port delete", &n_delete);
             let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };

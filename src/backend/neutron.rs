@@ -50,7 +50,14 @@ pub struct NeutronBackend {
     /// a request per port. Subnets are immutable in what we read (cidr, gateway) or change
     /// rarely (dns, routes): a port created after such a change sees it on the next miss.
     subnets: Mutex<HashMap<String, os::Subnet>>,
+    /// Courier networks resolved lately, by name, for `NETWORK_TTL`: an attach does not look
+    /// the network up again (two requests) each time. Creating or deleting one here drops the
+    /// entry; a change made elsewhere is seen within the TTL (a port on a deleted network then
+    /// fails to create, cleanly).
+    resolved: Mutex<HashMap<String, (Instant, Network)>>,
 }
+
+const NETWORK_TTL: Duration = Duration::from_secs(10);
 
 /// What an OpenStack failure means for Courier.
 fn os_err(context: impl Into<String>) -> impl FnOnce(os::Error) -> Error {
@@ -70,6 +77,7 @@ impl NeutronBackend {
             api,
             host_id: host_id.to_string(),
             subnets: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -246,6 +254,36 @@ impl NeutronBackend {
         }
     }
 
+    fn forget(&self, name: &str) {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// The Courier name and MTU of Neutron network `id`, from the resolved networks if there.
+    async fn network_by_id(&self, id: &str) -> Result<(String, Option<u32>)> {
+        let known = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|(_, n)| n.backend_id == id)
+            .map(|(_, n)| (n.name.clone(), n.mtu));
+        if let Some(k) = known {
+            return Ok(k);
+        }
+        let net = self
+            .api
+            .get_network(id)
+            .await
+            .map_err(os_err(format!("reading network {id}")))?;
+        Ok((
+            Self::network_name_of(&net.tags).unwrap_or(net.name.clone()),
+            net.mtu,
+        ))
+    }
+
     /// Security group ids for names or ids; an unknown or ambiguous one is an error naming it.
     async fn security_group_ids(&self, wanted: &[String]) -> Result<Vec<String>> {
         let q = Query::new();
@@ -320,6 +358,7 @@ impl Backend for NeutronBackend {
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<Network> {
         validate_network_name(&spec.name).map_err(Error::InvalidInput)?;
+        self.forget(&spec.name);
         if self.find_network(&spec.name).await?.is_some() {
             return Err(Error::NetworkExists(spec.name.clone()));
         }
@@ -433,6 +472,7 @@ impl Backend for NeutronBackend {
     }
 
     async fn delete_network(&self, name: &str) -> Result<()> {
+        self.forget(name);
         let Some(net) = self.find_network(name).await? else {
             return Err(Error::UnknownNetwork(name.to_string()));
         };
@@ -464,11 +504,27 @@ impl Backend for NeutronBackend {
     }
 
     async fn network(&self, name: &str) -> Result<Option<Network>> {
+        if let Some((at, n)) = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            if at.elapsed() < NETWORK_TTL {
+                return Ok(Some(n.clone()));
+            }
+        }
         let Some(net) = self.find_network(name).await? else {
+            self.forget(name);
             return Ok(None);
         };
         let subs = self.subnets_of(&net).await?;
-        Ok(Some(Self::to_network(name, &net, &subs)))
+        let n = Self::to_network(name, &net, &subs);
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (Instant::now(), n.clone()));
+        Ok(Some(n))
     }
 
     async fn networks(&self) -> Result<Vec<Network>> {
@@ -569,13 +625,8 @@ impl Backend for NeutronBackend {
         match found {
             None => Ok(None),
             Some(p) => {
-                let net = self
-                    .api
-                    .get_network(&p.network_id)
-                    .await
-                    .map_err(os_err(format!("reading network {}", p.network_id)))?;
-                let name = Self::network_name_of(&net.tags).unwrap_or(net.name.clone());
-                Ok(Some(self.to_port(&p, &name, net.mtu).await?))
+                let (name, mtu) = self.network_by_id(&p.network_id).await?;
+                Ok(Some(self.to_port(&p, &name, mtu).await?))
             }
         }
     }
