@@ -271,9 +271,12 @@ fn neutron_down_leaves_ovn_direct_working() {
         (1, Some(11)),
         "Neutron down: {out}"
     );
-    let (code, out) = d.cni("ADD", "y", &y.path(), "eth0", &co);
+    // (Another container: "y"'s failed ADD may have left a record only Neutron can clear —
+    // its retry below, with Neutron back, undoes it first.)
+    let z = Netns::new("neu-down-z");
+    let (code, out) = d.cni("ADD", "z", &z.path(), "eth0", &co);
     assert_eq!(code, 0, "OVN direct while Neutron is down: {out}");
-    let (code, out) = d.cni("DEL", "y", &y.path(), "eth0", &co);
+    let (code, out) = d.cni("DEL", "z", &z.path(), "eth0", &co);
     assert_eq!(code, 0, "{out}");
     let (code, out) = d.cni("STATUS", "", "", "", &co);
     assert_eq!(code, 0, "STATUS of an OVN network with Neutron down: {out}");
@@ -701,5 +704,119 @@ fn security_groups_reach_the_port() {
     let (code, _) = d.cni("DEL", "s", &ns.path(), "eth0", &conf);
     assert_eq!(code, 0);
     n.api("DELETE", &format!("/security-groups/{sg_id}"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// Restores Keystone's default token lifetime when dropped (also if the test panics).
+struct DefaultTokenLifetime;
+impl Drop for DefaultTokenLifetime {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/neutron.sh"))
+            .arg("restart-keystone")
+            .env_remove("KEYSTONE_TOKEN_EXPIRATION")
+            .output();
+    }
+}
+
+/// An expired Keystone token is renewed without a failed attach. Changes host-wide state:
+/// Keystone's token lifetime is 20 s during this test (restored after).
+#[test]
+fn expired_token_is_renewed_without_a_failed_attach() {
+    let Some(n) = NeutronEnv::get("expired_token_is_renewed_without_a_failed_attach") else {
+        return;
+    };
+    let _restore = DefaultTokenLifetime;
+    let out = std::process::Command::new(repo().join("scripts/neutron.sh"))
+        .arg("restart-keystone")
+        .env("KEYSTONE_TOKEN_EXPIRATION", "20")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = neutron_daemon("neu-token", &n, &[]);
+    let net = unique("neu-token");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.220.0.0/24"
+        ])
+        .status
+        .success());
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("neu-tok-a"), Netns::new("neu-tok-b"));
+    let (code, out) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    // Every token the daemon held has now expired in Keystone.
+    std::thread::sleep(Duration::from_secs(25));
+    let (code, out) = d.cni("ADD", "b", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "ADD after the token expired: {out}\n{}", d.log());
+    for (c, ns) in [("a", &a), ("b", &b)] {
+        let (code, out) = d.cni("DEL", c, &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert!(n.owned_ports(&d).is_empty());
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// A wrong password: the Neutron backend stays unreachable with a clear authentication error
+/// (naming the URL and user, never the password), and OVN direct still serves.
+#[test]
+fn wrong_password_is_a_clear_error() {
+    let Some(n) = NeutronEnv::get("wrong_password_is_a_clear_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&n.clouds, dir.path().join("clouds.yaml")).unwrap();
+    let wrong = "not-the-password-4711";
+    std::fs::write(
+        dir.path().join("secure.yaml"),
+        format!("clouds:\n  courier-admin:\n    auth:\n      password: {wrong}\n"),
+    )
+    .unwrap();
+    let clouds = dir.path().join("clouds.yaml").display().to_string();
+    let env = n.daemon_env();
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.push(("OS_CLIENT_CONFIG_FILE", &clouds));
+    let d = TestDaemon::start_with("neu-wrongpw", &all);
+    assert!(eventually(Duration::from_secs(10), || d
+        .log()
+        .contains("not reachable yet")));
+    let st: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    let neu = st["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "neutron")
+        .unwrap()
+        .clone();
+    assert_eq!(neu["ok"], false, "{st}");
+    let err = neu["error"].as_str().unwrap();
+    assert!(
+        err.contains("authentication") && err.contains("admin"),
+        "{err}"
+    );
+    let text = format!("{st}{}", d.log());
+    assert!(
+        !text.contains(wrong),
+        "the password reached status or the log"
+    );
+    let net = unique("neu-wrongpw");
+    d.create_network(&net, &subnet_for(61));
+    let ns = Netns::new("neu-wrongpw");
+    let (code, out) = d.cni("ADD", "w", &ns.path(), "eth0", &d.netconf(&net, "1.1.0"));
+    assert_eq!(
+        code, 0,
+        "OVN direct with Neutron's credentials wrong: {out}"
+    );
+    let (code, _) = d.cni("DEL", "w", &ns.path(), "eth0", &d.netconf(&net, "1.1.0"));
+    assert_eq!(code, 0);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }

@@ -183,6 +183,11 @@ async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<
     match reg.network(&req.spec.name).await {
         Ok(_) => return Err(Error::NetworkExists(req.spec.name.clone()).into()),
         Err(Error::UnknownNetwork(_)) => {}
+        // Another backend cannot tell now: create anyway (the target backend still refuses a
+        // duplicate of its own); a name later found in two backends is refused when used.
+        Err(e @ Error::BackendDown { .. }) => {
+            tracing::warn!(network = %req.spec.name, error = %e, "creating a network while another backend cannot be asked whether the name is taken");
+        }
         Err(e) => return Err(e.into()),
     }
     let backend = reg.backend(req.backend.as_deref().unwrap_or(&reg.default_backend))?;
