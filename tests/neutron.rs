@@ -820,3 +820,217 @@ fn wrong_password_is_a_clear_error() {
     assert_eq!(code, 0);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// Neutron stops answering in the middle of an attach (after the intent, before the port POST:
+/// a pause point, and the proxy in front of Neutron is cut meanwhile): ADD returns 11; once
+/// Neutron is back, a reconcile leaves nothing behind.
+#[test]
+fn neutron_gone_mid_attach_then_reconcile_leaves_nothing() {
+    let Some(n) = NeutronEnv::get("neutron_gone_mid_attach_then_reconcile_leaves_nothing") else {
+        return;
+    };
+    if !hooks_ready("neutron_gone_mid_attach_then_reconcile_leaves_nothing") {
+        return;
+    }
+    let proxy = Proxy::tcp("tcp:127.0.0.1:9696");
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = proxied_clouds(&n, &proxy, dir.path());
+    let d = neutron_daemon(
+        "neu-mid",
+        &n,
+        &[
+            ("OS_CLIENT_CONFIG_FILE", &clouds),
+            ("COURIER_PAUSE_AT", "after-intent"),
+            ("COURIER_PAUSE_MS", "1500"),
+        ],
+    );
+    let net = unique("neu-mid");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.221.0.0/24"
+        ])
+        .status
+        .success());
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("neu-mid");
+    let socket = d.socket.clone();
+    let _ = socket;
+    let nsp = ns.path();
+    let conf2 = conf.clone();
+    let add = std::thread::spawn(move || cni_exec("ADD", "mid", &nsp, "eth0", &conf2, &[]));
+    assert!(eventually(Duration::from_secs(10), || pauses(&d) >= 1));
+    proxy.set(Mode::Cut);
+    let (code, out) = add.join().unwrap();
+    assert_eq!((code, out["code"].as_u64()), (1, Some(11)), "{out}");
+    proxy.set(Mode::Forward);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            d.api("POST", "/v1/reconcile", None);
+            n.owned_ports(&d).is_empty() && owned(&d).is_empty()
+        }),
+        "left after Neutron came back: {:?} {:?}\n{}",
+        n.owned_ports(&d),
+        owned(&d),
+        d.log()
+    );
+    assert!(!ns.has_link("eth0"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// A clouds.yaml (with secure.yaml) like the test one, whose Neutron endpoint is `proxy`.
+fn proxied_clouds(n: &NeutronEnv, proxy: &Proxy, dir: &std::path::Path) -> String {
+    let clouds = dir.join("clouds.yaml");
+    let text = std::fs::read_to_string(&n.clouds).unwrap().replace(
+        "  courier-admin:\n",
+        &format!(
+            "  courier-admin:\n    network_endpoint_override: http://{}\n",
+            proxy.remote.trim_start_matches("tcp:")
+        ),
+    );
+    std::fs::write(&clouds, text).unwrap();
+    std::fs::copy("/etc/courier-test/secure.yaml", dir.join("secure.yaml")).unwrap();
+    clouds.display().to_string()
+}
+
+/// The project's port quota is 0: ADD fails with an error that says so, and nothing changes.
+/// (The daemon runs as the `demo` user; the quota is reset after.)
+#[test]
+fn port_quota_of_zero_is_a_clear_error() {
+    let Some(n) = NeutronEnv::get("port_quota_of_zero_is_a_clear_error") else {
+        return;
+    };
+    let d = {
+        let env = n.daemon_env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.retain(|(k, _)| *k != "COURIER_NEUTRON_CLOUD");
+        all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
+        let d = TestDaemon::start_with("neu-quota", &all);
+        wait_backends(&d);
+        d
+    };
+    let net = unique("neu-quota");
+    let out = d.cli(&[
+        "network",
+        "create",
+        &net,
+        "--backend",
+        "neutron",
+        "--subnet",
+        "10.222.0.0/24",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{net}"));
+    let project = nets["networks"][0]["project_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    struct Reset<'a>(&'a NeutronEnv, String);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            self.0.api("DELETE", &format!("/quotas/{}", self.1));
+        }
+    }
+    let _reset = Reset(&n, project.clone());
+    let (code, q) = n.call(
+        "PUT",
+        &format!("/quotas/{project}"),
+        Some(serde_json::json!({"quota": {"port": 0}})),
+    );
+    assert_eq!(code, 200, "{q}");
+    let ns = Netns::new("neu-quota");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = d.cni("ADD", "q", &ns.path(), "eth0", &conf);
+    assert_ne!(code, 0, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("quota"), "{out}");
+    assert!(n.owned_ports(&d).is_empty() && owned(&d).is_empty() && !ns.has_link("eth0"));
+    drop(_reset);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// Credentials from OS_* variables instead of clouds.yaml, and a subnet's DNS servers and host
+/// routes reach the container (CNI result `dns`, a route in the netns).
+#[test]
+fn os_env_credentials_and_dns_and_routes_from_the_subnet() {
+    let Some(n) = NeutronEnv::get("os_env_credentials_and_dns_and_routes_from_the_subnet") else {
+        return;
+    };
+    let d = TestDaemon::start_with(
+        "neu-osenv",
+        &[
+            ("COURIER_NEUTRON", "1"),
+            ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+            ("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml"),
+            ("OS_AUTH_URL", "http://127.0.0.1:5000/v3"),
+            ("OS_USERNAME", "admin"),
+            ("OS_PASSWORD", ADMIN_PASSWORD),
+            ("OS_PROJECT_NAME", "admin"),
+            ("OS_USER_DOMAIN_NAME", "Default"),
+            ("OS_PROJECT_DOMAIN_NAME", "Default"),
+            ("OS_REGION_NAME", "RegionOne"),
+        ],
+    );
+    wait_backends(&d);
+    let net = unique("neu-osenv");
+    assert!(d
+        .cli(&[
+            "network",
+            "create",
+            &net,
+            "--backend",
+            "neutron",
+            "--subnet",
+            "10.223.0.0/24"
+        ])
+        .status
+        .success());
+    let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{net}"));
+    let subnet = nets["networks"][0]["subnets"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, v) = n.call(
+        "PUT",
+        &format!("/subnets/{subnet}"),
+        Some(
+            serde_json::json!({"subnet": {"dns_nameservers": ["10.223.0.53"],
+            "host_routes": [{"destination": "192.168.223.0/24", "nexthop": "10.223.0.254"}]}}),
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    // The daemon re-reads a network's subnets when it resolves the network (at most every 10 s);
+    // this one it resolves for the first time at the ADD below.
+    let conf = d.netconf(&net, "1.1.0");
+    let ns = Netns::new("neu-osenv");
+    let (code, r) = d.cni("ADD", "e", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["dns"]["nameservers"],
+        serde_json::json!(["10.223.0.53"]),
+        "{r}"
+    );
+    assert!(
+        r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["dst"] == "192.168.223.0/24" && x["gw"] == "10.223.0.254"),
+        "{r}"
+    );
+    let route =
+        String::from_utf8_lossy(&ns.exec(&["ip", "route", "show", "192.168.223.0/24"]).stdout)
+            .into_owned();
+    assert!(route.contains("via 10.223.0.254"), "{route}");
+    let (code, _) = d.cni("DEL", "e", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
