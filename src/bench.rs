@@ -189,6 +189,14 @@ fn remove_link(name: &str) {
     });
 }
 
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
 fn print_row(label: &str, s: &Stats) {
     println!(
         "{label:<22} n={:<4} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  mean={:>7.2} ms  max={:>7.2} ms  {:>7.1}/s",
@@ -353,13 +361,12 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
             let (n_create, n_delete) = neutron_baseline(o.cloud, net_id, &host_id, count)?;
             print_row("neutron port create", &n_create);
             print_row("neutron port delete", &n_delete);
-            let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
             println!(
                 "ratio courier/neutron: ADD/create p50 {:.2}x p99 {:.2}x; DEL/delete p50 {:.2}x p99 {:.2}x",
-                r(c_add.p50_ms, n_create.p50_ms),
-                r(c_add.p99_ms, n_create.p99_ms),
-                r(c_del.p50_ms, n_delete.p50_ms),
-                r(c_del.p99_ms, n_delete.p99_ms),
+                ratio(c_add.p50_ms, n_create.p50_ms),
+                ratio(c_add.p99_ms, n_create.p99_ms),
+                ratio(c_del.p50_ms, n_delete.p50_ms),
+                ratio(c_del.p99_ms, n_delete.p99_ms),
             );
             out["neutron"] = json!({"create": n_create, "delete": n_delete});
         }
@@ -380,7 +387,6 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
             let r_del = stats(rdel, rdel_wall);
             print_row("bridge+host-local ADD", &r_add);
             print_row("bridge+host-local DEL", &r_del);
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
             println!(
                 "ratio courier/bridge: ADD p50 {:.2}x, p99 {:.2}x; DEL p50 {:.2}x, p99 {:.2}x; ADD throughput {:.2}x",
                 ratio(c_add.p50_ms, r_add.p50_ms),

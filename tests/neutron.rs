@@ -7,6 +7,24 @@ use common::proxy::{Mode, Proxy};
 use common::*;
 use serde_json::Value;
 
+/// Creates Courier network `name` on Neutron with one IPv4 subnet; asserts it worked.
+fn neutron_net(d: &TestDaemon, name: &str, subnet: &str) {
+    let out = d.cli(&[
+        "network",
+        "create",
+        name,
+        "--backend",
+        "neutron",
+        "--subnet",
+        subnet,
+    ]);
+    assert!(
+        out.status.success(),
+        "network create {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn addr(r: &Value, v6: bool) -> String {
     r["ips"]
         .as_array()
@@ -306,18 +324,7 @@ fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
     };
     let d = neutron_daemon("neu-bad", &n, &[("COURIER_LOG", "debug")]);
     let net = unique("neu-bad");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.215.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.215.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let (a, b) = (Netns::new("neu-bad-a"), Netns::new("neu-bad-b"));
     let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
@@ -389,18 +396,7 @@ fn neutron_kill9_at_every_step_leaks_nothing() {
     }
     let mut d = neutron_daemon("neu-crash", &n, &[]);
     let net = unique("neu-crash");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.216.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.216.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("neu-crash");
     let env = n.daemon_env();
@@ -464,18 +460,7 @@ fn neutron_concurrent_add_del_leaks_nothing() {
     };
     let d = neutron_daemon("neu-conc", &n, &[]);
     let net = unique("neu-conc");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.217.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.217.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let nss: Vec<Netns> = (0..20).map(|i| Netns::new(&format!("nc{i}"))).collect();
     let results: Vec<(i32, Value)> = std::thread::scope(|s| {
@@ -533,18 +518,7 @@ fn existing_port_is_bound_and_given_back() {
     };
     let d = neutron_daemon("neu-exist", &n, &[]);
     let net = unique("neu-exist");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.218.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.218.0.0/24");
     let show: Value =
         serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
     let net_id = show["backend_id"].as_str().unwrap().to_string();
@@ -650,18 +624,7 @@ fn security_groups_reach_the_port() {
     };
     let d = neutron_daemon("neu-sg", &n, &[]);
     let net = unique("neu-sg");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.219.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.219.0.0/24");
     let sg_name = unique("courier-sg");
     let (code, sg) = n.call(
         "POST",
@@ -738,18 +701,7 @@ fn expired_token_is_renewed_without_a_failed_attach() {
     );
     let d = neutron_daemon("neu-token", &n, &[]);
     let net = unique("neu-token");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.220.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.220.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let (a, b) = (Netns::new("neu-tok-a"), Netns::new("neu-tok-b"));
     let (code, out) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
@@ -845,18 +797,7 @@ fn neutron_gone_mid_attach_then_reconcile_leaves_nothing() {
         ],
     );
     let net = unique("neu-mid");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.221.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.221.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("neu-mid");
     let socket = d.socket.clone();
@@ -981,18 +922,7 @@ fn os_env_credentials_and_dns_and_routes_from_the_subnet() {
     );
     wait_backends(&d);
     let net = unique("neu-osenv");
-    assert!(d
-        .cli(&[
-            "network",
-            "create",
-            &net,
-            "--backend",
-            "neutron",
-            "--subnet",
-            "10.223.0.0/24"
-        ])
-        .status
-        .success());
+    neutron_net(&d, &net, "10.223.0.0/24");
     let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{net}"));
     let subnet = nets["networks"][0]["subnets"][0]
         .as_str()
