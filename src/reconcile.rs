@@ -40,6 +40,9 @@ pub struct Report {
     pub leaked_ports: Vec<String>,
     pub leaked_bridge_ports: Vec<String>,
     pub leaked_links: Vec<String>,
+    /// Existing ports this host had claimed for an attachment no record knows: given back.
+    #[serde(default)]
+    pub released_ports: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
     #[serde(default)]
     pub undecodable: Vec<Undecodable>,
@@ -63,6 +66,7 @@ impl Report {
             && self.leaked_ports.is_empty()
             && self.leaked_bridge_ports.is_empty()
             && self.leaked_links.is_empty()
+            && self.released_ports.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
     }
@@ -145,6 +149,38 @@ pub async fn run(attacher: &Attacher) -> Report {
                 tracing::warn!(backend = backend.id(), port = %port.name, attachment = %id, "deleted leaked logical port");
             }
             report.record(port.name, r, |r| &mut r.leaked_ports);
+        }
+    }
+
+    // Existing ports claimed for an attachment whose record is gone: given back, not deleted.
+    // (Courier only claims ports that were bound to nothing, so "given back" is "unbound".)
+    for backend in attacher.registry.backends() {
+        let q = PortQuery::ClaimedBy {
+            host: attacher.host.clone(),
+        };
+        let ports = match backend.find_ports(&q).await {
+            Ok(p) => p,
+            Err(e) => {
+                report.failed(format!("listing {} ports claimed here", backend.id()), &e);
+                continue;
+            }
+        };
+        for port in ports {
+            let id = port.attachment.clone().unwrap_or_default();
+            let r = delete_if_unrecorded(attacher, &id, || {
+                let existing = model::ExistingPort {
+                    id: port.id.clone(),
+                    device_owner: String::new(),
+                    device_id: String::new(),
+                    host_id: None,
+                };
+                async move { backend.release_port(&existing, &attacher.host).await }
+            })
+            .await;
+            if matches!(r, Ok(true)) {
+                tracing::warn!(backend = backend.id(), port = %port.id, attachment = %id, "gave back a claimed port no record knows");
+            }
+            report.record(port.id, r, |r| &mut r.released_ports);
         }
     }
 

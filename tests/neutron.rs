@@ -964,3 +964,110 @@ fn os_env_credentials_and_dns_and_routes_from_the_subnet() {
     assert_eq!(code, 0);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// `noauth` for labs: a clouds.yaml cloud with `auth_type: noauth` and an explicit endpoint
+/// (the noauth Neutron of scripts/neutron.sh, same DB and OVN): no Keystone at all.
+#[test]
+fn noauth_mode_with_an_explicit_endpoint() {
+    let Some(n) = NeutronEnv::get("noauth_mode_with_an_explicit_endpoint") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        "clouds:\n  lab:\n    auth_type: noauth\n    network_endpoint_override: http://127.0.0.1:9697\n",
+    )
+    .unwrap();
+    let clouds = clouds.display().to_string();
+    let d = TestDaemon::start_with(
+        "neu-noauth",
+        &[
+            ("OS_CLIENT_CONFIG_FILE", &clouds),
+            ("COURIER_NEUTRON_CLOUD", "lab"),
+            ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+        ],
+    );
+    wait_backends(&d);
+    let net = unique("neu-noauth");
+    neutron_net(&d, &net, "10.224.0.0/24");
+    let (a, b) = (Netns::new("neu-na-a"), Netns::new("neu-na-b"));
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{ra}");
+    let (code, rb) = d.cni("ADD", "b", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rb}");
+    // Seen through the Keystone-authenticated API: the ports exist, in noauth's project.
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[0]["project_id"], "fake_project_id", "{ports:?}");
+    assert!(a.ping(&addr(&rb, false)));
+    for (c, ns) in [("a", &a), ("b", &b)] {
+        let (code, _) = d.cni("DEL", c, &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0);
+    }
+    assert!(n.owned_ports(&d).is_empty());
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// A claimed existing port whose record is lost (the store wiped while the daemon was down) is
+/// given back by reconcile — unbound, Courier's tags removed — and never deleted.
+#[test]
+fn a_claimed_port_whose_record_is_lost_is_given_back() {
+    let Some(n) = NeutronEnv::get("a_claimed_port_whose_record_is_lost_is_given_back") else {
+        return;
+    };
+    let mut d = neutron_daemon("neu-lost", &n, &[]);
+    let net = unique("neu-lost");
+    neutron_net(&d, &net, "10.225.0.0/24");
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
+    let (code, v) = n.call(
+        "POST",
+        "/ports",
+        Some(serde_json::json!({"port": {"network_id": show["backend_id"], "name": unique("lost-port")}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let pid = v["port"]["id"].as_str().unwrap().to_string();
+    let ns = Netns::new("neu-lost");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = cni_exec(
+        "ADD",
+        "l",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("PORT={pid}"))],
+    );
+    assert_eq!(code, 0, "{out}");
+    d.kill9();
+    std::fs::remove_dir_all(d.state_dir()).unwrap();
+    let env = n.daemon_env();
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    d.restart(&all);
+    wait_backends(&d);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            d.api("POST", "/v1/reconcile", None);
+            let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+            p["port"]["device_owner"] == ""
+                && p["port"]["binding:host_id"] == ""
+                && !p["port"]["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t.as_str().unwrap_or("").starts_with("courier:"))
+        }),
+        "the claimed port was not given back: {}\n{}",
+        n.api("GET", &format!("/ports/{pid}")).1,
+        d.log()
+    );
+    assert_eq!(
+        n.api("GET", &format!("/ports/{pid}")).0,
+        200,
+        "never deleted"
+    );
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    n.api("DELETE", &format!("/ports/{pid}"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

@@ -49,6 +49,8 @@ pub struct PortRef {
 pub enum PortQuery {
     /// Every port carrying this host's ownership mark (for leak sweeps).
     OwnedBy { host: String },
+    /// Existing ports this host claimed (bound for an attachment; given back, never deleted).
+    ClaimedBy { host: String },
 }
 
 #[async_trait]

@@ -632,9 +632,12 @@ impl Backend for NeutronBackend {
     }
 
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
+        let tags = match q {
+            PortQuery::OwnedBy { host } => [TAG_OWNER.to_string(), tag_host(host)],
+            PortQuery::ClaimedBy { host } => [TAG_CLAIMED.to_string(), tag_host(host)],
+        };
         match q {
-            PortQuery::OwnedBy { host } => {
-                let tags = [TAG_OWNER.to_string(), tag_host(host)];
+            PortQuery::OwnedBy { .. } | PortQuery::ClaimedBy { .. } => {
                 let q = Query::new().tags(&tags);
                 let ports = self
                     .retry("listing ports owned here", || self.api.list_ports(&q))
