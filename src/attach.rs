@@ -249,7 +249,13 @@ impl Attacher {
         hooks::point("detach-after-unplug").await;
         // A port Courier made is deleted; an existing port it bound is given back as it was.
         let deleted = match (self.registry.backend(&att.backend), &att.existing_port) {
-            (Ok(b), Some(existing)) => b.release_port(existing, &self.host).await,
+            (Ok(b), Some(existing)) => {
+                let owner = OwnerMark {
+                    host: self.host.clone(),
+                    attachment: att.id.clone(),
+                };
+                b.release_port(existing, &owner).await
+            }
             (Ok(b), None) => b.delete_port(&port_ref(att), &self.host).await,
             (Err(e), _) => Err(e),
         };

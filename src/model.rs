@@ -135,6 +135,10 @@ pub struct ExistingPort {
     pub device_owner: String,
     pub device_id: String,
     pub host_id: Option<String>,
+    /// The port's revision when it was inspected: the claim is conditional on it, so two
+    /// attaches racing for one port cannot both win.
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 /// Identifies an attachment: one interface of one container.

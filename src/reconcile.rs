@@ -173,8 +173,13 @@ pub async fn run(attacher: &Attacher) -> Report {
                     device_owner: String::new(),
                     device_id: String::new(),
                     host_id: None,
+                    revision: None,
                 };
-                async move { backend.release_port(&existing, &attacher.host).await }
+                let owner = crate::backend::OwnerMark {
+                    host: attacher.host.clone(),
+                    attachment: id.clone(),
+                };
+                async move { backend.release_port(&existing, &owner).await }
             })
             .await;
             if matches!(r, Ok(true)) {

@@ -1071,3 +1071,69 @@ fn a_claimed_port_whose_record_is_lost_is_given_back() {
     n.api("DELETE", &format!("/ports/{pid}"));
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// Two attaches race for one existing port: exactly one wins (the claim is conditional on the
+/// port's revision), the other fails cleanly and leaves the winner's claim alone.
+#[test]
+fn two_attaches_race_for_one_existing_port() {
+    let Some(n) = NeutronEnv::get("two_attaches_race_for_one_existing_port") else {
+        return;
+    };
+    let d = neutron_daemon("neu-race", &n, &[]);
+    let net = unique("neu-race");
+    neutron_net(&d, &net, "10.226.0.0/24");
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
+    let (code, v) = n.call(
+        "POST",
+        "/ports",
+        Some(serde_json::json!({"port": {"network_id": show["backend_id"], "name": unique("race-port")}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let pid = v["port"]["id"].as_str().unwrap().to_string();
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("neu-race-a"), Netns::new("neu-race-b"));
+    let args = format!("PORT={pid}");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| {
+            cni_exec(
+                "ADD",
+                "ra",
+                &a.path(),
+                "eth0",
+                &conf,
+                &[("CNI_ARGS", &args)],
+            )
+        });
+        let hb = s.spawn(|| {
+            cni_exec(
+                "ADD",
+                "rb",
+                &b.path(),
+                "eth0",
+                &conf,
+                &[("CNI_ARGS", &args)],
+            )
+        });
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    let wins = [&ra, &rb].iter().filter(|r| r.0 == 0).count();
+    assert_eq!(wins, 1, "exactly one attach binds the port: {ra:?} {rb:?}");
+    let (winner, ns) = if ra.0 == 0 { ("ra", &a) } else { ("rb", &b) };
+    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(p["port"]["device_owner"], "compute:courier", "{p}");
+    let (code, out) = d.cni("CHECK", winner, &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "the winner is intact: {out}");
+    assert_eq!(d.store().len(), 1, "{:?}", d.store());
+    let (code, _) = d.cni("DEL", winner, &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    let (code, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(
+        (code, p["port"]["device_owner"].as_str()),
+        (200, Some("")),
+        "{p}"
+    );
+    n.api("DELETE", &format!("/ports/{pid}"));
+    assert!(owned(&d).is_empty());
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

@@ -131,7 +131,7 @@ impl Backend for Lazy {
     ) -> Result<LogicalPort> {
         self.get()?.claim_port(port, owner, network).await
     }
-    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
-        self.get()?.release_port(port, host).await
+    async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
+        self.get()?.release_port(port, owner).await
     }
 }

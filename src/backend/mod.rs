@@ -100,9 +100,10 @@ pub trait Backend: Send + Sync {
             port.id
         )))
     }
-    /// Gives a claimed port back as it was (`port`); never deletes it. Ok(false) if it is gone.
-    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
-        let _ = host;
+    /// Gives a port claimed for `owner` back as it was (`port`); never deletes it. Ok(false) if
+    /// it is gone or not claimed for `owner` (another attach's claim is left alone).
+    async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
+        let _ = owner;
         Err(crate::error::Error::Internal(format!(
             "backend {} cannot release port {}",
             self.id(),

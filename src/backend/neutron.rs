@@ -685,6 +685,7 @@ impl Backend for NeutronBackend {
             device_owner: p.device_owner,
             device_id: p.device_id,
             host_id: p.binding_host_id,
+            revision: p.revision_number,
         })
     }
 
@@ -700,11 +701,16 @@ impl Backend for NeutronBackend {
             binding_host_id: Some(self.host_id.clone()),
             ..Default::default()
         };
-        let p = self
-            .api
-            .update_port(&port.id, &update, None)
-            .await
-            .map_err(os_err(format!("claiming port {}", port.id)))?;
+        let p = match self.api.update_port(&port.id, &update, port.revision).await {
+            Ok(p) => p,
+            Err(os::Error::RevisionConflict { .. }) => {
+                return Err(Error::InvalidInput(format!(
+                    "port {} changed while it was being bound (another attach or user took it): try again, or use another port",
+                    port.id
+                )))
+            }
+            Err(e) => return Err(os_err(format!("claiming port {}", port.id))(e)),
+        };
         for tag in [
             TAG_CLAIMED.to_string(),
             tag_host(&owner.host),
@@ -720,14 +726,16 @@ impl Backend for NeutronBackend {
         Ok(lp)
     }
 
-    async fn release_port(&self, port: &ExistingPort, host: &str) -> Result<bool> {
+    async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
         let p = match self.api.get_port(&port.id).await {
             Ok(p) => p,
             Err(e) if e.is_not_found() => return Ok(false),
             Err(e) => return Err(os_err(format!("reading port {}", port.id))(e)),
         };
-        // Only a claim of this host's: another host's claim is not ours to undo.
-        if !p.tags.contains(&tag_host(host)) && p.tags.iter().any(|t| t == TAG_CLAIMED) {
+        // Only our own claim: the claim's PUT set device_id to the attachment id, atomically
+        // (the tags follow it). Another attach's claim — one that won a race for this port —
+        // or a claim never made is left alone.
+        if p.device_owner != DEVICE_OWNER || p.device_id != owner.attachment {
             return Ok(false);
         }
         let update = os::PortUpdate {
