@@ -73,10 +73,11 @@ pub enum NetworkCmd {
         /// one (`network delete` then removes only the registration).
         #[arg(long, conflicts_with = "subnet")]
         neutron_network: Option<String>,
-        /// IPv4 gateway for the default route (default: the subnet's first address). Never assigned to a port.
+        /// IPv4 gateway for the default route (default: the subnet's first address; on Neutron,
+        /// Neutron's choice). Never assigned to a port.
         #[arg(long, conflicts_with = "no_gateway")]
         gateway: Option<String>,
-        /// IPv6 gateway for the default route (default: the /64's ::1).
+        /// IPv6 gateway for the default route (default: the /64's ::1; on Neutron, Neutron's choice).
         #[arg(long, conflicts_with = "no_gateway")]
         gateway6: Option<String>,
         /// Create the network without a gateway (no default route in containers).
@@ -114,7 +115,7 @@ pub struct AttachArgs {
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
-    /// Request this IPv4 address instead of letting the backend choose.
+    /// Request this IP address instead of letting the backend choose (OVN direct: IPv4 only).
     #[arg(long)]
     pub ip: Option<String>,
     /// Request this MAC address instead of letting the backend choose.

@@ -158,6 +158,12 @@ fn help_is_accurate() {
     for (args, needle) in [
         (vec!["--help"], "daemon"),
         (vec!["attach", "--help"], "--netns"),
+        (vec!["attach", "--help"], "--port"),
+        (vec!["attach", "--help"], "--security-group"),
+        (vec!["attach", "--help"], "--binding"),
+        (vec!["network", "create", "--help"], "--backend"),
+        (vec!["network", "create", "--help"], "--neutron-network"),
+        (vec!["bench", "attach", "--help"], "--network"),
         (vec!["detach", "--help"], "--container-id"),
         (vec!["network", "create", "--help"], "--subnet"),
         (vec!["bench", "attach", "--help"], "--count"),

@@ -1137,3 +1137,103 @@ fn two_attaches_race_for_one_existing_port() {
     assert!(owned(&d).is_empty());
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// Keystone v3 application credentials (clouds.yaml `auth_type: v3applicationcredential`): one is
+/// created for the admin user for this test and deleted after.
+#[test]
+fn application_credential_auth() {
+    let Some(n) = NeutronEnv::get("application_credential_auth") else {
+        return;
+    };
+    // The admin user's id, from its own token.
+    let out = sh_ok(
+        "curl",
+        &[
+            "-s",
+            "-H",
+            &format!("X-Auth-Token: {}", n.token()),
+            "-H",
+            &format!("X-Subject-Token: {}", n.token()),
+            "http://127.0.0.1:5000/v3/auth/tokens",
+        ],
+    );
+    let user_id = serde_json::from_str::<Value>(&out).unwrap()["token"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let name = unique("courier-appcred");
+    let body = serde_json::json!({"application_credential": {"name": name}}).to_string();
+    let out = sh_ok(
+        "curl",
+        &[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-Auth-Token: {}", n.token()),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("http://127.0.0.1:5000/v3/users/{user_id}/application_credentials"),
+        ],
+    );
+    let cred: Value = serde_json::from_str(&out).unwrap();
+    let (id, secret) = (
+        cred["application_credential"]["id"]
+            .as_str()
+            .expect("an application credential")
+            .to_string(),
+        cred["application_credential"]["secret"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    struct DeleteCred<'a>(&'a NeutronEnv, String, String);
+    impl Drop for DeleteCred<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-X",
+                    "DELETE",
+                    "-H",
+                    &format!("X-Auth-Token: {}", self.0.token()),
+                ])
+                .arg(format!(
+                    "http://127.0.0.1:5000/v3/users/{}/application_credentials/{}",
+                    self.1, self.2
+                ))
+                .output();
+        }
+    }
+    let _cleanup = DeleteCred(&n, user_id, id.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!("clouds:\n  appcred:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      application_credential_id: {id}\n      application_credential_secret: {secret}\n    region_name: RegionOne\n"),
+    )
+    .unwrap();
+    let clouds = clouds.display().to_string();
+    let d = TestDaemon::start_with(
+        "neu-appcred",
+        &[
+            ("OS_CLIENT_CONFIG_FILE", &clouds),
+            ("COURIER_NEUTRON_CLOUD", "appcred"),
+            ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+        ],
+    );
+    wait_backends(&d);
+    let net = unique("neu-appcred");
+    neutron_net(&d, &net, "10.227.0.0/24");
+    let ns = Netns::new("neu-appcred");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = d.cni("ADD", "ac", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(n.owned_ports(&d).len(), 1);
+    assert!(!d.log().contains(&secret), "the secret reached the log");
+    let (code, _) = d.cni("DEL", "ac", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
