@@ -1237,3 +1237,66 @@ fn application_credential_auth() {
     assert_eq!(code, 0);
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// An existing Neutron network whose IPv6 subnet is SLAAC (Neutron derives the address from the
+/// MAC) registered under a Courier name: both containers get the address Neutron assigned, and
+/// ping6 crosses.
+#[test]
+fn registered_slaac_network_ping6() {
+    let Some(n) = NeutronEnv::get("registered_slaac_network_ping6") else {
+        return;
+    };
+    let d = neutron_daemon("neu-slaac", &n, &[]);
+    let name = unique("neu-slaac-os");
+    let (code, v) = n.call(
+        "POST",
+        "/networks",
+        Some(serde_json::json!({"network": {"name": name}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let net_id = v["network"]["id"].as_str().unwrap().to_string();
+    for sub in [
+        serde_json::json!({"subnet": {"network_id": net_id, "cidr": "10.228.0.0/24", "ip_version": 4}}),
+        serde_json::json!({"subnet": {"network_id": net_id, "cidr": "fd00:228::/64", "ip_version": 6,
+            "ipv6_address_mode": "slaac", "ipv6_ra_mode": "slaac"}}),
+    ] {
+        let (code, v) = n.call("POST", "/subnets", Some(sub));
+        assert_eq!(code, 201, "{v}");
+    }
+    let net = unique("neu-slaac");
+    let out = d.cli(&["network", "create", &net, "--neutron-network", &net_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("neu-slaac-a"), Netns::new("neu-slaac-b"));
+    let (code, ra) = d.cni("ADD", "sa", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{ra}");
+    let (code, rb) = d.cni("ADD", "sb", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rb}");
+    // The IPv6 address is Neutron's EUI-64 one.
+    let p = n.owned_ports(&d);
+    let b6 = addr(&rb, true);
+    assert!(
+        p.iter().any(|p| p["fixed_ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["ip_address"] == b6.as_str())),
+        "{b6} is Neutron's: {p:?}"
+    );
+    assert!(a.ping(&b6), "ping6 on a SLAAC subnet");
+    for (c, ns) in [("sa", &a), ("sb", &b)] {
+        let (code, _) = d.cni("DEL", c, &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0);
+    }
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+    assert_eq!(
+        n.api("GET", &format!("/networks/{net_id}")).0,
+        200,
+        "registered: kept"
+    );
+    n.api("DELETE", &format!("/networks/{net_id}"));
+}
