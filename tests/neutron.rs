@@ -1300,3 +1300,190 @@ fn registered_slaac_network_ping6() {
     );
     n.api("DELETE", &format!("/networks/{net_id}"));
 }
+
+/// TLS to Neutron: its API behind a TLS proxy with a self-signed certificate (made here with
+/// openssl). With that certificate as `cacert` attaches work; without it the certificate is
+/// refused and the backend reports it; with `verify: false` it works again.
+#[test]
+fn tls_endpoint_with_cacert_and_verify() {
+    let Some(n) = NeutronEnv::get("tls_endpoint_with_cacert_and_verify") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a server certificate it signs (rustls refuses a CA certificate as the server's).
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let (ca, ca_key, cert, key, csr) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("s.csr"),
+    );
+    let ssl = |args: &[&str]| sh_ok("openssl", args);
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=courier test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    let ext = p("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    let proxy_py = format!(
+        r#"
+import socket, ssl, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain({cert:?}, {key:?})
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0)); ls.listen(64); print(ls.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            b.sendall(d)
+    except Exception: pass
+    for s in (a, b):
+        try: s.close()
+        except Exception: pass
+def handle(c):
+    try: s = ctx.wrap_socket(c, server_side=True)
+    except Exception: c.close(); return
+    u = socket.create_connection(("127.0.0.1", 9696))
+    threading.Thread(target=pipe, args=(s, u), daemon=True).start()
+    pipe(u, s)
+while True:
+    c, _ = ls.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#,
+        cert = cert,
+        key = key
+    );
+    let mut proxy = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &proxy_py])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        std::io::BufReader::new(proxy.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    let _proxy = Kill(proxy);
+    let port: u16 = line.trim().parse().expect("proxy port");
+    let secure = std::fs::read_to_string("/etc/courier-test/secure.yaml").unwrap();
+    std::fs::write(dir.path().join("secure.yaml"), secure).unwrap();
+    let base = std::fs::read_to_string(&n.clouds).unwrap();
+    let run = |name: &str, extra: &str| -> (TestDaemon, Value) {
+        let clouds = dir.path().join("clouds.yaml");
+        std::fs::write(
+            &clouds,
+            base.replace(
+                "  courier-admin:\n",
+                &format!("  courier-admin:\n    network_endpoint_override: https://127.0.0.1:{port}\n{extra}"),
+            ),
+        )
+        .unwrap();
+        let c = clouds.display().to_string();
+        let env = n.daemon_env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.push(("OS_CLIENT_CONFIG_FILE", &c));
+        let d = TestDaemon::start_with(name, &all);
+        std::thread::sleep(Duration::from_secs(1));
+        let st: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+        let neu = st["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "neutron")
+            .unwrap()
+            .clone();
+        (d, neu)
+    };
+    let attach_works = |d: &TestDaemon, tag: &str| {
+        wait_backends(d);
+        let net = unique(tag);
+        neutron_net(d, &net, "10.229.0.0/24");
+        let ns = Netns::new(tag);
+        let conf = d.netconf(&net, "1.1.0");
+        let (code, out) = d.cni("ADD", "t", &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+        let (code, _) = d.cni("DEL", "t", &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0);
+        assert!(d.cli(&["network", "delete", &net]).status.success());
+    };
+    let (d, _) = run("neu-tls-ca", &format!("    cacert: {ca}\n"));
+    attach_works(&d, "neu-tls-ca");
+    drop(d);
+    let (d, neu) = run("neu-tls-no", "");
+    assert_eq!(
+        neu["ok"], false,
+        "an unknown certificate must be refused: {neu}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let st: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+            st["backends"].as_array().unwrap().iter().any(|b| {
+                b["name"] == "neutron"
+                    && b["ok"] == false
+                    && b["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_lowercase()
+                        .contains("certificate")
+            })
+        }),
+        "the error names the certificate: {neu}"
+    );
+    drop(d);
+    let (d, _) = run("neu-tls-noverify", "    verify: false\n");
+    attach_works(&d, "neu-tls-nv");
+}

@@ -145,6 +145,13 @@ pub enum Error {
         timeout: bool,
         connect: bool,
     },
+    /// The server's TLS certificate was refused (unknown CA, wrong name, expired…): not worth
+    /// retrying — fix `cacert` / `verify`.
+    #[error("{ctx}: TLS: {message} (set cacert to the CA that signed the server's certificate, or verify: false for a lab)")]
+    Tls {
+        ctx: RequestContext,
+        message: String,
+    },
     /// The answer was not what the API reference says.
     #[error("{ctx}: cannot decode the answer: {message}")]
     Decode {
@@ -205,6 +212,7 @@ impl Error {
             | Error::Server { ctx, .. }
             | Error::Status { ctx, .. }
             | Error::Transport { ctx, .. }
+            | Error::Tls { ctx, .. }
             | Error::Decode { ctx, .. } => Some(ctx),
             _ => None,
         }
@@ -232,6 +240,11 @@ impl Error {
             message.push_str(": ");
             message.push_str(&s.to_string());
             src = s.source();
+        }
+        // rustls says "invalid peer certificate: …" (UnknownIssuer, NotValidForName, Expired,
+        // CaUsedAsEndEntity…): a configuration problem, not a transient one.
+        if message.contains("invalid peer certificate") || message.contains("certificate verify") {
+            return Error::Tls { ctx, message };
         }
         Error::Transport {
             ctx,
