@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
 pub const DEFAULT_SOCKET: &str = "/run/courier/courier.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/courier/courier.toml";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Unix socket of the daemon's local API (mode 0600, root only).
@@ -30,10 +30,15 @@ pub struct Config {
 /// The Neutron backend. Credentials come the way every OpenStack client takes them:
 /// `cloud` (or `OS_CLOUD`) from clouds.yaml (`OS_CLIENT_CONFIG_FILE`, ./clouds.yaml,
 /// ~/.config/openstack/, /etc/openstack/; `secure.yaml` beside it), else the `OS_*` variables.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct NeutronConfig {
     pub enabled: bool,
+    /// Credentials in this file instead of clouds.yaml / OS_* (`[neutron.auth]`: the
+    /// clouds.yaml cloud fields — auth_type, auth_url, username, password, project_name,
+    /// user_domain_name, project_domain_name, application_credential_id/secret, region_name,
+    /// interface, network_endpoint_override, cacert, verify). Keep the file root-only.
+    pub auth: Option<courier_openstack::CloudConfig>,
     /// clouds.yaml cloud name (default: `OS_CLOUD`, else the `OS_*` variables).
     pub cloud: Option<String>,
     /// `binding:host_id` of Courier's ports: the hostname this host's ovn-controller
@@ -41,7 +46,7 @@ pub struct NeutronConfig {
     pub host_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OvnConfig {
     /// OVN Northbound DB: `unix:PATH` or `tcp:HOST:PORT`; empty: no OVN-direct backend (the
@@ -305,6 +310,31 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[ovn]\nmtu = 70000\n").unwrap();
         assert!(Config::load(Some(&f)).is_err());
+    }
+
+    #[test]
+    fn neutron_credentials_in_the_file() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [neutron]
+            enabled = true
+            [neutron.auth]
+            auth_url = "http://keystone:5000/v3"
+            username = "courier"
+            password = "s3cret"
+            project_name = "infra"
+            user_domain_name = "Default"
+            project_domain_name = "Default"
+            "#,
+        )
+        .unwrap();
+        let auth = cfg.neutron.auth.clone().unwrap();
+        assert_eq!(auth.username.as_deref(), Some("courier"));
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "the password is never printed"
+        );
+        assert!(toml::from_str::<Config>("[neutron.auth]\nusernme = \"x\"\n").is_err());
     }
 
     #[test]

@@ -88,8 +88,15 @@ pub async fn run(config: Config) -> Result<()> {
     if config.neutron.enabled {
         let cloud = config.neutron.cloud.clone();
         // Resolved once, now: a bad clouds.yaml or missing OS_* is a start-up error to fix.
-        let cloud_cfg = courier_openstack::CloudConfig::from_process_env(cloud.as_deref())
-            .map_err(|e| Error::InvalidInput(format!("[neutron]: {e}")))?;
+        let cloud_cfg = match &config.neutron.auth {
+            Some(auth) => {
+                auth.validate()
+                    .map_err(|e| Error::InvalidInput(format!("[neutron.auth]: {e}")))?;
+                auth.clone()
+            }
+            None => courier_openstack::CloudConfig::from_process_env(cloud.as_deref())
+                .map_err(|e| Error::InvalidInput(format!("[neutron]: {e}")))?,
+        };
         let host_id = config
             .neutron
             .host_id

@@ -1487,3 +1487,99 @@ while True:
     let (d, _) = run("neu-tls-noverify", "    verify: false\n");
     attach_works(&d, "neu-tls-nv");
 }
+
+/// Credentials in the daemon's own config file (`[neutron.auth]`), no clouds.yaml, no OS_*.
+#[test]
+fn credentials_from_the_daemon_config_file() {
+    let Some(n) = NeutronEnv::get("credentials_from_the_daemon_config_file") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("courier.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[neutron]\nenabled = true\nhost_id = \"{}\"\n[neutron.auth]\nauth_url = \"http://127.0.0.1:5000/v3\"\nusername = \"admin\"\npassword = \"{ADMIN_PASSWORD}\"\nproject_name = \"admin\"\nuser_domain_name = \"Default\"\nproject_domain_name = \"Default\"\nregion_name = \"RegionOne\"\n",
+            n.host_id
+        ),
+    )
+    .unwrap();
+    let toml = toml.display().to_string();
+    let d = TestDaemon::start_with(
+        "neu-toml",
+        &[
+            ("COURIER_CONFIG", &toml),
+            ("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml"),
+        ],
+    );
+    wait_backends(&d);
+    let net = unique("neu-toml");
+    neutron_net(&d, &net, "10.231.0.0/24");
+    let ns = Netns::new("neu-toml");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = d.cni("ADD", "t", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{out}");
+    assert!(!d.log().contains(ADMIN_PASSWORD));
+    let (code, _) = d.cni("DEL", "t", &ns.path(), "eth0", &conf);
+    assert_eq!(code, 0);
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
+/// A port of another project (not visible to the daemon's `demo` credentials) is refused as
+/// unknown, and nothing changes.
+#[test]
+fn a_foreign_projects_port_is_refused() {
+    let Some(n) = NeutronEnv::get("a_foreign_projects_port_is_refused") else {
+        return;
+    };
+    let env = n.daemon_env();
+    let mut all: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "COURIER_NEUTRON_CLOUD")
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
+    let d = TestDaemon::start_with("neu-foreign", &all);
+    wait_backends(&d);
+    let net = unique("neu-foreign");
+    neutron_net(&d, &net, "10.232.0.0/24");
+    // An admin-project port on a network of the admin project.
+    let (code, v) = n.call(
+        "POST",
+        "/networks",
+        Some(serde_json::json!({"network": {"name": unique("foreign")}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let other = v["network"]["id"].as_str().unwrap().to_string();
+    let (code, v) = n.call(
+        "POST",
+        "/subnets",
+        Some(serde_json::json!({"subnet": {"network_id": other, "cidr": "10.233.0.0/24", "ip_version": 4}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = n.call(
+        "POST",
+        "/ports",
+        Some(serde_json::json!({"port": {"network_id": other}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let pid = v["port"]["id"].as_str().unwrap().to_string();
+    let ns = Netns::new("neu-foreign");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = cni_exec(
+        "ADD",
+        "f",
+        &ns.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("PORT={pid}"))],
+    );
+    assert_ne!(code, 0);
+    assert!(out["msg"].as_str().unwrap().contains("no port"), "{out}");
+    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(p["port"]["device_owner"], "", "unchanged: {p}");
+    assert!(d.store().is_empty() && !ns.has_link("eth0"));
+    n.api("DELETE", &format!("/ports/{pid}"));
+    n.api("DELETE", &format!("/networks/{other}"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
