@@ -48,6 +48,10 @@ pub struct Network {
     /// The network's MTU, when the backend says (Neutron `mtu`).
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// The network's DNS domain, when the backend has one (Neutron `dns_domain`): the
+    /// container's DNS domain and search list.
+    #[serde(default)]
+    pub dns_domain: Option<String>,
     /// Created by Courier (deleted with it) or registered (only the registration is removed).
     #[serde(default)]
     pub created_by_courier: bool,

@@ -182,6 +182,7 @@ mod tests {
             gateway6: None,
             exclude_ips: vec![],
             mtu: None,
+            dns_domain: None,
             created_by_courier: false,
             ports: 0,
         }

@@ -937,6 +937,14 @@ fn os_env_credentials_and_dns_and_routes_from_the_subnet() {
         ),
     );
     assert_eq!(code, 200, "{v}");
+    // And a DNS domain on the network (the dns-integration extension): the search domain.
+    let net_id = nets["networks"][0]["id"].as_str().unwrap().to_string();
+    let (code, v) = n.call(
+        "PUT",
+        &format!("/networks/{net_id}"),
+        Some(serde_json::json!({"network": {"dns_domain": "courier.test."}})),
+    );
+    assert_eq!(code, 200, "{v}");
     // The daemon re-reads a network's subnets when it resolves the network (at most every 10 s);
     // this one it resolves for the first time at the ADD below.
     let conf = d.netconf(&net, "1.1.0");

@@ -59,6 +59,24 @@ pub struct NeutronBackend {
 
 const NETWORK_TTL: Duration = Duration::from_secs(10);
 
+/// What a port takes from its network.
+#[derive(Debug, Clone, Default)]
+struct NetInfo {
+    name: String,
+    mtu: Option<u32>,
+    dns_domain: Option<String>,
+}
+
+impl From<&Network> for NetInfo {
+    fn from(n: &Network) -> NetInfo {
+        NetInfo {
+            name: n.name.clone(),
+            mtu: n.mtu,
+            dns_domain: n.dns_domain.clone(),
+        }
+    }
+}
+
 /// What an OpenStack failure means for Courier.
 fn os_err(context: impl Into<String>) -> impl FnOnce(os::Error) -> Error {
     let context = context.into();
@@ -157,6 +175,11 @@ impl NeutronBackend {
             gateway6: v6.and_then(|s| s.gateway_ip.as_deref()?.parse().ok()),
             exclude_ips: vec![],
             mtu: net.mtu,
+            dns_domain: net
+                .dns_domain
+                .as_deref()
+                .map(|d| d.trim_end_matches('.').to_string())
+                .filter(|d| !d.is_empty()),
             created_by_courier: net.tags.iter().any(|t| t == TAG_CREATED),
             ports: 0,
         }
@@ -164,7 +187,8 @@ impl NeutronBackend {
 
     /// A Neutron port as Courier sees it: addresses with their subnets' prefixes, a gateway
     /// per family, the subnets' DNS servers and host routes, the network's MTU.
-    async fn to_port(&self, p: &os::Port, network: &str, mtu: Option<u32>) -> Result<LogicalPort> {
+    async fn to_port(&self, p: &os::Port, net: &NetInfo) -> Result<LogicalPort> {
+        let (network, mtu) = (net.name.as_str(), net.mtu);
         let mut ips = Vec::new();
         let mut gateways: Vec<IpAddr> = Vec::new();
         let mut routes = Vec::new();
@@ -209,6 +233,10 @@ impl NeutronBackend {
                     dns.nameservers.push(ns.clone());
                 }
             }
+        }
+        if let Some(domain) = &net.dns_domain {
+            dns.domain = Some(domain.clone());
+            dns.search = vec![domain.clone()];
         }
         let attachment = p
             .tags
@@ -261,15 +289,15 @@ impl NeutronBackend {
             .remove(name);
     }
 
-    /// The Courier name and MTU of Neutron network `id`, from the resolved networks if there.
-    async fn network_by_id(&self, id: &str) -> Result<(String, Option<u32>)> {
+    /// What ports of Neutron network `id` take from it, from the resolved networks if there.
+    async fn network_by_id(&self, id: &str) -> Result<NetInfo> {
         let known = self
             .resolved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .find(|(_, n)| n.backend_id == id)
-            .map(|(_, n)| (n.name.clone(), n.mtu));
+            .map(|(_, n)| NetInfo::from(n));
         if let Some(k) = known {
             return Ok(k);
         }
@@ -278,10 +306,8 @@ impl NeutronBackend {
             .get_network(id)
             .await
             .map_err(os_err(format!("reading network {id}")))?;
-        Ok((
-            Self::network_name_of(&net.tags).unwrap_or(net.name.clone()),
-            net.mtu,
-        ))
+        let name = Self::network_name_of(&net.tags).unwrap_or(net.name.clone());
+        Ok(NetInfo::from(&Self::to_network(&name, &net, &[])))
     }
 
     /// Security group ids for names or ids; an unknown or ambiguous one is an error naming it.
@@ -588,7 +614,7 @@ impl Backend for NeutronBackend {
             .map_err(|e| port_create_error(&network, e))?;
         let mut out = Vec::with_capacity(made.len());
         for (p, r) in made.iter().zip(reqs) {
-            out.push(self.to_port(p, &r.network.name, r.network.mtu).await?);
+            out.push(self.to_port(p, &NetInfo::from(&r.network)).await?);
         }
         Ok(out)
     }
@@ -625,8 +651,8 @@ impl Backend for NeutronBackend {
         match found {
             None => Ok(None),
             Some(p) => {
-                let (name, mtu) = self.network_by_id(&p.network_id).await?;
-                Ok(Some(self.to_port(&p, &name, mtu).await?))
+                let net = self.network_by_id(&p.network_id).await?;
+                Ok(Some(self.to_port(&p, &net).await?))
             }
         }
     }
@@ -644,7 +670,7 @@ impl Backend for NeutronBackend {
                     .await?;
                 let mut out = Vec::with_capacity(ports.len());
                 for p in &ports {
-                    out.push(self.to_port(p, "", None).await?);
+                    out.push(self.to_port(p, &NetInfo::default()).await?);
                 }
                 Ok(out)
             }
@@ -721,7 +747,7 @@ impl Backend for NeutronBackend {
                 .await
                 .map_err(os_err(format!("tagging port {}", port.id)))?;
         }
-        let mut lp = self.to_port(&p, &network.name, network.mtu).await?;
+        let mut lp = self.to_port(&p, &NetInfo::from(network)).await?;
         lp.attachment = Some(owner.attachment.clone());
         Ok(lp)
     }

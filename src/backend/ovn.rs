@@ -107,6 +107,7 @@ impl OvnBackend {
                 .map(|s| s.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
             mtu: None,
+            dns_domain: None,
             created_by_courier: ext.get(marks::OWNER).map(String::as_str)
                 == Some(marks::OWNER_VALUE),
             ports: ovsdb::get_set(row, "ports").len(),
@@ -420,6 +421,7 @@ impl Backend for OvnBackend {
             gateway6: spec.gateway6,
             exclude_ips: spec.exclude_ips.clone(),
             mtu: None,
+            dns_domain: None,
             created_by_courier: true,
             ports: 0,
         })

@@ -37,6 +37,8 @@ pub struct Network {
     pub network_type: Option<String>,
     #[serde(rename = "provider:segmentation_id")]
     pub segmentation_id: Option<u32>,
+    /// With the `dns-integration` extension: the network's DNS domain (e.g. "example.org.").
+    pub dns_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
