@@ -1591,3 +1591,35 @@ fn a_foreign_projects_port_is_refused() {
     n.api("DELETE", &format!("/networks/{other}"));
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// Credentials without the right to bind ports to a host (a `member` of the demo project; by
+/// Neutron's default policy only admins may set binding:host_id): a clear 403 error, nothing
+/// left behind.
+#[test]
+fn forbidden_port_binding_is_a_clear_error() {
+    let Some(n) = NeutronEnv::get("forbidden_port_binding_is_a_clear_error") else {
+        return;
+    };
+    let env = n.daemon_env();
+    let mut all: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "COURIER_NEUTRON_CLOUD")
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
+    let d = TestDaemon::start_with("neu-403", &all);
+    wait_backends(&d);
+    let net = unique("neu-403");
+    neutron_net(&d, &net, "10.234.0.0/24");
+    let ns = Netns::new("neu-403");
+    let conf = d.netconf(&net, "1.1.0");
+    let (code, out) = d.cni("ADD", "f", &ns.path(), "eth0", &conf);
+    assert_ne!(code, 0, "{out}");
+    let msg = out["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("forbids") && msg.contains("binding:host_id"),
+        "{out}"
+    );
+    assert!(n.owned_ports(&d).is_empty() && owned(&d).is_empty() && !ns.has_link("eth0"));
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

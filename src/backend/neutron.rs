@@ -361,6 +361,9 @@ fn port_create_error(network: &str, e: os::Error) -> Error {
             port: "a Neutron port".into(),
             network: network.into(),
         },
+        _ if matches!(e, os::Error::Forbidden { .. }) => Error::InvalidInput(format!(
+            "Neutron forbids these credentials to create the port on {network:?} ({e}): binding:host_id needs an admin role under Neutron's default policy; use credentials with it"
+        )),
         Some("OverQuota") => Error::InvalidInput(format!(
             "Neutron refuses another port on {network:?}: the project's port quota is used up ({e}); raise it or delete unused ports"
         )),
