@@ -291,9 +291,8 @@ impl Attacher {
         match self.record(key).await? {
             Some(att) => self.detach_locked(att).await.map(Some),
             None => {
-                // Nothing recorded: still undo what a crash before the intent's commit could
-                // have left under this key's derived names on this host, with every backend
-                // and binding (the record that would say which never became durable).
+                // Nothing recorded: undo what the bindings may have under this key's derived
+                // names on this host (local and cheap; e.g. a store restored from a backup).
                 let id = self.id_of(key);
                 let req = AttachRequest {
                     container_id: key.container_id.clone(),
@@ -305,15 +304,10 @@ impl Attacher {
                     let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id));
                     errors.extend(b.unplug(&probe).await);
                 }
-                let port = PortRef {
-                    id: None,
-                    name: crate::model::port_name(&id),
-                };
-                for b in self.registry.backends() {
-                    if let Err(e) = b.delete_port(&port, &self.host).await {
-                        errors.push(e);
-                    }
-                }
+                // Backends are not asked: nothing is made before its intent is durable, so
+                // without a record no backend holds anything of this key (a lost store's
+                // leftovers carry ownership marks, and the reconcile sweep finds them). So a
+                // repeated DEL is cheap, and one backend's outage never fails another's DEL.
                 if errors.is_empty() {
                     Ok(None)
                 } else {

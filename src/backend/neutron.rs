@@ -29,8 +29,9 @@ const TAG_CREATED: &str = "courier:created";
 /// On an existing port Courier binds: claimed (not owned, so no sweep ever deletes it).
 const TAG_CLAIMED: &str = "courier:claimed";
 const DEVICE_OWNER: &str = "compute:courier";
-/// How long one logical operation may keep retrying transient failures.
-const RETRY_FOR: Duration = Duration::from_secs(20);
+/// How long one logical operation may keep retrying transient failures (then 11). Short: a CNI
+/// runtime's plugin timeout is tens of seconds for the whole ADD or DEL.
+const RETRY_FOR: Duration = Duration::from_secs(5);
 
 fn tag_network(name: &str) -> String {
     format!("courier:network:{name}")
