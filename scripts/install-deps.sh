@@ -4,13 +4,19 @@
 #   scripts/install-deps.sh           what setup.sh and test.sh need
 #   scripts/install-deps.sh neutron   also what scripts/neutron.sh needs (MariaDB, a Python venv,
 #                                     headers and a compiler for uwsgi; pip brings the rest)
+#   scripts/install-deps.sh docker    also what scripts/docker.sh needs (Debian's Docker Engine)
+#   scripts/install-deps.sh neutron docker   several extras at once
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(openvswitch-switch ovn-central ovn-host containernetworking-plugins iproute2 ethtool procps iputils-ping netcat-openbsd curl jq
       podman busybox-static)
-if [ "${1:-}" = neutron ]; then
-  pkgs+=(mariadb-server mariadb-client python3-venv python3-dev build-essential ca-certificates)
-fi
+for extra in "$@"; do
+  case "$extra" in
+    neutron) pkgs+=(mariadb-server mariadb-client python3-venv python3-dev build-essential ca-certificates) ;;
+    docker) pkgs+=(docker.io) ;;
+    *) echo "install-deps: unknown extra '$extra' (known: neutron, docker)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
