@@ -273,8 +273,8 @@ impl Attacher {
         Ok(())
     }
 
-    /// Removes the container's interface. Idempotent: succeeds when nothing is attached, and
-    /// still sweeps derived names in case a crash left something the store never recorded.
+    /// Removes the container's interface. Idempotent: succeeds when nothing is attached (then
+    /// only the bindings' derived names on this host are looked at; no backend is asked).
     /// Runs on its own task, to the end, whatever happens to the caller.
     pub async fn detach(self: &Arc<Self>, key: &AttachmentKey) -> Result<Option<Attachment>> {
         let (this, key) = (self.clone(), key.clone());
