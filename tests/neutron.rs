@@ -849,15 +849,11 @@ fn port_quota_of_zero_is_a_clear_error() {
     let Some(n) = NeutronEnv::get("port_quota_of_zero_is_a_clear_error") else {
         return;
     };
-    let d = {
-        let env = n.daemon_env();
-        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        all.retain(|(k, _)| *k != "COURIER_NEUTRON_CLOUD");
-        all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
-        let d = TestDaemon::start_with("neu-quota", &all);
-        wait_backends(&d);
-        d
-    };
+    let d = neutron_daemon(
+        "neu-quota",
+        &n,
+        &[("COURIER_NEUTRON_CLOUD", "courier-demo")],
+    );
     let net = unique("neu-quota");
     let out = d.cli(&[
         "network",
@@ -1543,15 +1539,11 @@ fn a_foreign_projects_port_is_refused() {
     let Some(n) = NeutronEnv::get("a_foreign_projects_port_is_refused") else {
         return;
     };
-    let env = n.daemon_env();
-    let mut all: Vec<(&str, &str)> = env
-        .iter()
-        .filter(|(k, _)| *k != "COURIER_NEUTRON_CLOUD")
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
-    all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
-    let d = TestDaemon::start_with("neu-foreign", &all);
-    wait_backends(&d);
+    let d = neutron_daemon(
+        "neu-foreign",
+        &n,
+        &[("COURIER_NEUTRON_CLOUD", "courier-demo")],
+    );
     let net = unique("neu-foreign");
     neutron_net(&d, &net, "10.232.0.0/24");
     // An admin-project port on a network of the admin project.
@@ -1603,15 +1595,7 @@ fn forbidden_port_binding_is_a_clear_error() {
     let Some(n) = NeutronEnv::get("forbidden_port_binding_is_a_clear_error") else {
         return;
     };
-    let env = n.daemon_env();
-    let mut all: Vec<(&str, &str)> = env
-        .iter()
-        .filter(|(k, _)| *k != "COURIER_NEUTRON_CLOUD")
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
-    all.push(("COURIER_NEUTRON_CLOUD", "courier-demo"));
-    let d = TestDaemon::start_with("neu-403", &all);
-    wait_backends(&d);
+    let d = neutron_daemon("neu-403", &n, &[("COURIER_NEUTRON_CLOUD", "courier-demo")]);
     let net = unique("neu-403");
     neutron_net(&d, &net, "10.234.0.0/24");
     let ns = Netns::new("neu-403");

@@ -705,7 +705,8 @@ impl NeutronEnv {
     }
 }
 
-/// Starts a daemon with the Neutron backend (and OVN direct) enabled.
+/// Starts a daemon with the Neutron backend (and OVN direct) enabled; `extra` comes last, so it
+/// overrides (e.g. `COURIER_NEUTRON_CLOUD=courier-demo` for the demo member's credentials).
 pub fn neutron_daemon(name: &str, n: &NeutronEnv, extra: &[(&str, &str)]) -> TestDaemon {
     let env = n.daemon_env();
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
