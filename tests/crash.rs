@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-const ATTACH_STEPS: &[&str] = &[
-    "after-intent",
-    "after-port",
-    "after-veth",
-    "after-ovs-port",
-    "after-plug",
-    "after-up",
-];
-const DETACH_STEPS: &[&str] = &[
-    "detach-after-mark",
-    "detach-after-unplug",
-    "detach-after-port",
-];
-
 #[test]
 fn kill9_at_every_step_leaks_nothing() {
     if !hooks_ready("kill9_at_every_step_leaks_nothing") {

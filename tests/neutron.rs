@@ -373,20 +373,6 @@ fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
 
-const ATTACH_STEPS: &[&str] = &[
-    "after-intent",
-    "after-port",
-    "after-veth",
-    "after-ovs-port",
-    "after-plug",
-    "after-up",
-];
-const DETACH_STEPS: &[&str] = &[
-    "detach-after-mark",
-    "detach-after-unplug",
-    "detach-after-port",
-];
-
 /// kill -9 of the daemon at every step of a Neutron attach and detach: after a restart nothing
 /// is left in Neutron (no port with this host's tag), in OVS, the kernel or the store.
 #[test]

@@ -53,6 +53,22 @@ pub fn env_ready(test: &str) -> bool {
 
 pub use courier_testenv::skip;
 
+/// The crash points of an attach, in order (src/hooks.rs; `after-ready` comes after these).
+pub const ATTACH_STEPS: &[&str] = &[
+    "after-intent",
+    "after-port",
+    "after-veth",
+    "after-ovs-port",
+    "after-plug",
+    "after-up",
+];
+/// The crash points of a detach, in order.
+pub const DETACH_STEPS: &[&str] = &[
+    "detach-after-mark",
+    "detach-after-unplug",
+    "detach-after-port",
+];
+
 /// [`env_ready`], and the binary has the crash/pause points (cargo feature `test-hooks`, which
 /// scripts/test.sh enables); otherwise the test is reported skipped.
 pub fn hooks_ready(test: &str) -> bool {
