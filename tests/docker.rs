@@ -382,3 +382,358 @@ fn the_protocol_is_idempotent_and_answers_every_method() {
     }
     assert!(!switch_exists(&lsname));
 }
+
+/// A Neutron network + IPv4 subnet made straight in Neutron (as a user would); returns its id.
+fn neutron_network(n: &NeutronEnv, name: &str, cidr: &str) -> String {
+    let (code, v) = n.call(
+        "POST",
+        "/networks",
+        Some(json!({"network": {"name": name}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let id = v["network"]["id"].as_str().unwrap().to_string();
+    let (code, v) = n.call(
+        "POST",
+        "/subnets",
+        Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    id
+}
+
+fn neutron_networks_named(n: &NeutronEnv, name: &str) -> usize {
+    let (_, v) = n.api("GET", &format!("/networks?name={name}"));
+    v["networks"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[test]
+fn neutron_containers_talk_and_leave_nothing() {
+    let t = "neutron_containers_talk_and_leave_nothing";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-neu", &env);
+    let (plugin, _) = plugin_for("dk-neu");
+    let mut s = DockerScope::default();
+    let net = unique("dk-neu");
+    let id = s.network(
+        &plugin,
+        &net,
+        &["--subnet", "10.234.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    assert_eq!(
+        neutron_networks_named(&n, &courier_name(&id)),
+        1,
+        "a Neutron network per Docker network"
+    );
+    let (c1, c2) = (unique("dk-neu1"), unique("dk-neu2"));
+    s.run_ok(&c1, &["--network", &net]);
+    s.run_ok(
+        &c2,
+        &[
+            "--network",
+            &net,
+            "--ip",
+            "10.234.0.50",
+            "--mac-address",
+            "02:00:00:aa:bb:02",
+        ],
+    );
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let p2 = ports
+        .iter()
+        .find(|p| p["mac_address"] == "02:00:00:aa:bb:02")
+        .expect("the requested MAC is the Neutron port's");
+    assert_eq!(p2["fixed_ips"][0]["ip_address"], "10.234.0.50");
+    assert_eq!(p2["device_owner"], "compute:courier");
+    assert_eq!(p2["binding:host_id"], n.host_id.as_str());
+    assert!(
+        ping(&c1, "10.234.0.50"),
+        "c1 reaches c2 through Neutron's OVN port"
+    );
+    let (sent, got) = tcp_between(&c2, &c1, "10.234.0.50", 300_000);
+    assert_eq!(sent, got);
+    docker_ok(&["rm", "-f", &c1, &c2]);
+    assert!(
+        eventually(Duration::from_secs(10), || n.owned_ports(&d).is_empty()
+            && owned(&d).is_empty()),
+        "no Neutron port, OVS port, veth or record left: {:?} {:?}",
+        n.owned_ports(&d),
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert_eq!(
+        neutron_networks_named(&n, &courier_name(&id)),
+        0,
+        "network rm deleted what Courier made"
+    );
+}
+
+#[test]
+fn existing_networks_are_used_and_left_on_rm() {
+    let t = "existing_networks_are_used_and_left_on_rm";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-exist", &env);
+    let (plugin, _) = plugin_for("dk-exist");
+    let mut s = DockerScope::default();
+    // kuryr-libnetwork's option, unchanged: an existing Neutron network.
+    let os_name = unique("dk-os-net");
+    let os_id = neutron_network(&n, &os_name, "10.235.0.0/24");
+    let net = unique("dk-exist");
+    let wrong = docker(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.236.0.0/24",
+        "-o",
+        &format!("neutron.net.uuid={os_id}"),
+        &net,
+    ]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("--subnet 10.235.0.0/24"),
+        "says which subnet to give: {err}"
+    );
+    let _ = docker(&["network", "rm", &net]);
+    let unknown = docker(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.235.0.0/24",
+        "-o",
+        "neutron.net.uuid=00000000-0000-0000-0000-000000000000",
+        &net,
+    ]);
+    assert!(
+        !unknown.status.success(),
+        "an unknown Neutron network is refused"
+    );
+    let _ = docker(&["network", "rm", &net]);
+    let (_, nets) = d.api("GET", "/v1/networks", None);
+    assert!(
+        !nets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["backend_id"] == os_id.as_str()),
+        "the refused create left no registration of {os_id}"
+    );
+    s.network(
+        &plugin,
+        &net,
+        &[
+            "--subnet",
+            "10.235.0.0/24",
+            "-o",
+            &format!("neutron.net.uuid={os_id}"),
+        ],
+    );
+    let c = unique("dk-exist1");
+    s.run_ok(&c, &["--network", &net]);
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["network_id"], os_id.as_str());
+    // An OVN network made with the CLI, referred to by name.
+    let ovn = unique("dk-cli-net");
+    d.create_network(&ovn, &subnet_for(46));
+    let net2 = unique("dk-exist2");
+    s.network(
+        &plugin,
+        &net2,
+        &[
+            "--subnet",
+            &subnet_for(46),
+            "-o",
+            &format!("courier.network={ovn}"),
+        ],
+    );
+    let c2 = unique("dk-exist3");
+    s.run_ok(&c2, &["--network", &net2]);
+    docker_ok(&["rm", "-f", &c, &c2]);
+    assert!(eventually(Duration::from_secs(10), || n
+        .owned_ports(&d)
+        .is_empty()
+        && owned(&d).is_empty()));
+    docker_ok(&["network", "rm", &net, &net2]);
+    s.networks.clear();
+    let (code, _) = n.api("GET", &format!("/networks/{os_id}"));
+    assert_eq!(
+        code, 200,
+        "docker network rm leaves a network Courier did not create"
+    );
+    assert!(
+        switch_exists(&ovn),
+        "and leaves the Courier network it only referred to"
+    );
+    let (code, _) = n.api("DELETE", &format!("/networks/{os_id}"));
+    assert_eq!(code, 204);
+    d.cli(&["network", "delete", &ovn]);
+}
+
+#[test]
+fn killed_between_create_endpoint_and_join_leaks_nothing() {
+    let t = "killed_between_create_endpoint_and_join_leaks_nothing";
+    if !docker_ready(t) || !hooks_ready(t) {
+        return;
+    }
+    let fast = [("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "2".to_string())];
+    let crash = [
+        ("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "2".to_string()),
+        ("COURIER_CRASH_AT", "docker-join".to_string()),
+    ];
+    let mut d = docker_daemon("dk-kjoin", &crash);
+    let (plugin, _) = plugin_for("dk-kjoin");
+    let mut s = DockerScope::default();
+    let net = unique("dk-kjoin");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(47)]);
+    let c = unique("dk-kjoin1");
+    let mut run = std::process::Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", DOCKER_HOST)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &c,
+            "--network",
+            &net,
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s.containers.push(c.clone());
+    d.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        owned(&d).lsps.len(),
+        1,
+        "the endpoint existed when Courier died"
+    );
+    let env = docker_env("dk-kjoin");
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend(fast.iter().map(|(k, v)| (*k, v.as_str())));
+    d.restart(&all);
+    let _ = run.wait();
+    // Docker retried the call or gave up; either way the container can go, and nothing stays.
+    docker_ok(&["rm", "-f", &c]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}\n{report}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&id)));
+}
+
+#[test]
+fn killed_during_leave_leaks_nothing() {
+    let t = "killed_during_leave_leaks_nothing";
+    if !docker_ready(t) || !hooks_ready(t) {
+        return;
+    }
+    let mut d = docker_daemon(
+        "dk-kleave",
+        &[("COURIER_CRASH_AT", "docker-leave".to_string())],
+    );
+    let (plugin, _) = plugin_for("dk-kleave");
+    let mut s = DockerScope::default();
+    let net = unique("dk-kleave");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(48)]);
+    let c = unique("dk-kleave1");
+    s.run_ok(&c, &["--network", &net]);
+    let mut rm = std::process::Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", DOCKER_HOST)
+        .args(["rm", "-f", &c])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    d.wait_exit(Duration::from_secs(30));
+    let env = docker_env("dk-kleave");
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    d.restart(&all);
+    assert!(rm.wait().unwrap().success(), "the container can be removed");
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}\n{report}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&id)));
+}
+
+/// Kuryr leaks the port, the OVS port and the veth when it is down during `docker rm -f`, and
+/// never tidies up. Courier's reconcile does, and `docker network rm` then removes the network.
+#[test]
+fn courier_down_during_docker_rm_is_reconciled() {
+    let t = "courier_down_during_docker_rm_is_reconciled";
+    if !docker_ready(t) {
+        return;
+    }
+    let mut d = docker_daemon("dk-down", &[]);
+    let (plugin, _) = plugin_for("dk-down");
+    let mut s = DockerScope::default();
+    let net = unique("dk-down");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(49)]);
+    let (c1, c2) = (unique("dk-down1"), unique("dk-down2"));
+    s.run_ok(&c1, &["--network", &net]);
+    s.run_ok(&c2, &["--network", &net]);
+    d.kill9();
+    // Docker retries each call for a while, then removes the container anyway.
+    let t0 = std::time::Instant::now();
+    docker_ok(&["rm", "-f", &c1]);
+    eprintln!("docker rm -f with Courier down took {:?}", t0.elapsed());
+    let env = docker_env("dk-down");
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    d.restart(&all);
+    // The restart's reconcile found c1's sandbox gone; c2 lives on and still works.
+    assert!(
+        eventually(Duration::from_secs(5), || counts(&d) == (1, 1, 1, 1)),
+        "c1's leftovers reconciled: {:?}",
+        owned(&d)
+    );
+    let c3 = unique("dk-down3");
+    s.run_ok(&c3, &["--network", &net]);
+    assert!(
+        ping(&c3, &ip_of(&c2, &net)),
+        "the container that lived on still talks"
+    );
+    docker_ok(&["rm", "-f", &c2, &c3]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(
+        !switch_exists(&courier_name(&id)),
+        "the network went with docker network rm"
+    );
+}

@@ -207,7 +207,14 @@ pub fn ping(from: &str, ip: &str) -> bool {
 /// Sends `bytes` random bytes over TCP from `client` to `server_ip` (a listener started in
 /// `server`); returns (sha256 sent, sha256 received).
 pub fn tcp_between(server: &str, client: &str, server_ip: &str, bytes: usize) -> (String, String) {
-    docker_ok(&["exec", "-d", server, "sh", "-c", "sleep 30 | nc -l -p 5000 > /tmp/got"]);
+    docker_ok(&[
+        "exec",
+        "-d",
+        server,
+        "sh",
+        "-c",
+        "sleep 30 | nc -l -p 5000 > /tmp/got",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     let sent = docker_ok(&[
         "exec",
