@@ -192,7 +192,7 @@ impl Attacher {
         let port_ms = ms(t0);
         let t1 = std::time::Instant::now();
         // 4–5. Edge binding, and the wait until the data plane forwards for it.
-        let (plug_ms, up_ms) = self.plug_edge(att, backend, binding).await?;
+        let (plug_ms, up_ms) = self.plug_edge(att, backend, binding, true).await?;
         att.phase = Phase::Ready;
         self.store.put(att).await?;
         hooks::point("after-ready").await;
@@ -238,12 +238,15 @@ impl Attacher {
     }
 
     /// The edge: interface made and bound to the port (`Plugged`), then the wait until the data
-    /// plane forwards for it (OVS: ovn-controller set ovn-installed). Returns (plug, up) ms.
+    /// plane forwards for it (OVS: ovn-controller set ovn-installed). With `refresh_up`, the
+    /// backend's own "up" is read again for the result (a round trip for a remote backend).
+    /// Returns (plug, up) ms.
     pub(crate) async fn plug_edge(
         &self,
         att: &mut Attachment,
         backend: &dyn Backend,
         binding: &dyn EdgeBinding,
+        refresh_up: bool,
     ) -> Result<(f64, f64)> {
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         let port = att
@@ -260,10 +263,12 @@ impl Attacher {
         binding.wait_ready(att, self.port_up_timeout).await?;
         let up_ms = ms(t2);
         hooks::point("after-up").await;
-        // Report what the backend says of the port now (NB `up` may lag ovn-installed).
-        let live = backend.port(&port_ref(att)).await;
-        if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), live) {
-            p.up = live.up;
+        if refresh_up {
+            // Report what the backend says of the port now (NB `up` may lag ovn-installed).
+            let live = backend.port(&port_ref(att)).await;
+            if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), live) {
+                p.up = live.up;
+            }
         }
         Ok((plug_ms, up_ms))
     }

@@ -291,6 +291,9 @@ pub struct DockerNetwork {
     pub network_id: String,
     /// The Courier network (any backend).
     pub name: String,
+    /// Its backend (`Backend::id`), so a call asks only that one.
+    #[serde(default)]
+    pub backend: String,
     /// CreateNetwork made the Courier network (a new one, or a registration of an existing
     /// backend network): DeleteNetwork deletes it (a registration: only the registration).
     /// False for `-o courier.network=NAME`, which only refers to one.

@@ -80,6 +80,15 @@ impl Registry {
         self.backends.iter().map(|b| b.id()).collect()
     }
 
+    /// The Courier network `name` in backend `id` only (a caller that knows where it is).
+    pub async fn network_in(&self, id: &str, name: &str) -> Result<(Arc<dyn Backend>, Network)> {
+        let b = self.backend(id)?.clone();
+        match b.network(name).await? {
+            Some(n) => Ok((b, n)),
+            None => Err(Error::UnknownNetwork(name.to_string())),
+        }
+    }
+
     /// The Courier network `name` and the backend that has it, asking every backend at once.
     /// Not found in any reachable backend while one is unreachable: "try again later" (it may be
     /// there). In two backends: an error that says so.

@@ -30,15 +30,17 @@ impl Attacher {
     /// A port on `req.network` with `req.ip` / `req.mac` (or what the backend picks), held as
     /// `Reserved` under a fresh lease key. Runs on its own task; undone if the caller went
     /// away before it saw the result.
+    /// `backend`, when the caller knows it, is the only one asked for the network.
     pub async fn reserve(
         self: &Arc<Self>,
         req: AttachRequest,
         docker: DockerRef,
+        backend: Option<String>,
     ) -> Result<Attachment> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         tokio::spawn(async move {
-            let r = this.reserve_flow(req, docker).await;
+            let r = this.reserve_flow(req, docker, backend).await;
             this.metrics.op("reserve", outcome(&r));
             if let Err(Ok(att)) = tx.send(r) {
                 tracing::warn!(attachment = %att.id, "the caller went away before it saw the lease; undoing it");
@@ -49,7 +51,12 @@ impl Attacher {
             .map_err(|_| Error::Internal("reserve task ended without a result".into()))?
     }
 
-    async fn reserve_flow(&self, mut req: AttachRequest, docker: DockerRef) -> Result<Attachment> {
+    async fn reserve_flow(
+        &self,
+        mut req: AttachRequest,
+        docker: DockerRef,
+        backend: Option<String>,
+    ) -> Result<Attachment> {
         if let Some(mac) = &req.mac {
             crate::model::parse_mac(mac).map_err(Error::InvalidInput)?;
         }
@@ -61,8 +68,14 @@ impl Attacher {
             ifname: req.ifname.clone(),
         };
         let binding = self.registry.binding(req.binding.as_deref())?.clone();
+        if let Some(ip) = req.ip {
+            self.wait_released(&req.network, ip).await?;
+        }
         let _guard = self.lock_for(&key).await;
-        let (backend, network) = self.registry.network(&req.network).await?;
+        let (backend, network) = match backend.filter(|b| !b.is_empty()) {
+            Some(b) => self.registry.network_in(&b, &req.network).await?,
+            None => self.registry.network(&req.network).await?,
+        };
         let id = self.id_of(&key);
         let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id));
         att.docker = Some(docker);
@@ -139,7 +152,8 @@ impl Attacher {
         self.store.put(&att).await?;
         let r = async {
             binding.validate(&att).await?;
-            self.plug_edge(&mut att, &*backend, &*binding).await
+            // Docker asks for the port's state (EndpointOperInfo) from the record: no round trip.
+            self.plug_edge(&mut att, &*backend, &*binding, false).await
         }
         .await;
         match r {
@@ -254,7 +268,65 @@ impl Attacher {
         Ok(())
     }
 
-    /// Docker's ReleaseAddress (and every end of a staged record): everything goes.
+    /// Docker's ReleaseAddress, answered once the release is durable (`Detaching`); the port
+    /// and the record go in the background, under the record's lock (a crash meanwhile leaves
+    /// a `Detaching` record, which reconcile rolls back). A reserve that asks for the same
+    /// address waits for it (`wait_released`), so `docker run --rm --ip A` in a loop never finds
+    /// A still taken.
+    pub async fn release_soon(self: &Arc<Self>, id: &str) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let _guard = this.locks.lock(&id).await;
+            let mut att = match this.store.get(&id).await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    let _ = tx.send(Ok(()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            att.phase = Phase::Detaching;
+            if let Err(e) = this.store.put(&att).await {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            let _ = tx.send(Ok(()));
+            hooks::point("release-after-mark").await;
+            let r = this.roll_back(&att).await;
+            this.metrics.op("release", outcome(&r));
+            match r {
+                Ok(()) => tracing::info!(attachment = %att.id, "address released"),
+                Err(e) => {
+                    tracing::error!(attachment = %att.id, error = %e, "releasing incomplete; reconcile will finish it")
+                }
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Internal("release task ended without a result".into()))?
+    }
+
+    /// Waits until no release of `ip` on `network` is under way.
+    async fn wait_released(&self, network: &str, ip: std::net::IpAddr) -> Result<()> {
+        let releasing = self
+            .staged_records(|a| {
+                a.network == network
+                    && a.phase == Phase::Detaching
+                    && a.port
+                        .as_ref()
+                        .is_some_and(|p| p.ips.iter().any(|i| i.addr() == ip))
+            })
+            .await?;
+        for a in releasing {
+            drop(self.locks.lock(&a.id).await);
+        }
+        Ok(())
+    }
+
+    /// Every end of a staged record: everything goes, before it returns.
     pub async fn release(self: &Arc<Self>, id: &str) -> Result<()> {
         let (this, id) = (self.clone(), id.to_string());
         run_to_end(async move {

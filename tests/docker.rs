@@ -371,7 +371,11 @@ fn the_protocol_is_idempotent_and_answers_every_method() {
             json!({"PoolID": pool_id, "Address": ip}),
         );
     }
-    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "ReleaseAddress deleted the port and the record: {:?}",
+        owned(&d)
+    );
     call(
         "IpamDriver.ReleaseAddress",
         json!({"PoolID": pool_id, "Address": gw["Address"].as_str().unwrap().split('/').next().unwrap()}),
@@ -735,5 +739,52 @@ fn courier_down_during_docker_rm_is_reconciled() {
     assert!(
         !switch_exists(&courier_name(&id)),
         "the network went with docker network rm"
+    );
+}
+
+#[test]
+fn dual_stack_network_ping6() {
+    let t = "dual_stack_network_ping6";
+    if !docker_ready(t) {
+        return;
+    }
+    let d = docker_daemon("dk-v6", &[]);
+    let (plugin, _) = plugin_for("dk-v6");
+    let mut s = DockerScope::default();
+    let n = unique("dk-v6");
+    let v6 = format!("fd00:{:x}::/64", 0xd600 + std::process::id() % 256);
+    s.network(
+        &plugin,
+        &n,
+        &["--ipv6", "--subnet", &subnet_for(50), "--subnet", &v6],
+    );
+    let (c1, c2) = (unique("dk-v6a"), unique("dk-v6b"));
+    s.run_ok(&c1, &["--network", &n]);
+    s.run_ok(&c2, &["--network", &n]);
+    let a6 = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{n}\").GlobalIPv6Address}}}}"),
+        &c2,
+    ]);
+    let prefix = v6.trim_end_matches("::/64");
+    assert!(a6.starts_with(prefix), "c2 has an address of {v6}: {a6:?}");
+    assert!(
+        docker(&["exec", &c1, "ping6", "-c", "2", "-W", "2", &a6])
+            .status
+            .success(),
+        "ping6 crosses"
+    );
+    let routes = docker_ok(&["exec", &c1, "ip", "-6", "route"]);
+    assert!(
+        routes.contains(&format!("default via {prefix}::1")),
+        "{routes}"
+    );
+    assert!(ping(&c1, &ip_of(&c2, &n)), "and IPv4 too");
+    docker_ok(&["rm", "-f", &c1, &c2]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
     );
 }

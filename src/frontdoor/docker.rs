@@ -75,7 +75,18 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/IpamDriver.RequestAddress", post(request_address))
         .route("/IpamDriver.ReleaseAddress", post(release_address))
         .fallback(unknown_method)
+        .layer(axum::middleware::from_fn(log_call))
         .with_state(d)
+}
+
+/// Every call with its status and duration (debug), so a slow step shows which one it is.
+async fn log_call(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.uri().path().trim_start_matches('/').to_string();
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(method = %method, status = resp.status().as_u16(),
+        ms = t.elapsed().as_secs_f64() * 1000.0, "docker call");
+    resp
 }
 
 /// A reply in the plugin protocol's content type.
@@ -395,6 +406,7 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                 leased: true,
                 ..Default::default()
             },
+            Some(net.backend.clone()),
         )
         .await?;
     let addr = address_in(&att, &subnet).ok_or_else(|| {
@@ -403,11 +415,16 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     Ok(ok(json!({ "Address": addr.to_string(), "Data": {} })))
 }
 
+/// The first usable address (IPv6: after the subnet-router anycast address).
 fn first_host(subnet: &IpNet) -> Result<IpAddr> {
-    subnet
-        .hosts()
-        .next()
-        .ok_or_else(|| Error::InvalidInput(format!("subnet {subnet} has no room for a gateway")))
+    match subnet {
+        IpNet::V4(s) => s.hosts().next().map(IpAddr::V4),
+        IpNet::V6(s) if s.prefix_len() < 127 => Some(IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(s.network()) + 1,
+        ))),
+        IpNet::V6(_) => None,
+    }
+    .ok_or_else(|| Error::InvalidInput(format!("subnet {subnet} has no room for a gateway")))
 }
 
 #[derive(Deserialize)]
@@ -440,7 +457,7 @@ async fn release_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         })
         .await?;
     for a in leases {
-        d.attacher.release(&a.id).await?;
+        d.attacher.release_soon(&a.id).await?;
     }
     Ok(ok(json!({})))
 }
@@ -693,6 +710,7 @@ async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         .put_docker_network(&DockerNetwork {
             network_id: req.network_id.clone(),
             name: name.clone(),
+            backend: network.backend.clone(),
             created,
             pool4: pool_id(&subnet4),
             pool6: v6.as_ref().map(|(s, _)| pool_id(s)),
@@ -861,6 +879,7 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                         leased: false,
                         ..Default::default()
                     },
+                    Some(net.backend.clone()),
                 )
                 .await?
         }
@@ -921,7 +940,8 @@ async fn endpoint_info(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         "network": att.network,
         "port_id": port.as_ref().map(|p| p.id.clone()),
         "port_name": att.port_name,
-        "status": if port.as_ref().is_some_and(|p| p.up) { "ACTIVE" } else { "DOWN" },
+        // The data plane's state: Ready means ovn-controller installed the port's flows.
+        "status": if att.phase == crate::model::Phase::Ready { "ACTIVE" } else { "DOWN" },
     }})))
 }
 
@@ -1027,6 +1047,14 @@ mod tests {
             let e = NetworkOptions::parse(&opts(&bad)).unwrap_err().to_string();
             assert!(e.contains("-o") || e.contains("give"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_default_gateway_is_the_first_usable_address() {
+        let v4: IpNet = "10.81.0.0/24".parse().unwrap();
+        assert_eq!(first_host(&v4).unwrap().to_string(), "10.81.0.1");
+        let v6: IpNet = "fd00:95::/64".parse().unwrap();
+        assert_eq!(first_host(&v6).unwrap().to_string(), "fd00:95::1");
     }
 
     #[test]
