@@ -80,6 +80,10 @@ impl Attacher {
         let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id));
         att.docker = Some(docker);
         binding.validate(&att).await?;
+        if let Some(port) = &req.port {
+            // Recorded with the intent, before the port is touched: the release gives it back.
+            att.existing_port = Some(backend.inspect_port(port, &network).await?);
+        }
         self.store.create(&mut att).await?;
         hooks::point("after-intent").await;
         if let Err(e) = self.create_port(&mut att, &*backend, &network).await {
@@ -88,6 +92,21 @@ impl Attacher {
                 tracing::error!(attachment = %att.id, error = %re, "rollback incomplete; the record is kept and reconcile will retry");
             }
             return Err(e);
+        }
+        // An existing port keeps its MAC, and the runtime sets the MAC it asked for on the
+        // interface: they must be the same, or the port's security drops every frame.
+        let port_mac = att.port.as_ref().map(|p| p.mac.clone()).unwrap_or_default();
+        if let (Some(existing), Some(want)) = (&att.existing_port, &req.mac) {
+            if !port_mac.eq_ignore_ascii_case(want) {
+                let e = Error::InvalidInput(format!(
+                    "port {} has MAC {port_mac}, the container's interface would get {want}: run it with --mac-address {port_mac}",
+                    existing.id
+                ));
+                if let Err(re) = self.roll_back(&att).await {
+                    tracing::error!(attachment = %att.id, error = %re, "giving the port back incomplete; reconcile will retry");
+                }
+                return Err(e);
+            }
         }
         att.phase = Phase::Reserved;
         touch(&mut att);

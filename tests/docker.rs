@@ -788,3 +788,107 @@ fn dual_stack_network_ping6() {
         owned(&d)
     );
 }
+
+/// The Zun `--nets port=UUID` flow: the user made the port; `--ip`/`--mac-address` of it bind it
+/// (a driver option may name it too); `docker rm` gives it back as it was.
+#[test]
+fn existing_port_is_bound_and_kept() {
+    let t = "existing_port_is_bound_and_kept";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-port", &env);
+    let (plugin, _) = plugin_for("dk-port");
+    let mut s = DockerScope::default();
+    let net = unique("dk-port");
+    let id = s.network(
+        &plugin,
+        &net,
+        &["--subnet", "10.237.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    let (_, v) = n.api("GET", &format!("/networks?name={}", courier_name(&id)));
+    let os_net = v["networks"][0]["id"].as_str().unwrap().to_string();
+    let mk = |ip: &str, extra: Value| {
+        let mut body = json!({"network_id": os_net, "fixed_ips": [{"ip_address": ip}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (code, v) = n.call("POST", "/ports", Some(json!({"port": body})));
+        assert_eq!(code, 201, "{v}");
+        (
+            v["port"]["id"].as_str().unwrap().to_string(),
+            v["port"]["mac_address"].as_str().unwrap().to_string(),
+        )
+    };
+    let (pid, mac) = mk("10.237.0.40", json!({}));
+    let (bound, _) = mk(
+        "10.237.0.41",
+        json!({"device_owner": "compute:nova", "device_id": "vm-1"}),
+    );
+    let (c1, c2, c3) = (unique("dk-port1"), unique("dk-port2"), unique("dk-port3"));
+
+    // Its MAC must be the container's: a clear error otherwise, and the port untouched.
+    let out = s.run(
+        &c1,
+        &[
+            "--network",
+            &net,
+            "--ip",
+            "10.237.0.40",
+            "--mac-address",
+            "02:00:00:00:00:99",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("--mac-address {mac}")), "{err}");
+    docker_ok(&["rm", "-f", &c1]);
+    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(p["port"]["device_owner"], "", "{p}");
+    // A port bound elsewhere is refused, saying where.
+    let out = s.run(&c3, &["--network", &net, "--ip", "10.237.0.41"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compute:nova") && err.contains("vm-1"),
+        "{err}"
+    );
+    docker_ok(&["rm", "-f", &c3]);
+
+    s.run_ok(
+        &c1,
+        &[
+            "--network",
+            &net,
+            "--ip",
+            "10.237.0.40",
+            "--mac-address",
+            &mac,
+        ],
+    );
+    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(p["port"]["device_owner"], "compute:courier", "{p}");
+    assert_eq!(p["port"]["binding:host_id"], n.host_id.as_str());
+    s.run_ok(&c2, &["--network", &net]);
+    assert!(
+        ping(&c2, "10.237.0.40"),
+        "the container on the user's port is reachable"
+    );
+    docker_ok(&["rm", "-f", &c1, &c2]);
+    assert!(
+        eventually(Duration::from_secs(10), || owned(&d).is_empty()
+            && n.owned_ports(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    let (code, p) = n.api("GET", &format!("/ports/{pid}"));
+    assert_eq!(code, 200, "the user's port is kept");
+    assert_eq!(p["port"]["device_owner"], "", "and given back unbound: {p}");
+    assert_eq!(p["port"]["device_id"], "");
+    assert_eq!(p["port"]["binding:host_id"], "");
+    for port in [&pid, &bound] {
+        n.api("DELETE", &format!("/ports/{port}"));
+    }
+}

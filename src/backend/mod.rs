@@ -51,6 +51,12 @@ pub enum PortQuery {
     OwnedBy { host: String },
     /// Existing ports this host claimed (bound for an attachment; given back, never deleted).
     ClaimedBy { host: String },
+    /// Ports of network `network` (its backend id) that hold address `ip` (whoever made them):
+    /// Docker's `--ip` of a port the user made (Zun, kuryr-libnetwork's reuse of such ports).
+    Holding {
+        network: String,
+        ip: std::net::IpAddr,
+    },
 }
 
 #[async_trait]

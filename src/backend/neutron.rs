@@ -662,23 +662,25 @@ impl Backend for NeutronBackend {
     }
 
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
-        let tags = match q {
-            PortQuery::OwnedBy { host } => [TAG_OWNER.to_string(), tag_host(host)],
-            PortQuery::ClaimedBy { host } => [TAG_CLAIMED.to_string(), tag_host(host)],
-        };
-        match q {
-            PortQuery::OwnedBy { .. } | PortQuery::ClaimedBy { .. } => {
-                let q = Query::new().tags(&tags);
-                let ports = self
-                    .retry("listing ports owned here", || self.api.list_ports(&q))
-                    .await?;
-                let mut out = Vec::with_capacity(ports.len());
-                for p in &ports {
-                    out.push(self.to_port(p, &NetInfo::default()).await?);
-                }
-                Ok(out)
+        let q = match q {
+            PortQuery::OwnedBy { host } => {
+                Query::new().tags(&[TAG_OWNER.to_string(), tag_host(host)])
             }
+            PortQuery::ClaimedBy { host } => {
+                Query::new().tags(&[TAG_CLAIMED.to_string(), tag_host(host)])
+            }
+            PortQuery::Holding { network, ip } => {
+                Query::new().network_id(network).fixed_ip(ip.to_string())
+            }
+        };
+        let ports = self
+            .retry("listing ports", || self.api.list_ports(&q))
+            .await?;
+        let mut out = Vec::with_capacity(ports.len());
+        for p in &ports {
+            out.push(self.to_port(p, &NetInfo::default()).await?);
         }
+        Ok(out)
     }
 
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {

@@ -533,8 +533,8 @@ impl Backend for OvnBackend {
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
         match q {
             PortQuery::OwnedBy { host } => Ok(self.cache.view(|v| self.owned_ports_in(v, host))),
-            // OVN direct binds no existing ports.
-            PortQuery::ClaimedBy { .. } => Ok(vec![]),
+            // OVN direct binds no existing ports (an address in use fails the create instead).
+            PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } => Ok(vec![]),
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   its addresses and the routes Join returns.
 //! - `Leave`, `DeleteEndpoint` (the edge goes), `ReleaseAddress` (the port goes),
 //!   `DeleteNetwork` (what CreateNetwork made goes).
+//!
 //! Every call is idempotent: Docker repeats them after restarts.
 
 use std::collections::HashMap;
@@ -391,6 +392,12 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
             .into()),
         };
     }
+    // An address held by a port the user made (Zun's pre-created port, kuryr-libnetwork's reuse
+    // of such ports): that port is bound, not a new one made; it is given back on release.
+    let existing = match wanted {
+        Some(ip) => existing_port_holding(&d, &net, ip).await?,
+        None => None,
+    };
     let att = d
         .attacher
         .reserve(
@@ -398,6 +405,7 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                 network: net.name.clone(),
                 ip: wanted,
                 mac,
+                port: existing,
                 ..Default::default()
             },
             DockerRef {
@@ -413,6 +421,29 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         Error::BackendState(format!("port {} got no address in {subnet}", att.port_name))
     })?;
     Ok(ok(json!({ "Address": addr.to_string(), "Data": {} })))
+}
+
+/// A port no Courier attachment owns that holds `ip` on `net`, if its backend has such ports.
+async fn existing_port_holding(
+    d: &Daemon,
+    net: &DockerNetwork,
+    ip: IpAddr,
+) -> Result<Option<String>> {
+    let (backend, network) = d
+        .attacher
+        .registry
+        .network_in(&net.backend, &net.name)
+        .await?;
+    let q = crate::backend::PortQuery::Holding {
+        network: network.backend_id.clone(),
+        ip,
+    };
+    Ok(backend
+        .find_ports(&q)
+        .await?
+        .into_iter()
+        .find(|p| p.attachment.is_none())
+        .map(|p| p.id))
 }
 
 /// The first usable address (IPv6: after the subnet-router anycast address).
@@ -807,6 +838,25 @@ struct CreateEndpoint {
     endpoint_id: String,
     #[serde(default)]
     interface: Option<EndpointInterface>,
+    /// `--driver-opt`s of `docker network connect` land here.
+    #[serde(default)]
+    options: Option<HashMap<String, Value>>,
+}
+
+/// Endpoint driver options: `courier.port` (alias `neutron.port.uuid`) names the existing port
+/// the endpoint must be (its `--ip` selects it; this confirms it).
+fn endpoint_port_option(options: &Option<HashMap<String, Value>>) -> Result<Option<String>> {
+    let Some(o) = options else { return Ok(None) };
+    let mut found = None;
+    for key in ["courier.port", "neutron.port.uuid"] {
+        if let Some(v) = o.get(key) {
+            let v = v.as_str().ok_or_else(|| {
+                Error::InvalidInput(format!("--driver-opt {key}: give a port id"))
+            })?;
+            found = Some(v.to_string());
+        }
+    }
+    Ok(found)
 }
 
 #[derive(Deserialize)]
@@ -862,6 +912,20 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
             .next(),
         None => None,
     };
+    let wanted_port = endpoint_port_option(&req.options)?;
+    if let Some(p) = &wanted_port {
+        let is_it = lease
+            .as_ref()
+            .and_then(|l| l.existing_port.as_ref())
+            .is_some_and(|e| &e.id == p);
+        if !is_it {
+            return Err(Error::InvalidInput(format!(
+                "the endpoint's address {} is not port {p}'s: give the port's address with --ip (and its MAC with --mac-address)",
+                iface.address
+            ))
+            .into());
+        }
+    }
     let att = match lease {
         Some(l) => l,
         None => {
