@@ -34,6 +34,8 @@ pub struct Attacher {
     /// Every backend and binding; each attachment uses the ones its record names.
     pub registry: Arc<Registry>,
     pub port_up_timeout: Duration,
+    /// A Docker record not joined for longer than this is a leftover (see `staged.rs`).
+    pub lease_timeout: Duration,
     /// This host's ownership mark; part of every attachment id.
     pub host: String,
     pub(crate) locks: KeyedLocks,
@@ -60,6 +62,7 @@ impl Attacher {
             store,
             registry,
             port_up_timeout,
+            lease_timeout: Duration::from_secs(60),
             host: host.to_string(),
             locks: KeyedLocks::default(),
         }
@@ -185,6 +188,28 @@ impl Attacher {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         // 3. Logical attachment: the backend creates the port and assigns its addresses.
+        self.create_port(att, backend, network).await?;
+        let port_ms = ms(t0);
+        let t1 = std::time::Instant::now();
+        // 4–5. Edge binding, and the wait until the data plane forwards for it.
+        let (plug_ms, up_ms) = self.plug_edge(att, backend, binding).await?;
+        att.phase = Phase::Ready;
+        self.store.put(att).await?;
+        hooks::point("after-ready").await;
+        tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
+            network = %att.network, port = %att.port_name, ips = ?att.port.as_ref().map(|p| &p.ips),
+            port_ms, plug_ms, up_ms, edge_ms = ms(t1), total_ms = ms(t0), "attached");
+        Ok(())
+    }
+
+    /// The logical attachment: the backend creates the port (or the existing one is claimed)
+    /// and assigns its addresses; recorded as `PortCreated`.
+    pub(crate) async fn create_port(
+        &self,
+        att: &mut Attachment,
+        backend: &dyn Backend,
+        network: &Network,
+    ) -> Result<()> {
         let req = PortRequest {
             name: att.port_name.clone(),
             network: network.clone(),
@@ -204,23 +229,34 @@ impl Attacher {
                 .pop()
                 .ok_or_else(|| Error::Internal(format!("backend made no port {}", req.name)))?,
         };
-        let port_ms = ms(t0);
-        att.port = Some(port.clone());
+        att.port = Some(port);
         att.phase = Phase::PortCreated;
         // Progress note: a crash recovers from "intent" the same way, so no fsync.
         self.store.note(att).await?;
         hooks::point("after-port").await;
-        let t1 = std::time::Instant::now();
+        Ok(())
+    }
 
-        // 4. Edge binding: interface in the netns, bound to the logical port.
+    /// The edge: interface made and bound to the port (`Plugged`), then the wait until the data
+    /// plane forwards for it (OVS: ovn-controller set ovn-installed). Returns (plug, up) ms.
+    pub(crate) async fn plug_edge(
+        &self,
+        att: &mut Attachment,
+        backend: &dyn Backend,
+        binding: &dyn EdgeBinding,
+    ) -> Result<(f64, f64)> {
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+        let port = att
+            .port
+            .clone()
+            .ok_or_else(|| Error::Internal(format!("attachment {} has no port", att.id)))?;
+        let t1 = std::time::Instant::now();
         binding.plug(att, &port).await?;
         let plug_ms = ms(t1);
         att.phase = Phase::Plugged;
         self.store.note(att).await?;
         hooks::point("after-plug").await;
         let t2 = std::time::Instant::now();
-
-        // 5. Wait until the data plane forwards for it (OVS: ovn-controller set ovn-installed).
         binding.wait_ready(att, self.port_up_timeout).await?;
         let up_ms = ms(t2);
         hooks::point("after-up").await;
@@ -229,13 +265,7 @@ impl Attacher {
         if let (Some(p), Ok(Some(live))) = (att.port.as_mut(), live) {
             p.up = live.up;
         }
-        att.phase = Phase::Ready;
-        self.store.put(att).await?;
-        hooks::point("after-ready").await;
-        tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
-            network = %att.network, port = %port.name, ips = ?port.ips,
-            port_ms, plug_ms, up_ms, total_ms = ms(t0), "attached");
-        Ok(())
+        Ok((plug_ms, up_ms))
     }
 
     /// Removes whatever an attachment may have created, found by the names in its record; then
@@ -318,7 +348,7 @@ impl Attacher {
     }
 
     /// Detaches `att`, the record as it is now; the caller holds its lock.
-    async fn detach_locked(&self, mut att: Attachment) -> Result<Attachment> {
+    pub(crate) async fn detach_locked(&self, mut att: Attachment) -> Result<Attachment> {
         att.phase = Phase::Detaching;
         self.store.put(&att).await?;
         hooks::point("detach-after-mark").await;
@@ -336,7 +366,10 @@ impl Attacher {
         let Some(now) = self.store.get(&seen.id).await? else {
             return Ok(Forgotten::Kept);
         };
-        if now.generation != seen.generation || now.phase != Phase::Ready {
+        if now.generation != seen.generation
+            || now.phase != Phase::Ready
+            || crate::staged::sandbox_may_be_coming(&now, self.lease_timeout)
+        {
             return Ok(Forgotten::Kept);
         }
         let probe = crate::netns::probe(&now.netns);
@@ -353,7 +386,7 @@ impl Attacher {
     }
 
     /// Undoes an attach whose caller never saw it complete (same generation only).
-    async fn undo_unseen(&self, att: &Attachment) {
+    pub(crate) async fn undo_unseen(&self, att: &Attachment) {
         let _guard = self.lock_for(&att.key()).await;
         let r = match self.store.get(&att.id).await {
             Ok(Some(now)) if now.generation == att.generation => {
@@ -433,7 +466,8 @@ impl Attacher {
         let mut removed = Vec::new();
         let mut errors = Vec::new();
         for att in self.store.list().await?.attachments {
-            if att.network == network && !valid.contains(&att.key()) {
+            // Only what CNI made: the runtime's list says nothing of Docker's endpoints.
+            if att.network == network && att.docker.is_none() && !valid.contains(&att.key()) {
                 match self.detach_flow(&att.key()).await {
                     Ok(Some(a)) => removed.push(a),
                     Ok(None) => {}
@@ -457,7 +491,7 @@ impl Attacher {
 }
 
 /// The record's port: by the backend's id once known, else by the derived name.
-fn port_ref(att: &Attachment) -> PortRef {
+pub(crate) fn port_ref(att: &Attachment) -> PortRef {
     PortRef {
         id: att
             .port
@@ -469,7 +503,7 @@ fn port_ref(att: &Attachment) -> PortRef {
 }
 
 /// Runs `fut` on a task of its own and waits for it; if the caller is dropped, the task goes on.
-async fn run_to_end<T: Send + 'static>(
+pub(crate) async fn run_to_end<T: Send + 'static>(
     fut: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     tokio::spawn(fut)
@@ -477,7 +511,7 @@ async fn run_to_end<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("flow task: {e}")))?
 }
 
-fn outcome<T>(r: &Result<T>) -> std::result::Result<(), u32> {
+pub(crate) fn outcome<T>(r: &Result<T>) -> std::result::Result<(), u32> {
     r.as_ref().map(|_| ()).map_err(Error::code)
 }
 

@@ -25,6 +25,38 @@ pub struct Config {
     pub default_backend: String,
     pub ovn: OvnConfig,
     pub neutron: NeutronConfig,
+    pub docker: DockerConfig,
+}
+
+/// Docker's libnetwork remote NetworkDriver + IpamDriver (the `docker` front door).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    pub enabled: bool,
+    /// The plugin socket; dockerd finds `/run/docker/plugins/NAME.sock` as driver `NAME`.
+    pub socket: PathBuf,
+    /// Capability scope Docker is told: "local" (each host's dockerd has its own networks) or
+    /// "global" (one network across hosts, with a cluster store).
+    pub scope: String,
+    /// Docker goes from RequestAddress to CreateEndpoint to Join at once; an address lease or an
+    /// endpoint not joined for this long is a leftover of a crash or an outage, released by
+    /// reconcile.
+    pub lease_timeout_secs: u64,
+    /// Where a network created without `--subnet` gets its /24 (one not in use by a network
+    /// Courier knows).
+    pub default_pool: String,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            enabled: true,
+            socket: PathBuf::from("/run/docker/plugins/courier.sock"),
+            scope: "local".into(),
+            lease_timeout_secs: 60,
+            default_pool: "10.224.0.0/12".into(),
+        }
+    }
 }
 
 /// The Neutron backend. Credentials come the way every OpenStack client takes them:
@@ -82,6 +114,7 @@ impl Default for Config {
             default_backend: "ovn".into(),
             ovn: OvnConfig::default(),
             neutron: NeutronConfig::default(),
+            docker: DockerConfig::default(),
         }
     }
 }
@@ -135,7 +168,8 @@ impl Config {
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
-    /// COURIER_NEUTRON_HOST_ID.
+    /// COURIER_NEUTRON_HOST_ID, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
+    /// COURIER_DOCKER_LEASE_TIMEOUT_SECS.
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -188,6 +222,18 @@ impl Config {
         if let Some(v) = get("COURIER_OVN_CONTROLLER_CTL") {
             self.ovn.controller_ctl = v;
         }
+        if let Some(v) = get("COURIER_DOCKER") {
+            self.docker.enabled = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("COURIER_DOCKER_SOCKET") {
+            self.docker.socket = v.into();
+        }
+        if let Some(v) = get("COURIER_DOCKER_SCOPE") {
+            self.docker.scope = v;
+        }
+        if let Some(v) = get("COURIER_DOCKER_LEASE_TIMEOUT_SECS") {
+            self.docker.lease_timeout_secs = parse_num("COURIER_DOCKER_LEASE_TIMEOUT_SECS", &v)?;
+        }
         self.validate()
     }
 
@@ -224,6 +270,21 @@ impl Config {
                 self.default_backend,
                 enabled.join(", ")
             )));
+        }
+        if !matches!(self.docker.scope.as_str(), "local" | "global") {
+            return Err(Error::InvalidInput(format!(
+                "[docker] scope {:?} (COURIER_DOCKER_SCOPE) must be \"local\" or \"global\"",
+                self.docker.scope
+            )));
+        }
+        match self.docker.default_pool.parse::<ipnet::Ipv4Net>() {
+            Ok(p) if p.prefix_len() <= 24 => {}
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "[docker] default_pool {:?} must be an IPv4 CIDR of /24 or larger, e.g. 10.224.0.0/12",
+                    self.docker.default_pool
+                )))
+            }
         }
         if self.host.is_empty() || self.host.contains(':') {
             return Err(Error::InvalidInput(format!(

@@ -139,12 +139,9 @@ pub async fn run(config: Config) -> Result<()> {
         vec![binding],
         Some(&config.default_backend),
     ));
-    let attacher = Arc::new(Attacher::new(
-        store,
-        registry,
-        config.ovn.port_up_timeout(),
-        &config.host,
-    ));
+    let mut attacher = Attacher::new(store, registry, config.ovn.port_up_timeout(), &config.host);
+    attacher.lease_timeout = Duration::from_secs(config.docker.lease_timeout_secs);
+    let attacher = Arc::new(attacher);
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         attacher,
@@ -157,9 +154,17 @@ pub async fn run(config: Config) -> Result<()> {
     // Serve first: the start-up reconcile runs beside the API. That is safe because every
     // flow and every repair takes the attachment's lock, and an ADD that finds a leftover
     // undoes it itself.
-    let listener = bind(&config)?;
+    let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), host = %config.host,
         nb = %config.ovn.nb_remote, "courier daemon serving");
+    let docker_listener = if config.docker.enabled {
+        let l = bind(&config.docker.socket)?;
+        tracing::info!(socket = %config.docker.socket.display(), scope = %config.docker.scope,
+            "serving Docker's libnetwork NetworkDriver + IpamDriver");
+        Some(l)
+    } else {
+        None
+    };
 
     // A backend that connects after the start-up pass gets a pass of its own then (its leaks
     // and its records' leftovers), periodic reconcile or not.
@@ -199,12 +204,32 @@ pub async fn run(config: Config) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    axum::serve(listener, app)
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let docker = docker_listener.map(|l| {
+        let app = crate::frontdoor::docker::router(daemon.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "serving the Docker plugin socket failed");
+            }
+        })
+    });
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| Error::Internal(format!("serving API: {e}")))?;
+        .map_err(|e| Error::Internal(format!("serving API: {e}")));
+    let _ = stop_tx.send(true);
+    if let Some(t) = docker {
+        let _ = t.await;
+        let _ = std::fs::remove_file(&config.docker.socket);
+    }
     let _ = std::fs::remove_file(&config.socket);
-    Ok(())
+    served
 }
 
 /// Retries `connect` every second (logging why) until it succeeds or SIGTERM/SIGINT arrives.
@@ -243,8 +268,7 @@ where
 /// to its final path, made 0600 there, and renamed into place — so the socket at the final path
 /// never has another mode, and no process-wide umask is touched. A stale socket file (no daemon
 /// behind it) is replaced; a live one means another daemon runs: refuse.
-fn bind(config: &Config) -> Result<UnixListener> {
-    let path = &config.socket;
+fn bind(path: &std::path::Path) -> Result<UnixListener> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Internal(format!("creating {}: {e}", dir.display())))?;
@@ -307,7 +331,7 @@ mod tests {
             AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MOVED_TO,
         )
         .unwrap();
-        let _listener = bind(&config).unwrap();
+        let _listener = bind(&config.socket).unwrap();
         let mode = std::fs::metadata(&config.socket)
             .unwrap()
             .permissions()

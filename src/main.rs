@@ -18,6 +18,7 @@ mod netns;
 mod ovn_controller;
 mod reconcile;
 mod registry;
+mod staged;
 mod state;
 mod vswitch;
 

@@ -183,9 +183,12 @@ fn short_hash(parts: &[&str]) -> String {
 /// The record schema this daemon writes. 1: records written before the schema was versioned
 /// (no `schema` field, id without the host). 2: `schema`, `generation`, host in the id.
 /// 3: `backend`, `edge` (the binding's own state, tagged by kind) instead of `host_ifname`,
-/// `port.id`. Older records are migrated when read (`state::decode_record`).
+/// `port.id`. 4: `docker` (attachments made through the libnetwork front door: their netns is
+/// known only at Join) and the `reserved` phase; an older daemon must keep such records aside
+/// rather than take their empty netns for a gone container.
+/// Older records are migrated when read (`state::decode_record`).
 /// A daemon reads every schema up to its own; a newer record is kept aside, never guessed at.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 fn schema_1() -> u32 {
     1
@@ -206,6 +209,10 @@ pub enum Phase {
     Ready,
     /// Detach under way: resources are being removed.
     Detaching,
+    /// At rest with its logical port only, held for a front door that plugs the edge later
+    /// (Docker: an address RequestAddress leased, not or no longer an endpoint). Not a crash
+    /// leftover: it ends by its release, or by reconcile when its lease expires.
+    Reserved,
 }
 
 /// The durable record of one attachment.
@@ -249,6 +256,56 @@ pub struct Attachment {
     pub existing_port: Option<ExistingPort>,
     /// Unix seconds.
     pub created_at: u64,
+    /// Set for attachments made through Docker's libnetwork front door.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerRef>,
+}
+
+/// What Docker knows an attachment by, and where it is in Docker's sequence: RequestAddress
+/// (a lease: phase `Reserved`), CreateEndpoint (`endpoint_id`, phase `Ready`, the interface
+/// left in the host netns for Docker to move), Join (`netns` = the sandbox), Leave,
+/// DeleteEndpoint (back to `Reserved`), ReleaseAddress (gone).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DockerRef {
+    /// The IPAM pool the address came from (`RequestPool`'s PoolID).
+    pub pool_id: String,
+    /// Docker's endpoint id, once CreateEndpoint made one of it.
+    #[serde(default)]
+    pub endpoint_id: Option<String>,
+    /// Docker's network id, known from CreateEndpoint on.
+    #[serde(default)]
+    pub network_id: Option<String>,
+    /// Leased by Courier's IPAM (ReleaseAddress ends it); false: the endpoint's address came
+    /// from another IPAM, and DeleteEndpoint ends it.
+    pub leased: bool,
+    /// Unix seconds of the last step. Docker goes from one step to the next at once, so a
+    /// record not joined for longer than the lease timeout is a leftover (a crash or an outage
+    /// in between): reconcile releases it.
+    pub since: u64,
+}
+
+/// A Docker network served by the libnetwork front door: which Courier network it is and what
+/// `docker network rm` may delete. Kept in the local store (`docker_networks`), by Docker's id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DockerNetwork {
+    pub network_id: String,
+    /// The Courier network (any backend).
+    pub name: String,
+    /// CreateNetwork made the Courier network (a new one, or a registration of an existing
+    /// backend network): DeleteNetwork deletes it (a registration: only the registration).
+    /// False for `-o courier.network=NAME`, which only refers to one.
+    pub created: bool,
+    /// IPAM pool ids (`RequestPool`'s PoolID) of its IPv4 and IPv6 subnets.
+    pub pool4: String,
+    #[serde(default)]
+    pub pool6: Option<String>,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What an edge binding made on this host for one attachment, recorded with the intent (names
@@ -300,11 +357,16 @@ impl Attachment {
             requested_mac: req.mac.clone(),
             security_groups: req.security_groups.clone(),
             existing_port: None,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_at: unix_now(),
+            docker: None,
         }
+    }
+
+    /// The container's netns is not known yet (Docker before Join): the edge leaves the
+    /// interface in the host netns, named by `EdgeBinding::handoff_ifname`, for the runtime to
+    /// move, and no netns probe applies.
+    pub fn hands_off(&self) -> bool {
+        self.netns.is_empty() && self.docker.is_some()
     }
 
     pub fn key(&self) -> AttachmentKey {

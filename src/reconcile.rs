@@ -2,6 +2,8 @@
 //! 1. unfinished attachments (any phase but Ready) are rolled back under their lock — a
 //!    crash's or a failed rollback's leftovers (an attach in flight holds its lock, and after it
 //!    the record is Ready or gone);
+//!    Docker's resting records (a lease, an endpoint not joined yet: see staged.rs) are not
+//!    leftovers: they are released once not joined for longer than the lease timeout;
 //! 2. Ready attachments whose netns is *certainly* gone — the path no longer exists, is no
 //!    netns, or names a different namespace (compared by nsfs inode) — are detached (a
 //!    forgotten DEL). The decision is re-made under the attachment's lock on the record as it is
@@ -40,6 +42,9 @@ pub struct Report {
     pub leaked_ports: Vec<String>,
     pub leaked_bridge_ports: Vec<String>,
     pub leaked_links: Vec<String>,
+    /// Docker leases and endpoints never joined or released within the lease timeout.
+    #[serde(default)]
+    pub expired_leases: Vec<String>,
     /// Existing ports this host had claimed for an attachment no record knows: given back.
     #[serde(default)]
     pub released_ports: Vec<String>,
@@ -67,6 +72,7 @@ impl Report {
             && self.leaked_bridge_ports.is_empty()
             && self.leaked_links.is_empty()
             && self.released_ports.is_empty()
+            && self.expired_leases.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
     }
@@ -101,7 +107,23 @@ pub async fn run(attacher: &Attacher) -> Report {
             }
             report.undecodable = listing.undecodable;
             for att in listing.attachments {
-                if att.phase != Phase::Ready {
+                if att.docker.is_some() && att.netns.is_empty() {
+                    // A Docker lease or endpoint not joined: the clock decides (staged.rs).
+                    if crate::staged::lease_expired(&att, attacher.lease_timeout) {
+                        let r = attacher
+                            .release_expired(&att)
+                            .await
+                            .map(|f| f == Forgotten::Detached);
+                        report.record(att.id, r, |r| &mut r.expired_leases);
+                    } else if !matches!(att.phase, Phase::Reserved | Phase::Ready) {
+                        let r = roll_back_leftover(attacher, &att).await;
+                        report.record(att.id, r, |r| &mut r.rolled_back);
+                    }
+                } else if att.phase == Phase::Ready
+                    && crate::staged::sandbox_may_be_coming(&att, attacher.lease_timeout)
+                {
+                    // Joined moments ago: Docker is still making the sandbox.
+                } else if att.phase != Phase::Ready {
                     let r = roll_back_leftover(attacher, &att).await;
                     report.record(att.id, r, |r| &mut r.rolled_back);
                 } else {
@@ -224,7 +246,8 @@ async fn roll_back_leftover(attacher: &Attacher, seen: &model::Attachment) -> Re
     let Some(current) = attacher.store.get(&seen.id).await? else {
         return Ok(false);
     };
-    if current.phase == Phase::Ready {
+    // Finished meanwhile, or at rest (a Docker lease: its own expiry rule).
+    if matches!(current.phase, Phase::Ready | Phase::Reserved) {
         return Ok(false);
     }
     tracing::warn!(attachment = %current.id, phase = ?current.phase, "rolling back unfinished attachment");

@@ -20,10 +20,12 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Attachment, SCHEMA_VERSION};
+use crate::model::{Attachment, DockerNetwork, SCHEMA_VERSION};
 
 const ATTACHMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("attachments");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Docker networks of the libnetwork front door, by Docker's network id (JSON `DockerNetwork`).
+const DOCKER_NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("docker_networks");
 const NEXT_GENERATION: &str = "next_generation";
 
 #[derive(Clone)]
@@ -122,6 +124,8 @@ impl Store {
         txn.open_table(ATTACHMENTS)
             .map_err(|e| store_err("creating table", e))?;
         txn.open_table(META)
+            .map_err(|e| store_err("creating table", e))?;
+        txn.open_table(DOCKER_NETWORKS)
             .map_err(|e| store_err("creating table", e))?;
         txn.commit().map_err(|e| store_err("commit", e))?;
         Ok(Store { db: Arc::new(db) })
@@ -275,6 +279,60 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Records a Docker network durably (replacing one with the same id).
+    pub async fn put_docker_network(&self, n: &DockerNetwork) -> Result<()> {
+        let id = n.network_id.clone();
+        let bytes = serde_json::to_vec(n).map_err(|e| store_err("encoding", e))?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+            txn.open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(|e| store_err(&format!("writing docker network {id}"), e))?;
+            txn.commit()
+                .map_err(|e| store_err(&format!("committing docker network {id}"), e))
+        })
+        .await
+    }
+
+    /// Every Docker network; one that does not decode is logged and left out.
+    pub async fn docker_networks(&self) -> Result<Vec<DockerNetwork>> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
+            let t = txn
+                .open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?;
+            let mut out = Vec::new();
+            for item in t.iter().map_err(|e| store_err("iterate", e))? {
+                let (k, v) = item.map_err(|e| store_err("iterate", e))?;
+                match serde_json::from_slice::<DockerNetwork>(v.value()) {
+                    Ok(n) => out.push(n),
+                    Err(e) => {
+                        tracing::error!(network = k.value(), error = %e, "docker network record cannot be read; ignored")
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn delete_docker_network(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+            let existed = txn
+                .open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?
+                .remove(id.as_str())
+                .map_err(|e| store_err(&format!("deleting docker network {id}"), e))?
+                .is_some();
+            txn.commit().map_err(|e| store_err("commit", e))?;
+            Ok(existed)
         })
         .await
     }

@@ -39,8 +39,14 @@ pub trait EdgeBinding: Send + Sync {
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
     /// Creates the interface in the container netns with the port's MAC/IPs/routes and binds it
-    /// to the logical port (`port.id`), as `att.edge` says.
+    /// to the logical port (`port.id`), as `att.edge` says. When the attachment hands off
+    /// (`Attachment::hands_off`: Docker, whose netns comes later), the interface is left in the
+    /// host netns as [`EdgeBinding::handoff_ifname`], with the port's MAC and MTU and no
+    /// addresses: the runtime moves it, names it and gives it its addresses and routes.
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()>;
+    /// The host-netns name of the interface `plug` leaves for the runtime to move (Docker's
+    /// Join `SrcName`).
+    fn handoff_ifname(&self, att: &Attachment) -> String;
     /// Waits until the data plane forwards for this edge (OVS: ovn-controller installed its flows).
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()>;
     /// Removes everything `plug` may have made, found by the record's edge state. Idempotent and

@@ -74,6 +74,51 @@ async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInf
     Ok((ns, link))
 }
 
+impl VethOvs {
+    /// Both veth ends in the host netns: the peer `cp<id>` for the runtime (Docker) to move into
+    /// the sandbox, with the port's MAC and MTU; the runtime sets its addresses and routes.
+    async fn plug_for_handoff(
+        &self,
+        att: &Attachment,
+        port: &LogicalPort,
+        host: &str,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let peer = peer_ifname(&att.id);
+        self.host
+            .create_veth(&VethSpec {
+                host_name: host.to_string(),
+                peer_name: peer.clone(),
+                peer_mac: Some(mac),
+                mtu: port.mtu.or(self.mtu),
+                peer_netns_fd: None,
+            })
+            .await
+            .map_err(nl_err(format!("creating veth {host} with peer {peer}")))?;
+        self.host
+            .set_alias(host, &link_alias(&self.host_mark, &att.id))
+            .await
+            .map_err(nl_err(format!("marking {host}")))?;
+        hooks::point("after-veth").await;
+        // The userspace datapath drops TCP with offloaded checksums; the setting moves with the
+        // peer into the sandbox.
+        for end in [host, peer.as_str()] {
+            nl::set_tx_checksum(end, false)
+                .await
+                .map_err(nl_err(format!("turning TX checksum offload off on {end}")))?;
+        }
+        self.host
+            .set_up(host)
+            .await
+            .map_err(nl_err(format!("setting {host} up")))?;
+        self.vswitch
+            .add_port(host, &port.id, &port.mac, &att.id)
+            .await?;
+        hooks::point("after-ovs-port").await;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl EdgeBinding for VethOvs {
     fn kind(&self) -> &'static str {
@@ -92,6 +137,9 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
+        if att.hands_off() {
+            return Ok(());
+        }
         crate::netns::identify(&att.netns)?;
         if container_link(att).await?.1.is_some() {
             return Err(Error::InvalidInput(format!(
@@ -102,9 +150,16 @@ impl EdgeBinding for VethOvs {
         Ok(())
     }
 
+    fn handoff_ifname(&self, att: &Attachment) -> String {
+        peer_ifname(&att.id)
+    }
+
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
         let host = host_end(att)?;
         let mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
+        if att.hands_off() {
+            return self.plug_for_handoff(att, port, host, mac).await;
+        }
         let netns = Path::new(&att.netns);
         let netns_file = std::fs::File::open(netns)
             .map_err(|e| Error::InvalidEnv(format!("network namespace {}: {e}", att.netns)))?;

@@ -156,6 +156,8 @@ impl TestDaemon {
             .env("COURIER_HOST", format!("it-{}", self.name))
             .env("COURIER_RECONCILE_INTERVAL_SECS", "0")
             .env("COURIER_LOG", "debug")
+            // Tests that want the Docker door give it a socket of their own.
+            .env("COURIER_DOCKER", "0")
             .env_remove("COURIER_CRASH_AT")
             .stdout(Stdio::null())
             .stderr(log.try_clone().expect("log"));
