@@ -151,11 +151,13 @@ start_courier() {
   fi
   [ -e "$COURIER_PLUGIN_SOCK" ] && die "$COURIER_PLUGIN_SOCK exists: another bench-docker.sh running? (remove it if stale)"
   mkdir -p "$COURIER_RUN" "$(dirname "$COURIER_PLUGIN_SOCK")"
+  # Defaults plus the environment below: a host's /etc/courier/courier.toml is not read.
+  echo "# bench-docker.sh: defaults; COURIER_* from the environment" > "$WORK/courier.toml"
   local env=(COURIER_SOCKET="$COURIER_API" COURIER_STATE_DIR="$WORK/courier-state"
-             COURIER_DOCKER_SOCKET="$COURIER_PLUGIN_SOCK")
+             COURIER_DOCKER=1 COURIER_DOCKER_SOCKET="$COURIER_PLUGIN_SOCK")
   want courier-neutron && env+=(COURIER_NEUTRON=1 COURIER_NEUTRON_CLOUD=courier-admin
                                 OS_CLIENT_CONFIG_FILE=/etc/courier-test/clouds.yaml)
-  env "${env[@]}" setsid "$COURIER_BIN" daemon </dev/null >"$WORK/courier.log" 2>&1 &
+  env "${env[@]}" setsid "$COURIER_BIN" daemon --config "$WORK/courier.toml" </dev/null >"$WORK/courier.log" 2>&1 &
   COURIER_PID=$!
   local ok=0
   for _ in $(seq 1 200); do
