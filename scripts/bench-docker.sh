@@ -4,7 +4,7 @@
 # numbers and asserts nothing about them; it exits non-zero when a run or a setup step fails.
 # Root.
 #
-#   scripts/bench-docker.sh [N] [--only CASES] [--raw FILE]
+#   scripts/bench-docker.sh [N] [--only CASES] [--raw FILE] [--logs DIR]
 #
 # N (default 30) timed runs per case, interleaved in one loop (round i starts at case i mod k, so
 # no case always follows the same one), after one untimed warm-up run per case. Cases:
@@ -15,7 +15,8 @@
 #   courier-ovn      Courier's Docker front door, backend OVN direct (the default), 10.75.0.0/24
 # --only takes a comma list of those (default: all four). A Courier case whose daemon has no Docker
 # front door (no COURIER_DOCKER_SOCKET) or whose plugin does not answer is reported as skipped.
-# --raw FILE writes every sample (case, round, ms) as TSV.
+# --raw FILE writes every sample (case, round, ms) as TSV. --logs DIR keeps the Courier daemon's log
+# (courier.log) and kuryr-server's log lines of this run (kuryr-server.log) there.
 #
 # Reported per case: wall time of `docker run` (p50/p90/p99/mean, ms; percentiles by nearest rank,
 # so with N < 100 p99 is the maximum), the time it adds over the floor (per sample: t minus the
@@ -40,14 +41,18 @@ ALL_CASES=(none kuryr courier-neutron courier-ovn)
 N=30
 ONLY=""
 RAW=""
+LOGS=""
+KURYR_LOG=${COURIER_KURYR_DIR:-/var/lib/courier-kuryr}/log/kuryr-server.log
+KURYR_LOG_FROM=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) ONLY=${2:?--only needs a list}; shift 2 ;;
     --only=*) ONLY=${1#--only=}; shift ;;
     --raw) RAW=${2:?--raw needs a file}; shift 2 ;;
+    --logs) LOGS=${2:?--logs needs a directory}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     [0-9]*) N=$1; shift ;;
-    *) echo "usage: $0 [N] [--only none,kuryr,courier-neutron,courier-ovn] [--raw FILE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [N] [--only none,kuryr,courier-neutron,courier-ovn] [--raw FILE] [--logs DIR]" >&2; exit 2 ;;
   esac
 done
 [ "$N" -ge 1 ] 2>/dev/null || { echo "bench-docker: N must be a positive number" >&2; exit 2; }
@@ -89,6 +94,10 @@ cleanup() {
   fi
   [ -n "$COURIER_PID" ] && rm -f "$COURIER_PLUGIN_SOCK" "$COURIER_API"
   [ "$KURYR_STARTED" = 1 ] && "$here/kuryr.sh" stop >/dev/null
+  if [ -n "$LOGS" ] && mkdir -p "$LOGS"; then
+    [ -n "$WORK" ] && [ -s "$WORK/courier.log" ] && cp "$WORK/courier.log" "$LOGS/courier.log"
+    [ -n "$KURYR_PID" ] && tail -c "+$((KURYR_LOG_FROM + 1))" "$KURYR_LOG" > "$LOGS/kuryr-server.log" 2>/dev/null
+  fi
   if [ -n "$WORK" ]; then
     [ "$rc" != 0 ] && [ -s "$WORK/courier.log" ] && { log "Courier daemon log (tail):"; tail -n 15 "$WORK/courier.log" >&2; }
     rm -rf "$WORK"
@@ -130,6 +139,7 @@ if want kuryr; then
     "$here/kuryr.sh" start >&2 || die "scripts/kuryr.sh start"
   fi
   KURYR_PID=$(cat "${COURIER_KURYR_DIR:-/var/lib/courier-kuryr}/kuryr-server.pid")
+  KURYR_LOG_FROM=$(stat -c %s "$KURYR_LOG" 2>/dev/null || echo 0)
   NET[kuryr]=$TAG-kuryr SUBNET[kuryr]=10.73.0.0/24
 fi
 
