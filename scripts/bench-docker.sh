@@ -28,7 +28,8 @@
 # starts none of those; a kuryr-server not running is started with scripts/kuryr.sh and stopped
 # again at the end. The Courier daemon is its own: COURIER_BIN (default: scripts/build-static.sh's
 # binary, built if needed), API socket /run/courier-bench/api.sock, state in a temporary directory,
-# Docker plugin socket /run/docker/plugins/courier-bench.sock (driver name courier-bench).
+# Docker plugin socket /run/docker/plugins/courier-bench.sock (driver name courier-bench), its own
+# COURIER_HOST (kbench-<pid>), and it is used once `courier status` finds its backends reachable.
 # Everything it creates is named kbench-<pid>-* and removed on exit, also on failure or ^C
 # (containers, networks, the Courier daemon, its state, a kuryr-server it started).
 set -euo pipefail
@@ -163,7 +164,9 @@ start_courier() {
   mkdir -p "$COURIER_RUN" "$(dirname "$COURIER_PLUGIN_SOCK")"
   # Defaults plus the environment below: a host's /etc/courier/courier.toml is not read.
   echo "# bench-docker.sh: defaults; COURIER_* from the environment" > "$WORK/courier.toml"
-  local env=(COURIER_SOCKET="$COURIER_API" COURIER_STATE_DIR="$WORK/courier-state"
+  # COURIER_HOST: its own owner mark, so its reconcile never takes another daemon's ports on this
+  # host for leaks (Neutron's binding:host_id stays the chassis hostname).
+  local env=(COURIER_SOCKET="$COURIER_API" COURIER_STATE_DIR="$WORK/courier-state" COURIER_HOST="$TAG"
              COURIER_DOCKER=1 COURIER_DOCKER_SOCKET="$COURIER_PLUGIN_SOCK")
   want courier-neutron && env+=(COURIER_NEUTRON=1 COURIER_NEUTRON_CLOUD=courier-admin
                                 OS_CLIENT_CONFIG_FILE=/etc/courier-test/clouds.yaml)
@@ -179,6 +182,19 @@ start_courier() {
   if [ "$ok" = 0 ]; then
     tail -n 10 "$WORK/courier.log" >&2
     skip_courier "the daemon did not answer Plugin.Activate on $COURIER_PLUGIN_SOCK within 20 s"
+    return 0
+  fi
+  # Backends connect lazily: wait until `courier status` finds every one reachable (else the
+  # first CreateNetwork on Neutron can fail with "not connected yet").
+  ok=0
+  for _ in $(seq 1 300); do
+    "$COURIER_BIN" --socket "$COURIER_API" status >/dev/null 2>&1 && { ok=1; break; }
+    kill -0 "$COURIER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ "$ok" = 0 ]; then
+    "$COURIER_BIN" --socket "$COURIER_API" status >&2 || true
+    skip_courier "the daemon's backends were not all reachable within 30 s"
     return 0
   fi
   log "Courier daemon up (pid $COURIER_PID, $COURIER_BIN), Docker plugin $COURIER_DRIVER at $COURIER_PLUGIN_SOCK"
@@ -281,8 +297,8 @@ echo
 for c in courier-neutron courier-ovn; do
   if want kuryr && [ -z "${SKIP[kuryr]:-}" ] && want "$c" && [ -z "${SKIP[$c]:-}" ]; then
     echo "ratio kuryr/$c of the added time: p50 $(ratio "${ADD50[kuryr]}" "${ADD50[$c]}"), p99 $(ratio "${ADD99[kuryr]}" "${ADD99[$c]}")"
-  elif want "$c"; then
-    echo "ratio kuryr/$c: n/a ($c skipped)"
+  elif want kuryr && want "$c"; then
+    echo "ratio kuryr/$c: n/a (${SKIP[kuryr]:+kuryr skipped}${SKIP[$c]:+$c skipped})"
   fi
 done
 [ -n "$KURYR_PID" ] && echo "kuryr-server (pid $KURYR_PID) VmRSS: $(mb "${RSS_BEFORE[kuryr]}") before the runs, $(mb "$RSS_KURYR") after"
