@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Command two (README): runs all tests — unit tests and integration tests against the real
-# OVS/OVN that scripts/ovn.sh starts and the real Neutron + Keystone that scripts/neutron.sh
-# starts, in real network namespaces (root). Installs what they need.
+# OVS/OVN that scripts/ovn.sh starts, the real Neutron + Keystone that scripts/neutron.sh
+# starts and the real Docker Engine that scripts/docker.sh starts, in real network namespaces
+# (root). Installs what they need.
 # Integration tests that cannot run print SKIP and are counted below; with
 # COURIER_REQUIRE_ENV=1 (CI) they fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
-  scripts/install-deps.sh neutron
+  scripts/install-deps.sh neutron docker
   scripts/ovn.sh start
   # Neutron 29 + Keystone 30 from PyPI for the Neutron backend's tests (≈ 70 s the first time).
   scripts/neutron.sh start
+  # dockerd of our own (not the system's) for the Docker front door's tests.
+  scripts/docker.sh start
 else
   echo "test.sh: not root: integration tests will be skipped (unit tests still run)"
 fi

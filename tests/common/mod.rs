@@ -7,6 +7,7 @@
 //! --test-threads=1 (scripts/test.sh does).
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod proxy;
 
 use std::collections::BTreeSet;

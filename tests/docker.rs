@@ -1,0 +1,739 @@
+//! Docker's libnetwork front door against a real Docker Engine (Debian's docker.io 20.10, from
+//! scripts/docker.sh) on the real OVN, and Neutron from scripts/neutron.sh.
+mod common;
+use std::time::Duration;
+
+use common::docker::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// The Courier network Docker network `id` became (`docker-<id[:12]>`).
+fn courier_name(id: &str) -> String {
+    format!("docker-{}", &id[..12])
+}
+
+fn switch_exists(name: &str) -> bool {
+    !nbctl(&[
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch",
+        &format!("name={name}"),
+    ])
+    .trim()
+    .is_empty()
+}
+
+/// Counts of what daemon `d` owns: (LSPs, OVS ports, host links, records).
+fn counts(d: &TestDaemon) -> (usize, usize, usize, usize) {
+    let o = owned(d);
+    (
+        o.lsps.len(),
+        o.ovs_ports.len(),
+        o.links.len(),
+        o.records.len(),
+    )
+}
+
+#[test]
+fn ovn_direct_containers_talk_connect_disconnect_and_leave_nothing() {
+    let t = "ovn_direct_containers_talk_connect_disconnect_and_leave_nothing";
+    if !docker_ready(t) {
+        return;
+    }
+    let d = docker_daemon("dk-ovn", &[]);
+    let (plugin, _) = plugin_for("dk-ovn");
+    let mut s = DockerScope::default();
+    let (n1, n2) = (unique("dk-a"), unique("dk-b"));
+    let id1 = s.network(&plugin, &n1, &["--subnet", &subnet_for(41)]);
+    let id2 = s.network(&plugin, &n2, &["--subnet", &subnet_for(42)]);
+    assert!(
+        switch_exists(&courier_name(&id1)),
+        "a logical switch per Docker network"
+    );
+    let (c1, c2, c3) = (unique("dk-c1"), unique("dk-c2"), unique("dk-c3"));
+    s.run_ok(&c1, &["--network", &n1]);
+    s.run_ok(&c2, &["--network", &n1]);
+    s.run_ok(&c3, &["--network", &n2]);
+    let ip2 = ip_of(&c2, &n1);
+    assert!(ping(&c1, &ip2), "c1 reaches c2 over OVN");
+    let (sent, got) = tcp_between(&c2, &c1, &ip2, 300_000);
+    assert_eq!(sent, got, "TCP data crosses intact");
+    assert_eq!(counts(&d), (3, 3, 3, 3), "{:?}", owned(&d));
+
+    // connect: c1 gets a second interface on n2 and reaches c3 there; disconnect takes it away.
+    docker_ok(&["network", "connect", &n2, &c1]);
+    assert!(
+        links_in(&c1).contains(&"eth1".to_string()),
+        "{:?}",
+        links_in(&c1)
+    );
+    assert!(
+        ping(&c1, &ip_of(&c3, &n2)),
+        "c1 reaches c3 on the second network"
+    );
+    assert_eq!(counts(&d).0, 4);
+    docker_ok(&["network", "disconnect", &n2, &c1]);
+    assert!(!links_in(&c1).contains(&"eth1".to_string()));
+    assert!(
+        eventually(Duration::from_secs(5), || counts(&d) == (3, 3, 3, 3)),
+        "disconnect removed the port, OVS port, veth and record: {:?}",
+        owned(&d)
+    );
+    assert!(ping(&c1, &ip2), "the first network still works");
+
+    docker_ok(&["rm", "-f", &c1, &c2, &c3]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "docker rm -f leaves no LSP, OVS port, veth or record: {:?}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &n1, &n2]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&id1)) && !switch_exists(&courier_name(&id2)));
+}
+
+#[test]
+fn requested_ip_and_mac_are_honoured_and_bad_ones_change_nothing() {
+    let t = "requested_ip_and_mac_are_honoured_and_bad_ones_change_nothing";
+    if !docker_ready(t) {
+        return;
+    }
+    let d = docker_daemon("dk-ip", &[]);
+    let (plugin, sock) = plugin_for("dk-ip");
+    let mut s = DockerScope::default();
+    let n = unique("dk-ip");
+    let subnet = subnet_for(43);
+    let base = subnet.trim_end_matches(".0/24");
+    let id = s.network(&plugin, &n, &["--subnet", &subnet]);
+    let (c1, c2) = (unique("dk-ip1"), unique("dk-ip2"));
+    let want_ip = format!("{base}.77");
+    s.run_ok(
+        &c1,
+        &[
+            "--network",
+            &n,
+            "--ip",
+            &want_ip,
+            "--mac-address",
+            "02:00:00:aa:bb:01",
+        ],
+    );
+    assert_eq!(ip_of(&c1, &n), want_ip);
+    assert_eq!(mac_of(&c1, &n), "02:00:00:aa:bb:01");
+    let lsp = owned(&d).lsps.into_iter().next().expect("one LSP");
+    let addrs = nbctl(&["get", "Logical_Switch_Port", &lsp, "addresses"]);
+    assert!(
+        addrs.contains(&want_ip) && addrs.contains("02:00:00:aa:bb:01"),
+        "the LSP has the requested address and MAC: {addrs}"
+    );
+    let before = owned(&d);
+
+    // An address in use: a clear error, and nothing changed.
+    let out = s.run(&c2, &["--network", &n, "--ip", &want_ip]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use") || err.contains("already"), "{err}");
+    assert_eq!(owned(&d), before, "a refused address changes nothing");
+    docker_ok(&["rm", "-f", &c2]);
+    // Outside the subnet: refused (by Docker, or by Courier), nothing changed.
+    let out = s.run(&c2, &["--network", &n, "--ip", "192.0.2.7"]);
+    assert!(!out.status.success());
+    assert_eq!(owned(&d), before);
+    docker_ok(&["rm", "-f", &c2]);
+
+    // Straight to the socket: a malformed body, a body of the wrong shape, a method Docker never
+    // sends, an unknown pool, an address outside the pool: each a clear Err, nothing changed.
+    let pool = format!("courier:{subnet}");
+    for (method, body, code) in [
+        ("IpamDriver.RequestAddress", "{not json".to_string(), 400),
+        (
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": 7}).to_string(),
+            400,
+        ),
+        ("NetworkDriver.Frobnicate", "{}".to_string(), 404),
+        (
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "kuryrPool-x", "Address": ""}).to_string(),
+            400,
+        ),
+        (
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool, "Address": "192.0.2.9"}).to_string(),
+            400,
+        ),
+        (
+            "NetworkDriver.Join",
+            json!({"NetworkID": id, "EndpointID": "nope", "SandboxKey": "/x"}).to_string(),
+            400,
+        ),
+        (
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": "0123456789abcdef", "EndpointID": "e1", "Interface": {}})
+                .to_string(),
+            400,
+        ),
+    ] {
+        let (status, reply, ctype) = plugin_call(&sock, method, &body);
+        assert_eq!(status, code, "{method} {body}: {reply}");
+        let msg = reply["Err"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty(), "{method}: an Err message: {reply}");
+        assert_eq!(ctype, "application/vnd.docker.plugins.v1.2+json");
+        assert_eq!(owned(&d), before, "{method} {body} changed nothing");
+    }
+    docker_ok(&["rm", "-f", &c1]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+}
+
+#[test]
+fn bad_network_options_are_refused_and_change_nothing() {
+    let t = "bad_network_options_are_refused_and_change_nothing";
+    if !docker_ready(t) {
+        return;
+    }
+    let d = docker_daemon("dk-badnet", &[]);
+    let (plugin, _) = plugin_for("dk-badnet");
+    let switches = || nbctl(&["--bare", "--columns=name", "list", "Logical_Switch"]);
+    let before = switches();
+    let n = unique("dk-bad");
+    for (args, says) in [
+        (
+            vec!["-o", "courier.network=no-such-network"],
+            "no-such-network",
+        ),
+        (vec!["-o", "courier.netwrok=x"], "unknown option"),
+        (
+            vec!["--ip-range", &subnet_for(44).replace(".0/24", ".0/25")],
+            "--ip-range",
+        ),
+        (vec!["--aux-address", "x=10.0.0.1"], "aux"),
+    ] {
+        let mut all = vec![
+            "network",
+            "create",
+            "-d",
+            &plugin,
+            "--ipam-driver",
+            &plugin,
+            "--subnet",
+        ];
+        let subnet = subnet_for(44);
+        all.push(&subnet);
+        all.extend(args.iter().copied());
+        all.push(&n);
+        let out = docker(&all);
+        let _ = docker(&["network", "rm", &n]);
+        assert!(!out.status.success(), "{args:?} should be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(switches(), before, "{args:?} made no logical switch");
+    }
+    assert!(owned(&d).is_empty());
+}
+
+#[test]
+fn the_protocol_is_idempotent_and_answers_every_method() {
+    let t = "the_protocol_is_idempotent_and_answers_every_method";
+    if !env_ready(t) {
+        return;
+    }
+    // No dockerd: the calls Docker makes, straight to the socket, some twice.
+    let d = docker_daemon("dk-proto", &[]);
+    let (_, sock) = plugin_for("dk-proto");
+    let call = |m: &str, b: Value| {
+        let (status, reply, _) = plugin_call(&sock, m, &b.to_string());
+        assert_eq!(status, 200, "{m} {b}: {reply}");
+        reply
+    };
+    assert_eq!(
+        call("Plugin.Activate", json!({}))["Implements"],
+        json!(["NetworkDriver", "IpamDriver"])
+    );
+    assert_eq!(
+        call("NetworkDriver.GetCapabilities", json!({}))["Scope"],
+        "local"
+    );
+    assert_eq!(
+        call("IpamDriver.GetCapabilities", json!({}))["RequiresMACAddress"],
+        true
+    );
+    let spaces = call("IpamDriver.GetDefaultAddressSpaces", json!({}));
+    let subnet = subnet_for(45);
+    let pool = call(
+        "IpamDriver.RequestPool",
+        json!({"AddressSpace": spaces["LocalDefaultAddressSpace"], "Pool": subnet, "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let gw = call(
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    );
+    assert!(gw["Address"].as_str().unwrap().ends_with(".1/24"), "{gw}");
+    let nid = format!("{:0>64}", std::process::id());
+    let create = json!({"NetworkID": nid, "Options": {"com.docker.network.enable_ipv6": false, "com.docker.network.generic": {}},
+        "IPv4Data": [{"AddressSpace": "courier-local", "Pool": subnet, "Gateway": gw["Address"]}], "IPv6Data": []});
+    call("NetworkDriver.CreateNetwork", create.clone());
+    call("NetworkDriver.CreateNetwork", create);
+    let lsname = format!("docker-{}", &nid[..12]);
+    assert_eq!(
+        nbctl(&[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch",
+            &format!("name={lsname}")
+        ])
+        .lines()
+        .count(),
+        1,
+        "a repeated CreateNetwork makes one switch"
+    );
+    let addr = call(
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {"com.docker.network.endpoint.macaddress": "02:42:0a:00:00:09"}}),
+    );
+    let address = addr["Address"].as_str().unwrap().to_string();
+    let ep = json!({"NetworkID": nid, "EndpointID": "ep1", "Interface": {"Address": address, "AddressIPv6": "", "MacAddress": "02:42:0a:00:00:09"}, "Options": {}});
+    assert_eq!(
+        call("NetworkDriver.CreateEndpoint", ep.clone()),
+        json!({"Interface": {}})
+    );
+    call("NetworkDriver.CreateEndpoint", ep);
+    assert_eq!(
+        counts(&d),
+        (1, 1, 1, 1),
+        "a repeated CreateEndpoint makes one edge: {:?}",
+        owned(&d)
+    );
+    let info = call(
+        "NetworkDriver.EndpointOperInfo",
+        json!({"NetworkID": nid, "EndpointID": "ep1"}),
+    );
+    assert_eq!(info["Value"]["status"], "ACTIVE", "{info}");
+    let sandbox = Netns::new("dk-proto");
+    let join =
+        json!({"NetworkID": nid, "EndpointID": "ep1", "SandboxKey": sandbox.path(), "Options": {}});
+    let j = call("NetworkDriver.Join", join.clone());
+    assert_eq!(
+        call("NetworkDriver.Join", join),
+        j,
+        "Join repeats the same answer"
+    );
+    let src = j["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+    assert!(
+        sh("ip", &["link", "show", &src]).status.success(),
+        "SrcName {src} is in the host netns for Docker to move"
+    );
+    assert_eq!(j["InterfaceName"]["DstPrefix"], "eth");
+    assert!(j["Gateway"].as_str().unwrap().ends_with(".1"), "{j}");
+    for m in [
+        "ProgramExternalConnectivity",
+        "RevokeExternalConnectivity",
+        "DiscoverNew",
+        "DiscoverDelete",
+    ] {
+        call(
+            &format!("NetworkDriver.{m}"),
+            json!({"NetworkID": nid, "EndpointID": "ep1"}),
+        );
+    }
+    call("NetworkDriver.AllocateNetwork", json!({"NetworkID": nid}));
+    call("NetworkDriver.FreeNetwork", json!({"NetworkID": nid}));
+    for _ in 0..2 {
+        call(
+            "NetworkDriver.Leave",
+            json!({"NetworkID": nid, "EndpointID": "ep1"}),
+        );
+        call(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": nid, "EndpointID": "ep1"}),
+        );
+    }
+    assert!(
+        !sh("ip", &["link", "show", &src]).status.success(),
+        "DeleteEndpoint removed the veth"
+    );
+    assert_eq!(
+        counts(&d),
+        (1, 0, 0, 1),
+        "the address is still leased: {:?}",
+        owned(&d)
+    );
+    let ip = address.split('/').next().unwrap();
+    for _ in 0..2 {
+        call(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool_id, "Address": ip}),
+        );
+    }
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    call(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool_id, "Address": gw["Address"].as_str().unwrap().split('/').next().unwrap()}),
+    );
+    call("IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    for _ in 0..2 {
+        call("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
+    }
+    assert!(!switch_exists(&lsname));
+}
+
+/// A Neutron network + IPv4 subnet made straight in Neutron (as a user would); returns its id.
+fn neutron_network(n: &NeutronEnv, name: &str, cidr: &str) -> String {
+    let (code, v) = n.call(
+        "POST",
+        "/networks",
+        Some(json!({"network": {"name": name}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    let id = v["network"]["id"].as_str().unwrap().to_string();
+    let (code, v) = n.call(
+        "POST",
+        "/subnets",
+        Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
+    );
+    assert_eq!(code, 201, "{v}");
+    id
+}
+
+fn neutron_networks_named(n: &NeutronEnv, name: &str) -> usize {
+    let (_, v) = n.api("GET", &format!("/networks?name={name}"));
+    v["networks"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[test]
+fn neutron_containers_talk_and_leave_nothing() {
+    let t = "neutron_containers_talk_and_leave_nothing";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-neu", &env);
+    let (plugin, _) = plugin_for("dk-neu");
+    let mut s = DockerScope::default();
+    let net = unique("dk-neu");
+    let id = s.network(
+        &plugin,
+        &net,
+        &["--subnet", "10.234.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    assert_eq!(
+        neutron_networks_named(&n, &courier_name(&id)),
+        1,
+        "a Neutron network per Docker network"
+    );
+    let (c1, c2) = (unique("dk-neu1"), unique("dk-neu2"));
+    s.run_ok(&c1, &["--network", &net]);
+    s.run_ok(
+        &c2,
+        &[
+            "--network",
+            &net,
+            "--ip",
+            "10.234.0.50",
+            "--mac-address",
+            "02:00:00:aa:bb:02",
+        ],
+    );
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let p2 = ports
+        .iter()
+        .find(|p| p["mac_address"] == "02:00:00:aa:bb:02")
+        .expect("the requested MAC is the Neutron port's");
+    assert_eq!(p2["fixed_ips"][0]["ip_address"], "10.234.0.50");
+    assert_eq!(p2["device_owner"], "compute:courier");
+    assert_eq!(p2["binding:host_id"], n.host_id.as_str());
+    assert!(
+        ping(&c1, "10.234.0.50"),
+        "c1 reaches c2 through Neutron's OVN port"
+    );
+    let (sent, got) = tcp_between(&c2, &c1, "10.234.0.50", 300_000);
+    assert_eq!(sent, got);
+    docker_ok(&["rm", "-f", &c1, &c2]);
+    assert!(
+        eventually(Duration::from_secs(10), || n.owned_ports(&d).is_empty()
+            && owned(&d).is_empty()),
+        "no Neutron port, OVS port, veth or record left: {:?} {:?}",
+        n.owned_ports(&d),
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert_eq!(
+        neutron_networks_named(&n, &courier_name(&id)),
+        0,
+        "network rm deleted what Courier made"
+    );
+}
+
+#[test]
+fn existing_networks_are_used_and_left_on_rm() {
+    let t = "existing_networks_are_used_and_left_on_rm";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-exist", &env);
+    let (plugin, _) = plugin_for("dk-exist");
+    let mut s = DockerScope::default();
+    // kuryr-libnetwork's option, unchanged: an existing Neutron network.
+    let os_name = unique("dk-os-net");
+    let os_id = neutron_network(&n, &os_name, "10.235.0.0/24");
+    let net = unique("dk-exist");
+    let wrong = docker(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.236.0.0/24",
+        "-o",
+        &format!("neutron.net.uuid={os_id}"),
+        &net,
+    ]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("--subnet 10.235.0.0/24"),
+        "says which subnet to give: {err}"
+    );
+    let _ = docker(&["network", "rm", &net]);
+    let unknown = docker(&[
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        "10.235.0.0/24",
+        "-o",
+        "neutron.net.uuid=00000000-0000-0000-0000-000000000000",
+        &net,
+    ]);
+    assert!(
+        !unknown.status.success(),
+        "an unknown Neutron network is refused"
+    );
+    let _ = docker(&["network", "rm", &net]);
+    let (_, nets) = d.api("GET", "/v1/networks", None);
+    assert!(
+        !nets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["backend_id"] == os_id.as_str()),
+        "the refused create left no registration of {os_id}"
+    );
+    s.network(
+        &plugin,
+        &net,
+        &[
+            "--subnet",
+            "10.235.0.0/24",
+            "-o",
+            &format!("neutron.net.uuid={os_id}"),
+        ],
+    );
+    let c = unique("dk-exist1");
+    s.run_ok(&c, &["--network", &net]);
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["network_id"], os_id.as_str());
+    // An OVN network made with the CLI, referred to by name.
+    let ovn = unique("dk-cli-net");
+    d.create_network(&ovn, &subnet_for(46));
+    let net2 = unique("dk-exist2");
+    s.network(
+        &plugin,
+        &net2,
+        &[
+            "--subnet",
+            &subnet_for(46),
+            "-o",
+            &format!("courier.network={ovn}"),
+        ],
+    );
+    let c2 = unique("dk-exist3");
+    s.run_ok(&c2, &["--network", &net2]);
+    docker_ok(&["rm", "-f", &c, &c2]);
+    assert!(eventually(Duration::from_secs(10), || n
+        .owned_ports(&d)
+        .is_empty()
+        && owned(&d).is_empty()));
+    docker_ok(&["network", "rm", &net, &net2]);
+    s.networks.clear();
+    let (code, _) = n.api("GET", &format!("/networks/{os_id}"));
+    assert_eq!(
+        code, 200,
+        "docker network rm leaves a network Courier did not create"
+    );
+    assert!(
+        switch_exists(&ovn),
+        "and leaves the Courier network it only referred to"
+    );
+    let (code, _) = n.api("DELETE", &format!("/networks/{os_id}"));
+    assert_eq!(code, 204);
+    d.cli(&["network", "delete", &ovn]);
+}
+
+#[test]
+fn killed_between_create_endpoint_and_join_leaks_nothing() {
+    let t = "killed_between_create_endpoint_and_join_leaks_nothing";
+    if !docker_ready(t) || !hooks_ready(t) {
+        return;
+    }
+    let fast = [("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "2".to_string())];
+    let crash = [
+        ("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "2".to_string()),
+        ("COURIER_CRASH_AT", "docker-join".to_string()),
+    ];
+    let mut d = docker_daemon("dk-kjoin", &crash);
+    let (plugin, _) = plugin_for("dk-kjoin");
+    let mut s = DockerScope::default();
+    let net = unique("dk-kjoin");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(47)]);
+    let c = unique("dk-kjoin1");
+    let mut run = std::process::Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", DOCKER_HOST)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &c,
+            "--network",
+            &net,
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s.containers.push(c.clone());
+    d.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        owned(&d).lsps.len(),
+        1,
+        "the endpoint existed when Courier died"
+    );
+    let env = docker_env("dk-kjoin");
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend(fast.iter().map(|(k, v)| (*k, v.as_str())));
+    d.restart(&all);
+    let _ = run.wait();
+    // Docker retried the call or gave up; either way the container can go, and nothing stays.
+    docker_ok(&["rm", "-f", &c]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}\n{report}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&id)));
+}
+
+#[test]
+fn killed_during_leave_leaks_nothing() {
+    let t = "killed_during_leave_leaks_nothing";
+    if !docker_ready(t) || !hooks_ready(t) {
+        return;
+    }
+    let mut d = docker_daemon(
+        "dk-kleave",
+        &[("COURIER_CRASH_AT", "docker-leave".to_string())],
+    );
+    let (plugin, _) = plugin_for("dk-kleave");
+    let mut s = DockerScope::default();
+    let net = unique("dk-kleave");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(48)]);
+    let c = unique("dk-kleave1");
+    s.run_ok(&c, &["--network", &net]);
+    let mut rm = std::process::Command::new("/usr/bin/docker")
+        .env("DOCKER_HOST", DOCKER_HOST)
+        .args(["rm", "-f", &c])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    d.wait_exit(Duration::from_secs(30));
+    let env = docker_env("dk-kleave");
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    d.restart(&all);
+    assert!(rm.wait().unwrap().success(), "the container can be removed");
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}\n{report}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&id)));
+}
+
+/// Kuryr leaks the port, the OVS port and the veth when it is down during `docker rm -f`, and
+/// never tidies up. Courier's reconcile does, and `docker network rm` then removes the network.
+#[test]
+fn courier_down_during_docker_rm_is_reconciled() {
+    let t = "courier_down_during_docker_rm_is_reconciled";
+    if !docker_ready(t) {
+        return;
+    }
+    let mut d = docker_daemon("dk-down", &[]);
+    let (plugin, _) = plugin_for("dk-down");
+    let mut s = DockerScope::default();
+    let net = unique("dk-down");
+    let id = s.network(&plugin, &net, &["--subnet", &subnet_for(49)]);
+    let (c1, c2) = (unique("dk-down1"), unique("dk-down2"));
+    s.run_ok(&c1, &["--network", &net]);
+    s.run_ok(&c2, &["--network", &net]);
+    d.kill9();
+    // Docker retries each call for a while, then removes the container anyway.
+    let t0 = std::time::Instant::now();
+    docker_ok(&["rm", "-f", &c1]);
+    eprintln!("docker rm -f with Courier down took {:?}", t0.elapsed());
+    let env = docker_env("dk-down");
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    d.restart(&all);
+    // The restart's reconcile found c1's sandbox gone; c2 lives on and still works.
+    assert!(
+        eventually(Duration::from_secs(5), || counts(&d) == (1, 1, 1, 1)),
+        "c1's leftovers reconciled: {:?}",
+        owned(&d)
+    );
+    let c3 = unique("dk-down3");
+    s.run_ok(&c3, &["--network", &net]);
+    assert!(
+        ping(&c3, &ip_of(&c2, &net)),
+        "the container that lived on still talks"
+    );
+    docker_ok(&["rm", "-f", &c2, &c3]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert!(
+        !switch_exists(&courier_name(&id)),
+        "the network went with docker network rm"
+    );
+}
