@@ -5,6 +5,8 @@
 #   scripts/install-deps.sh neutron   also what scripts/neutron.sh needs (MariaDB, a Python venv,
 #                                     headers and a compiler for uwsgi; pip brings the rest)
 #   scripts/install-deps.sh docker    also what scripts/docker.sh needs (Debian's Docker Engine)
+#   scripts/install-deps.sh kuryr     also what scripts/kuryr.sh needs (a Python >= 3.11 venv:
+#                                     Debian 12's python3 is 3.11; pip brings kuryr-libnetwork)
 #   scripts/install-deps.sh neutron docker   several extras at once
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -14,7 +16,8 @@ for extra in "$@"; do
   case "$extra" in
     neutron) pkgs+=(mariadb-server mariadb-client python3-venv python3-dev build-essential ca-certificates) ;;
     docker) pkgs+=(docker.io) ;;
-    *) echo "install-deps: unknown extra '$extra' (known: neutron, docker)" >&2; exit 2 ;;
+    kuryr) pkgs+=(python3 python3-venv ca-certificates) ;;
+    *) echo "install-deps: unknown extra '$extra' (known: neutron, docker, kuryr)" >&2; exit 2 ;;
   esac
 done
 missing=()
