@@ -35,6 +35,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    pub fn new(config: Config, attacher: Arc<Attacher>) -> Daemon {
+        Daemon {
+            config,
+            attacher,
+            started: Instant::now(),
+            reconciling: tokio::sync::Mutex::new(()),
+            last_reconcile: std::sync::Mutex::new(None),
+            reconcile_passes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     /// One reconcile pass. Never fails as a whole: each item's error is in the report.
     pub async fn reconcile(&self) -> reconcile::Report {
         let _one = self.reconciling.lock().await;
@@ -142,14 +153,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut attacher = Attacher::new(store, registry, config.ovn.port_up_timeout(), &config.host);
     attacher.lease_timeout = Duration::from_secs(config.docker.lease_timeout_secs);
     let attacher = Arc::new(attacher);
-    let daemon = Arc::new(Daemon {
-        config: config.clone(),
-        attacher,
-        started: Instant::now(),
-        reconciling: tokio::sync::Mutex::new(()),
-        last_reconcile: std::sync::Mutex::new(None),
-        reconcile_passes: std::sync::atomic::AtomicU64::new(0),
-    });
+    let daemon = Arc::new(Daemon::new(config.clone(), attacher));
 
     // Serve first: the start-up reconcile runs beside the API. That is safe because every
     // flow and every repair takes the attachment's lock, and an ADD that finds a leftover

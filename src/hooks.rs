@@ -5,6 +5,10 @@
 //! - `COURIER_PAUSE_AT=<step>` (+ `COURIER_PAUSE_MS`, default 2000): the flow sleeps there, so
 //!   a test can act in that window (kill the client, DEL + ADD a container, ...).
 //!
+//! - `COURIER_DOCKER_CAPTURE=<file>`: every call on the Docker plugin socket is appended to the
+//!   file as one JSON line `{"method", "request", "status", "response"}` (the fixture of the
+//!   Docker front door's replay tests).
+//!
 //! Steps: after-intent, after-port, after-veth, after-ovs-port, after-plug, after-up,
 //! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, reconcile-before-detach (a forgotten-DEL candidate was picked from the
 //! unlocked snapshot; the lock is not taken yet).
@@ -39,3 +43,45 @@ pub async fn point(step: &str) {
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
 pub async fn point(_step: &str) {}
+
+/// Whether Docker calls are captured (`COURIER_DOCKER_CAPTURE`).
+#[cfg(feature = "test-hooks")]
+pub fn capturing() -> bool {
+    std::env::var_os("COURIER_DOCKER_CAPTURE").is_some()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn capturing() -> bool {
+    false
+}
+
+/// Appends one Docker call to the capture file.
+#[cfg(feature = "test-hooks")]
+pub fn capture(method: &str, request: &[u8], status: u16, response: &[u8]) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("COURIER_DOCKER_CAPTURE") else {
+        return;
+    };
+    let as_json = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(b).into()))
+    };
+    let line = serde_json::json!({
+        "method": method,
+        "request": as_json(request),
+        "status": status,
+        "response": as_json(response),
+    });
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn capture(_method: &str, _request: &[u8], _status: u16, _response: &[u8]) {}

@@ -84,10 +84,37 @@ pub fn router(d: Arc<Daemon>) -> Router {
 async fn log_call(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let method = req.uri().path().trim_start_matches('/').to_string();
     let t = std::time::Instant::now();
+    if hooks::capturing() {
+        return capture_call(&method, req, next).await;
+    }
     let resp = next.run(req).await;
     tracing::debug!(method = %method, status = resp.status().as_u16(),
         ms = t.elapsed().as_secs_f64() * 1000.0, "docker call");
     resp
+}
+
+/// Test hooks only: the call and its answer, into the capture file.
+async fn capture_call(
+    method: &str,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let request = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let resp = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(request.clone()),
+        ))
+        .await;
+    let (parts, body) = resp.into_parts();
+    let response = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    hooks::capture(method, &request, parts.status.as_u16(), &response);
+    Response::from_parts(parts, axum::body::Body::from(response))
 }
 
 /// A reply in the plugin protocol's content type.
@@ -1069,6 +1096,11 @@ async fn leave(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     }
     Ok(ok(json!({})))
 }
+
+/// The captured dockerd sessions (tests/fixtures/docker) replayed against the handlers.
+#[cfg(test)]
+#[path = "docker_replay.rs"]
+mod replay;
 
 #[cfg(test)]
 mod tests {

@@ -85,12 +85,19 @@ pub fn plugin_for(name: &str) -> (String, PathBuf) {
 }
 
 /// Environment that turns a test daemon's Docker door on, on its own socket.
+/// With `COURIER_CAPTURE_DIR` set (scripts/capture-docker-fixture.sh), every call dockerd makes
+/// is captured into `<dir>/<name>.jsonl` (a test-hooks build).
 pub fn docker_env(name: &str) -> Vec<(&'static str, String)> {
     let (_, sock) = plugin_for(name);
-    vec![
+    let mut env = vec![
         ("COURIER_DOCKER", "1".into()),
         ("COURIER_DOCKER_SOCKET", sock.display().to_string()),
-    ]
+    ];
+    if let Some(dir) = std::env::var_os("COURIER_CAPTURE_DIR") {
+        let file = PathBuf::from(dir).join(format!("{name}.jsonl"));
+        env.push(("COURIER_DOCKER_CAPTURE", file.display().to_string()));
+    }
+    env
 }
 
 /// Starts test daemon `name` with the Docker door, plus `extra` (last, so it overrides).
