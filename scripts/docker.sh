@@ -34,7 +34,15 @@ T0=$(now)
 el() { local d=$(( ($(now) - T0) / 100000000 )); echo "$((d / 10)).$((d % 10))"; }
 log() { echo "docker.sh [+$(el)s] $*"; }
 die() { echo "docker.sh: FAILED: $*" >&2; exit 1; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid in the file that exists and is not a zombie (a dockerd killed with -9 may not be reaped yet).
+alive() {
+  [ -s "$1" ] || return 1
+  local pid state
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)
+  [ "$state" != Z ]
+}
 answers() { timeout 5 "$DOCKER" info --format '{{.ServerVersion}}' >/dev/null 2>&1; }
 have_image() { timeout 5 "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; }
 usage_hint() { echo "docker.sh: use it with  DOCKER_HOST=unix://$SOCK docker ...  (image $IMAGE)"; }
@@ -65,6 +73,7 @@ start() {
   [ -x "$DOCKERD" ] && [ -x "$DOCKER" ] || "$here/install-deps.sh" docker
   mkdir -p "$D/data" "$D/exec" "$RUN"
   [ -s "$D/daemon.json" ] || echo '{}' > "$D/daemon.json"
+  local launched=""
   if alive "$PIDFILE"; then
     log "dockerd already running (pid $(cat "$PIDFILE"))"
   else
@@ -74,11 +83,12 @@ start() {
       --data-root "$D/data" --exec-root "$D/exec" --pidfile "$PIDFILE" -H "unix://$SOCK" \
       --iptables=false --ip6tables=false --ip-masq=false --bridge=none --storage-driver=vfs \
       </dev/null >>"$LOG" 2>&1 &
+    launched=$!
   fi
   local i
   for i in $(seq 1 300); do
     answers && break
-    if [ "$i" -gt 5 ] && ! alive "$PIDFILE" && ! kill -0 $! 2>/dev/null; then
+    if [ "$i" -gt 5 ] && ! alive "$PIDFILE" && { [ -z "$launched" ] || ! kill -0 "$launched" 2>/dev/null; }; then
       tail -n 30 "$LOG" >&2; die "dockerd exited"
     fi
     sleep 0.1

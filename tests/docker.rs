@@ -925,3 +925,70 @@ fn network_create_right_after_start_waits_for_the_backend() {
     assert_eq!(neutron_networks_named(&n, &courier_name(&id)), 0);
     drop(d);
 }
+
+/// dockerd stopped and started again, then killed with -9 and started again (host-wide: this
+/// restarts the dockerd every Docker test uses). Docker releases its endpoints when it stops
+/// containers and when it cleans up after a crash; Courier's records follow it exactly, and the
+/// restarted containers talk again.
+#[test]
+fn dockerd_restart_and_crash_leave_nothing_stale() {
+    let t = "dockerd_restart_and_crash_leave_nothing_stale";
+    if !docker_ready(t) {
+        return;
+    }
+    let d = docker_daemon("dk-dockerd", &[]);
+    let (plugin, _) = plugin_for("dk-dockerd");
+    let mut s = DockerScope::default();
+    let net = unique("dk-dockerd");
+    s.network(&plugin, &net, &["--subnet", &subnet_for(51)]);
+    let (r1, r2) = (unique("dk-r1"), unique("dk-r2"));
+    s.run_ok(&r1, &["--restart", "always", "--network", &net]);
+    s.run_ok(&r2, &["--restart", "always", "--network", &net]);
+    let docker_sh = |verb: &str| {
+        let out = std::process::Command::new(repo().join("scripts/docker.sh"))
+            .arg(verb)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker.sh {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let talking = || {
+        eventually(Duration::from_secs(20), || {
+            docker(&["exec", &r1, "ping", "-c", "1", "-W", "1", &ip_of(&r2, &net)])
+                .status
+                .success()
+        })
+    };
+    docker_sh("stop");
+    assert!(
+        owned(&d).is_empty(),
+        "containers stopped: endpoints released: {:?}",
+        owned(&d)
+    );
+    docker_sh("start");
+    assert!(talking(), "restarted containers talk");
+    assert!(
+        eventually(Duration::from_secs(5), || counts(&d) == (2, 2, 2, 2)),
+        "{:?}",
+        owned(&d)
+    );
+
+    let pid = std::fs::read_to_string("/var/lib/courier-docker/dockerd.pid").unwrap();
+    sh_ok("kill", &["-9", pid.trim()]);
+    docker_sh("start");
+    assert!(talking(), "containers restarted after the crash talk");
+    assert!(
+        eventually(Duration::from_secs(5), || counts(&d) == (2, 2, 2, 2)),
+        "the old endpoints were released, nothing stale: {:?}",
+        owned(&d)
+    );
+    docker_ok(&["rm", "-f", &r1, &r2]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+}
