@@ -119,7 +119,9 @@ impl State {
             )));
         }
         let user_of = |is: &dyn Fn(&LogicalPort) -> bool| {
-            self.ports_of(network).find(|p| is(p)).map(|p| p.name.clone())
+            self.ports_of(network)
+                .find(|p| is(p))
+                .map(|p| p.name.clone())
         };
         let v4 = match req.ips.first() {
             Some(IpAddr::V6(ip)) => {
@@ -202,7 +204,8 @@ impl State {
         let mut ips = Vec::new();
         if let (Some(ip), Some(subnet)) = (v4, net.subnet) {
             ips.push(IpNet::V4(
-                Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| Error::Internal(e.to_string()))?,
+                Ipv4Net::new(ip, subnet.prefix_len())
+                    .map_err(|e| Error::Internal(e.to_string()))?,
             ));
         }
         if let Some(s6) = net.subnet6 {
@@ -409,7 +412,10 @@ mod tests {
             .create_ports(&[req(&n, "c", Some("10.9.0.2"), None)])
             .await
             .unwrap_err();
-        assert!(matches!(e, Error::AddressInUse { ref port, .. } if port == "a"), "{e}");
+        assert!(
+            matches!(e, Error::AddressInUse { ref port, .. } if port == "a"),
+            "{e}"
+        );
         let e = b
             .create_ports(&[req(&n, "c", None, Some("02:42:ee:65:87:d7"))])
             .await
@@ -429,7 +435,10 @@ mod tests {
             id: Some(n.into()),
             name: n.into(),
         };
-        assert!(!b.delete_port(&r("a"), "h2").await.unwrap(), "another host's");
+        assert!(
+            !b.delete_port(&r("a"), "h2").await.unwrap(),
+            "another host's"
+        );
         assert!(b.delete_port(&r("a"), "h1").await.unwrap());
         assert!(b.delete_port(&r("b"), "h1").await.unwrap());
         assert!(!b.delete_port(&r("b"), "h1").await.unwrap());

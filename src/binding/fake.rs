@@ -22,7 +22,10 @@ impl FakeEdge {
 
     /// Attachment ids `plug` was called for, in order.
     pub fn plugged(&self) -> Vec<String> {
-        self.plugged.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.plugged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Attachment ids `unplug` was called for, in order (teardown is idempotent: repeats too).

@@ -32,6 +32,7 @@ use crate::binding::fake::FakeEdge;
 use crate::binding::EdgeBinding;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::model::Phase;
 use crate::registry::Registry;
 use crate::state::Store;
 
@@ -188,11 +189,9 @@ impl Subst {
         match v {
             Value::String(s) => Value::String(self.apply_str(s)),
             Value::Array(a) => Value::Array(a.iter().map(|x| self.apply(x)).collect()),
-            Value::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, x)| (k.clone(), self.apply(x)))
-                    .collect(),
-            ),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.clone(), self.apply(x))).collect())
+            }
             other => other.clone(),
         }
     }
@@ -292,7 +291,11 @@ fn compare(path: &str, expected: &Value, replayed: &Value, errs: &mut Vec<String
         }
         (Value::Array(e), Value::Array(r)) => {
             if e.len() != r.len() {
-                errs.push(format!("{path}: {} items captured, {} replayed", e.len(), r.len()));
+                errs.push(format!(
+                    "{path}: {} items captured, {} replayed",
+                    e.len(),
+                    r.len()
+                ));
             }
             for (i, (ev, rv)) in e.iter().zip(r).enumerate() {
                 compare(&format!("{path}/{i}"), ev, rv, errs);
@@ -404,6 +407,9 @@ async fn replay(name: &str) {
                 None => errs.push(format!("SrcName {src:?} names no attachment")),
             }
         }
+        if status == 200 {
+            errs.extend(state_after(c, &request, &answer, &s.daemon).await);
+        }
         for e in errs {
             failures.push(format!(
                 "{name}:{} {}: {e}\n    sent {}\n    got {answer}",
@@ -474,6 +480,97 @@ async fn replay(name: &str) {
     assert_eq!(plugged, joined, "{name}: plugged vs joined");
 }
 
+/// What a successful call must have left in the store (and the backend): Docker's view of
+/// the step, whatever the backend chose.
+async fn state_after(c: &Call, request: &Value, answer: &Value, d: &Daemon) -> Vec<String> {
+    let mut errs = Vec::new();
+    let str_of = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let records = d.attacher.staged_records(|_| true).await.expect("records");
+    let endpoint = |ep: &str| {
+        records
+            .iter()
+            .find(|a| a.docker.as_ref().and_then(|x| x.endpoint_id.as_deref()) == Some(ep))
+            .cloned()
+    };
+    let holding = |ip: std::net::IpAddr| {
+        records
+            .iter()
+            .filter(|a| {
+                a.port
+                    .as_ref()
+                    .is_some_and(|p| p.ips.iter().any(|i| i.addr() == ip))
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let ep = str_of(request, "EndpointID");
+    match c.method.as_str() {
+        "IpamDriver.RequestAddress" if !c.is_gateway_request() => {
+            let addr = str_of(answer, "Address");
+            let ip: std::net::IpAddr = match super::parse_ip("address", &addr) {
+                Ok(ip) => ip,
+                Err(e) => return vec![e.to_string()],
+            };
+            let leases = holding(ip);
+            let ok = leases.len() == 1
+                && leases[0].docker.as_ref().is_some_and(|x| x.leased)
+                && leases[0].phase == Phase::Reserved;
+            if !ok {
+                errs.push(format!("{addr} is not one Reserved lease: {leases:?}"));
+            }
+        }
+        "IpamDriver.ReleaseAddress" => {
+            let ip = super::parse_ip("address", &str_of(request, "Address")).expect("address");
+            let pool = str_of(request, "PoolID");
+            let held: Vec<_> = holding(ip)
+                .into_iter()
+                .filter(|a| a.docker.as_ref().is_some_and(|x| x.pool_id == pool))
+                .filter(|a| a.phase != Phase::Detaching)
+                .collect();
+            if !held.is_empty() {
+                errs.push(format!("{ip} is still leased after its release: {held:?}"));
+            }
+        }
+        "NetworkDriver.CreateEndpoint" => match endpoint(&ep) {
+            Some(a) if a.phase == Phase::Ready && a.netns.is_empty() => {}
+            other => errs.push(format!(
+                "endpoint {ep} is not Ready in the host netns: {other:?}"
+            )),
+        },
+        "NetworkDriver.Join" => {
+            let sandbox = str_of(request, "SandboxKey");
+            match endpoint(&ep) {
+                Some(a) if a.netns == sandbox => {}
+                other => errs.push(format!("endpoint {ep} did not join {sandbox}: {other:?}")),
+            }
+        }
+        "NetworkDriver.Leave" => match endpoint(&ep) {
+            Some(a) if a.netns.is_empty() => {}
+            other => errs.push(format!("endpoint {ep} did not leave: {other:?}")),
+        },
+        "NetworkDriver.DeleteEndpoint" => {
+            if let Some(a) = endpoint(&ep) {
+                errs.push(format!("endpoint {ep} still there: {a:?}"));
+            }
+        }
+        "NetworkDriver.CreateNetwork" | "NetworkDriver.DeleteNetwork" => {
+            let id = str_of(request, "NetworkID");
+            let nets = d.attacher.store.docker_networks().await.expect("networks");
+            let known = nets.iter().any(|n| n.network_id == id);
+            if known != c.is("NetworkDriver.CreateNetwork") {
+                errs.push(format!("Docker network {id} recorded: {known}"));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
 #[tokio::test]
 async fn replay_dk_ovn() {
     replay("dk-ovn.jsonl").await;
@@ -539,7 +636,10 @@ fn check_session(name: &str, calls: &[Call]) {
         }
     }
     let first = &calls[0];
-    assert!(first.is("Plugin.Activate") && first.ok(), "{name}: starts with {first:?}");
+    assert!(
+        first.is("Plugin.Activate") && first.ok(),
+        "{name}: starts with {first:?}"
+    );
     assert_eq!(
         first.response,
         json!({ "Implements": ["NetworkDriver", "IpamDriver"] })
