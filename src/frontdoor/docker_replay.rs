@@ -797,3 +797,23 @@ fn substitution_replaces_whole_tokens_only() {
     assert!(s.learn("10.1.2.4/24", "10.1.2.7/24").is_err());
     assert!(s.learn("10.1.2.3", "10.1.2.7/24").is_err(), "not alike");
 }
+
+/// A NetworkID whose 12th byte is inside a character (not what Docker sends, but what a
+/// malformed request may): refused, not a panic of the handler.
+#[tokio::test]
+async fn a_network_id_that_is_not_ascii_is_refused() {
+    let s = session();
+    let body = json!({
+        "NetworkID": "aéééééééééé",
+        "IPv4Data": [{ "AddressSpace": "courier-local", "Gateway": "10.9.0.1/24", "Pool": "10.9.0.0/24" }],
+        "IPv6Data": [],
+        "Options": {},
+    });
+    let (status, _, answer) = send(&s.router, "NetworkDriver.CreateNetwork", body_of(&body)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["Err"].as_str().is_some_and(|e| !e.is_empty()),
+        "{answer}"
+    );
+    assert!(s.backend.network_names().is_empty());
+}
