@@ -10,7 +10,9 @@
 //!   Docker front door's replay tests).
 //!
 //! Steps: after-intent, after-port, after-veth, after-ovs-port, after-plug, after-up,
-//! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, reconcile-before-detach (a forgotten-DEL candidate was picked from the
+//! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, docker-join and
+//! docker-leave (a Join / Leave call arrived), release-after-mark (ReleaseAddress answered, the
+//! port not deleted yet), reconcile-before-detach (a forgotten-DEL candidate was picked from the
 //! unlocked snapshot; the lock is not taken yet).
 
 #[cfg(feature = "test-hooks")]

@@ -892,3 +892,36 @@ fn existing_port_is_bound_and_kept() {
         n.api("DELETE", &format!("/ports/{port}"));
     }
 }
+
+/// A daemon just started serves the plugin socket before its Neutron backend has connected;
+/// Docker does not retry a failed CreateNetwork, so the call waits for the backend.
+#[test]
+fn network_create_right_after_start_waits_for_the_backend() {
+    let t = "network_create_right_after_start_waits_for_the_backend";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let mut env = docker_env("dk-early");
+    env.extend(n.daemon_env());
+    let all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = TestDaemon::launch("dk-early", &all);
+    let (plugin, sock) = plugin_for("dk-early");
+    assert!(
+        eventually(Duration::from_secs(10), || sock.exists()),
+        "{}",
+        d.log()
+    );
+    let mut s = DockerScope::default();
+    let net = unique("dk-early");
+    let id = s.network(
+        &plugin,
+        &net,
+        &["--subnet", "10.238.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    assert_eq!(neutron_networks_named(&n, &courier_name(&id)), 1);
+    docker_ok(&["network", "rm", &net]);
+    s.networks.clear();
+    assert_eq!(neutron_networks_named(&n, &courier_name(&id)), 0);
+    drop(d);
+}

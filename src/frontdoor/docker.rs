@@ -655,7 +655,37 @@ fn one_subnet(
     Ok(Some((pool.trunc(), gw)))
 }
 
+/// How long a network call waits for a backend that is not connected yet (a daemon just
+/// started: Docker does not retry a failed CreateNetwork).
+const BACKEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` again while it answers "try again later", up to [`BACKEND_WAIT`]. Only for calls
+/// that are idempotent as a whole.
+async fn while_backend_comes<F, Fut>(mut f: F) -> Reply
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let deadline = std::time::Instant::now() + BACKEND_WAIT;
+    loop {
+        match f().await {
+            Err(DockerError(e))
+                if e.code() == crate::error::code::TRY_AGAIN_LATER
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "backend not ready; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
+    while_backend_comes(|| create_network_once(d.clone(), body.clone())).await
+}
+
+async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
     let req: CreateNetwork = parse("CreateNetwork", &body)?;
     // Docker's ids are hex; anything else would also cut a character in two below.
     if req.network_id.len() < 12 || !req.network_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -803,6 +833,10 @@ async fn docker_network(d: &Daemon, id: &str) -> Result<Option<DockerNetwork>> {
 }
 
 async fn delete_network(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
+    while_backend_comes(|| delete_network_once(d.clone(), body.clone())).await
+}
+
+async fn delete_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
     let req: NetworkRef = parse("DeleteNetwork", &body)?;
     let Some(net) = docker_network(&d, &req.network_id).await? else {
         return Ok(ok(json!({})));
