@@ -4,6 +4,8 @@
 //! by the name derived from the attachment id otherwise (after a crash before the id was
 //! recorded); every delete checks this host's ownership marks.
 
+#[cfg(test)]
+pub mod fake;
 pub mod lazy;
 pub mod neutron;
 pub mod ovn;

@@ -2,6 +2,8 @@
 //! virtual switch which logical port it is. One implementation per kind of edge, chosen per
 //! attachment (the record names it, through its `EdgeState`); the `Registry` holds them.
 
+#[cfg(test)]
+pub mod fake;
 pub mod veth_ovs;
 
 use async_trait::async_trait;

@@ -687,7 +687,8 @@ async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
 
 async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
     let req: CreateNetwork = parse("CreateNetwork", &body)?;
-    if req.network_id.len() < 12 {
+    // Docker's ids are hex; anything else would also cut a character in two below.
+    if req.network_id.len() < 12 || !req.network_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::InvalidInput(format!(
             "network id {:?} is not a Docker network id",
             req.network_id
