@@ -78,6 +78,14 @@ start() {
     log "dockerd already running (pid $(cat "$PIDFILE"))"
   else
     rm -f "$PIDFILE" "$SOCK"
+    # A dockerd killed with -9 leaves its containerd behind for a while; a new dockerd cannot
+    # start its own beside it ("timeout waiting for containerd to start").
+    local ctrd_pidfile=$D/exec/containerd/containerd.pid j
+    if alive "$ctrd_pidfile"; then
+      log "waiting for the previous dockerd's containerd (pid $(cat "$ctrd_pidfile")) to exit"
+      for j in $(seq 1 100); do alive "$ctrd_pidfile" || break; sleep 0.1; done
+      alive "$ctrd_pidfile" && { log "still running: SIGTERM"; kill -TERM "$(cat "$ctrd_pidfile")"; sleep 1; }
+    fi
     log "starting dockerd (log $LOG)"
     setsid "$DOCKERD" --config-file "$D/daemon.json" \
       --data-root "$D/data" --exec-root "$D/exec" --pidfile "$PIDFILE" -H "unix://$SOCK" \
@@ -85,15 +93,18 @@ start() {
       </dev/null >>"$LOG" 2>&1 &
     launched=$!
   fi
-  local i
-  for i in $(seq 1 300); do
+  # Usually ~2 s; longer when it restores containers (restart policies) whose network plugin
+  # answers slowly or not at all (dockerd retries each plugin call ~15 s before serving its API).
+  local i deadline=$(( $(date +%s) + ${COURIER_DOCKER_START_TIMEOUT:-120} ))
+  for i in $(seq 1 100000); do
     answers && break
     if [ "$i" -gt 5 ] && ! alive "$PIDFILE" && { [ -z "$launched" ] || ! kill -0 "$launched" 2>/dev/null; }; then
       tail -n 30 "$LOG" >&2; die "dockerd exited"
     fi
+    [ "$(date +%s)" -lt "$deadline" ] || break
     sleep 0.1
   done
-  answers || { tail -n 30 "$LOG" >&2; die "dockerd does not answer on $SOCK after 30 s"; }
+  answers || { tail -n 30 "$LOG" >&2; die "dockerd does not answer on $SOCK after ${COURIER_DOCKER_START_TIMEOUT:-120} s"; }
   log "dockerd $("$DOCKER" info --format '{{.ServerVersion}}') answers on unix://$SOCK (pid $(cat "$PIDFILE"))"
   have_image || build_image
   usage_hint
