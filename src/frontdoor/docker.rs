@@ -951,8 +951,9 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         ))
         .into());
     };
-    if endpoint_record(&d, &req.endpoint_id).await?.is_some() {
-        return Ok(ok(json!({ "Interface": {} })));
+    if let Some(att) = endpoint_record(&d, &req.endpoint_id).await? {
+        // A repeat: the same answer as the first time.
+        return Ok(ok(endpoint_reply(&att, &iface, &net)));
     }
     let ip = match iface.address.as_str() {
         "" => None,
@@ -1018,8 +1019,12 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         Ok(a) => a,
         Err(e) => return Err(e.into()),
     };
-    // Docker takes what the driver fills in only where it had nothing.
-    let port = att.port.clone().unwrap_or_else(|| unreachable_port(&att));
+    Ok(ok(endpoint_reply(&att, &iface, &net)))
+}
+
+/// CreateEndpoint's answer: Docker takes what the driver fills in only where it had nothing.
+fn endpoint_reply(att: &Attachment, iface: &EndpointInterface, net: &DockerNetwork) -> Value {
+    let port = att.port.clone().unwrap_or_else(|| unreachable_port(att));
     let mut out = serde_json::Map::new();
     if iface.mac_address.is_empty() {
         out.insert("MacAddress".into(), json!(port.mac));
@@ -1034,7 +1039,7 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
             out.insert("AddressIPv6".into(), json!(a.to_string()));
         }
     }
-    Ok(ok(json!({ "Interface": out })))
+    json!({ "Interface": out })
 }
 
 /// A Ready record always has its port; this only names the impossible case in the reply.
