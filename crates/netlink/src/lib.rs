@@ -19,7 +19,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use nix::sched::CloneFlags;
 
 pub use ethtool::{set_tx_checksum, set_tx_checksum_in_netns, tx_checksum, tx_checksum_in_netns};
-pub use msg::VethSpec;
+pub use msg::{SubKind, SubLinkSpec, VethSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -219,6 +219,29 @@ impl Netlink {
         self.execute(
             msg::veth(spec),
             &format!("creating veth {}/{}", spec.host_name, spec.peer_name),
+        )
+        .await
+    }
+
+    /// Creates a VLAN, macvlan or ipvlan link named `spec.name` on master `master` (a link in
+    /// this netns; `spec.master` is filled in from it), optionally born in another netns.
+    pub async fn create_sub_link(&self, master: &str, spec: &SubLinkSpec) -> Result<(), Error> {
+        if spec.name.is_empty() || spec.name.len() > 15 {
+            return Err(Error::Invalid(format!(
+                "interface name {:?} must be 1 to 15 characters",
+                spec.name
+            )));
+        }
+        if let SubKind::Vlan(id) = spec.kind {
+            if !(1..=4094).contains(&id) {
+                return Err(Error::Invalid(format!("VLAN id {id} is not in 1..=4094")));
+            }
+        }
+        let mut spec = spec.clone();
+        spec.master = self.index(master).await?;
+        self.execute(
+            msg::sub_link(&spec),
+            &format!("creating {:?} link {} on {master}", spec.kind, spec.name),
         )
         .await
     }
