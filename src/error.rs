@@ -35,6 +35,12 @@ pub enum Error {
         port: String,
         network: String,
     },
+    #[error("{resource} is held by attachment {holder}: {what}")]
+    Claimed {
+        resource: String,
+        holder: String,
+        what: String,
+    },
     #[error("OVN Northbound: {context}: {source}")]
     Backend {
         context: String,
@@ -132,6 +138,7 @@ impl Error {
             AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             NotAttached { .. } => code::NOT_ATTACHED,
             AddressInUse { .. } => code::ADDRESS_IN_USE,
+            Claimed { .. } => code::CONFLICT,
             Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => {
                 code::TRY_AGAIN_LATER
             }
@@ -169,7 +176,8 @@ impl Error {
             NetworkExists(_)
             | NetworkInUse { .. }
             | AlreadyAttached { .. }
-            | AddressInUse { .. } => 409,
+            | AddressInUse { .. }
+            | Claimed { .. } => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
             OpenStack { source, .. } if source.is_transient() => 503,

@@ -259,6 +259,26 @@ pub struct Attachment {
     /// Set for attachments made through Docker's libnetwork front door.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerRef>,
+    /// Resources this attachment holds exclusively on this host (`vlan:<parent port>:<tag>`,
+    /// later `vf:<pci address>`): written in the intent's own store transaction, which fails if
+    /// another record holds one, and released with the record (`state.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+}
+
+/// The claim of VLAN `tag` under parent port `parent` (tags are unique per VM port).
+pub fn vlan_claim(parent: &str, tag: u16) -> String {
+    format!("vlan:{parent}:{tag}")
+}
+
+/// The lowest VLAN tag in 1..=4094 that is in neither set: `held` (claims in this host's
+/// store) nor `in_backend` (child ports the backend has under the parent, whoever made them).
+/// None when all 4094 are taken.
+pub fn free_vlan_tag(
+    held: &std::collections::BTreeSet<u16>,
+    in_backend: &std::collections::BTreeSet<u16>,
+) -> Option<u16> {
+    (1..=4094u16).find(|t| !held.contains(t) && !in_backend.contains(t))
 }
 
 /// What Docker knows an attachment by, and where it is in Docker's sequence: RequestAddress
@@ -362,6 +382,7 @@ impl Attachment {
             existing_port: None,
             created_at: unix_now(),
             docker: None,
+            claims: Vec::new(),
         }
     }
 

@@ -120,6 +120,18 @@ pub async fn run(attacher: &Attacher) -> Report {
                         report.record(att.id, r, |r| &mut r.rolled_back);
                     }
                 } else if att.phase == Phase::Ready
+                    && att.docker.is_some()
+                    && att.netns_inode.is_none()
+                    && matches!(
+                        crate::netns::probe(&att.netns),
+                        crate::netns::Probe::Netns(_)
+                    )
+                {
+                    // A sandbox that exists now: learn its identity (Docker makes it after Join).
+                    if let Err(e) = attacher.note_sandbox(&att.id).await {
+                        report.failed(att.id.clone(), &e);
+                    }
+                } else if att.phase == Phase::Ready
                     && crate::staged::sandbox_may_be_coming(&att, attacher.lease_timeout)
                 {
                     // Joined moments ago: Docker is still making the sandbox.

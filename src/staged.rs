@@ -228,6 +228,24 @@ impl Attacher {
         Ok(att)
     }
 
+    /// Records the identity of a joined record's sandbox netns once it exists (Docker creates it
+    /// after Join): from then on a missing or different netns at that path is certainly gone.
+    /// Best effort; nothing to do when not joined, already known, or not there yet.
+    pub async fn note_sandbox(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.lock(id).await;
+        let Some(mut att) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        if att.docker.is_none() || att.netns.is_empty() || att.netns_inode.is_some() {
+            return Ok(());
+        }
+        if let crate::netns::Probe::Netns(inode) = crate::netns::probe(&att.netns) {
+            att.netns_inode = Some(inode);
+            self.store.put(&att).await?;
+        }
+        Ok(())
+    }
+
     /// Docker's Leave: the sandbox is going; the edge stays until DeleteEndpoint.
     pub async fn leave(&self, id: &str) -> Result<()> {
         let _guard = self.locks.lock(id).await;

@@ -24,6 +24,8 @@ use crate::model::{Attachment, DockerNetwork, SCHEMA_VERSION};
 
 const ATTACHMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("attachments");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Exclusive resources (`Attachment::claims`) → the attachment id that holds each.
+const CLAIMS: TableDefinition<&str, &str> = TableDefinition::new("claims");
 /// Docker networks of the libnetwork front door, by Docker's network id (JSON `DockerNetwork`).
 const DOCKER_NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("docker_networks");
 const NEXT_GENERATION: &str = "next_generation";
@@ -127,6 +129,8 @@ impl Store {
             .map_err(|e| store_err("creating table", e))?;
         txn.open_table(DOCKER_NETWORKS)
             .map_err(|e| store_err("creating table", e))?;
+        txn.open_table(CLAIMS)
+            .map_err(|e| store_err("creating table", e))?;
         txn.commit().map_err(|e| store_err("commit", e))?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -157,6 +161,30 @@ impl Store {
                     meta.insert(NEXT_GENERATION, next + 1)
                         .map_err(|e| store_err("writing generation", e))?;
                     rec.generation = next;
+                    // The attachment's exclusive resources, in the same transaction: if one is
+                    // held by another record, nothing is written.
+                    let mut claims = txn.open_table(CLAIMS).map_err(|e| store_err("open", e))?;
+                    for c in &rec.claims {
+                        let holder = claims
+                            .get(c.as_str())
+                            .map_err(|e| store_err("read", e))?
+                            .map(|h| h.value().to_string());
+                        match holder {
+                            Some(h) if h != rec.id => {
+                                return Err(Error::Claimed {
+                                    resource: c.clone(),
+                                    holder: h,
+                                    what: "pick another".into(),
+                                })
+                            }
+                            _ => {
+                                claims
+                                    .insert(c.as_str(), rec.id.as_str())
+                                    .map_err(|e| store_err(&format!("claiming {c}"), e))?;
+                            }
+                        }
+                    }
+                    drop(claims);
                     let bytes = serde_json::to_vec(&rec).map_err(|e| store_err("encoding", e))?;
                     let mut t = txn
                         .open_table(ATTACHMENTS)
@@ -255,7 +283,27 @@ impl Store {
                 let removed = t
                     .remove(id.as_str())
                     .map_err(|e| store_err(&format!("deleting attachment {id}"), e))?;
-                removed.is_some()
+                // Its claims go with it (those still held by it: never another's).
+                let held: Vec<String> = removed
+                    .as_ref()
+                    .and_then(|v| decode_record(&id, v.value()).ok())
+                    .map(|a| a.claims)
+                    .unwrap_or_default();
+                let existed = removed.is_some();
+                drop(removed);
+                let mut claims = txn.open_table(CLAIMS).map_err(|e| store_err("open", e))?;
+                for c in held {
+                    let mine = claims
+                        .get(c.as_str())
+                        .map_err(|e| store_err("read", e))?
+                        .is_some_and(|h| h.value() == id);
+                    if mine {
+                        claims
+                            .remove(c.as_str())
+                            .map_err(|e| store_err(&format!("releasing {c}"), e))?;
+                    }
+                }
+                existed
             };
             txn.commit().map_err(|e| store_err("commit", e))?;
             Ok(existed)
@@ -277,6 +325,28 @@ impl Store {
                     Ok(a) => out.attachments.push(a),
                     Err(u) => out.undecodable.push(u),
                 }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Claims starting with `prefix` (e.g. `vlan:<parent>:`) and who holds each.
+    pub async fn claims(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
+            let t = txn.open_table(CLAIMS).map_err(|e| store_err("open", e))?;
+            let mut out = Vec::new();
+            for item in t
+                .range(prefix.as_str()..)
+                .map_err(|e| store_err("iterate", e))?
+            {
+                let (k, v) = item.map_err(|e| store_err("iterate", e))?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().to_string()));
             }
             Ok(out)
         })
@@ -375,6 +445,65 @@ mod tests {
             host_ifname: crate::model::host_ifname(&id),
         };
         Attachment::new(&req, id, "ovn", edge)
+    }
+
+    /// A claim is taken with the intent, in one transaction: a second record cannot take it, a
+    /// refused create writes nothing, deleting the holder frees it, and it survives a reopen.
+    #[tokio::test]
+    async fn claims_are_exclusive_atomic_with_the_intent_and_freed_with_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut a = att("c1");
+        a.claims = vec![crate::model::vlan_claim("vm1", 1)];
+        s.create(&mut a).await.unwrap();
+        let mut b = att("c2");
+        b.claims = vec![
+            crate::model::vlan_claim("vm1", 2),
+            crate::model::vlan_claim("vm1", 1),
+        ];
+        let e = s.create(&mut b).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Claimed { holder, .. } if *holder == a.id),
+            "{e}"
+        );
+        assert!(
+            s.get(&b.id).await.unwrap().is_none(),
+            "the refused intent was not written"
+        );
+        assert_eq!(
+            s.claims("vlan:vm1:").await.unwrap(),
+            vec![("vlan:vm1:1".to_string(), a.id.clone())],
+            "nor its other claim"
+        );
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.claims("vlan:vm1:").await.unwrap().len(),
+            1,
+            "claims survive a reopen"
+        );
+        assert!(s.claims("vlan:vm2:").await.unwrap().is_empty());
+        assert!(s.delete(&a.id).await.unwrap());
+        assert!(
+            s.claims("vlan:").await.unwrap().is_empty(),
+            "freed with the record"
+        );
+        s.create(&mut b).await.unwrap();
+        assert_eq!(s.claims("vlan:vm1:").await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_lowest_free_tag_skips_store_and_backend_tags_and_runs_out() {
+        use std::collections::BTreeSet;
+        let none = BTreeSet::new();
+        assert_eq!(crate::model::free_vlan_tag(&none, &none), Some(1));
+        let held: BTreeSet<u16> = [1, 2, 4].into();
+        let backend: BTreeSet<u16> = [3, 5].into();
+        assert_eq!(crate::model::free_vlan_tag(&held, &backend), Some(6));
+        let all: BTreeSet<u16> = (1..=4094).collect();
+        assert_eq!(crate::model::free_vlan_tag(&all, &none), None);
+        let most: BTreeSet<u16> = (1..=4093).collect();
+        assert_eq!(crate::model::free_vlan_tag(&most, &none), Some(4094));
     }
 
     #[tokio::test]

@@ -1064,6 +1064,10 @@ async fn endpoint_info(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     let Some(att) = endpoint_record(&d, &req.endpoint_id).await? else {
         return Ok(ok(json!({ "Value": {} })));
     };
+    // Docker asks once the container runs: its sandbox netns exists now; learn its identity.
+    if let Err(e) = d.attacher.note_sandbox(&att.id).await {
+        tracing::warn!(attachment = %att.id, error = %e, "recording the sandbox's identity failed");
+    }
     let port = att.port.clone();
     Ok(ok(json!({ "Value": {
         "attachment": att.id,
