@@ -332,6 +332,7 @@ impl Store {
     }
 
     /// Claims starting with `prefix` (e.g. `vlan:<parent>:`) and who holds each.
+    #[allow(dead_code)] // the nested VLAN binding's tag allocator (issue 13); tests until then
     pub async fn claims(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let prefix = prefix.to_string();
         self.blocking(move |db| {
