@@ -60,6 +60,13 @@ fn ovn_direct_containers_talk_connect_disconnect_and_leave_nothing() {
     let (sent, got) = tcp_between(&c2, &c1, &ip2, 300_000);
     assert_eq!(sent, got, "TCP data crosses intact");
     assert_eq!(counts(&d), (3, 3, 3, 3), "{:?}", owned(&d));
+    // A network with endpoints cannot go (Docker refuses before asking the driver): nothing
+    // changes.
+    let before = owned(&d);
+    let err = docker_err(&["network", "rm", &n1]);
+    assert!(err.contains("active endpoints"), "{err}");
+    assert_eq!(owned(&d), before);
+    assert!(switch_exists(&courier_name(&id1)));
 
     // connect: c1 gets a second interface on n2 and reaches c3 there; disconnect takes it away.
     docker_ok(&["network", "connect", &n2, &c1]);
