@@ -101,8 +101,8 @@ setup_kernel() {
     (cd "$d" && "${APTP[@]}" download "$kpkg" busybox-static >/dev/null 2>&1) || die "apt-get download $kpkg busybox-static failed"
     log "downloaded $kpkg + busybox-static in $(secs "$t")s"
   fi
-  KDEB=$(ls -1 "$d"/linux-image-*-amd64_*.deb | sort -V | tail -1)
-  BDEB=$(ls -1 "$d"/busybox-static_*.deb | sort -V | tail -1)
+  KDEB=$(printf "%s\n" "$d"/linux-image-*-amd64_*.deb | sort -V | tail -1)
+  BDEB=$(printf "%s\n" "$d"/busybox-static_*.deb | sort -V | tail -1)
   KVER=$(dpkg-deb -f "$KDEB" Package | sed 's/^linux-image-//')
   local k="$VM_DIR/kernel-$KVER"
   if [ ! -f "$k/.done" ]; then
@@ -226,11 +226,16 @@ courier_bin() {
   mv "$CBIN.tmp" "$CBIN"; rm -rf "$c"
 }
 
+# Everything cached, under a lock (concurrent runs share $VM_DIR).
 setup() {
   mkdir -p "$VM_DIR/runs"
+  exec 9> "$VM_DIR/setup.lock"
+  flock -w 900 9 || die "timed out waiting for $VM_DIR/setup.lock"
   setup_qemu
   setup_kernel
   setup_initramfs
+  courier_bin
+  flock -u 9; exec 9>&-
 }
 
 # ---------- the VM port on br-int ----------
@@ -251,7 +256,7 @@ unplug() {
 
 # ---------- run ----------
 
-QPID= RUN= PLUGGED=
+QPID='' RUN='' PLUGGED=''
 cleanup() {
   set +e
   if [ -n "$QPID" ]; then kill "$QPID" 2>/dev/null; wait "$QPID" 2>/dev/null; fi
@@ -260,14 +265,13 @@ cleanup() {
 }
 
 run() {
-  [ $# -ge 1 ] && [ -f "$1" ] || { echo "usage: $0 run SCENARIO [ARGS...] (a bash script)" >&2; exit 2; }
+  if [ $# -lt 1 ] || [ ! -f "$1" ]; then echo "usage: $0 run SCENARIO [ARGS...] (a bash script)" >&2; exit 2; fi
   local scenario=$1; shift
-  local t0 t1 tq tready= tend rc= line held= prev=
+  local t0 t1 tq tend line tready='' rc='' held='' prev=''
   t0=$(now)
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   setup
-  courier_bin
   t1=$(now)
 
   # Per-run cpio: the scenario, its arguments and the environment.
@@ -332,7 +336,7 @@ run() {
 
 case "${1:-}" in
   run) shift; run "$@" ;;
-  setup) setup; courier_bin; log "ready: $KERNEL, $BASE, $CBIN" ;;
+  setup) setup; log "ready: $KERNEL, $BASE, $CBIN" ;;
   plug) plug ;;
   unplug) unplug ;;
   *) echo "usage: $0 run SCENARIO [ARGS...] | setup | plug | unplug" >&2; exit 2 ;;
