@@ -267,7 +267,7 @@ cleanup() {
 run() {
   if [ $# -lt 1 ] || [ ! -f "$1" ]; then echo "usage: $0 run SCENARIO [ARGS...] (a bash script)" >&2; exit 2; fi
   local scenario=$1; shift
-  local t0 t1 tq tend line tready='' rc='' held='' prev=''
+  local t0 t1 tq tend line tready='' rc='' held=''
   t0=$(now)
   trap cleanup EXIT
   trap 'exit 130' INT TERM
@@ -309,16 +309,17 @@ run() {
     -netdev user,id=mgmt -device "virtio-net-pci,netdev=mgmt,mac=$MGMT_MAC,romfile=" \
     "${nic[@]}" > "$RUN/qemu.log" 2>&1 < /dev/null &
   QPID=$!
-  # Stream the scenario's output; hold one line back to drop the newline before the marker.
+  # Stream the scenario's output line by line as it comes (a host may act on a scenario's
+  # cue); only an empty line is held back: the one /init writes before the marker is dropped.
   while IFS= read -r line; do
     case $line in
       __VM_READY__*) tready=$(now); continue ;;
-      __VM_EXIT__=*) rc=${line#__VM_EXIT__=}; [ -n "$held" ] && [ -n "$prev" ] && printf '%s\n' "$prev"; held=; break ;;
+      __VM_EXIT__=*) rc=${line#__VM_EXIT__=}; held=; break ;;
     esac
-    [ -n "$held" ] && printf '%s\n' "$prev"
-    prev=$line held=1
+    [ -n "$held" ] && echo
+    if [ -z "$line" ]; then held=1; else held=; printf '%s\n' "$line"; fi
   done < <(tail -s 0.1 -n +1 -f --pid=$QPID "$RUN/output.log")
-  [ -n "$held" ] && printf '%s\n' "$prev"
+  [ -n "$held" ] && echo
   tend=$(now)
   # The guest is disposable (no disk): stop QEMU now rather than wait for its poweroff.
   kill "$QPID" 2>/dev/null || true
