@@ -1,0 +1,432 @@
+//! QEMU guest tests: a stock Debian kernel (with 802.1Q, ipvlan, macvlan, openvswitch — this
+//! host's kernel lacks them) booted under TCG by `tests/vm/guest.sh`, which runs one bash
+//! scenario from `tests/vm/scenarios/` inside the guest. The guest's eth1 is the "VM port": a
+//! host tap on the host's br-int bound to the VM's logical switch port; its eth0 is QEMU user
+//! networking, where the host's 127.0.0.1:PORT is 10.0.2.2:PORT.
+//!
+//! The tests are `#[ignore]`d so that `scripts/test.sh` (cargo test --workspace) does not boot
+//! guests; `scripts/vm-test.sh` runs them (`--include-ignored`), a CI stage of its own. Needs
+//! root, OVN (scripts/ovn.sh), /dev/net/tun, and QEMU ≥ 8 (guest.sh installs QEMU 10 from
+//! bookworm-backports when missing); otherwise the tests are reported skipped.
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `tests/vm/guest.sh`, without the environment `cargo test` gives its tests (CARGO_PKG_*,
+/// CARGO_MANIFEST_DIR, LD_LIBRARY_PATH, ...): with it, the `cargo build` of
+/// scripts/build-static.sh inside guest.sh sees other inputs than one from a shell, and the
+/// two keep rebuilding the static binary from scratch in turn.
+fn guest_cmd() -> Command {
+    let mut cmd = Command::new(repo().join("tests/vm/guest.sh"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k == "LD_LIBRARY_PATH"
+            || k == "RUST_RECURSION_COUNT"
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd
+}
+
+fn scenario(name: &str) -> String {
+    repo()
+        .join("tests/vm/scenarios")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// [`env_ready`], and the guest can be booted: /dev/net/tun for the VM port, and the cached
+/// setup of `guest.sh setup` (QEMU, kernel, initramfs, static courier) succeeds.
+fn guest_ready(test: &str) -> bool {
+    if !env_ready(test) {
+        return false;
+    }
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = READY.get_or_init(|| {
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Err("no /dev/net/tun: cannot make the VM port's tap".into());
+        }
+        let out = guest_cmd()
+            .arg("setup")
+            .output()
+            .map_err(|e| format!("cannot run tests/vm/guest.sh: {e}"))?;
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tests/vm/guest.sh setup failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    match r {
+        Ok(()) => true,
+        Err(reason) => {
+            skip(test, reason);
+            false
+        }
+    }
+}
+
+/// What one guest run printed and returned.
+struct GuestRun {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl GuestRun {
+    fn explain(&self) -> String {
+        let what = match self.code {
+            124 => " (guest timed out)",
+            125 => " (guest never reported a status: boot failure?)",
+            126 => " (host setup failed)",
+            _ => "",
+        };
+        format!(
+            "guest exit {}{what}\n--- guest output:\n{}\n--- harness:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Boots the guest with `scenario ARGS` and `env`; every stdout line is passed to `on_line`
+/// while the guest runs (so the host can act on a scenario's cue).
+fn run_guest(
+    scenario: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    mut on_line: impl FnMut(&str),
+) -> GuestRun {
+    let mut cmd = guest_cmd();
+    cmd.arg("run")
+        .arg(scenario)
+        .args(args)
+        .env("VM_TIMEOUT", "240")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running tests/vm/guest.sh");
+    let stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{l}");
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    });
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("guest| {line}");
+        on_line(&line);
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = child.wait().expect("guest.sh exit");
+    GuestRun {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+fn run_quiet(cmd: &str, args: &[&str]) {
+    let _ = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The test's OVN and host objects, removed on drop (pass or fail): the logical switch (with
+/// its ports), the OVS ports, the tap and the veth. (The netns is a [`Netns`].)
+struct Objects {
+    ls: String,
+    tap: String,
+    veth: String,
+}
+
+impl Objects {
+    fn remove(&self) {
+        run_quiet("ovn-nbctl", &["--if-exists", "ls-del", &self.ls]);
+        for p in [&self.tap, &self.veth] {
+            run_quiet("ovs-vsctl", &["--if-exists", "del-port", "br-int", p]);
+        }
+        run_quiet("ip", &["tuntap", "del", "dev", &self.tap, "mode", "tap"]);
+        run_quiet("ip", &["link", "del", &self.veth]);
+    }
+}
+
+impl Drop for Objects {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Turns TX checksum offload off on a veth end (the userspace datapath forwards partial
+/// checksums as they are; ping does not care, TCP would). Returns false when ethtool is missing.
+fn tx_off(netns: Option<&Netns>, ifname: &str) -> bool {
+    let args = ["ethtool", "-K", ifname, "tx", "off"];
+    match netns {
+        Some(ns) => ns.exec(&args).status.success(),
+        None => Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    }
+}
+
+fn wait_up(lsp: &str) {
+    let up = eventually(Duration::from_secs(15), || {
+        nbctl(&["get", "Logical_Switch_Port", lsp, "up"]).trim() == "true"
+    });
+    assert!(up, "LSP {lsp} never came up");
+}
+
+/// The guest's VM port (eth1: a host tap on br-int with iface-id = the VM's LSP, QEMU
+/// virtio-net with vnet_hdr=off) reaches a host netns bound to another LSP of the same logical
+/// switch: the guest pings it, then the host netns pings the guest back while it still runs.
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_vm_port_reaches_the_logical_switch() {
+    let test = "guest_vm_port_reaches_the_logical_switch";
+    if !guest_ready(test) {
+        return;
+    }
+    let pid = std::process::id();
+    let o = Objects {
+        ls: unique("vm-ls"),
+        tap: format!("vmtap{pid}"),
+        veth: format!("vmh{pid}"),
+    };
+    o.remove(); // leftovers of a crashed run with this pid
+    let (lsp_vm, lsp_host) = (unique("vm-port"), unique("vm-hostport"));
+    let subnet = subnet_for(91);
+    let base = subnet.trim_end_matches(".0/24");
+    let (vm_ip, host_ip) = (format!("{base}.10"), format!("{base}.2"));
+    let (vm_mac, host_mac) = ("02:c0:00:00:5b:0a", "02:c0:00:00:5b:02");
+    let vm_addr = format!("{vm_mac} {vm_ip}");
+    let host_addr = format!("{host_mac} {host_ip}");
+    nbctl(&[
+        "ls-add",
+        &o.ls,
+        "--",
+        "set",
+        "Logical_Switch",
+        &o.ls,
+        &format!("other_config:subnet={subnet}"),
+        "--",
+        "lsp-add",
+        &o.ls,
+        &lsp_vm,
+        "--",
+        "lsp-set-addresses",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-set-port-security",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-add",
+        &o.ls,
+        &lsp_host,
+        "--",
+        "lsp-set-addresses",
+        &lsp_host,
+        &host_addr,
+    ]);
+
+    // The host side: a netns on a veth whose host end is a br-int port bound to lsp_host.
+    let ns = Netns::new("vm-h");
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", &o.veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ],
+    );
+    for args in [
+        vec!["link", "set", "eth0", "address", host_mac],
+        vec!["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["link", "set", "lo", "up"],
+    ] {
+        let mut a = vec!["-n", &ns.name];
+        a.extend(args);
+        sh_ok("ip", &a);
+    }
+    sh_ok("ip", &["link", "set", &o.veth, "up"]);
+    if !(tx_off(None, &o.veth) && tx_off(Some(&ns), "eth0")) {
+        eprintln!(
+            "note: ethtool missing or failed: TX checksum offload left on (ping works regardless)"
+        );
+    }
+    sh_ok(
+        "ovs-vsctl",
+        &[
+            "add-port",
+            "br-int",
+            &o.veth,
+            "--",
+            "set",
+            "Interface",
+            &o.veth,
+            &format!("external_ids:iface-id={lsp_host}"),
+        ],
+    );
+    // The VM port: made before QEMU starts (and kept by us, so guest.sh leaves it in place).
+    let vm_env = vec![
+        ("VM_TAP", o.tap.clone()),
+        ("VM_LSP", lsp_vm.clone()),
+        ("VM_MAC", vm_mac.to_string()),
+        ("VM_IP", vm_ip.clone()),
+        ("VM_PREFIX", "24".to_string()),
+        ("VM_AWAIT_ECHO", "3".to_string()),
+    ];
+    let plug = guest_cmd()
+        .arg("plug")
+        .envs(vm_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("guest.sh plug");
+    assert!(
+        plug.status.success(),
+        "guest.sh plug: {}",
+        String::from_utf8_lossy(&plug.stderr)
+    );
+    wait_up(&lsp_vm);
+    wait_up(&lsp_host);
+    nbctl(&["--wait=hv", "sync"]);
+
+    let mut pinged_back = None;
+    let run = run_guest(scenario("ping.sh").as_str(), &[&host_ip], &vm_env, |line| {
+        if line == "__await_echo__" {
+            let out = ns.exec(&["ping", "-c", "3", "-i", "0.3", "-W", "2", &vm_ip]);
+            pinged_back = Some(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            println!(
+                "host netns -> guest: {}",
+                pinged_back.as_deref().unwrap_or("")
+            );
+        }
+    });
+    assert_eq!(run.code, 0, "{}", run.explain());
+    assert!(
+        run.stdout.contains(", 0% packet loss"),
+        "guest -> host netns ping lost packets:\n{}",
+        run.explain()
+    );
+    let back = pinged_back.expect("the scenario never waited for the host's ping");
+    assert!(
+        back.contains(", 0% packet loss"),
+        "host netns -> guest ping failed:\n{back}"
+    );
+    // The tap is still ours (guest.sh did not remove what it had not made); Objects removes it.
+    assert!(
+        sh("ip", &["link", "show", &o.tap]).status.success(),
+        "tap vanished"
+    );
+}
+
+/// A Connection row for the host's NB at ptcp:6641:127.0.0.1, removed on drop if we made it.
+struct NbTcpListener {
+    made: Option<String>,
+}
+
+const NB_TCP: &str = "ptcp:6641:127.0.0.1";
+
+impl NbTcpListener {
+    fn ensure() -> NbTcpListener {
+        let targets = nbctl(&["--bare", "--columns=target", "list", "Connection"]);
+        let made = if targets.split_whitespace().any(|t| t == NB_TCP) {
+            None
+        } else {
+            // A row of our own, added to NB_Global's set: the existing rows are left as they
+            // are (`ovn-nbctl set-connection` would replace them all).
+            let uuid = nbctl(&[
+                "--",
+                "--id=@c",
+                "create",
+                "Connection",
+                &format!("target=\"{NB_TCP}\""),
+                "--",
+                "add",
+                "NB_Global",
+                ".",
+                "connections",
+                "@c",
+            ]);
+            Some(uuid.trim().to_string())
+        };
+        let l = NbTcpListener { made };
+        let listening = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:6641".parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+        });
+        assert!(listening, "NB does not listen on 127.0.0.1:6641");
+        l
+    }
+}
+
+impl Drop for NbTcpListener {
+    fn drop(&mut self) {
+        if let Some(uuid) = &self.made {
+            // Connection is not a root table: dropping the reference deletes the row.
+            run_quiet(
+                "ovn-nbctl",
+                &["remove", "NB_Global", ".", "connections", uuid],
+            );
+        }
+    }
+}
+
+/// In the guest, the static courier binary runs, and the host's OVN NB answers over TCP at
+/// 10.0.2.2:6641 (QEMU user networking): what Courier running inside a VM will talk to.
+///
+/// Host-wide side effect: the NB gets a TCP listener on 127.0.0.1:6641 for the duration of
+/// the test (a Connection row added beside any existing ones, removed afterwards unless it
+/// was there before).
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_runs_courier_and_reaches_the_nb_over_tcp() {
+    let test = "guest_runs_courier_and_reaches_the_nb_over_tcp";
+    if !guest_ready(test) {
+        return;
+    }
+    let _nb = NbTcpListener::ensure();
+    let run = run_guest(
+        scenario("nb.sh").as_str(),
+        &[],
+        &[("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string())],
+        |_| {},
+    );
+    assert_eq!(run.code, 0, "{}", run.explain());
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("courier ")),
+        "courier --version did not run in the guest:\n{}",
+        run.explain()
+    );
+    assert!(run.stdout.contains("NB answers"), "{}", run.explain());
+}
