@@ -297,8 +297,18 @@ impl TestDaemon {
             .expect("running courier CLI")
     }
 
+    /// `network create NAME --subnet SUBNET`. The daemon's backends connect in the background,
+    /// so a "try again later" right after start is retried (for up to 10 s).
     pub fn create_network(&self, name: &str, subnet: &str) {
-        let out = self.cli(&["network", "create", name, "--subnet", subnet]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = self.cli(&["network", "create", name, "--subnet", subnet]);
+        while !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("try again later")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            out = self.cli(&["network", "create", name, "--subnet", subnet]);
+        }
         assert!(
             out.status.success(),
             "network create: {}",
