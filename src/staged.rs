@@ -251,6 +251,30 @@ impl Attacher {
         Ok(())
     }
 
+    /// After Join: waits (in the background, up to the lease timeout) for Docker to create the
+    /// sandbox netns, and records its identity as soon as it exists — so a container removed
+    /// while Courier is down is certainly gone at the next start, however soon.
+    pub fn watch_sandbox(self: &Arc<Self>, id: &str) {
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + this.lease_timeout;
+            while tokio::time::Instant::now() < deadline {
+                match this.store.get(&id).await {
+                    Ok(Some(a)) if a.netns_inode.is_none() && !a.netns.is_empty() => {
+                        if matches!(crate::netns::probe(&a.netns), crate::netns::Probe::Netns(_)) {
+                            if let Err(e) = this.note_sandbox(&id).await {
+                                tracing::warn!(attachment = %id, error = %e, "recording the sandbox's identity failed");
+                            }
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     /// Docker's Leave: the sandbox is going; the edge stays until DeleteEndpoint.
     pub async fn leave(&self, id: &str) -> Result<()> {
         let _guard = self.locks.lock(id).await;

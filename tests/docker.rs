@@ -715,6 +715,15 @@ fn courier_down_during_docker_rm_is_reconciled() {
     let (c1, c2) = (unique("dk-down1"), unique("dk-down2"));
     s.run_ok(&c1, &["--network", &net]);
     s.run_ok(&c2, &["--network", &net]);
+    // Courier learns each sandbox's identity once Docker has made it (after Join).
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .store()
+            .iter()
+            .all(|a| a["netns_inode"].is_u64())),
+        "{:?}",
+        d.store()
+    );
     d.kill9();
     // Docker retries each call for a while, then removes the container anyway.
     let t0 = std::time::Instant::now();

@@ -1114,6 +1114,7 @@ async fn join(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
             ))
         })?;
     let att = d.attacher.join(&att.id, &req.sandbox_key).await?;
+    d.attacher.watch_sandbox(&att.id);
     let binding = d.attacher.registry.binding(Some(att.edge.kind()))?;
     let port = att.port.clone().unwrap_or_else(|| unreachable_port(&att));
     let gw4 = port.gateways.iter().find(|g| g.is_ipv4());
