@@ -304,7 +304,8 @@ impl Config {
         }
         if self.bindings.is_empty() {
             return Err(Error::InvalidInput(
-                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan".into(),
+                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan"
+                    .into(),
             ));
         }
         for b in &self.bindings {
@@ -444,6 +445,31 @@ mod tests {
             "the password is never printed"
         );
         assert!(toml::from_str::<Config>("[neutron.auth]\nusernme = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn bindings_are_checked() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.bindings, vec!["veth-ovs".to_string()]);
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "macvlan".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[nested] master"), "{e}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "COURIER_BINDINGS" => Some("macvlan, veth-ovs".into()),
+            "COURIER_NESTED_MASTER" => Some("eth0".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.bindings, vec!["macvlan".to_string(), "veth-ovs".into()]);
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "vxlan".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("veth-ovs, macvlan"), "{e}");
     }
 
     #[test]

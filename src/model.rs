@@ -364,6 +364,7 @@ pub enum EdgeState {
     VethOvs { host_ifname: String },
     /// A macvlan (bridge mode) of the VM's interface `master`, with its own MAC `mac`, in the
     /// container netns; its address is a pair on the VM's port (`Attachment::pairs`).
+    #[serde(rename = "macvlan")]
     MacVlan { master: String, mac: String },
 }
 

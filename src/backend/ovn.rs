@@ -552,14 +552,19 @@ impl Backend for OvnBackend {
                         .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
                         .collect();
                     if !q.ips.is_empty() {
-                        return q.ips.iter().any(|ip| words.iter().any(|w| w.parse::<IpAddr>().ok() == Some(*ip)));
+                        return q
+                            .ips
+                            .iter()
+                            .any(|ip| words.iter().any(|w| w.parse::<IpAddr>().ok() == Some(*ip)));
                     }
-                    q.mac.as_ref().is_some_and(|m| words.iter().any(|w| w.eq_ignore_ascii_case(m)))
+                    q.mac
+                        .as_ref()
+                        .is_some_and(|m| words.iter().any(|w| w.eq_ignore_ascii_case(m)))
                 })
                 // A parent is a VM's own port, not a child or a port Courier made.
                 .filter(|(_, r)| {
                     ovsdb::get_str(r, "parent_name").is_none()
-                        && ovsdb::get_map(r, "external_ids").get(marks::OWNER).is_none()
+                        && !ovsdb::get_map(r, "external_ids").contains_key(marks::OWNER)
                 })
                 .filter_map(|(_, r)| ovsdb::get_str(r, "name").map(String::from))
                 .collect()
@@ -576,7 +581,11 @@ impl Backend for OvnBackend {
         }
     }
 
-    async fn add_address_pair(&self, parent: &str, pair: &crate::backend::AddressPair) -> Result<()> {
+    async fn add_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
         if self.mutate_pair(parent, pair, "insert").await? == 0 {
             return Err(Error::BackendState(format!(
                 "the VM's port {parent} does not exist in OVN any more"
@@ -585,7 +594,11 @@ impl Backend for OvnBackend {
         Ok(())
     }
 
-    async fn remove_address_pair(&self, parent: &str, pair: &crate::backend::AddressPair) -> Result<()> {
+    async fn remove_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
         self.mutate_pair(parent, pair, "delete").await.map(|_| ())
     }
 }
@@ -598,7 +611,12 @@ pub fn pair_entry(pair: &crate::backend::AddressPair) -> String {
 impl OvnBackend {
     /// One mutate of the parent LSP's `addresses` and `port_security` (insert or delete of one
     /// element): atomic in the NB DB, so concurrent attaches on one VM port never lose a pair.
-    async fn mutate_pair(&self, parent: &str, pair: &crate::backend::AddressPair, mutator: &str) -> Result<usize> {
+    async fn mutate_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+        mutator: &str,
+    ) -> Result<usize> {
         let entry = json!(pair_entry(pair));
         let ops = vec![Op::mutate(
             LSP,

@@ -145,7 +145,10 @@ impl EdgeBinding for MacVlan {
         if ns
             .link(&att.ifname)
             .await
-            .map_err(nl_err(format!("looking up {} in {}", att.ifname, att.netns)))?
+            .map_err(nl_err(format!(
+                "looking up {} in {}",
+                att.ifname, att.netns
+            )))?
             .is_some()
         {
             return Err(Error::InvalidInput(format!(
@@ -181,7 +184,10 @@ impl EdgeBinding for MacVlan {
                     },
                 )
                 .await
-                .map_err(nl_err(format!("creating macvlan {name} on {}", self.master)));
+                .map_err(nl_err(format!(
+                    "creating macvlan {name} on {}",
+                    self.master
+                )));
         }
         let netns_file = std::fs::File::open(&att.netns)
             .map_err(|e| Error::InvalidEnv(format!("network namespace {}: {e}", att.netns)))?;
@@ -215,7 +221,10 @@ impl EdgeBinding for MacVlan {
             routes: port.routes.iter().map(|r| (r.dst, r.gw)).collect(),
         })
         .await
-        .map_err(nl_err(format!("configuring {} in {}", att.ifname, att.netns)))
+        .map_err(nl_err(format!(
+            "configuring {} in {}",
+            att.ifname, att.netns
+        )))
     }
 
     async fn wait_ready(&self, _att: &Attachment, _timeout: std::time::Duration) -> Result<()> {
@@ -245,7 +254,10 @@ impl EdgeBinding for MacVlan {
                         .is_some_and(|m| link.mac == Some(m));
                     if ours {
                         if let Err(e) = ns.delete_link(&att.ifname).await {
-                            errors.push(nl_err(format!("deleting {} in {}", att.ifname, att.netns))(e));
+                            errors
+                                .push(nl_err(format!("deleting {} in {}", att.ifname, att.netns))(
+                                    e,
+                                ));
                         }
                     }
                 }
