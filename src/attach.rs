@@ -187,8 +187,10 @@ impl Attacher {
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
-        // 3. Logical attachment: the backend creates the port and assigns its addresses.
+        // 3. Logical attachment: the backend creates the port and assigns its addresses (and,
+        // for a nested binding, allows them on the VM's port).
         self.create_port(att, backend, network).await?;
+        self.add_pairs(att, backend, binding).await?;
         let port_ms = ms(t0);
         let t1 = std::time::Instant::now();
         // 4–5. Edge binding, and the wait until the data plane forwards for it.
@@ -237,6 +239,40 @@ impl Attacher {
         Ok(())
     }
 
+    /// Nested bindings: the port's addresses allowed on the VM's port too, each pair recorded
+    /// durably before it is added (rollback removes exactly those).
+    pub(crate) async fn add_pairs(
+        &self,
+        att: &mut Attachment,
+        backend: &dyn Backend,
+        binding: &dyn EdgeBinding,
+    ) -> Result<()> {
+        let Some(plan) = binding.pair_plan(att, backend).await? else {
+            return Ok(());
+        };
+        let ips: Vec<_> = att
+            .port
+            .as_ref()
+            .map(|p| p.ips.iter().map(|i| i.addr()).collect())
+            .unwrap_or_default();
+        att.pairs = ips
+            .into_iter()
+            .map(|ip| crate::model::PairRecord {
+                parent: plan.parent.clone(),
+                pair: crate::backend::AddressPair {
+                    mac: plan.mac.clone(),
+                    ip,
+                },
+            })
+            .collect();
+        self.store.put(att).await?;
+        for p in &att.pairs {
+            backend.add_address_pair(&p.parent, &p.pair).await?;
+        }
+        hooks::point("after-pair").await;
+        Ok(())
+    }
+
     /// The edge: interface made and bound to the port (`Plugged`), then the wait until the data
     /// plane forwards for it (OVS: ovn-controller set ovn-installed). With `refresh_up`, the
     /// backend's own "up" is read again for the result (a round trip for a remote backend).
@@ -282,6 +318,19 @@ impl Attacher {
             Err(e) => vec![e],
         };
         hooks::point("detach-after-unplug").await;
+        // Pairs it put on a VM's port go before its port does.
+        if !att.pairs.is_empty() {
+            match self.registry.backend(&att.backend) {
+                Ok(b) => {
+                    for p in &att.pairs {
+                        if let Err(e) = b.remove_address_pair(&p.parent, &p.pair).await {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         // A port Courier made is deleted; an existing port it bound is given back as it was.
         let deleted = match (self.registry.backend(&att.backend), &att.existing_port) {
             (Ok(b), Some(existing)) => {

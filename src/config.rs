@@ -26,6 +26,21 @@ pub struct Config {
     pub ovn: OvnConfig,
     pub neutron: NeutronConfig,
     pub docker: DockerConfig,
+    /// The edge bindings this host offers; the first is the default. "veth-ovs" (needs the
+    /// local Open_vSwitch DB), "macvlan" (nested in a VM: needs `[nested] master`).
+    pub bindings: Vec<String>,
+    pub nested: NestedConfig,
+}
+
+/// Containers nested in the VM Courier runs in.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NestedConfig {
+    /// The VM's interface on its logical port (e.g. "eth0").
+    pub master: String,
+    /// The VM's port in the backend (OVN: its LSP name; Neutron: its id). Unset: found by the
+    /// master's IP, then its MAC.
+    pub parent_port: Option<String>,
 }
 
 /// Docker's libnetwork remote NetworkDriver + IpamDriver (the `docker` front door).
@@ -115,6 +130,8 @@ impl Default for Config {
             ovn: OvnConfig::default(),
             neutron: NeutronConfig::default(),
             docker: DockerConfig::default(),
+            bindings: vec!["veth-ovs".into()],
+            nested: NestedConfig::default(),
         }
     }
 }
@@ -169,7 +186,8 @@ impl Config {
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
     /// COURIER_NEUTRON_HOST_ID, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
-    /// COURIER_DOCKER_LEASE_TIMEOUT_SECS.
+    /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER,
+    /// COURIER_NESTED_PARENT_PORT.
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -231,6 +249,19 @@ impl Config {
         if let Some(v) = get("COURIER_DOCKER_SCOPE") {
             self.docker.scope = v;
         }
+        if let Some(v) = get("COURIER_BINDINGS") {
+            self.bindings = v
+                .split(',')
+                .map(|b| b.trim().to_string())
+                .filter(|b| !b.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("COURIER_NESTED_MASTER") {
+            self.nested.master = v;
+        }
+        if let Some(v) = get("COURIER_NESTED_PARENT_PORT") {
+            self.nested.parent_port = Some(v);
+        }
         if let Some(v) = get("COURIER_DOCKER_LEASE_TIMEOUT_SECS") {
             self.docker.lease_timeout_secs = parse_num("COURIER_DOCKER_LEASE_TIMEOUT_SECS", &v)?;
         }
@@ -270,6 +301,24 @@ impl Config {
                 self.default_backend,
                 enabled.join(", ")
             )));
+        }
+        if self.bindings.is_empty() {
+            return Err(Error::InvalidInput(
+                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan"
+                    .into(),
+            ));
+        }
+        for b in &self.bindings {
+            if !matches!(b.as_str(), "veth-ovs" | "macvlan") {
+                return Err(Error::InvalidInput(format!(
+                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan"
+                )));
+            }
+        }
+        if self.bindings.iter().any(|b| b == "macvlan") && self.nested.master.is_empty() {
+            return Err(Error::InvalidInput(
+                "binding macvlan needs [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
+            ));
         }
         if !matches!(self.docker.scope.as_str(), "local" | "global") {
             return Err(Error::InvalidInput(format!(
@@ -396,6 +445,31 @@ mod tests {
             "the password is never printed"
         );
         assert!(toml::from_str::<Config>("[neutron.auth]\nusernme = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn bindings_are_checked() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.bindings, vec!["veth-ovs".to_string()]);
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "macvlan".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[nested] master"), "{e}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "COURIER_BINDINGS" => Some("macvlan, veth-ovs".into()),
+            "COURIER_NESTED_MASTER" => Some("eth0".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.bindings, vec!["macvlan".to_string(), "veth-ovs".into()]);
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "vxlan".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("veth-ovs, macvlan"), "{e}");
     }
 
     #[test]

@@ -123,31 +123,51 @@ pub async fn run(config: Config) -> Result<()> {
         .iter()
         .map(|l| l.clone() as Arc<dyn Backend>)
         .collect();
-    // The edge needs the local OVS DB whatever the backend: wait for it (boot order).
-    let vswitch = Arc::new(
-        retry_until_up("local Open_vSwitch DB", || {
-            Vswitch::connect(
-                &config.ovn.ovs_remote,
-                &config.ovn.bridge,
-                &config.host,
-                config.ovn.ovsdb_options(),
-            )
-        })
-        .await?,
-    );
     let host_netlink = Arc::new(
         Netlink::host().map_err(|e| Error::netlink("opening rtnetlink in the host netns", e))?,
     );
-    let binding = Arc::new(VethOvs::new(
-        host_netlink.clone(),
-        vswitch.clone(),
-        config.ovn.mtu,
-        &config.host,
-        &config.ovn.controller_ctl,
-    ));
+    // The bindings this host offers, in config order (the first is the default). Only
+    // veth-ovs needs the local OVS DB: wait for it then (boot order); a VM running nested
+    // bindings only has none.
+    let mut bindings: Vec<Arc<dyn crate::binding::EdgeBinding>> = Vec::new();
+    for kind in &config.bindings {
+        match kind.as_str() {
+            "veth-ovs" => {
+                let vswitch = Arc::new(
+                    retry_until_up("local Open_vSwitch DB", || {
+                        Vswitch::connect(
+                            &config.ovn.ovs_remote,
+                            &config.ovn.bridge,
+                            &config.host,
+                            config.ovn.ovsdb_options(),
+                        )
+                    })
+                    .await?,
+                );
+                bindings.push(Arc::new(VethOvs::new(
+                    host_netlink.clone(),
+                    vswitch,
+                    config.ovn.mtu,
+                    &config.host,
+                    &config.ovn.controller_ctl,
+                )));
+            }
+            "macvlan" => bindings.push(Arc::new(crate::binding::macvlan::MacVlan::new(
+                host_netlink.clone(),
+                &config.nested.master,
+                config.nested.parent_port.clone(),
+                config.ovn.mtu,
+            ))),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "binding {other:?} is not one Courier has"
+                )))
+            }
+        }
+    }
     let registry = Arc::new(Registry::new(
         backends,
-        vec![binding],
+        bindings,
         Some(&config.default_backend),
     ));
     let mut attacher = Attacher::new(store, registry, config.ovn.port_up_timeout(), &config.host);

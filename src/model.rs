@@ -264,6 +264,26 @@ pub struct Attachment {
     /// another record holds one, and released with the record (`state.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<String>,
+    /// Address pairs this attachment put on its VM's port (nested macvlan/ipvlan), recorded
+    /// before they are added, so rollback removes exactly these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairRecord>,
+}
+
+/// One address pair on a parent (VM) port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairRecord {
+    pub parent: String,
+    pub pair: crate::backend::AddressPair,
+}
+
+/// A locally administered unicast MAC derived from an attachment id (12 hex digits), so a
+/// crash before it is recorded still leaves a findable MAC.
+pub fn derived_mac(id: &str) -> String {
+    let hex: Vec<&str> = (0..5)
+        .map(|i| id.get(i * 2..i * 2 + 2).unwrap_or("00"))
+        .collect();
+    format!("0a:{}", hex.join(":"))
 }
 
 /// The claim of VLAN `tag` under parent port `parent` (tags are unique per VM port).
@@ -342,6 +362,10 @@ pub fn unix_now() -> u64 {
 pub enum EdgeState {
     /// A veth pair whose host end `host_ifname` is a port of that name on the OVS bridge.
     VethOvs { host_ifname: String },
+    /// A macvlan (bridge mode) of the VM's interface `master`, with its own MAC `mac`, in the
+    /// container netns; its address is a pair on the VM's port (`Attachment::pairs`).
+    #[serde(rename = "macvlan")]
+    MacVlan { master: String, mac: String },
 }
 
 impl EdgeState {
@@ -349,6 +373,7 @@ impl EdgeState {
     pub fn kind(&self) -> &'static str {
         match self {
             EdgeState::VethOvs { .. } => "veth-ovs",
+            EdgeState::MacVlan { .. } => "macvlan",
         }
     }
 
@@ -356,6 +381,7 @@ impl EdgeState {
     pub fn host_ifname(&self) -> Option<&str> {
         match self {
             EdgeState::VethOvs { host_ifname } => Some(host_ifname),
+            EdgeState::MacVlan { .. } => None,
         }
     }
 }
@@ -386,6 +412,7 @@ impl Attachment {
             created_at: unix_now(),
             docker: None,
             claims: Vec::new(),
+            pairs: Vec::new(),
         }
     }
 

@@ -86,7 +86,12 @@ impl Attacher {
         }
         self.store.create(&mut att).await?;
         hooks::point("after-intent").await;
-        if let Err(e) = self.create_port(&mut att, &*backend, &network).await {
+        let made = async {
+            self.create_port(&mut att, &*backend, &network).await?;
+            self.add_pairs(&mut att, &*backend, &*binding).await
+        }
+        .await;
+        if let Err(e) = made {
             tracing::warn!(attachment = %att.id, error = %e, "reserving an address failed; rolling back");
             if let Err(re) = self.roll_back(&att).await {
                 tracing::error!(attachment = %att.id, error = %re, "rollback incomplete; the record is kept and reconcile will retry");

@@ -134,4 +134,13 @@ impl Backend for Lazy {
     async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
         self.get()?.release_port(port, owner).await
     }
+    async fn parent_port(&self, q: &super::ParentQuery) -> Result<String> {
+        self.get()?.parent_port(q).await
+    }
+    async fn add_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
+        self.get()?.add_address_pair(parent, pair).await
+    }
+    async fn remove_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
+        self.get()?.remove_address_pair(parent, pair).await
+    }
 }

@@ -61,6 +61,23 @@ pub enum PortQuery {
     },
 }
 
+/// How to find the port of the VM Courier runs in (the parent of nested containers' ports and
+/// addresses): by its backend id, else by the master interface's IP, else by its MAC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParentQuery {
+    pub id: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub mac: Option<String>,
+}
+
+/// An address a nested container uses on its VM's port (`allowed address pair` in Neutron's
+/// words): its MAC (macvlan: its own; ipvlan: the VM's) and IP.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddressPair {
+    pub mac: String,
+    pub ip: IpAddr,
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The backend's id in records and configuration ("ovn", "neutron").
@@ -106,6 +123,32 @@ pub trait Backend: Send + Sync {
             "backend {} cannot claim port {}",
             self.id(),
             port.id
+        )))
+    }
+    /// The VM's port: its backend id (what address pairs go on). None matching or several is an
+    /// error that says which and what to set.
+    async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
+        let _ = q;
+        Err(crate::error::Error::InvalidInput(format!(
+            "backend {} has no nested bindings yet",
+            self.id()
+        )))
+    }
+    /// Adds `pair` to port `parent`'s allowed addresses, atomically with respect to every other
+    /// change of them (no pair is ever lost to a concurrent one). Idempotent.
+    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let _ = (parent, pair);
+        Err(crate::error::Error::InvalidInput(format!(
+            "backend {} has no nested bindings yet",
+            self.id()
+        )))
+    }
+    /// Removes exactly `pair` from port `parent`; Ok when it is not there (or the port is gone).
+    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let _ = (parent, pair);
+        Err(crate::error::Error::InvalidInput(format!(
+            "backend {} has no nested bindings yet",
+            self.id()
         )))
     }
     /// Gives a port claimed for `owner` back as it was (`port`); never deletes it. Ok(false) if

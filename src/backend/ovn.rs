@@ -537,9 +537,106 @@ impl Backend for OvnBackend {
             PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } => Ok(vec![]),
         }
     }
+
+    async fn parent_port(&self, q: &crate::backend::ParentQuery) -> Result<String> {
+        let found: Vec<String> = self.cache.view(|v| {
+            v.rows(LSP)
+                .filter(|(_, r)| {
+                    let name = ovsdb::get_str(r, "name").unwrap_or("");
+                    if let Some(id) = &q.id {
+                        return name == id;
+                    }
+                    let words: Vec<String> = ovsdb::get_str_set(r, "addresses")
+                        .into_iter()
+                        .chain(ovsdb::get_str(r, "dynamic_addresses").map(String::from))
+                        .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                        .collect();
+                    if !q.ips.is_empty() {
+                        return q
+                            .ips
+                            .iter()
+                            .any(|ip| words.iter().any(|w| w.parse::<IpAddr>().ok() == Some(*ip)));
+                    }
+                    q.mac
+                        .as_ref()
+                        .is_some_and(|m| words.iter().any(|w| w.eq_ignore_ascii_case(m)))
+                })
+                // A parent is a VM's own port, not a child or a port Courier made.
+                .filter(|(_, r)| {
+                    ovsdb::get_str(r, "parent_name").is_none()
+                        && !ovsdb::get_map(r, "external_ids").contains_key(marks::OWNER)
+                })
+                .filter_map(|(_, r)| ovsdb::get_str(r, "name").map(String::from))
+                .collect()
+        });
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::InvalidInput(format!(
+                "no OVN logical switch port matches the VM's port ({q:?}): set [nested] parent_port to its name"
+            ))),
+            many => Err(Error::InvalidInput(format!(
+                "several OVN logical switch ports match the VM's port ({q:?}): {}; set [nested] parent_port to one",
+                many.join(", ")
+            ))),
+        }
+    }
+
+    async fn add_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
+        if self.mutate_pair(parent, pair, "insert").await? == 0 {
+            return Err(Error::BackendState(format!(
+                "the VM's port {parent} does not exist in OVN any more"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn remove_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
+        self.mutate_pair(parent, pair, "delete").await.map(|_| ())
+    }
+}
+
+/// The `addresses` / `port_security` entry of a nested container's address on its VM's port.
+pub fn pair_entry(pair: &crate::backend::AddressPair) -> String {
+    format!("{} {}", pair.mac.to_ascii_lowercase(), pair.ip)
 }
 
 impl OvnBackend {
+    /// One mutate of the parent LSP's `addresses` and `port_security` (insert or delete of one
+    /// element): atomic in the NB DB, so concurrent attaches on one VM port never lose a pair.
+    async fn mutate_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+        mutator: &str,
+    ) -> Result<usize> {
+        let entry = json!(pair_entry(pair));
+        let ops = vec![Op::mutate(
+            LSP,
+            vec![Condition::eq("name", json!(parent))],
+            vec![
+                Mutation::new("addresses", mutator, ovsdb::set([entry.clone()])),
+                Mutation::new("port_security", mutator, ovsdb::set([entry])),
+            ],
+        )];
+        let res = self
+            .nb
+            .transact(DB, ops)
+            .await
+            .map_err(nb_err(format!("changing the address pairs of {parent}")))?;
+        Ok(match res.first() {
+            Some(OpResult::Count(n)) => *n as usize,
+            _ => 0,
+        })
+    }
+
     async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {
         let network = req.network.name.as_str();
         if !req.security_groups.is_empty() {

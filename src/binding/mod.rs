@@ -4,12 +4,22 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod macvlan;
 pub mod veth_ovs;
 
 use async_trait::async_trait;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{Attachment, EdgeState, LogicalPort};
+
+/// Where a binding's container addresses go besides its own port: nested macvlan/ipvlan put
+/// them on the VM's port as address pairs, with this MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairPlan {
+    pub parent: String,
+    pub mac: String,
+}
 
 /// Something a binding made on this host, found without the store: the leak sweep removes it
 /// when no record references `attachment`.
@@ -38,6 +48,12 @@ pub trait EdgeBinding: Send + Sync {
     /// Ok when this host can plug and ready edges of this kind now (CNI STATUS): for veth-ovs,
     /// the local Open_vSwitch DB answers, the bridge exists and ovn-controller is connected.
     async fn health(&self) -> Result<()>;
+    /// Whether the port's addresses must also be allowed on a parent port (nested bindings):
+    /// asked after the port exists, before the edge is plugged. Default: no.
+    async fn pair_plan(&self, att: &Attachment, backend: &dyn Backend) -> Result<Option<PairPlan>> {
+        let _ = (att, backend);
+        Ok(None)
+    }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
     /// Creates the interface in the container netns with the port's MAC/IPs/routes and binds it

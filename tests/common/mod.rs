@@ -111,6 +111,8 @@ pub struct TestDaemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// Run inside this named netns (`ip netns exec`), e.g. the "VM" of nested tests.
+    netns: Option<String>,
 }
 
 impl TestDaemon {
@@ -128,8 +130,26 @@ impl TestDaemon {
             socket: dir.join("courier.sock"),
             dir,
             child: None,
+            netns: None,
         };
         d.spawn_only(env);
+        d
+    }
+
+    /// A daemon running inside named netns `netns` (the "VM" of the nested tests: the API
+    /// socket is a file, so the host reaches it as usual).
+    pub fn start_in_netns(name: &str, netns: &str, env: &[(&str, &str)]) -> TestDaemon {
+        let dir = std::env::temp_dir().join(format!("courier-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut d = TestDaemon {
+            name: name.to_string(),
+            socket: dir.join("courier.sock"),
+            dir,
+            child: None,
+            netns: Some(netns.to_string()),
+        };
+        d.spawn(env);
         d
     }
 
@@ -150,7 +170,14 @@ impl TestDaemon {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("daemon")
             .env("COURIER_SOCKET", &self.socket)
             .env("COURIER_STATE_DIR", self.dir.join("state"))

@@ -1,0 +1,291 @@
+//! Containers nested in a VM, on this host's kernel (it has macvlan): the "VM" is a netns whose
+//! eth0 is a veth on the real br-int with `iface-id` = the VM's logical switch port, and Courier
+//! runs inside it with the macvlan binding and no OVS DB of its own (the VM runs no OVS). The
+//! container's address is an address pair on the VM's port (OVN direct: one NB mutate).
+mod common;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A netns with one interface `eth0` on the logical switch: a veth whose host end is a br-int
+/// port bound to LSP `lsp` (static "MAC IP"); returns the netns. The LSP is made here.
+struct Plugged {
+    ns: Netns,
+    lsp: String,
+    host_if: String,
+}
+
+impl Plugged {
+    fn new(prefix: &str, switch: &str, lsp: &str, mac: &str, ip: &str, prefix_len: u8) -> Plugged {
+        let ns = Netns::new(prefix);
+        let host_if = format!("nh{}", &lsp[lsp.len().saturating_sub(10)..]);
+        let _ = sh("ip", &["link", "del", &host_if]);
+        let entry = format!("{mac} {ip}");
+        nbctl(&["lsp-add", switch, lsp]);
+        nbctl(&["lsp-set-addresses", lsp, &entry]);
+        nbctl(&["lsp-set-port-security", lsp, &entry]);
+        sh_ok(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ],
+        );
+        let _ = sh("ethtool", &["-K", &host_if, "tx", "off"]);
+        sh_ok("ip", &["link", "set", &host_if, "up"]);
+        sh_ok(
+            "ovs-vsctl",
+            &[
+                "add-port",
+                "br-int",
+                &host_if,
+                "--",
+                "set",
+                "Interface",
+                &host_if,
+                &format!("external_ids:iface-id={lsp}"),
+            ],
+        );
+        ns.exec(&["ip", "link", "set", "eth0", "address", mac]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/{prefix_len}"),
+            "dev",
+            "eth0",
+        ]);
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        let _ = ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        assert!(
+            eventually(Duration::from_secs(10), || nbctl(&[
+                "get",
+                "Logical_Switch_Port",
+                lsp,
+                "up"
+            ])
+            .trim()
+                == "true"),
+            "{lsp} did not come up"
+        );
+        Plugged {
+            ns,
+            lsp: lsp.to_string(),
+            host_if,
+        }
+    }
+}
+
+impl Drop for Plugged {
+    fn drop(&mut self) {
+        let _ = sh(
+            "ovs-vsctl",
+            &["--if-exists", "del-port", "br-int", &self.host_if],
+        );
+        let _ = sh("ip", &["link", "del", &self.host_if]);
+        let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.lsp]);
+    }
+}
+
+fn port_security(lsp: &str) -> String {
+    nbctl(&["get", "Logical_Switch_Port", lsp, "port_security"])
+}
+
+fn addresses(lsp: &str) -> String {
+    nbctl(&["get", "Logical_Switch_Port", lsp, "addresses"])
+}
+
+fn attach(d: &TestDaemon, container: &str, netns: &str, network: &str) -> (u16, Value) {
+    d.api(
+        "POST",
+        "/v1/attachments",
+        Some(
+            json!({"container_id": container, "ifname": "eth0", "netns": netns,
+                    "network": network, "binding": "macvlan"}),
+        ),
+    )
+}
+
+fn detach(d: &TestDaemon, container: &str) -> (u16, Value) {
+    d.api(
+        "POST",
+        "/v1/attachments/detach",
+        Some(json!({"container_id": container, "ifname": "eth0"})),
+    )
+}
+
+#[test]
+fn nested_macvlan_on_ovn_direct_reaches_the_switch_through_the_vms_port() {
+    let t = "nested_macvlan_on_ovn_direct_reaches_the_switch_through_the_vms_port";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("nest");
+    let subnet = subnet_for(60);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    // The network is made through a host daemon (any Courier network will do).
+    let host = TestDaemon::start("nest-host");
+    host.create_network(&net, &subnet);
+    let vm_mac = format!("0a:00:00:{:02x}:60:01", pid % 256);
+    let vm_ip = format!("{base}.10");
+    let vm = Plugged::new("nvm", &net, &format!("nvm-{pid}"), &vm_mac, &vm_ip, 24);
+    vm.ns
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+    vm.ns
+        .exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"]);
+    let peer = Plugged::new(
+        "npeer",
+        &net,
+        &format!("npeer-{pid}"),
+        &format!("0a:00:00:{:02x}:60:02", pid % 256),
+        &format!("{base}.11"),
+        24,
+    );
+    assert!(peer.ns.ping(&vm_ip), "the VM's port works");
+    let vm_security = port_security(&vm.lsp);
+
+    // Courier inside the VM: the macvlan binding only, no OVS DB, the VM's port found by eth0's IP.
+    let d = TestDaemon::start_in_netns(
+        "nest-vm",
+        &vm.ns.name,
+        &[
+            ("COURIER_BINDINGS", "macvlan"),
+            ("COURIER_NESTED_MASTER", "eth0"),
+            ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+        ],
+    );
+    wait_backends(&d);
+    let c1 = Netns::new("nc1");
+    let (code, att) = attach(&d, "c1", &c1.path(), &net);
+    assert_eq!(code, 200, "{att}");
+    let ip = att["port"]["ips"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mac = att["edge"]["mac"].as_str().unwrap().to_string();
+    assert_eq!(att["edge"]["kind"], "macvlan");
+    assert!(c1.has_link("eth0"));
+    let entry = format!("{mac} {ip}");
+    assert!(
+        port_security(&vm.lsp).contains(&entry),
+        "{}",
+        port_security(&vm.lsp)
+    );
+    assert!(
+        addresses(&vm.lsp).contains(&entry),
+        "{}",
+        addresses(&vm.lsp)
+    );
+    assert!(
+        c1.ping(&format!("{base}.11")),
+        "the nested container reaches the switch"
+    );
+    assert!(peer.ns.ping(&ip), "and is reached from it");
+
+    // The pair is what lets it through: without it OVN drops its frames at the VM's port.
+    nbctl(&[
+        "--wait=hv",
+        "remove",
+        "Logical_Switch_Port",
+        &vm.lsp,
+        "port_security",
+        &format!("\"{entry}\""),
+    ]);
+    assert!(!c1.ping(&format!("{base}.11")), "dropped without the pair");
+    nbctl(&[
+        "--wait=hv",
+        "add",
+        "Logical_Switch_Port",
+        &vm.lsp,
+        "port_security",
+        &format!("\"{entry}\""),
+    ]);
+    assert!(c1.ping(&format!("{base}.11")), "and through again with it");
+
+    let (code, out) = detach(&d, "c1");
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        port_security(&vm.lsp),
+        vm_security,
+        "exactly that pair was removed"
+    );
+    assert!(!addresses(&vm.lsp).contains(&entry));
+    assert!(
+        owned(&d).is_empty(),
+        "no reservation port, no record: {:?}",
+        owned(&d)
+    );
+    assert!(!c1.has_link("eth0"));
+    drop(d);
+    drop(peer);
+    drop(vm);
+    host.cli(&["network", "delete", &net]);
+}
+
+/// Many attaches on one VM port at once: every pair is there, then every one is gone — the NB
+/// mutate never loses a concurrent update.
+#[test]
+fn concurrent_nested_attaches_lose_no_pair() {
+    let t = "concurrent_nested_attaches_lose_no_pair";
+    if !env_ready(t) {
+        return;
+    }
+    const N: usize = 100;
+    let pid = std::process::id();
+    let net = unique("nestc");
+    let subnet = subnet_for(61);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nestc-host");
+    host.create_network(&net, &subnet);
+    let vm = Plugged::new(
+        "nvmc",
+        &net,
+        &format!("nvmc-{pid}"),
+        &format!("0a:00:00:{:02x}:61:01", pid % 256),
+        &format!("{base}.250"),
+        24,
+    );
+    let d = TestDaemon::start_in_netns(
+        "nestc-vm",
+        &vm.ns.name,
+        &[
+            ("COURIER_BINDINGS", "macvlan"),
+            ("COURIER_NESTED_MASTER", "eth0"),
+        ],
+    );
+    wait_backends(&d);
+    let before = port_security(&vm.lsp);
+    let nss: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("ncc{i}"))).collect();
+    std::thread::scope(|s| {
+        for (i, ns) in nss.iter().enumerate() {
+            let d = &d;
+            let net = &net;
+            s.spawn(move || {
+                let (code, out) = attach(d, &format!("cc{i}"), &ns.path(), net);
+                assert_eq!(code, 200, "attach {i}: {out}");
+            });
+        }
+    });
+    let ps = port_security(&vm.lsp);
+    let entries = ps.matches(&format!("{base}.")).count();
+    assert_eq!(entries, N + 1, "every pair is on the VM's port: {ps}");
+    std::thread::scope(|s| {
+        for i in 0..N {
+            let d = &d;
+            s.spawn(move || {
+                let (code, out) = detach(d, &format!("cc{i}"));
+                assert_eq!(code, 200, "detach {i}: {out}");
+            });
+        }
+    });
+    assert_eq!(port_security(&vm.lsp), before, "every pair is gone");
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    drop(d);
+    drop(vm);
+    host.cli(&["network", "delete", &net]);
+}
