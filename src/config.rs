@@ -309,15 +309,20 @@ impl Config {
             ));
         }
         for b in &self.bindings {
-            if !matches!(b.as_str(), "veth-ovs" | "macvlan") {
+            if !matches!(b.as_str(), "veth-ovs" | "macvlan" | "ipvlan") {
                 return Err(Error::InvalidInput(format!(
-                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan"
+                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan"
                 )));
             }
         }
-        if self.bindings.iter().any(|b| b == "macvlan") && self.nested.master.is_empty() {
+        if self
+            .bindings
+            .iter()
+            .any(|b| b == "macvlan" || b == "ipvlan")
+            && self.nested.master.is_empty()
+        {
             return Err(Error::InvalidInput(
-                "binding macvlan needs [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
+                "bindings macvlan and ipvlan need [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
             ));
         }
         if !matches!(self.docker.scope.as_str(), "local" | "global") {
@@ -469,7 +474,7 @@ mod tests {
             .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "vxlan".into()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("veth-ovs, macvlan"), "{e}");
+        assert!(e.contains("veth-ovs, macvlan, ipvlan"), "{e}");
     }
 
     #[test]

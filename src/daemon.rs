@@ -152,6 +152,12 @@ pub async fn run(config: Config) -> Result<()> {
                     &config.ovn.controller_ctl,
                 )));
             }
+            "ipvlan" => bindings.push(Arc::new(crate::binding::macvlan::MacVlan::ipvlan(
+                host_netlink.clone(),
+                &config.nested.master,
+                config.nested.parent_port.clone(),
+                config.ovn.mtu,
+            ))),
             "macvlan" => bindings.push(Arc::new(crate::binding::macvlan::MacVlan::new(
                 host_netlink.clone(),
                 &config.nested.master,

@@ -366,6 +366,10 @@ pub enum EdgeState {
     /// container netns; its address is a pair on the VM's port (`Attachment::pairs`).
     #[serde(rename = "macvlan")]
     MacVlan { master: String, mac: String },
+    /// An ipvlan (L2) of the VM's interface `master`, sharing its MAC, in the container netns;
+    /// its address is an IP-only pair (the VM's MAC) on the VM's port.
+    #[serde(rename = "ipvlan")]
+    IpVlan { master: String },
 }
 
 impl EdgeState {
@@ -374,6 +378,7 @@ impl EdgeState {
         match self {
             EdgeState::VethOvs { .. } => "veth-ovs",
             EdgeState::MacVlan { .. } => "macvlan",
+            EdgeState::IpVlan { .. } => "ipvlan",
         }
     }
 
@@ -381,7 +386,7 @@ impl EdgeState {
     pub fn host_ifname(&self) -> Option<&str> {
         match self {
             EdgeState::VethOvs { host_ifname } => Some(host_ifname),
-            EdgeState::MacVlan { .. } => None,
+            EdgeState::MacVlan { .. } | EdgeState::IpVlan { .. } => None,
         }
     }
 }

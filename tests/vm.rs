@@ -430,3 +430,140 @@ fn guest_runs_courier_and_reaches_the_nb_over_tcp() {
     );
     assert!(run.stdout.contains("NB answers"), "{}", run.explain());
 }
+
+/// Nested ipvlan, for real, in the guest (this host's kernel has no ipvlan): Courier runs in the
+/// VM with the ipvlan binding and the host's NB over TCP. A container's address is reachable
+/// only once its IP-only pair (the VM's MAC) is on the VM's port: dropped before (an ipvlan by
+/// hand), through after attach, dropped again after detach; the VM port's port security ends
+/// as it began, and no reservation port is left.
+///
+/// Host-wide side effect: the NB's TCP listener on 127.0.0.1:6641 while it runs (see above).
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_nested_ipvlan_needs_its_pair() {
+    let test = "guest_nested_ipvlan_needs_its_pair";
+    if !guest_ready(test) {
+        return;
+    }
+    let _nb = NbTcpListener::ensure();
+    let pid = std::process::id();
+    // The Courier network, through a host daemon (a Courier network is a switch it made).
+    let host = TestDaemon::start("vm-ipv-host");
+    let net = unique("vm-ipv");
+    let subnet = subnet_for(92);
+    host.create_network(&net, &subnet);
+    let base = subnet.trim_end_matches(".0/24");
+    let o = Objects {
+        ls: net.clone(),
+        tap: format!("vmtapi{pid}"),
+        veth: format!("vmhi{pid}"),
+    };
+    let (lsp_vm, lsp_host) = (unique("vm-ipv-port"), unique("vm-ipv-host"));
+    let (vm_ip, host_ip) = (format!("{base}.10"), format!("{base}.3"));
+    let (vm_mac, host_mac) = ("02:c0:00:00:5c:0a", "02:c0:00:00:5c:03");
+    let vm_addr = format!("{vm_mac} {vm_ip}");
+    let host_addr = format!("{host_mac} {host_ip}");
+    nbctl(&[
+        "lsp-add",
+        &net,
+        &lsp_vm,
+        "--",
+        "lsp-set-addresses",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-set-port-security",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-add",
+        &net,
+        &lsp_host,
+        "--",
+        "lsp-set-addresses",
+        &lsp_host,
+        &host_addr,
+    ]);
+    let ns = Netns::new("vm-ipv-h");
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", &o.veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ],
+    );
+    for args in [
+        vec!["link", "set", "eth0", "address", host_mac],
+        vec!["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["link", "set", "lo", "up"],
+    ] {
+        let mut a = vec!["-n", &ns.name];
+        a.extend(args);
+        sh_ok("ip", &a);
+    }
+    sh_ok("ip", &["link", "set", &o.veth, "up"]);
+    let _ = tx_off(None, &o.veth) && tx_off(Some(&ns), "eth0");
+    sh_ok(
+        "ovs-vsctl",
+        &[
+            "add-port",
+            "br-int",
+            &o.veth,
+            "--",
+            "set",
+            "Interface",
+            &o.veth,
+            &format!("external_ids:iface-id={lsp_host}"),
+        ],
+    );
+    let vm_env = vec![
+        ("VM_TAP", o.tap.clone()),
+        ("VM_LSP", lsp_vm.clone()),
+        ("VM_MAC", vm_mac.to_string()),
+        ("VM_IP", vm_ip.clone()),
+        ("VM_PREFIX", "24".to_string()),
+        ("VM_NET", net.clone()),
+        ("VM_HOST_IP", host_ip.clone()),
+        ("VM_FREE_IP", format!("{base}.77")),
+        ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
+        ("VM_HOST_MARK", format!("it-vm-ipv-{pid}")),
+    ];
+    let plug = guest_cmd()
+        .arg("plug")
+        .envs(vm_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("guest.sh plug");
+    assert!(
+        plug.status.success(),
+        "guest.sh plug: {}",
+        String::from_utf8_lossy(&plug.stderr)
+    );
+    wait_up(&lsp_vm);
+    wait_up(&lsp_host);
+    let security_before = nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"]);
+    let run = run_guest(scenario("ipvlan.sh").as_str(), &[], &vm_env, |_| {});
+    assert_eq!(run.code, 0, "{}", run.explain());
+    for said in [
+        "dropped without a pair",
+        "reachable with the pair",
+        "dropped again after detach",
+        "__ok__",
+    ] {
+        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
+    }
+    assert_eq!(
+        nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"]),
+        security_before,
+        "detach removed exactly its pair"
+    );
+    let left = nbctl(&[
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch_Port",
+        &format!("external_ids:courier-host=it-vm-ipv-{pid}"),
+    ]);
+    assert!(left.trim().is_empty(), "no reservation port left: {left}");
+    drop(o);
+    drop(host);
+}

@@ -1,4 +1,7 @@
-//! Nested macvlan: for containers inside the VM Courier runs in. The container's interface is a
+//! Nested macvlan and ipvlan: for containers inside the VM Courier runs in. (ipvlan is the same
+//! but for the MAC: the container shares the VM's, so its pair on the VM's port is IP-only in
+//! effect — the VM's own MAC with the container's IP.)
+//! macvlan: The container's interface is a
 //! macvlan (bridge mode) of the VM's NIC `master`, born in the container netns with its own MAC
 //! (derived from the attachment id). No port per container is bound: the attach flow creates a
 //! port nobody binds (the backend's IPAM reserves the address on the switch) and, through
@@ -18,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::model::{derived_mac, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort};
 
 pub struct MacVlan {
+    /// false: macvlan (own MAC); true: ipvlan L2 (the master's MAC).
+    ipvlan: bool,
     host: Arc<Netlink>,
     /// The VM's interface on its logical port.
     master: String,
@@ -35,12 +40,37 @@ fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
 impl MacVlan {
     pub fn new(host: Arc<Netlink>, master: &str, parent: Option<String>, mtu: Option<u32>) -> Self {
         MacVlan {
+            ipvlan: false,
             host,
             master: master.to_string(),
             parent_cfg: parent.filter(|p| !p.is_empty()),
             parent: OnceCell::new(),
             mtu,
         }
+    }
+
+    /// The ipvlan (L2) binding: like macvlan, with the master's MAC.
+    pub fn ipvlan(
+        host: Arc<Netlink>,
+        master: &str,
+        parent: Option<String>,
+        mtu: Option<u32>,
+    ) -> Self {
+        MacVlan {
+            ipvlan: true,
+            ..Self::new(host, master, parent, mtu)
+        }
+    }
+
+    /// The master's MAC (ipvlan's, and the pair's).
+    async fn master_mac(&self) -> Result<String> {
+        self.host
+            .link(&self.master)
+            .await
+            .map_err(nl_err(format!("looking up {}", self.master)))?
+            .and_then(|l| l.mac)
+            .map(nl::mac_to_string)
+            .ok_or_else(|| self.no_master())
     }
 
     fn mac_of(att: &Attachment) -> Result<String> {
@@ -104,13 +134,23 @@ fn is_link_local(a: &std::net::IpAddr) -> bool {
 #[async_trait]
 impl EdgeBinding for MacVlan {
     fn kind(&self) -> &'static str {
-        "macvlan"
+        if self.ipvlan {
+            "ipvlan"
+        } else {
+            "macvlan"
+        }
     }
 
     fn edge_for(&self, id: &str) -> EdgeState {
-        EdgeState::MacVlan {
-            master: self.master.clone(),
-            mac: derived_mac(id),
+        if self.ipvlan {
+            EdgeState::IpVlan {
+                master: self.master.clone(),
+            }
+        } else {
+            EdgeState::MacVlan {
+                master: self.master.clone(),
+                mac: derived_mac(id),
+            }
         }
     }
 
@@ -127,9 +167,14 @@ impl EdgeBinding for MacVlan {
     }
 
     async fn pair_plan(&self, att: &Attachment, backend: &dyn Backend) -> Result<Option<PairPlan>> {
+        let mac = if self.ipvlan {
+            self.master_mac().await?
+        } else {
+            Self::mac_of(att)?
+        };
         Ok(Some(PairPlan {
             parent: self.parent(backend).await?,
-            mac: Self::mac_of(att)?,
+            mac,
         }))
     }
 
@@ -164,8 +209,12 @@ impl EdgeBinding for MacVlan {
     }
 
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
-        let mac_s = Self::mac_of(att)?;
-        let mac = parse_mac(&mac_s).map_err(Error::Internal)?;
+        let (kind, mac) = if self.ipvlan {
+            (SubKind::IpVlan, None)
+        } else {
+            let mac = parse_mac(&Self::mac_of(att)?).map_err(Error::Internal)?;
+            (SubKind::MacVlan, Some(mac))
+        };
         let mtu = port.mtu.or(self.mtu);
         if att.hands_off() {
             // Left in this netns for the runtime (Docker) to move and address.
@@ -177,8 +226,8 @@ impl EdgeBinding for MacVlan {
                     &SubLinkSpec {
                         name: name.clone(),
                         master: 0,
-                        kind: SubKind::MacVlan,
-                        mac: Some(mac),
+                        kind,
+                        mac,
                         mtu,
                         netns_fd: None,
                     },
@@ -197,16 +246,19 @@ impl EdgeBinding for MacVlan {
                 &SubLinkSpec {
                     name: att.ifname.clone(),
                     master: 0,
-                    kind: SubKind::MacVlan,
-                    mac: Some(mac),
+                    kind,
+                    mac,
                     mtu,
                     netns_fd: Some(netns_file.as_raw_fd()),
                 },
             )
             .await
             .map_err(nl_err(format!(
-                "creating macvlan {} on {} in {}",
-                att.ifname, self.master, att.netns
+                "creating {} {} on {} in {}",
+                self.kind(),
+                att.ifname,
+                self.master,
+                att.netns
             )))?;
         let ns = Netlink::in_netns(Path::new(&att.netns))
             .await
@@ -248,8 +300,12 @@ impl EdgeBinding for MacVlan {
         match Netlink::in_netns(Path::new(&att.netns)).await {
             Ok(ns) => {
                 if let Ok(Some(link)) = ns.link(&att.ifname).await {
-                    let ours = Self::mac_of(att)
-                        .ok()
+                    let want = if self.ipvlan {
+                        self.master_mac().await.ok()
+                    } else {
+                        Self::mac_of(att).ok()
+                    };
+                    let ours = want
                         .and_then(|m| parse_mac(&m).ok())
                         .is_some_and(|m| link.mac == Some(m));
                     if ours {
@@ -280,7 +336,12 @@ impl EdgeBinding for MacVlan {
             .await
             .map_err(nl_err(format!("looking up {}", att.ifname)))?
             .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
-        let want = parse_mac(&Self::mac_of(att)?).map_err(Error::Internal)?;
+        let want = if self.ipvlan {
+            self.master_mac().await?
+        } else {
+            Self::mac_of(att)?
+        };
+        let want = parse_mac(&want).map_err(Error::Internal)?;
         if link.mac != Some(want) {
             return Err(fail(format!("{} has another MAC", att.ifname)));
         }
