@@ -240,11 +240,14 @@ impl EdgeBinding for MacVlan {
         }
         let netns_file = std::fs::File::open(&att.netns)
             .map_err(|e| Error::InvalidEnv(format!("network namespace {}: {e}", att.netns)))?;
+        // Born under a name of its own (some kernels check the name in this netns, where the
+        // container's ifname may well exist), renamed to the ifname in the container's netns.
+        let born = peer_ifname(&att.id);
         self.host
             .create_sub_link(
                 &self.master,
                 &SubLinkSpec {
-                    name: att.ifname.clone(),
+                    name: born.clone(),
                     master: 0,
                     kind,
                     mac,
@@ -264,7 +267,7 @@ impl EdgeBinding for MacVlan {
             .await
             .map_err(nl_err(format!("opening netns {}", att.netns)))?;
         ns.configure(&IfaceConfig {
-            current_name: att.ifname.clone(),
+            current_name: born,
             new_name: att.ifname.clone(),
             mac: None,
             mtu: None,

@@ -31,11 +31,9 @@ export COURIER_OVN_NB_REMOTE=$VM_NB_REMOTE COURIER_BINDINGS=ipvlan COURIER_NESTE
   COURIER_HOST=${VM_HOST_MARK:-vm-guest}
 courier daemon >/tmp/courier.log 2>&1 &
 for _ in $(seq 100); do courier status >/dev/null 2>&1 && break; sleep 0.1; done
-t0=$(date +%s%N)
 if ! out=$(courier attach --netns /var/run/netns/c1 --network "$VM_NET" --binding ipvlan --json); then
   echo "attach failed: $out"; tail -20 /tmp/courier.log; exit 1
 fi
-echo "attach took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 ip_addr=$(echo "$out" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p')
 [ -n "$ip_addr" ] || { echo "no address in: $out"; exit 1; }
 echo "__attached__ $ip_addr"
