@@ -193,6 +193,48 @@ fn tx_off(netns: Option<&Netns>, ifname: &str) -> bool {
     }
 }
 
+/// A netns (named from `prefix`) whose eth0 (`mac`, `ip`/24) is a veth whose host end `veth` is
+/// a br-int port bound to LSP `lsp`: a port on the switch outside the VM.
+fn host_port(prefix: &str, veth: &str, lsp: &str, mac: &str, ip: &str) -> Netns {
+    let ns = Netns::new(prefix);
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ],
+    );
+    for args in [
+        vec!["link", "set", "eth0", "address", mac],
+        vec!["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["link", "set", "lo", "up"],
+    ] {
+        let mut a = vec!["-n", &ns.name];
+        a.extend(args);
+        sh_ok("ip", &a);
+    }
+    sh_ok("ip", &["link", "set", veth, "up"]);
+    if !(tx_off(None, veth) && tx_off(Some(&ns), "eth0")) {
+        eprintln!(
+            "note: ethtool missing or failed: TX checksum offload left on (ping works regardless)"
+        );
+    }
+    sh_ok(
+        "ovs-vsctl",
+        &[
+            "add-port",
+            "br-int",
+            veth,
+            "--",
+            "set",
+            "Interface",
+            veth,
+            &format!("external_ids:iface-id={lsp}"),
+        ],
+    );
+    ns
+}
+
 fn wait_up(lsp: &str) {
     let up = eventually(Duration::from_secs(15), || {
         nbctl(&["get", "Logical_Switch_Port", lsp, "up"]).trim() == "true"
@@ -255,42 +297,7 @@ fn guest_vm_port_reaches_the_logical_switch() {
     ]);
 
     // The host side: a netns on a veth whose host end is a br-int port bound to lsp_host.
-    let ns = Netns::new("vm-h");
-    sh_ok(
-        "ip",
-        &[
-            "link", "add", &o.veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ],
-    );
-    for args in [
-        vec!["link", "set", "eth0", "address", host_mac],
-        vec!["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["link", "set", "lo", "up"],
-    ] {
-        let mut a = vec!["-n", &ns.name];
-        a.extend(args);
-        sh_ok("ip", &a);
-    }
-    sh_ok("ip", &["link", "set", &o.veth, "up"]);
-    if !(tx_off(None, &o.veth) && tx_off(Some(&ns), "eth0")) {
-        eprintln!(
-            "note: ethtool missing or failed: TX checksum offload left on (ping works regardless)"
-        );
-    }
-    sh_ok(
-        "ovs-vsctl",
-        &[
-            "add-port",
-            "br-int",
-            &o.veth,
-            "--",
-            "set",
-            "Interface",
-            &o.veth,
-            &format!("external_ids:iface-id={lsp_host}"),
-        ],
-    );
+    let ns = host_port("vm-h", &o.veth, &lsp_host, host_mac, &host_ip);
     // The VM port: made before QEMU starts (and kept by us, so guest.sh leaves it in place).
     let vm_env = vec![
         ("VM_TAP", o.tap.clone()),
@@ -484,38 +491,7 @@ fn guest_nested_ipvlan_needs_its_pair() {
         &lsp_host,
         &host_addr,
     ]);
-    let ns = Netns::new("vm-ipv-h");
-    sh_ok(
-        "ip",
-        &[
-            "link", "add", &o.veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ],
-    );
-    for args in [
-        vec!["link", "set", "eth0", "address", host_mac],
-        vec!["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["link", "set", "lo", "up"],
-    ] {
-        let mut a = vec!["-n", &ns.name];
-        a.extend(args);
-        sh_ok("ip", &a);
-    }
-    sh_ok("ip", &["link", "set", &o.veth, "up"]);
-    let _ = tx_off(None, &o.veth) && tx_off(Some(&ns), "eth0");
-    sh_ok(
-        "ovs-vsctl",
-        &[
-            "add-port",
-            "br-int",
-            &o.veth,
-            "--",
-            "set",
-            "Interface",
-            &o.veth,
-            &format!("external_ids:iface-id={lsp_host}"),
-        ],
-    );
+    let _ns = host_port("vm-ipv-h", &o.veth, &lsp_host, host_mac, &host_ip);
     let vm_env = vec![
         ("VM_TAP", o.tap.clone()),
         ("VM_LSP", lsp_vm.clone()),

@@ -504,8 +504,15 @@ async fn release_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     let Some(net) = network_of_pool(&d, &req.pool_id).await? else {
         return Ok(ok(json!({})));
     };
-    let leases = d
-        .attacher
+    for a in leases_holding(&d, &net, ip).await? {
+        d.attacher.release_soon(&a.id).await?;
+    }
+    Ok(ok(json!({})))
+}
+
+/// This host's leases (Courier's IPAM) on Docker network `net` whose port holds `ip`.
+async fn leases_holding(d: &Daemon, net: &DockerNetwork, ip: IpAddr) -> Result<Vec<Attachment>> {
+    d.attacher
         .staged_records(|a| {
             a.network == net.name
                 && a.docker.as_ref().is_some_and(|x| x.leased)
@@ -513,11 +520,7 @@ async fn release_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                     .as_ref()
                     .is_some_and(|p| p.ips.iter().any(|i| i.addr() == ip))
         })
-        .await?;
-    for a in leases {
-        d.attacher.release_soon(&a.id).await?;
-    }
-    Ok(ok(json!({})))
+        .await
 }
 
 // ---- NetworkDriver ----
@@ -953,7 +956,7 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     };
     if let Some(att) = endpoint_record(&d, &req.endpoint_id).await? {
         // A repeat: the same answer as the first time.
-        return Ok(ok(endpoint_reply(&att, &iface, &net)));
+        return Ok(ok(endpoint_reply(&att, &iface, &net)?));
     }
     let ip = match iface.address.as_str() {
         "" => None,
@@ -961,18 +964,7 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     };
     // The lease RequestAddress made for this address; none when another IPAM gave it.
     let lease = match ip {
-        Some(ip) => d
-            .attacher
-            .staged_records(|a| {
-                a.network == net.name
-                    && a.docker.as_ref().is_some_and(|x| x.leased)
-                    && a.port
-                        .as_ref()
-                        .is_some_and(|p| p.ips.iter().any(|i| i.addr() == ip))
-            })
-            .await?
-            .into_iter()
-            .next(),
+        Some(ip) => leases_holding(&d, &net, ip).await?.into_iter().next(),
         None => None,
     };
     let wanted_port = endpoint_port_option(&req.options)?;
@@ -1019,12 +1011,16 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         Ok(a) => a,
         Err(e) => return Err(e.into()),
     };
-    Ok(ok(endpoint_reply(&att, &iface, &net)))
+    Ok(ok(endpoint_reply(&att, &iface, &net)?))
 }
 
 /// CreateEndpoint's answer: Docker takes what the driver fills in only where it had nothing.
-fn endpoint_reply(att: &Attachment, iface: &EndpointInterface, net: &DockerNetwork) -> Value {
-    let port = att.port.clone().unwrap_or_else(|| unreachable_port(att));
+fn endpoint_reply(
+    att: &Attachment,
+    iface: &EndpointInterface,
+    net: &DockerNetwork,
+) -> Result<Value> {
+    let port = port_of(att)?;
     let mut out = serde_json::Map::new();
     if iface.mac_address.is_empty() {
         out.insert("MacAddress".into(), json!(port.mac));
@@ -1039,24 +1035,14 @@ fn endpoint_reply(att: &Attachment, iface: &EndpointInterface, net: &DockerNetwo
             out.insert("AddressIPv6".into(), json!(a.to_string()));
         }
     }
-    json!({ "Interface": out })
+    Ok(json!({ "Interface": out }))
 }
 
-/// A Ready record always has its port; this only names the impossible case in the reply.
-fn unreachable_port(att: &Attachment) -> crate::model::LogicalPort {
-    crate::model::LogicalPort {
-        id: String::new(),
-        name: att.port_name.clone(),
-        network: att.network.clone(),
-        mac: String::new(),
-        ips: vec![],
-        gateways: vec![],
-        routes: vec![],
-        dns: Default::default(),
-        mtu: None,
-        up: false,
-        attachment: Some(att.id.clone()),
-    }
+/// A plugged record's port (always there once the port step ran).
+fn port_of(att: &Attachment) -> Result<&crate::model::LogicalPort> {
+    att.port
+        .as_ref()
+        .ok_or_else(|| Error::Internal(format!("attachment {} has no port recorded", att.id)))
 }
 
 async fn endpoint_info(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
@@ -1116,7 +1102,7 @@ async fn join(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     let att = d.attacher.join(&att.id, &req.sandbox_key).await?;
     d.attacher.watch_sandbox(&att.id);
     let binding = d.attacher.registry.binding(Some(att.edge.kind()))?;
-    let port = att.port.clone().unwrap_or_else(|| unreachable_port(&att));
+    let port = port_of(&att)?;
     let gw4 = port.gateways.iter().find(|g| g.is_ipv4());
     let gw6 = port.gateways.iter().find(|g| g.is_ipv6());
     let routes: Vec<Value> = port
