@@ -189,7 +189,7 @@ impl Attacher {
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         // 3. Logical attachment: the backend creates the port and assigns its addresses (and,
         // for a nested binding, allows them on the VM's port).
-        self.create_port(att, backend, network).await?;
+        self.create_port(att, backend, network, binding).await?;
         self.add_pairs(att, backend, binding).await?;
         let port_ms = ms(t0);
         let t1 = std::time::Instant::now();
@@ -211,6 +211,7 @@ impl Attacher {
         att: &mut Attachment,
         backend: &dyn Backend,
         network: &Network,
+        binding: &dyn EdgeBinding,
     ) -> Result<()> {
         let req = PortRequest {
             name: att.port_name.clone(),
@@ -222,6 +223,7 @@ impl Attacher {
             ips: att.requested_ip.into_iter().collect(),
             mac: att.requested_mac.clone(),
             security_groups: att.security_groups.clone(),
+            role: binding.port_role(att),
         };
         let port = match &att.existing_port {
             Some(existing) => backend.claim_port(existing, &req.owner, network).await?,

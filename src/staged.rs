@@ -87,7 +87,8 @@ impl Attacher {
         self.store.create(&mut att).await?;
         hooks::point("after-intent").await;
         let made = async {
-            self.create_port(&mut att, &*backend, &network).await?;
+            self.create_port(&mut att, &*backend, &network, &*binding)
+                .await?;
             self.add_pairs(&mut att, &*backend, &*binding).await
         }
         .await;

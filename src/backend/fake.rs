@@ -381,6 +381,7 @@ mod tests {
 
     fn req(net: &Network, name: &str, ip: Option<&str>, mac: Option<&str>) -> PortRequest {
         PortRequest {
+            role: Default::default(),
             name: name.into(),
             network: net.clone(),
             owner: OwnerMark {

@@ -37,6 +37,23 @@ pub struct PortRequest {
     pub mac: Option<String>,
     /// Security groups (names or ids) where the backend has them; empty: its default.
     pub security_groups: Vec<String>,
+    /// What the port is for (its edge binding decides): how the backend makes it.
+    pub role: PortRole,
+}
+
+/// What a port is for, which decides how the backend makes it (`EdgeBinding::port_role`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PortRole {
+    /// Bound on this host by its edge (veth-ovs: `iface-id` on this host's OVS; Neutron:
+    /// `binding:host_id` = this host).
+    #[default]
+    Bound,
+    /// Reserves its addresses only and is never bound (nested ipvlan/macvlan: the VM's port
+    /// carries them as address pairs). Neutron: no `binding:host_id`, no device.
+    Reservation,
+    /// A child of the VM's port `parent` (its backend id), told apart by VLAN `tag` (nested
+    /// vlan): OVN `parent_name` + `tag`; Neutron a trunk subport.
+    Child { parent: String, tag: u16 },
 }
 
 /// A port of one attachment: its backend id when known, else found by its derived name.
@@ -140,6 +157,15 @@ pub trait Backend: Send + Sync {
         let _ = (parent, pair);
         Err(crate::error::Error::InvalidInput(format!(
             "backend {} has no nested bindings yet",
+            self.id()
+        )))
+    }
+    /// The VLAN tags of the child ports port `parent` has in the backend now, whoever made them
+    /// (the tag allocator never hands one of those out).
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        let _ = parent;
+        Err(crate::error::Error::InvalidInput(format!(
+            "backend {} has no nested vlan child ports yet",
             self.id()
         )))
     }

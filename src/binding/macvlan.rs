@@ -16,7 +16,7 @@ use courier_netlink::{self as nl, IfaceConfig, Netlink, SubKind, SubLinkSpec};
 use tokio::sync::OnceCell;
 
 use super::{EdgeBinding, EdgeOrphan, PairPlan};
-use crate::backend::{Backend, ParentQuery};
+use crate::backend::{Backend, ParentQuery, PortRole};
 use crate::error::{Error, Result};
 use crate::model::{derived_mac, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort};
 
@@ -164,6 +164,11 @@ impl EdgeBinding for MacVlan {
             Some(_) => Ok(()),
             None => Err(self.no_master()),
         }
+    }
+
+    fn port_role(&self, _att: &Attachment) -> PortRole {
+        // Nobody binds the container's port: it only holds the address on the switch.
+        PortRole::Reservation
     }
 
     async fn pair_plan(&self, att: &Attachment, backend: &dyn Backend) -> Result<Option<PairPlan>> {

@@ -9,7 +9,7 @@ pub mod veth_ovs;
 
 use async_trait::async_trait;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
 use crate::model::{Attachment, EdgeState, LogicalPort};
 
@@ -53,6 +53,12 @@ pub trait EdgeBinding: Send + Sync {
     async fn pair_plan(&self, att: &Attachment, backend: &dyn Backend) -> Result<Option<PairPlan>> {
         let _ = (att, backend);
         Ok(None)
+    }
+    /// What the attachment's logical port is for (how the backend makes it). Default: bound
+    /// on this host by this edge.
+    fn port_role(&self, att: &Attachment) -> PortRole {
+        let _ = att;
+        PortRole::Bound
     }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
