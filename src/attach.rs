@@ -160,7 +160,7 @@ impl Attacher {
         }
 
         // 2. Intent: durable before anything exists; the store gives it its generation.
-        self.store.create(&mut att).await?;
+        self.create_intent(&mut att, &*backend, &*binding).await?;
         hooks::point("after-intent").await;
 
         let result = self
@@ -202,6 +202,53 @@ impl Attacher {
             network = %att.network, port = %att.port_name, ips = ?att.port.as_ref().map(|p| &p.ips),
             port_ms, plug_ms, up_ms, edge_ms = ms(t1), total_ms = ms(t0), "attached");
         Ok(())
+    }
+
+    /// The intent, durable before anything exists. A nested vlan edge first gets its tag: the
+    /// lowest one free under the VM's port — neither claimed in this store nor on a child port
+    /// the backend has (whoever made it) — claimed in the same transaction as the intent; a
+    /// concurrent attach that claimed it first makes this one take the next.
+    pub(crate) async fn create_intent(
+        &self,
+        att: &mut Attachment,
+        backend: &dyn Backend,
+        binding: &dyn EdgeBinding,
+    ) -> Result<()> {
+        let Some(parent) = binding.vlan_parent(backend).await? else {
+            return self.store.create(att).await;
+        };
+        let in_backend = backend.child_tags(&parent).await?;
+        let prefix = crate::model::vlan_claim_prefix(&parent);
+        loop {
+            let held: std::collections::BTreeSet<u16> = self
+                .store
+                .claims(&prefix)
+                .await?
+                .iter()
+                .filter_map(|(c, _)| crate::model::vlan_claim_tag(c))
+                .collect();
+            let tag = crate::model::free_vlan_tag(&held, &in_backend).ok_or_else(|| {
+                Error::Exhausted {
+                    resource: format!("VLAN tags 1..4094 under the VM's port {parent}"),
+                    what: format!(
+                        "{} held by this host's containers, {} by child ports in backend {}; detach a container (or delete a child port) first",
+                        held.len(),
+                        in_backend.len(),
+                        backend.id()
+                    ),
+                }
+            })?;
+            if let Some((p, t)) = att.edge.vlan_mut() {
+                *p = parent.clone();
+                *t = tag;
+            }
+            att.claims = vec![crate::model::vlan_claim(&parent, tag)];
+            match self.store.create(att).await {
+                // Taken between our read and our write: the next free one.
+                Err(Error::Claimed { .. }) => continue,
+                r => return r,
+            }
+        }
     }
 
     /// The logical attachment: the backend creates the port (or the existing one is claimed)

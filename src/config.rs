@@ -27,7 +27,8 @@ pub struct Config {
     pub neutron: NeutronConfig,
     pub docker: DockerConfig,
     /// The edge bindings this host offers; the first is the default. "veth-ovs" (needs the
-    /// local Open_vSwitch DB), "macvlan" (nested in a VM: needs `[nested] master`).
+    /// local Open_vSwitch DB), "macvlan", "ipvlan", "vlan" (nested in a VM: need `[nested]
+    /// master`).
     pub bindings: Vec<String>,
     pub nested: NestedConfig,
 }
@@ -304,25 +305,25 @@ impl Config {
         }
         if self.bindings.is_empty() {
             return Err(Error::InvalidInput(
-                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan"
+                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan, ipvlan, vlan"
                     .into(),
             ));
         }
         for b in &self.bindings {
-            if !matches!(b.as_str(), "veth-ovs" | "macvlan" | "ipvlan") {
+            if !matches!(b.as_str(), "veth-ovs" | "macvlan" | "ipvlan" | "vlan") {
                 return Err(Error::InvalidInput(format!(
-                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan"
+                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan, vlan"
                 )));
             }
         }
         if self
             .bindings
             .iter()
-            .any(|b| b == "macvlan" || b == "ipvlan")
+            .any(|b| matches!(b.as_str(), "macvlan" | "ipvlan" | "vlan"))
             && self.nested.master.is_empty()
         {
             return Err(Error::InvalidInput(
-                "bindings macvlan and ipvlan need [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
+                "bindings macvlan, ipvlan and vlan need [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
             ));
         }
         if !matches!(self.docker.scope.as_str(), "local" | "global") {
@@ -474,7 +475,7 @@ mod tests {
             .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "vxlan".into()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("veth-ovs, macvlan, ipvlan"), "{e}");
+        assert!(e.contains("veth-ovs, macvlan, ipvlan, vlan"), "{e}");
     }
 
     #[test]

@@ -164,6 +164,12 @@ pub async fn run(config: Config) -> Result<()> {
                 config.nested.parent_port.clone(),
                 config.ovn.mtu,
             ))),
+            "vlan" => bindings.push(Arc::new(crate::binding::vlan::Vlan::new(
+                host_netlink.clone(),
+                &config.nested.master,
+                config.nested.parent_port.clone(),
+                config.ovn.mtu,
+            ))),
             other => {
                 return Err(Error::InvalidInput(format!(
                     "binding {other:?} is not one Courier has"

@@ -41,6 +41,8 @@ pub enum Error {
         holder: String,
         what: String,
     },
+    #[error("{resource}: every one is in use: {what}")]
+    Exhausted { resource: String, what: String },
     #[error("OVN Northbound: {context}: {source}")]
     Backend {
         context: String,
@@ -138,7 +140,7 @@ impl Error {
             AlreadyAttached { .. } => code::ALREADY_ATTACHED,
             NotAttached { .. } => code::NOT_ATTACHED,
             AddressInUse { .. } => code::ADDRESS_IN_USE,
-            Claimed { .. } => code::CONFLICT,
+            Claimed { .. } | Exhausted { .. } => code::CONFLICT,
             Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => {
                 code::TRY_AGAIN_LATER
             }
@@ -177,7 +179,8 @@ impl Error {
             | NetworkInUse { .. }
             | AlreadyAttached { .. }
             | AddressInUse { .. }
-            | Claimed { .. } => 409,
+            | Claimed { .. }
+            | Exhausted { .. } => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
             OpenStack { source, .. } if source.is_transient() => 503,

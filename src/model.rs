@@ -287,16 +287,23 @@ pub fn derived_mac(id: &str) -> String {
 }
 
 /// The claim of VLAN `tag` under parent port `parent` (tags are unique per VM port).
-// The nested VLAN binding (issue 13) is its user; until it lands, only tests are.
-#[allow(dead_code)]
 pub fn vlan_claim(parent: &str, tag: u16) -> String {
-    format!("vlan:{parent}:{tag}")
+    format!("{}{tag}", vlan_claim_prefix(parent))
+}
+
+/// The prefix of every VLAN claim under `parent`.
+pub fn vlan_claim_prefix(parent: &str) -> String {
+    format!("vlan:{parent}:")
+}
+
+/// The tag of a VLAN claim (see [`vlan_claim`]).
+pub fn vlan_claim_tag(claim: &str) -> Option<u16> {
+    claim.rsplit(':').next()?.parse().ok()
 }
 
 /// The lowest VLAN tag in 1..=4094 that is in neither set: `held` (claims in this host's
 /// store) nor `in_backend` (child ports the backend has under the parent, whoever made them).
 /// None when all 4094 are taken.
-#[allow(dead_code)]
 pub fn free_vlan_tag(
     held: &std::collections::BTreeSet<u16>,
     in_backend: &std::collections::BTreeSet<u16>,
@@ -370,6 +377,14 @@ pub enum EdgeState {
     /// its address is an IP-only pair (the VM's MAC) on the VM's port.
     #[serde(rename = "ipvlan")]
     IpVlan { master: String },
+    /// An 802.1Q sub-interface (VLAN `tag`) of the VM's trunk interface `master`, with the child
+    /// port's MAC, in the container netns; the port is a child of the VM's port `parent` with
+    /// that tag (the tag is chosen before the intent and claimed with it).
+    Vlan {
+        master: String,
+        parent: String,
+        tag: u16,
+    },
 }
 
 impl EdgeState {
@@ -379,6 +394,7 @@ impl EdgeState {
             EdgeState::VethOvs { .. } => "veth-ovs",
             EdgeState::MacVlan { .. } => "macvlan",
             EdgeState::IpVlan { .. } => "ipvlan",
+            EdgeState::Vlan { .. } => "vlan",
         }
     }
 
@@ -386,7 +402,15 @@ impl EdgeState {
     pub fn host_ifname(&self) -> Option<&str> {
         match self {
             EdgeState::VethOvs { host_ifname } => Some(host_ifname),
-            EdgeState::MacVlan { .. } | EdgeState::IpVlan { .. } => None,
+            EdgeState::MacVlan { .. } | EdgeState::IpVlan { .. } | EdgeState::Vlan { .. } => None,
+        }
+    }
+
+    /// A VLAN child's parent port and tag (nested vlan), to be chosen before the intent.
+    pub fn vlan_mut(&mut self) -> Option<(&mut String, &mut u16)> {
+        match self {
+            EdgeState::Vlan { parent, tag, .. } => Some((parent, tag)),
+            _ => None,
         }
     }
 }

@@ -84,7 +84,7 @@ impl Attacher {
             // Recorded with the intent, before the port is touched: the release gives it back.
             att.existing_port = Some(backend.inspect_port(port, &network).await?);
         }
-        self.store.create(&mut att).await?;
+        self.create_intent(&mut att, &*backend, &*binding).await?;
         hooks::point("after-intent").await;
         let made = async {
             self.create_port(&mut att, &*backend, &network, &*binding)

@@ -137,6 +137,9 @@ impl Backend for Lazy {
     async fn parent_port(&self, q: &super::ParentQuery) -> Result<String> {
         self.get()?.parent_port(q).await
     }
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        self.get()?.child_tags(parent).await
+    }
     async fn add_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
         self.get()?.add_address_pair(parent, pair).await
     }

@@ -12,7 +12,7 @@ use courier_ovsdb::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::json;
 
-use super::{marks, Backend, PortQuery, PortRef, PortRequest};
+use super::{marks, Backend, PortQuery, PortRef, PortRequest, PortRole};
 use crate::error::{Error, Result};
 use crate::model::{validate_network_name, LogicalPort, Network, NetworkSpec};
 
@@ -64,6 +64,8 @@ impl OvnBackend {
                             "dynamic_addresses",
                             "up",
                             "external_ids",
+                            "parent_name",
+                            "tag",
                         ][..],
                     ),
                 ],
@@ -601,6 +603,21 @@ impl Backend for OvnBackend {
     ) -> Result<()> {
         self.mutate_pair(parent, pair, "delete").await.map(|_| ())
     }
+
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        if self.cache.lookup(&LSP_BY_NAME, parent).is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "the VM's port {parent} is not an OVN logical switch port: set [nested] parent_port to the VM's port"
+            )));
+        }
+        Ok(self.cache.view(|v| {
+            v.rows(LSP)
+                .filter(|(_, r)| ovsdb::get_str(r, "parent_name") == Some(parent))
+                .filter_map(|(_, r)| ovsdb::get_i64(r, "tag"))
+                .filter_map(|t| u16::try_from(t).ok())
+                .collect()
+        }))
+    }
 }
 
 /// The `addresses` / `port_security` entry of a nested container's address on its VM's port.
@@ -715,16 +732,19 @@ impl OvnBackend {
         ext.insert(marks::HOST, req.owner.host.clone());
         ext.insert(marks::ATTACHMENT, req.owner.attachment.clone());
         ext.insert(marks::NETWORK, network.to_string());
+        let mut row = json!({
+            "name": req.name,
+            "addresses": addresses,
+            "external_ids": ovsdb::map(ext),
+        });
+        if let PortRole::Child { parent, tag } = &req.role {
+            // A child of the VM's port (OVN's container-in-VM form): its frames arrive on the
+            // parent's binding with this VLAN tag, which OVN strips.
+            row["parent_name"] = json!(parent);
+            row["tag"] = json!(tag);
+        }
         let ops = vec![
-            Op::insert(
-                LSP,
-                json!({
-                    "name": req.name,
-                    "addresses": addresses,
-                    "external_ids": ovsdb::map(ext),
-                }),
-            )
-            .with_uuid_name("newport"),
+            Op::insert(LSP, row).with_uuid_name("newport"),
             Op::mutate(
                 LS,
                 vec![Condition::eq("_uuid", ovsdb::uuid(&ls_uuid))],

@@ -6,6 +6,8 @@
 pub mod fake;
 pub mod macvlan;
 pub mod veth_ovs;
+pub mod vlan;
+pub mod vm_port;
 
 use async_trait::async_trait;
 
@@ -59,6 +61,13 @@ pub trait EdgeBinding: Send + Sync {
     fn port_role(&self, att: &Attachment) -> PortRole {
         let _ = att;
         PortRole::Bound
+    }
+    /// Nested vlan: the VM's port, under which the attachment's child port needs a VLAN tag of
+    /// its own; the attach flow chooses and claims it with the intent (`EdgeState::vlan_mut`).
+    /// Default: None (no tag).
+    async fn vlan_parent(&self, backend: &dyn Backend) -> Result<Option<String>> {
+        let _ = backend;
+        Ok(None)
     }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
