@@ -289,3 +289,249 @@ fn concurrent_nested_attaches_lose_no_pair() {
     drop(vm);
     host.cli(&["network", "delete", &net]);
 }
+
+/// A "VM" for the VLAN tag allocator tests: a netns whose eth0 has the VM port's IP (so Courier
+/// finds the port by it) and an LSP with that address; the VM port need not be bound (nothing
+/// is plugged: this host's kernel has no 802.1Q, the guest tests plug for real).
+struct UnboundVm {
+    ns: Netns,
+    lsp: String,
+    host_if: String,
+}
+
+impl UnboundVm {
+    fn new(prefix: &str, switch: &str, lsp: &str, mac: &str, ip: &str) -> UnboundVm {
+        let ns = Netns::new(prefix);
+        let host_if = format!("nu{}", &lsp[lsp.len().saturating_sub(10)..]);
+        let _ = sh("ip", &["link", "del", &host_if]);
+        nbctl(&[
+            "lsp-add",
+            switch,
+            lsp,
+            "--",
+            "lsp-set-addresses",
+            lsp,
+            &format!("{mac} {ip}"),
+        ]);
+        sh_ok(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ],
+        );
+        ns.exec(&["ip", "link", "set", "eth0", "address", mac]);
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        UnboundVm {
+            ns,
+            lsp: lsp.to_string(),
+            host_if,
+        }
+    }
+
+    /// Tags of the VM port's child ports made by daemon `d` (its host mark).
+    fn our_tags(&self, d: &TestDaemon) -> Vec<u16> {
+        let out = nbctl(&[
+            "--bare",
+            "--columns=tag",
+            "find",
+            "Logical_Switch_Port",
+            &format!("parent_name={}", self.lsp),
+            &format!("external_ids:courier-host={}", host_mark(d)),
+        ]);
+        let mut tags: Vec<u16> = out
+            .split_whitespace()
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    fn children(&self) -> usize {
+        nbctl(&[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch_Port",
+            &format!("parent_name={}", self.lsp),
+        ])
+        .split_whitespace()
+        .count()
+    }
+}
+
+impl Drop for UnboundVm {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["link", "del", &self.host_if]);
+    }
+}
+
+fn attach_vlan(
+    d: &TestDaemon,
+    container: &str,
+    netns: &str,
+    network: &str,
+) -> Option<(u16, Value)> {
+    d.try_api(
+        "POST",
+        "/v1/attachments",
+        Some(
+            json!({"container_id": container, "ifname": "eth0", "netns": netns,
+                    "network": network, "binding": "vlan"}),
+        ),
+    )
+    .ok()
+}
+
+/// Restarts the daemon and waits until its backends are connected.
+fn restart(d: &mut TestDaemon, env: &[(&str, &str)]) {
+    d.restart(env);
+    wait_backends(d);
+}
+
+/// The VLAN tag allocator against the real NB: a child port someone else made keeps its tag;
+/// a kill -9 between the child port's creation and the end of the attach leaves nothing after
+/// the restart, and its tag is free again; concurrent attaches get distinct tags; with every
+/// tag in 1..=4094 taken the attach is refused cleanly, changing nothing, and a tag freed in
+/// the backend is the one given next. (Up to the plug only: the guest test plugs for real.)
+#[test]
+fn vlan_tags_are_unique_per_vm_port_survive_kill9_and_run_out_cleanly() {
+    let t = "vlan_tags_are_unique_per_vm_port_survive_kill9_and_run_out_cleanly";
+    if !hooks_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("nvlan");
+    let subnet = subnet_for(62);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nvlan-host");
+    host.create_network(&net, &subnet);
+    let vm = UnboundVm::new(
+        "nvv",
+        &net,
+        &format!("nvv-{pid}"),
+        &format!("0a:00:00:{:02x}:62:01", pid % 256),
+        &format!("{base}.250"),
+    );
+    let foreign = |tag: u16| format!("nvv-{pid}-other{tag}");
+    nbctl(&["lsp-add", &net, &foreign(1), &vm.lsp, "1"]);
+    let base_env = [
+        ("COURIER_BINDINGS", "vlan"),
+        ("COURIER_NESTED_MASTER", "eth0"),
+        ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+    ];
+    let env = |extra: &[(&'static str, &'static str)]| {
+        let mut e = base_env.to_vec();
+        e.extend_from_slice(extra);
+        e
+    };
+    let mut d = TestDaemon::start_in_netns("nvlan-vm", &vm.ns.name, &env(&[]));
+    wait_backends(&d);
+    let c1 = Netns::new("nvc1");
+
+    // kill -9 once the child port exists: it has the lowest tag the backend does not use.
+    restart(&mut d, &env(&[("COURIER_CRASH_AT", "after-port")]));
+    assert!(attach_vlan(&d, "v1", &c1.path(), &net).is_none_or(|(c, _)| c != 200));
+    d.wait_exit(Duration::from_secs(10));
+    assert_eq!(vm.our_tags(&d), vec![2], "tag 1 is the other child port's");
+    restart(&mut d, &env(&[]));
+    assert!(owned(&d).is_empty(), "after the restart: {:?}", owned(&d));
+    assert_eq!(vm.children(), 1, "only the other child port is left");
+    restart(&mut d, &env(&[("COURIER_CRASH_AT", "after-port")]));
+    assert!(attach_vlan(&d, "v1", &c1.path(), &net).is_none_or(|(c, _)| c != 200));
+    d.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        vm.our_tags(&d),
+        vec![2],
+        "the crashed attach's tag was freed"
+    );
+    restart(&mut d, &env(&[]));
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+
+    // Concurrent attaches, paused once their child ports exist: all tags distinct.
+    const N: usize = 10;
+    restart(
+        &mut d,
+        &env(&[
+            ("COURIER_PAUSE_AT", "after-port"),
+            ("COURIER_PAUSE_MS", "3000"),
+        ]),
+    );
+    let nss: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("nvp{i}"))).collect();
+    std::thread::scope(|s| {
+        for (i, ns) in nss.iter().enumerate() {
+            let (d, net) = (&d, &net);
+            s.spawn(move || attach_vlan(d, &format!("p{i}"), &ns.path(), net));
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || vm.our_tags(&d).len() == N),
+            "{:?}",
+            vm.our_tags(&d)
+        );
+        assert_eq!(
+            vm.our_tags(&d),
+            (2..2 + N as u16).collect::<Vec<_>>(),
+            "one tag each, none the other child port's"
+        );
+    });
+    for i in 0..N {
+        d.api(
+            "POST",
+            "/v1/attachments/detach",
+            Some(json!({"container_id": format!("p{i}"), "ifname": "eth0"})),
+        );
+    }
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+
+    // Every tag taken (child ports in the backend): refused, nothing changed.
+    let mut args: Vec<String> = Vec::new();
+    for tag in 2..=4094u16 {
+        args.extend(
+            [
+                "--",
+                "lsp-add",
+                &net,
+                &foreign(tag),
+                &vm.lsp,
+                &tag.to_string(),
+            ]
+            .map(String::from),
+        );
+    }
+    let args: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    nbctl(&args);
+    assert_eq!(vm.children(), 4094);
+    restart(&mut d, &env(&[("COURIER_CRASH_AT", "after-port")]));
+    let (code, out) = attach_vlan(&d, "v2", &c1.path(), &net).expect("a reply, not a crash");
+    assert_eq!(code, 409, "{out}");
+    let msg = out.to_string();
+    assert!(
+        msg.contains("every one is in use") && msg.contains("4094"),
+        "says what ran out and what to do: {msg}"
+    );
+    assert!(owned(&d).is_empty(), "nothing made: {:?}", owned(&d));
+    assert_eq!(vm.children(), 4094, "nothing made in the backend");
+    assert!(!c1.has_link("eth0"));
+    // One tag freed in the backend: it is the one given next.
+    // (The daemon reads child ports from its NB monitor: until the delete reaches it, 409.)
+    nbctl(&["lsp-del", &foreign(77)]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            match attach_vlan(&d, "v2", &c1.path(), &net) {
+                Some((409, _)) => false,
+                other => {
+                    assert!(other.as_ref().is_none_or(|(c, _)| *c != 200), "{other:?}");
+                    true
+                }
+            }
+        }),
+        "tag 77 never became free"
+    );
+    d.wait_exit(Duration::from_secs(10));
+    assert_eq!(vm.our_tags(&d), vec![77]);
+    restart(&mut d, &env(&[]));
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    drop(d);
+    nbctl(&["ls-del", &net]);
+    drop(vm);
+}

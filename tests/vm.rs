@@ -543,3 +543,166 @@ fn guest_nested_ipvlan_needs_its_pair() {
     drop(o);
     drop(host);
 }
+
+/// Nested VLAN on OVN direct, in the guest: each container's port is a child of the VM's port
+/// (`parent_name` + a tag unique under it), its interface an 802.1Q sub-interface of the VM's
+/// trunk NIC. A child port someone else made (tag 1) is read back, so Courier never hands out
+/// its tag; a tag with no child reaches nothing; detach frees the tag.
+#[test]
+#[ignore = "boots a QEMU guest: run by scripts/vm-test.sh"]
+fn guest_nested_vlan_child_ports() {
+    let test = "guest_nested_vlan_child_ports";
+    if !guest_ready(test) {
+        return;
+    }
+    let _nb = NbTcpListener::ensure();
+    let pid = std::process::id();
+    let host = TestDaemon::start("vm-vlan-host");
+    let net = unique("vm-vlan");
+    let subnet = subnet_for(93);
+    host.create_network(&net, &subnet);
+    let base = subnet.trim_end_matches(".0/24");
+    let o = Objects {
+        ls: net.clone(),
+        tap: format!("vmtapv{pid}"),
+        veth: format!("vmhv{pid}"),
+    };
+    let (lsp_vm, lsp_host) = (unique("vm-vlan-port"), unique("vm-vlan-host"));
+    let foreign = unique("vm-vlan-other");
+    let (vm_ip, host_ip) = (format!("{base}.10"), format!("{base}.3"));
+    let (vm_mac, host_mac) = ("02:c0:00:00:5d:0a", "02:c0:00:00:5d:03");
+    let vm_addr = format!("{vm_mac} {vm_ip}");
+    let host_addr = format!("{host_mac} {host_ip}");
+    nbctl(&[
+        "lsp-add",
+        &net,
+        &lsp_vm,
+        "--",
+        "lsp-set-addresses",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-set-port-security",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-add",
+        &net,
+        &lsp_host,
+        "--",
+        "lsp-set-addresses",
+        &lsp_host,
+        &host_addr,
+        // A child port of the VM's port that Courier did not make: its tag is taken.
+        "--",
+        "lsp-add",
+        &net,
+        &foreign,
+        &lsp_vm,
+        "1",
+        "--",
+        "lsp-set-addresses",
+        &foreign,
+        &format!("02:c0:00:00:5d:01 {base}.201"),
+    ]);
+    let _ns = host_port("vm-vlan-h", &o.veth, &lsp_host, host_mac, &host_ip);
+    let mark = format!("it-vm-vlan-{pid}");
+    let vm_env = vec![
+        ("VM_TAP", o.tap.clone()),
+        ("VM_LSP", lsp_vm.clone()),
+        ("VM_MAC", vm_mac.to_string()),
+        ("VM_IP", vm_ip.clone()),
+        ("VM_PREFIX", "24".to_string()),
+        ("VM_NET", net.clone()),
+        ("VM_HOST_IP", host_ip.clone()),
+        ("VM_FREE_IP", format!("{base}.77")),
+        ("VM_TAKEN_TAG", "1".to_string()),
+        ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
+        ("VM_HOST_MARK", mark.clone()),
+    ];
+    let plug = guest_cmd()
+        .arg("plug")
+        .envs(vm_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("guest.sh plug");
+    assert!(
+        plug.status.success(),
+        "guest.sh plug: {}",
+        String::from_utf8_lossy(&plug.stderr)
+    );
+    wait_up(&lsp_vm);
+    wait_up(&lsp_host);
+    let vm_row_before = nbctl(&[
+        "--columns=addresses,port_security",
+        "list",
+        "Logical_Switch_Port",
+        &lsp_vm,
+    ]);
+    // Each attach's child port, as the NB has it when the guest says it attached.
+    let mut children = Vec::new();
+    let run = run_guest(scenario("vlan.sh").as_str(), &[], &vm_env, |line| {
+        if let Some(rest) = line.strip_prefix("__attached__ ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let found = nbctl(&[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch_Port",
+                &format!("parent_name={lsp_vm}"),
+                &format!("tag={}", f.get(1).unwrap_or(&"0")),
+                &format!("external_ids:courier-host={mark}"),
+            ]);
+            children.push((rest.to_string(), found.trim().to_string()));
+        }
+    });
+    assert_eq!(run.code, 0, "{}", run.explain());
+    for said in [
+        "a wrong tag reaches nothing",
+        "both containers reach the switch",
+        "and each other",
+        "detach freed the tag",
+        "a detached child's tag reaches nothing",
+        "__ok__",
+    ] {
+        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
+    }
+    assert_eq!(children.len(), 3, "{children:?}");
+    for (said, lsp) in &children {
+        assert!(
+            !lsp.is_empty(),
+            "no child LSP with parent_name={lsp_vm} for {said}"
+        );
+    }
+    let left = nbctl(&[
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch_Port",
+        &format!("external_ids:courier-host={mark}"),
+    ]);
+    assert!(left.trim().is_empty(), "no child port left: {left}");
+    assert_eq!(
+        nbctl(&[
+            "--bare",
+            "--columns=tag",
+            "list",
+            "Logical_Switch_Port",
+            &foreign
+        ])
+        .trim(),
+        "1",
+        "the other child port is untouched"
+    );
+    assert_eq!(
+        nbctl(&[
+            "--columns=addresses,port_security",
+            "list",
+            "Logical_Switch_Port",
+            &lsp_vm
+        ]),
+        vm_row_before,
+        "the VM's port is unchanged"
+    );
+    drop(o);
+    drop(host);
+}
