@@ -37,8 +37,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct NestedConfig {
-    /// The VM's interface on its logical port (e.g. "eth0").
+    /// The VM's interface on its logical port (e.g. "eth0"; vlan-ovs: the interface with the
+    /// VM's address, e.g. the bridge's own).
     pub master: String,
+    /// vlan-ovs: the VM's own OVS bridge, whose uplink is the VM's NIC (a trunk).
+    pub bridge: String,
     /// The VM's port in the backend (OVN: its LSP name; Neutron: its id). Unset: found by the
     /// master's IP, then its MAC.
     pub parent_port: Option<String>,
@@ -187,7 +190,7 @@ impl Config {
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
     /// COURIER_NEUTRON_HOST_ID, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
-    /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER,
+    /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
     /// COURIER_NESTED_PARENT_PORT.
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
@@ -260,6 +263,9 @@ impl Config {
         if let Some(v) = get("COURIER_NESTED_MASTER") {
             self.nested.master = v;
         }
+        if let Some(v) = get("COURIER_NESTED_BRIDGE") {
+            self.nested.bridge = v;
+        }
         if let Some(v) = get("COURIER_NESTED_PARENT_PORT") {
             self.nested.parent_port = Some(v);
         }
@@ -305,25 +311,33 @@ impl Config {
         }
         if self.bindings.is_empty() {
             return Err(Error::InvalidInput(
-                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan, ipvlan, vlan"
+                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"
                     .into(),
             ));
         }
         for b in &self.bindings {
-            if !matches!(b.as_str(), "veth-ovs" | "macvlan" | "ipvlan" | "vlan") {
+            if !matches!(
+                b.as_str(),
+                "veth-ovs" | "macvlan" | "ipvlan" | "vlan" | "vlan-ovs"
+            ) {
                 return Err(Error::InvalidInput(format!(
-                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan, vlan"
+                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"
                 )));
             }
         }
         if self
             .bindings
             .iter()
-            .any(|b| matches!(b.as_str(), "macvlan" | "ipvlan" | "vlan"))
+            .any(|b| matches!(b.as_str(), "macvlan" | "ipvlan" | "vlan" | "vlan-ovs"))
             && self.nested.master.is_empty()
         {
             return Err(Error::InvalidInput(
-                "bindings macvlan, ipvlan and vlan need [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
+                "bindings macvlan, ipvlan, vlan and vlan-ovs need [nested] master (COURIER_NESTED_MASTER): the VM's interface on its port".into(),
+            ));
+        }
+        if self.bindings.iter().any(|b| b == "vlan-ovs") && self.nested.bridge.is_empty() {
+            return Err(Error::InvalidInput(
+                "binding vlan-ovs needs [nested] bridge (COURIER_NESTED_BRIDGE): the VM's own OVS bridge, whose uplink is the VM's NIC".into(),
             ));
         }
         if !matches!(self.docker.scope.as_str(), "local" | "global") {
@@ -475,7 +489,10 @@ mod tests {
             .apply_env(|k| (k == "COURIER_BINDINGS").then(|| "vxlan".into()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("veth-ovs, macvlan, ipvlan, vlan"), "{e}");
+        assert!(
+            e.contains("veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"),
+            "{e}"
+        );
     }
 
     #[test]

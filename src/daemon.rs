@@ -164,6 +164,30 @@ pub async fn run(config: Config) -> Result<()> {
                 config.nested.parent_port.clone(),
                 config.ovn.mtu,
             ))),
+            "vlan-ovs" => {
+                let vswitch = Arc::new(
+                    retry_until_up("local Open_vSwitch DB", || {
+                        Vswitch::connect(
+                            &config.ovn.ovs_remote,
+                            &config.nested.bridge,
+                            &config.host,
+                            config.ovn.ovsdb_options(),
+                        )
+                    })
+                    .await?,
+                );
+                bindings.push(Arc::new(VethOvs::nested_vlan(
+                    host_netlink.clone(),
+                    vswitch,
+                    config.ovn.mtu,
+                    &config.host,
+                    crate::binding::vm_port::VmPort::new(
+                        host_netlink.clone(),
+                        &config.nested.master,
+                        config.nested.parent_port.clone(),
+                    ),
+                )));
+            }
             "vlan" => bindings.push(Arc::new(crate::binding::vlan::Vlan::new(
                 host_netlink.clone(),
                 &config.nested.master,

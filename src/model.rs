@@ -385,6 +385,13 @@ pub enum EdgeState {
         parent: String,
         tag: u16,
     },
+    /// A veth whose host end `host_ifname` is an access port (VLAN `tag`) of the VM's own OVS
+    /// bridge (nested vlan-ovs); the port is a child of the VM's port `parent` with that tag.
+    VlanOvs {
+        host_ifname: String,
+        parent: String,
+        tag: u16,
+    },
 }
 
 impl EdgeState {
@@ -395,13 +402,16 @@ impl EdgeState {
             EdgeState::MacVlan { .. } => "macvlan",
             EdgeState::IpVlan { .. } => "ipvlan",
             EdgeState::Vlan { .. } => "vlan",
+            EdgeState::VlanOvs { .. } => "vlan-ovs",
         }
     }
 
     /// The host-side interface, if the edge has one.
     pub fn host_ifname(&self) -> Option<&str> {
         match self {
-            EdgeState::VethOvs { host_ifname } => Some(host_ifname),
+            EdgeState::VethOvs { host_ifname } | EdgeState::VlanOvs { host_ifname, .. } => {
+                Some(host_ifname)
+            }
             EdgeState::MacVlan { .. } | EdgeState::IpVlan { .. } | EdgeState::Vlan { .. } => None,
         }
     }
@@ -409,7 +419,9 @@ impl EdgeState {
     /// A VLAN child's parent port and tag (nested vlan), to be chosen before the intent.
     pub fn vlan_mut(&mut self) -> Option<(&mut String, &mut u16)> {
         match self {
-            EdgeState::Vlan { parent, tag, .. } => Some((parent, tag)),
+            EdgeState::Vlan { parent, tag, .. } | EdgeState::VlanOvs { parent, tag, .. } => {
+                Some((parent, tag))
+            }
             _ => None,
         }
     }

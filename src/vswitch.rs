@@ -19,6 +19,15 @@ const PORT_BY_HOST: Index = Index::map_key("Port", "external_ids", marks::HOST);
 const IFACE_BY_NAME: Index = Index::new("Interface", "name");
 const INDEXES: &[Index] = &[PORT_BY_NAME, PORT_BY_HOST, IFACE_BY_NAME];
 
+/// What a port on the bridge is: which logical port (`iface-id`, read by ovn-controller on the
+/// integration bridge), or an access port of a VLAN (the VM's own bridge of nested vlan-ovs,
+/// whose trunk uplink carries the tag to the VM's logical port).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PortBinding<'a> {
+    LogicalPort { id: &'a str, mac: &'a str },
+    AccessTag(u16),
+}
+
 /// A port Courier finds on the bridge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VswitchPort {
@@ -33,6 +42,8 @@ pub struct VswitchPort {
     pub error: Option<String>,
     /// ovn-controller has installed the port's flows.
     pub ovn_installed: bool,
+    /// The access VLAN of the port (`Port.tag`), if any.
+    pub tag: Option<u16>,
 }
 
 pub struct Vswitch {
@@ -62,7 +73,7 @@ impl Vswitch {
                 DB,
                 &[
                     ("Bridge", &["name", "ports"][..]),
-                    ("Port", &["name", "interfaces", "external_ids"][..]),
+                    ("Port", &["name", "interfaces", "external_ids", "tag"][..]),
                     (
                         "Interface",
                         &["name", "external_ids", "ofport", "error"][..],
@@ -96,45 +107,46 @@ impl Vswitch {
             .map(|(u, _)| u)
             .ok_or_else(|| {
                 Error::BackendState(format!(
-                    "bridge {} does not exist in the local Open_vSwitch DB: is ovn-controller running (scripts/ovn.sh start)?",
+                    "bridge {} does not exist in the local Open_vSwitch DB: the integration bridge comes with ovn-controller (scripts/ovn.sh start); a VM's bridge for vlan-ovs is made with ovs-vsctl add-br",
                     self.bridge
                 ))
             })
     }
 
-    /// Adds `name` (an existing kernel interface) to the bridge with `iface-id = logical_port`,
-    /// in one transaction.
+    /// Adds `name` (an existing kernel interface) to the bridge as `binding` says (with
+    /// `iface-id = logical port`, or as an access port of a VLAN), in one transaction.
     pub async fn add_port(
         &self,
         name: &str,
-        logical_port: &str,
-        mac: &str,
+        binding: PortBinding<'_>,
         attachment: &str,
     ) -> Result<()> {
         let mut ext = BTreeMap::new();
-        ext.insert("iface-id", logical_port.to_string());
-        ext.insert("attached-mac", mac.to_string());
+        if let PortBinding::LogicalPort { id, mac } = binding {
+            ext.insert("iface-id", id.to_string());
+            ext.insert("attached-mac", mac.to_string());
+        }
         ext.insert(marks::OWNER, marks::OWNER_VALUE.to_string());
         ext.insert(marks::ATTACHMENT, attachment.to_string());
+        let mut port = json!({
+            "name": name,
+            "interfaces": ovsdb::named_uuid("iface"),
+            "external_ids": ovsdb::map([
+                (marks::OWNER, marks::OWNER_VALUE),
+                (marks::HOST, self.host.as_str()),
+                (marks::ATTACHMENT, attachment),
+            ]),
+        });
+        if let PortBinding::AccessTag(tag) = binding {
+            port["tag"] = json!(tag);
+        }
         let ops = vec![
             Op::insert(
                 "Interface",
                 json!({"name": name, "type": "", "external_ids": ovsdb::map(ext.clone())}),
             )
             .with_uuid_name("iface"),
-            Op::insert(
-                "Port",
-                json!({
-                    "name": name,
-                    "interfaces": ovsdb::named_uuid("iface"),
-                    "external_ids": ovsdb::map([
-                        (marks::OWNER, marks::OWNER_VALUE),
-                        (marks::HOST, self.host.as_str()),
-                        (marks::ATTACHMENT, attachment),
-                    ]),
-                }),
-            )
-            .with_uuid_name("port"),
+            Op::insert("Port", port).with_uuid_name("port"),
             Op::mutate(
                 "Bridge",
                 vec![Condition::eq("name", json!(self.bridge))],
@@ -267,5 +279,6 @@ fn port_from_row(view: &CacheView, port: &Row) -> Option<VswitchPort> {
             .and_then(|r| ovsdb::get_str(r, "error"))
             .map(String::from),
         ovn_installed: iext.get("ovn-installed").map(String::as_str) == Some("true"),
+        tag: ovsdb::get_i64(port, "tag").and_then(|t| u16::try_from(t).ok()),
     })
 }

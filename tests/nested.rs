@@ -535,3 +535,127 @@ fn vlan_tags_are_unique_per_vm_port_survive_kill9_and_run_out_cleanly() {
     nbctl(&["ls-del", &net]);
     drop(vm);
 }
+
+/// One daemon serves a veth-ovs container and a nested (macvlan) container side by side, each
+/// binding chosen per attachment. The "VM" is this host's netns: its interface on the VM's
+/// port is one end of a veth whose other end is on br-int (changes only that interface's ARP
+/// settings, not host-wide ones).
+#[test]
+fn veth_ovs_and_nested_containers_on_one_daemon() {
+    let t = "veth_ovs_and_nested_containers_on_one_daemon";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("nsbs");
+    let subnet = subnet_for(63);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let (master, uplink) = (format!("nsbm{pid}"), format!("nsbu{pid}"));
+    let lsp = format!("nsbs-vm-{pid}");
+    let (vm_mac, vm_ip) = (
+        format!("0a:00:00:{:02x}:63:01", pid % 256),
+        format!("{base}.250"),
+    );
+    let entry = format!("{vm_mac} {vm_ip}");
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = sh("ovs-vsctl", &["--if-exists", "del-port", "br-int", &self.0]);
+            let _ = sh("ip", &["link", "del", &self.0]);
+            let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.1]);
+        }
+    }
+    let _cleanup = Cleanup(uplink.clone(), lsp.clone());
+    let d = TestDaemon::start_with(
+        "nsbs",
+        &[
+            ("COURIER_BINDINGS", "veth-ovs,macvlan"),
+            ("COURIER_NESTED_MASTER", &master),
+        ],
+    );
+    d.create_network(&net, &subnet);
+    nbctl(&["lsp-add", &net, &lsp]);
+    nbctl(&["lsp-set-addresses", &lsp, &entry]);
+    nbctl(&["lsp-set-port-security", &lsp, &entry]);
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", &master, "type", "veth", "peer", "name", &uplink,
+        ],
+    );
+    for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        sh_ok(
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{master}.{k}={v}")],
+        );
+    }
+    sh_ok("ip", &["link", "set", &master, "address", &vm_mac]);
+    sh_ok(
+        "ip",
+        &["addr", "add", &format!("{vm_ip}/24"), "dev", &master],
+    );
+    for i in [&master, &uplink] {
+        let _ = sh("ethtool", &["-K", i, "tx", "off"]);
+        sh_ok("ip", &["link", "set", i, "up"]);
+    }
+    sh_ok(
+        "ovs-vsctl",
+        &[
+            "add-port",
+            "br-int",
+            &uplink,
+            "--",
+            "set",
+            "Interface",
+            &uplink,
+            &format!("external_ids:iface-id={lsp}"),
+        ],
+    );
+    // (The daemon looks the VM's port up by the master's IP at the first nested attach.)
+    let security_before = port_security(&lsp);
+    let (c1, c2) = (Netns::new("nsb1"), Netns::new("nsb2"));
+    let attach = |c: &str, ns: &Netns, binding: Option<&str>| {
+        let mut body = json!({"container_id": c, "ifname": "eth0", "netns": ns.path(),
+                              "network": net});
+        if let Some(b) = binding {
+            body["binding"] = json!(b);
+        }
+        let (code, out) = d.api("POST", "/v1/attachments", Some(body));
+        assert_eq!(code, 200, "{c}: {out}");
+        out
+    };
+    let a1 = attach("sbs1", &c1, None);
+    let a2 = attach("sbs2", &c2, Some("macvlan"));
+    assert_eq!(a1["edge"]["kind"], "veth-ovs", "the default binding");
+    assert_eq!(a2["edge"]["kind"], "macvlan", "chosen for this attachment");
+    let ip = |a: &Value| {
+        a["port"]["ips"][0]
+            .as_str()
+            .unwrap_or_default()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (ip1, ip2) = (ip(&a1), ip(&a2));
+    assert!(
+        port_security(&lsp).contains(&ip2),
+        "the nested one's pair is on the VM's port"
+    );
+    assert!(c1.ping(&ip2), "veth-ovs reaches the nested container");
+    assert!(c2.ping(&ip1), "and back");
+    for c in ["sbs1", "sbs2"] {
+        let (code, out) = d.api(
+            "POST",
+            "/v1/attachments/detach",
+            Some(json!({"container_id": c, "ifname": "eth0"})),
+        );
+        assert_eq!(code, 200, "{out}");
+    }
+    assert_eq!(port_security(&lsp), security_before);
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(!c1.has_link("eth0") && !c2.has_link("eth0"));
+    drop(d);
+    nbctl(&["lsp-del", &lsp]);
+    nbctl(&["ls-del", &net]);
+}

@@ -551,26 +551,45 @@ fn guest_nested_ipvlan_needs_its_pair() {
 #[test]
 #[ignore = "boots a QEMU guest: run by scripts/vm-test.sh"]
 fn guest_nested_vlan_child_ports() {
-    let test = "guest_nested_vlan_child_ports";
+    nested_vlan_in_guest("guest_nested_vlan_child_ports", "vlan.sh", 93, "v");
+}
+
+/// The same with the vlan-ovs binding: the VM runs Open vSwitch, its NIC is the trunk uplink of
+/// its own bridge, and each container is a veth on an access port tagged with its child port's
+/// VLAN (OVN's container-in-VM document).
+#[test]
+#[ignore = "boots a QEMU guest: run by scripts/vm-test.sh"]
+fn guest_nested_vlan_ovs_access_ports() {
+    nested_vlan_in_guest("guest_nested_vlan_ovs_access_ports", "vlan-ovs.sh", 94, "o");
+}
+
+/// Nested VLAN in the guest with `scenario` (vlan.sh or vlan-ovs.sh): see those.
+fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short: &str) {
     if !guest_ready(test) {
         return;
     }
     let _nb = NbTcpListener::ensure();
     let pid = std::process::id();
-    let host = TestDaemon::start("vm-vlan-host");
-    let net = unique("vm-vlan");
-    let subnet = subnet_for(93);
+    let host = TestDaemon::start(&format!("vm-vlan{short}-host"));
+    let net = unique(&format!("vm-vlan{short}"));
+    let subnet = subnet_for(subnet_index);
     host.create_network(&net, &subnet);
     let base = subnet.trim_end_matches(".0/24");
     let o = Objects {
         ls: net.clone(),
-        tap: format!("vmtapv{pid}"),
-        veth: format!("vmhv{pid}"),
+        tap: format!("vmtap{short}{pid}"),
+        veth: format!("vmh{short}{pid}"),
     };
-    let (lsp_vm, lsp_host) = (unique("vm-vlan-port"), unique("vm-vlan-host"));
-    let foreign = unique("vm-vlan-other");
+    let (lsp_vm, lsp_host) = (
+        unique(&format!("vm-vlan{short}-port")),
+        unique(&format!("vm-vlan{short}-host")),
+    );
+    let foreign = unique(&format!("vm-vlan{short}-other"));
     let (vm_ip, host_ip) = (format!("{base}.10"), format!("{base}.3"));
-    let (vm_mac, host_mac) = ("02:c0:00:00:5d:0a", "02:c0:00:00:5d:03");
+    let (vm_mac, host_mac) = (
+        format!("02:c0:00:00:{subnet_index:02x}:0a"),
+        format!("02:c0:00:00:{subnet_index:02x}:03"),
+    );
     let vm_addr = format!("{vm_mac} {vm_ip}");
     let host_addr = format!("{host_mac} {host_ip}");
     nbctl(&[
@@ -603,14 +622,20 @@ fn guest_nested_vlan_child_ports() {
         "--",
         "lsp-set-addresses",
         &foreign,
-        &format!("02:c0:00:00:5d:01 {base}.201"),
+        &format!("02:c0:00:00:{subnet_index:02x}:01 {base}.201"),
     ]);
-    let _ns = host_port("vm-vlan-h", &o.veth, &lsp_host, host_mac, &host_ip);
-    let mark = format!("it-vm-vlan-{pid}");
+    let _ns = host_port(
+        &format!("vm-vlan{short}-h"),
+        &o.veth,
+        &lsp_host,
+        &host_mac,
+        &host_ip,
+    );
+    let mark = format!("it-vm-vlan{short}-{pid}");
     let vm_env = vec![
         ("VM_TAP", o.tap.clone()),
         ("VM_LSP", lsp_vm.clone()),
-        ("VM_MAC", vm_mac.to_string()),
+        ("VM_MAC", vm_mac.clone()),
         ("VM_IP", vm_ip.clone()),
         ("VM_PREFIX", "24".to_string()),
         ("VM_NET", net.clone()),
@@ -640,7 +665,7 @@ fn guest_nested_vlan_child_ports() {
     ]);
     // Each attach's child port, as the NB has it when the guest says it attached.
     let mut children = Vec::new();
-    let run = run_guest(scenario("vlan.sh").as_str(), &[], &vm_env, |line| {
+    let run = run_guest(scenario(scenario_name).as_str(), &[], &vm_env, |line| {
         if let Some(rest) = line.strip_prefix("__attached__ ") {
             let f: Vec<&str> = rest.split_whitespace().collect();
             let found = nbctl(&[

@@ -1,5 +1,10 @@
 //! veth → OVS: a veth pair whose host end is a port on the integration bridge with
 //! `external_ids:iface-id = <logical port>`, and whose peer becomes the container's interface.
+//!
+//! Its nested form, `vlan-ovs` (OVN's container-in-VM document): inside a VM that runs OVS, the
+//! host end is an *access port* (`tag` = the child port's VLAN) of the VM's own bridge, whose
+//! trunk uplink is the VM's NIC on the VM's logical port; the container's port is a child of
+//! that port with the tag (chosen and claimed by the attach flow, like the vlan binding's).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -8,13 +13,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
 
+use super::vm_port::VmPort;
 use super::{EdgeBinding, EdgeOrphan, EdgeResource};
+use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::model::{
     self, host_ifname, link_alias, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort,
 };
-use crate::vswitch::Vswitch;
+use crate::vswitch::{PortBinding, Vswitch};
 
 pub struct VethOvs {
     host: Arc<Netlink>,
@@ -24,6 +31,8 @@ pub struct VethOvs {
     host_mark: String,
     /// ovn-controller's unixctl socket ("" = from its pidfile).
     controller_ctl: String,
+    /// vlan-ovs: the VM Courier runs in (its port is the parent of the containers' ports).
+    nested: Option<VmPort>,
 }
 
 fn nl_err(context: impl Into<String>) -> impl FnOnce(nl::Error) -> Error {
@@ -45,6 +54,40 @@ impl VethOvs {
             mtu,
             host_mark: host_mark.to_string(),
             controller_ctl: controller_ctl.to_string(),
+            nested: None,
+        }
+    }
+
+    /// vlan-ovs: access ports of the VM's own bridge (`vswitch`'s), one VLAN per child port of
+    /// the VM's port `vm`.
+    pub fn nested_vlan(
+        host: Arc<Netlink>,
+        vswitch: Arc<Vswitch>,
+        mtu: Option<u32>,
+        host_mark: &str,
+        vm: VmPort,
+    ) -> Self {
+        VethOvs {
+            nested: Some(vm),
+            ..Self::new(host, vswitch, mtu, host_mark, "")
+        }
+    }
+
+    /// What the host end is on the bridge: the logical port itself, or (vlan-ovs) an access
+    /// port with the child port's tag.
+    fn port_binding<'a>(att: &Attachment, port: &'a LogicalPort) -> Result<PortBinding<'a>> {
+        match &att.edge {
+            EdgeState::VlanOvs { tag, .. } if (1..=4094).contains(tag) => {
+                Ok(PortBinding::AccessTag(*tag))
+            }
+            EdgeState::VlanOvs { .. } => Err(Error::Internal(format!(
+                "attachment {} has no VLAN tag on its vlan-ovs edge",
+                att.id
+            ))),
+            _ => Ok(PortBinding::LogicalPort {
+                id: &port.id,
+                mac: &port.mac,
+            }),
         }
     }
 }
@@ -52,8 +95,9 @@ impl VethOvs {
 /// The host end of the veth, from the record's edge state.
 fn host_end(att: &Attachment) -> Result<&str> {
     match &att.edge {
-        EdgeState::VethOvs { host_ifname } => Ok(host_ifname),
-        #[allow(unreachable_patterns)]
+        EdgeState::VethOvs { host_ifname } | EdgeState::VlanOvs { host_ifname, .. } => {
+            Ok(host_ifname)
+        }
         other => Err(Error::Internal(format!(
             "attachment {} has a {} edge, not veth-ovs",
             att.id,
@@ -112,7 +156,7 @@ impl VethOvs {
             .await
             .map_err(nl_err(format!("setting {host} up")))?;
         self.vswitch
-            .add_port(host, &port.id, &port.mac, &att.id)
+            .add_port(host, Self::port_binding(att, port)?, &att.id)
             .await?;
         hooks::point("after-ovs-port").await;
         Ok(())
@@ -122,18 +166,50 @@ impl VethOvs {
 #[async_trait]
 impl EdgeBinding for VethOvs {
     fn kind(&self) -> &'static str {
-        "veth-ovs"
+        if self.nested.is_some() {
+            "vlan-ovs"
+        } else {
+            "veth-ovs"
+        }
     }
 
     fn edge_for(&self, id: &str) -> EdgeState {
-        EdgeState::VethOvs {
-            host_ifname: host_ifname(id),
+        match self.nested {
+            // Parent and tag are chosen by the attach flow before the intent is written.
+            Some(_) => EdgeState::VlanOvs {
+                host_ifname: host_ifname(id),
+                parent: String::new(),
+                tag: 0,
+            },
+            None => EdgeState::VethOvs {
+                host_ifname: host_ifname(id),
+            },
         }
     }
 
     async fn health(&self) -> Result<()> {
         self.vswitch.health().await?;
-        crate::ovn_controller::check_connected(&self.controller_ctl).await
+        match &self.nested {
+            Some(vm) => vm.link().await.map(|_| ()),
+            None => crate::ovn_controller::check_connected(&self.controller_ctl).await,
+        }
+    }
+
+    async fn vlan_parent(&self, backend: &dyn Backend) -> Result<Option<String>> {
+        match &self.nested {
+            Some(vm) => vm.id(backend).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn port_role(&self, att: &Attachment) -> PortRole {
+        match &att.edge {
+            EdgeState::VlanOvs { parent, tag, .. } => PortRole::Child {
+                parent: parent.clone(),
+                tag: *tag,
+            },
+            _ => PortRole::Bound,
+        }
     }
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
@@ -201,7 +277,7 @@ impl EdgeBinding for VethOvs {
             .await
             .map_err(nl_err(format!("setting {host} up")))?;
         self.vswitch
-            .add_port(host, &port.id, &port.mac, &att.id)
+            .add_port(host, Self::port_binding(att, port)?, &att.id)
             .await?;
         hooks::point("after-ovs-port").await;
         ns.configure(&IfaceConfig {
@@ -222,6 +298,11 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()> {
+        if self.nested.is_some() {
+            // The VM's bridge is a plain learning switch (no ovn-controller in the VM): it
+            // forwards once the port is on it; the child port rides on the VM port's binding.
+            return Ok(());
+        }
         self.vswitch.wait_installed(host_end(att)?, timeout).await
     }
 
@@ -249,26 +330,32 @@ impl EdgeBinding for VethOvs {
             what,
         };
         let host = host_end(att)?;
-        match self.vswitch.port(host) {
-            None => return Err(fail(format!("port {host} is missing from the bridge"))),
-            Some(p) if p.iface_id.as_deref() != Some(port.id.as_str()) => {
+        let Some(p) = self.vswitch.port(host) else {
+            return Err(fail(format!("port {host} is missing from the bridge")));
+        };
+        if let Some(e) = &p.error {
+            return Err(fail(format!("vswitchd reports an error on {host}: {e}")));
+        }
+        match Self::port_binding(att, port)? {
+            PortBinding::AccessTag(tag) if p.tag != Some(tag) => {
                 return Err(fail(format!(
-                    "port {host} has iface-id {:?}, expected {}",
-                    p.iface_id, port.id
+                    "port {host} has VLAN tag {:?}, expected {tag}",
+                    p.tag
                 )))
             }
-            Some(p) if p.error.is_some() => {
+            PortBinding::AccessTag(_) => {}
+            PortBinding::LogicalPort { id, .. } if p.iface_id.as_deref() != Some(id) => {
                 return Err(fail(format!(
-                    "vswitchd reports an error on {host}: {}",
-                    p.error.unwrap_or_default()
+                    "port {host} has iface-id {:?}, expected {id}",
+                    p.iface_id
                 )))
             }
-            Some(p) if !p.ovn_installed => {
+            PortBinding::LogicalPort { .. } if !p.ovn_installed => {
                 return Err(fail(format!(
                     "ovn-controller has not installed flows for {host} (no ovn-installed)"
                 )))
             }
-            Some(_) => {}
+            PortBinding::LogicalPort { .. } => {}
         }
         if self
             .host

@@ -25,7 +25,8 @@
 #                                tcp:10.0.2.2:6641 (the host's OVN NB, if it listens there)
 # Guest: eth0 = QEMU user-mode net, 10.0.2.15/24 via 10.0.2.2 (host 127.0.0.1:PORT is
 #   10.0.2.2:PORT); eth1 = the VM port (down, no address: the scenario configures it);
-#   /usr/local/bin/courier, iproute2 ip/tc/bridge, ethtool, bash (also /bin/sh), busybox applets;
+#   /usr/local/bin/courier, iproute2 ip/tc/bridge, ethtool, bash (also /bin/sh), busybox applets,
+#   Open vSwitch (ovsdb-server, ovs-vswitchd, ovs-vsctl, ovsdb-tool; schema in /usr/share/openvswitch);
 #   modules ($MODULES) load on demand (modprobe, or autoload by `ip link add ... type vlan`).
 # Facts behind the choices: ../../../shared/notes/environment.md ("QEMU guest", "A QEMU guest's
 # NIC on the host's br-int"): KVM does not work here (TCG only); QEMU 10 from bookworm-backports;
@@ -46,7 +47,9 @@ MGMT_MAC=52:54:00:12:34:56
 # soft-depends on them and busybox modprobe ignores softdeps.
 MODULES="virtio_pci virtio_net 8021q ipvlan macvlan veth openvswitch crc32c_generic crc32c_intel
  dummy bridge vxlan geneve tun igb igbvf"
-BINS="ip tc bridge ethtool bash"       # host binaries copied with their shared libraries
+# Host binaries copied with their shared libraries; the OVS ones (and the vswitch schema) let a
+# scenario run a VM's own Open vSwitch (kernel datapath) for the vlan-ovs binding.
+BINS="ip tc bridge ethtool bash ovsdb-server ovs-vswitchd ovs-vsctl ovsdb-tool"
 APT=(apt-get -q -o DPkg::Lock::Timeout=600 -o Acquire::Lock::Timeout=600)
 
 log() { echo "[vm] $*" >&2; }
@@ -150,6 +153,8 @@ setup_initramfs() {
     done
   done
   cp -L /lib64/ld-linux-x86-64.so.2 "$r/lib64/"
+  mkdir -p "$r/usr/share/openvswitch" "$r/etc/openvswitch"
+  cp /usr/share/openvswitch/vswitch.ovsschema "$r/usr/share/openvswitch/"
   ln -sf bash "$r/bin/sh"
   mkdir -p "$r/etc/iproute2"; cp -r /etc/iproute2/. "$r/etc/iproute2/" 2>/dev/null || true
   declare -A seen=()
