@@ -346,6 +346,16 @@ impl Attacher {
         hooks::point("after-plug").await;
         let t2 = std::time::Instant::now();
         binding.wait_ready(att, self.port_up_timeout).await?;
+        if binding.ready_by_backend() {
+            // Nested: the VM has no switch of the backend's to ask; the backend's hypervisors
+            // applying the change (the child port, the pair) is what makes it forward. A
+            // hypervisor that lags (or is down) delays this, but does not fail the attach.
+            let timeout = self.port_up_timeout.min(Duration::from_secs(5));
+            if !backend.wait_applied(timeout).await? {
+                tracing::warn!(attachment = %att.id, timeout_ms = timeout.as_millis() as u64,
+                    "not every hypervisor of the backend has applied the change yet; going on");
+            }
+        }
         let up_ms = ms(t2);
         hooks::point("after-up").await;
         if refresh_up {

@@ -352,6 +352,9 @@ pub struct DockerNetwork {
     pub pool4: String,
     #[serde(default)]
     pub pool6: Option<String>,
+    /// `-o courier.binding`: its endpoints' edge binding (None: the daemon's default).
+    #[serde(default)]
+    pub binding: Option<String>,
 }
 
 pub fn unix_now() -> u64 {

@@ -5,96 +5,9 @@
 mod common;
 use std::time::Duration;
 
+use common::nested::*;
 use common::*;
 use serde_json::{json, Value};
-
-/// A netns with one interface `eth0` on the logical switch: a veth whose host end is a br-int
-/// port bound to LSP `lsp` (static "MAC IP"); returns the netns. The LSP is made here.
-struct Plugged {
-    ns: Netns,
-    lsp: String,
-    host_if: String,
-}
-
-impl Plugged {
-    fn new(prefix: &str, switch: &str, lsp: &str, mac: &str, ip: &str, prefix_len: u8) -> Plugged {
-        let ns = Netns::new(prefix);
-        let host_if = format!("nh{}", &lsp[lsp.len().saturating_sub(10)..]);
-        let _ = sh("ip", &["link", "del", &host_if]);
-        let entry = format!("{mac} {ip}");
-        nbctl(&["lsp-add", switch, lsp]);
-        nbctl(&["lsp-set-addresses", lsp, &entry]);
-        nbctl(&["lsp-set-port-security", lsp, &entry]);
-        sh_ok(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ],
-        );
-        let _ = sh("ethtool", &["-K", &host_if, "tx", "off"]);
-        sh_ok("ip", &["link", "set", &host_if, "up"]);
-        sh_ok(
-            "ovs-vsctl",
-            &[
-                "add-port",
-                "br-int",
-                &host_if,
-                "--",
-                "set",
-                "Interface",
-                &host_if,
-                &format!("external_ids:iface-id={lsp}"),
-            ],
-        );
-        ns.exec(&["ip", "link", "set", "eth0", "address", mac]);
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ip}/{prefix_len}"),
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        let _ = ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-        assert!(
-            eventually(Duration::from_secs(10), || nbctl(&[
-                "get",
-                "Logical_Switch_Port",
-                lsp,
-                "up"
-            ])
-            .trim()
-                == "true"),
-            "{lsp} did not come up"
-        );
-        Plugged {
-            ns,
-            lsp: lsp.to_string(),
-            host_if,
-        }
-    }
-}
-
-impl Drop for Plugged {
-    fn drop(&mut self) {
-        let _ = sh(
-            "ovs-vsctl",
-            &["--if-exists", "del-port", "br-int", &self.host_if],
-        );
-        let _ = sh("ip", &["link", "del", &self.host_if]);
-        let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.lsp]);
-    }
-}
-
-fn port_security(lsp: &str) -> String {
-    nbctl(&["get", "Logical_Switch_Port", lsp, "port_security"])
-}
-
-fn addresses(lsp: &str) -> String {
-    nbctl(&["get", "Logical_Switch_Port", lsp, "addresses"])
-}
 
 fn attach(d: &TestDaemon, container: &str, netns: &str, network: &str) -> (u16, Value) {
     d.api(
@@ -550,67 +463,20 @@ fn veth_ovs_and_nested_containers_on_one_daemon() {
     let net = unique("nsbs");
     let subnet = subnet_for(63);
     let base = subnet.trim_end_matches(".0/24").to_string();
-    let (master, uplink) = (format!("nsbm{pid}"), format!("nsbu{pid}"));
-    let lsp = format!("nsbs-vm-{pid}");
     let (vm_mac, vm_ip) = (
         format!("0a:00:00:{:02x}:63:01", pid % 256),
         format!("{base}.250"),
     );
-    let entry = format!("{vm_mac} {vm_ip}");
-    struct Cleanup(String, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = sh("ovs-vsctl", &["--if-exists", "del-port", "br-int", &self.0]);
-            let _ = sh("ip", &["link", "del", &self.0]);
-            let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.1]);
-        }
-    }
-    let _cleanup = Cleanup(uplink.clone(), lsp.clone());
     let d = TestDaemon::start_with(
         "nsbs",
         &[
             ("COURIER_BINDINGS", "veth-ovs,macvlan"),
-            ("COURIER_NESTED_MASTER", &master),
+            ("COURIER_NESTED_MASTER", &HostVm::master_name("nsb")),
         ],
     );
     d.create_network(&net, &subnet);
-    nbctl(&["lsp-add", &net, &lsp]);
-    nbctl(&["lsp-set-addresses", &lsp, &entry]);
-    nbctl(&["lsp-set-port-security", &lsp, &entry]);
-    sh_ok(
-        "ip",
-        &[
-            "link", "add", &master, "type", "veth", "peer", "name", &uplink,
-        ],
-    );
-    for (k, v) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-        sh_ok(
-            "sysctl",
-            &["-qw", &format!("net.ipv4.conf.{master}.{k}={v}")],
-        );
-    }
-    sh_ok("ip", &["link", "set", &master, "address", &vm_mac]);
-    sh_ok(
-        "ip",
-        &["addr", "add", &format!("{vm_ip}/24"), "dev", &master],
-    );
-    for i in [&master, &uplink] {
-        let _ = sh("ethtool", &["-K", i, "tx", "off"]);
-        sh_ok("ip", &["link", "set", i, "up"]);
-    }
-    sh_ok(
-        "ovs-vsctl",
-        &[
-            "add-port",
-            "br-int",
-            &uplink,
-            "--",
-            "set",
-            "Interface",
-            &uplink,
-            &format!("external_ids:iface-id={lsp}"),
-        ],
-    );
+    let vm = HostVm::new(&net, "nsb", &vm_mac, &vm_ip);
+    let lsp = vm.lsp.clone();
     // (The daemon looks the VM's port up by the master's IP at the first nested attach.)
     let security_before = port_security(&lsp);
     let (c1, c2) = (Netns::new("nsb1"), Netns::new("nsb2"));
@@ -642,6 +508,25 @@ fn veth_ovs_and_nested_containers_on_one_daemon() {
         port_security(&lsp).contains(&ip2),
         "the nested one's pair is on the VM's port"
     );
+    // The reservation gave its address to the VM's port (one address per container, and
+    // only the VM's port answers ARP for it).
+    let reservation = nbctl(&[
+        "--bare",
+        "--columns=name,addresses,dynamic_addresses",
+        "find",
+        "Logical_Switch_Port",
+        &format!(
+            "external_ids:courier-attachment={}",
+            a2["id"].as_str().unwrap_or("?")
+        ),
+    ]);
+    assert_eq!(
+        reservation.split_whitespace().count(),
+        1,
+        "the reservation port, with no address of its own: {reservation}"
+    );
+    // c1 asks for c2's MAC first (ARP): the answer must be c2's own MAC, not that of the
+    // port reserving its address.
     assert!(c1.ping(&ip2), "veth-ovs reaches the nested container");
     assert!(c2.ping(&ip1), "and back");
     for c in ["sbs1", "sbs2"] {
@@ -656,6 +541,6 @@ fn veth_ovs_and_nested_containers_on_one_daemon() {
     assert!(owned(&d).is_empty(), "{:?}", owned(&d));
     assert!(!c1.has_link("eth0") && !c2.has_link("eth0"));
     drop(d);
-    nbctl(&["lsp-del", &lsp]);
+    drop(vm);
     nbctl(&["ls-del", &net]);
 }

@@ -663,22 +663,47 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
         "Logical_Switch_Port",
         &lsp_vm,
     ]);
-    // Each attach's child port, as the NB has it when the guest says it attached.
-    let mut children = Vec::new();
-    let run = run_guest(scenario(scenario_name).as_str(), &[], &vm_env, |line| {
-        if let Some(rest) = line.strip_prefix("__attached__ ") {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let found = nbctl(&[
-                "--bare",
-                "--columns=name",
-                "find",
-                "Logical_Switch_Port",
-                &format!("parent_name={lsp_vm}"),
-                &format!("tag={}", f.get(1).unwrap_or(&"0")),
-                &format!("external_ids:courier-host={mark}"),
-            ]);
-            children.push((rest.to_string(), found.trim().to_string()));
-        }
+    // The child ports the NB has while the guest runs (the guest's lines reach the host in
+    // batches, after the fact: so the NB is watched, not asked on each line).
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::<(String, u16)>::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut attached = Vec::new();
+    let run = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows = nbctl(&[
+                    "--bare",
+                    "--format=csv",
+                    "--columns=name,tag",
+                    "find",
+                    "Logical_Switch_Port",
+                    &format!("parent_name={lsp_vm}"),
+                    &format!("external_ids:courier-host={mark}"),
+                ]);
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                for row in rows.lines() {
+                    if let Some((name, tag)) = row.split_once(',') {
+                        if let Ok(tag) = tag.trim().parse() {
+                            seen.insert((name.to_string(), tag));
+                        }
+                    }
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let run = run_guest(scenario(scenario_name).as_str(), &[], &vm_env, |line| {
+            if let Some(rest) = line.strip_prefix("__attached__ ") {
+                let tag: u16 = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                attached.push((rest.to_string(), tag));
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        run
     });
     assert_eq!(run.code, 0, "{}", run.explain());
     for said in [
@@ -691,11 +716,13 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
     ] {
         assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
     }
-    assert_eq!(children.len(), 3, "{children:?}");
-    for (said, lsp) in &children {
+    let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    assert_eq!(attached.len(), 3, "{attached:?}");
+    assert_eq!(seen.len(), 3, "one child port per attach: {seen:?}");
+    for (said, tag) in &attached {
         assert!(
-            !lsp.is_empty(),
-            "no child LSP with parent_name={lsp_vm} for {said}"
+            seen.iter().any(|(_, t)| t == tag),
+            "no child LSP of {lsp_vm} with tag {tag} for {said}: {seen:?}"
         );
     }
     let left = nbctl(&[

@@ -169,6 +169,14 @@ pub trait Backend: Send + Sync {
             self.id()
         )))
     }
+    /// Waits until the hypervisors have applied every change made so far (OVN: NB_Global
+    /// `hv_cfg` catches up with a bumped `nb_cfg`, what `ovn-nbctl --wait=hv` does): the
+    /// readiness of nested edges, whose host has no switch of the backend's to ask. Ok(false)
+    /// when `timeout` passed first. Default: nothing to wait for.
+    async fn wait_applied(&self, timeout: std::time::Duration) -> Result<bool> {
+        let _ = timeout;
+        Ok(true)
+    }
     /// Removes exactly `pair` from port `parent`; Ok when it is not there (or the port is gone).
     async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
         let _ = (parent, pair);
@@ -198,4 +206,9 @@ pub mod marks {
     pub const NETWORK: &str = "courier-network";
     pub const GATEWAY: &str = "courier-gateway";
     pub const GATEWAY6: &str = "courier-gateway6";
+    /// OVN direct: a reservation port (nested ipvlan/macvlan) whose address now lives on the
+    /// VM's port as a pair: the "MAC IP" it held, so it is still reported.
+    pub const RESERVED: &str = "courier-reserved";
+    /// OVN direct: the port's role when it is not an ordinary bound port ("reservation").
+    pub const ROLE: &str = "courier-role";
 }

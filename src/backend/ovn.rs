@@ -68,6 +68,7 @@ impl OvnBackend {
                             "tag",
                         ][..],
                     ),
+                    ("NB_Global", &["nb_cfg", "hv_cfg"][..]),
                 ],
                 INDEXES,
             )
@@ -126,7 +127,9 @@ impl OvnBackend {
                 ovsdb::get_str_set(row, "addresses")
                     .into_iter()
                     .find(|a| !a.contains("dynamic"))
-            });
+            })
+            // A reservation whose address moved onto the VM's port (see `add_address_pair`).
+            .or_else(|| ext.get(marks::RESERVED).cloned());
         let (mac, ips) = match addr.as_deref().map(parse_addresses) {
             Some(Some((mac, ips))) => (mac, ips),
             _ => (String::new(), Vec::new()),
@@ -588,7 +591,7 @@ impl Backend for OvnBackend {
         parent: &str,
         pair: &crate::backend::AddressPair,
     ) -> Result<()> {
-        if self.mutate_pair(parent, pair, "insert").await? == 0 {
+        if self.mutate_pair(parent, pair, "insert", true).await? == 0 {
             return Err(Error::BackendState(format!(
                 "the VM's port {parent} does not exist in OVN any more"
             )));
@@ -601,7 +604,37 @@ impl Backend for OvnBackend {
         parent: &str,
         pair: &crate::backend::AddressPair,
     ) -> Result<()> {
-        self.mutate_pair(parent, pair, "delete").await.map(|_| ())
+        self.mutate_pair(parent, pair, "delete", false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn wait_applied(&self, timeout: std::time::Duration) -> Result<bool> {
+        let ops = vec![
+            Op::mutate(
+                "NB_Global",
+                vec![],
+                vec![Mutation::arith("nb_cfg", "+=", 1)],
+            ),
+            Op::select("NB_Global", vec![], Some(&["nb_cfg"])),
+        ];
+        let res = self.nb.transact(DB, ops).await.map_err(nb_err(
+            "asking the hypervisors to report (NB_Global nb_cfg)",
+        ))?;
+        let target = match res.get(1) {
+            Some(OpResult::Rows(rows)) => rows.first().and_then(|r| ovsdb::get_i64(r, "nb_cfg")),
+            _ => None,
+        }
+        .ok_or_else(|| Error::BackendState("the NB DB has no NB_Global row".into()))?;
+        Ok(self
+            .cache
+            .wait_for(timeout, |v| {
+                v.rows("NB_Global")
+                    .any(|(_, r)| ovsdb::get_i64(r, "hv_cfg").is_some_and(|h| h >= target))
+                    .then_some(())
+            })
+            .await
+            .is_ok())
     }
 
     async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
@@ -620,6 +653,30 @@ impl Backend for OvnBackend {
     }
 }
 
+impl OvnBackend {
+    /// Courier's reservation ports that hold `ip` in OVN's IPAM now: (uuid, their "MAC IP").
+    fn reservations_holding(&self, ip: IpAddr) -> Vec<(String, String)> {
+        self.cache.view(|v| {
+            v.rows(LSP)
+                .filter(|(_, r)| {
+                    ovsdb::get_map(r, "external_ids")
+                        .get(marks::ROLE)
+                        .map(String::as_str)
+                        == Some("reservation")
+                })
+                .filter_map(|(u, r)| {
+                    let held = ovsdb::get_str(r, "dynamic_addresses")
+                        .map(String::from)
+                        .into_iter()
+                        .chain(ovsdb::get_str_set(r, "addresses"))
+                        .find(|a| parse_addresses(a).is_some_and(|(_, ips)| ips.contains(&ip)))?;
+                    Some((u.clone(), held))
+                })
+                .collect()
+        })
+    }
+}
+
 /// The `addresses` / `port_security` entry of a nested container's address on its VM's port.
 pub fn pair_entry(pair: &crate::backend::AddressPair) -> String {
     format!("{} {}", pair.mac.to_ascii_lowercase(), pair.ip)
@@ -628,14 +685,22 @@ pub fn pair_entry(pair: &crate::backend::AddressPair) -> String {
 impl OvnBackend {
     /// One mutate of the parent LSP's `addresses` and `port_security` (insert or delete of one
     /// element): atomic in the NB DB, so concurrent attaches on one VM port never lose a pair.
+    ///
+    /// With `take_over`, the same transaction empties the reservation port that held the
+    /// pair's IP (its "MAC IP" kept in `external_ids:courier-reserved`): from then on the VM's
+    /// port holds the address, statically, in OVN's IPAM. Otherwise two ports would claim one
+    /// IP: ovn-northd moves the reservation's dynamic address to another IP (one lost per
+    /// container), and its ARP responder (on for ports that are down, too) answers for the
+    /// container's IP with the reservation's MAC.
     async fn mutate_pair(
         &self,
         parent: &str,
         pair: &crate::backend::AddressPair,
         mutator: &str,
+        take_over: bool,
     ) -> Result<usize> {
         let entry = json!(pair_entry(pair));
-        let ops = vec![Op::mutate(
+        let mut ops = vec![Op::mutate(
             LSP,
             vec![Condition::eq("name", json!(parent))],
             vec![
@@ -643,6 +708,23 @@ impl OvnBackend {
                 Mutation::new("port_security", mutator, ovsdb::set([entry])),
             ],
         )];
+        if take_over {
+            for (uuid, held) in self.reservations_holding(pair.ip) {
+                ops.push(Op::update(
+                    LSP,
+                    vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
+                    json!({"addresses": ovsdb::empty_set(), "port_security": ovsdb::empty_set()}),
+                ));
+                ops.push(Op::mutate(
+                    LSP,
+                    vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
+                    vec![Mutation::insert(
+                        "external_ids",
+                        ovsdb::map([(marks::RESERVED, held)]),
+                    )],
+                ));
+            }
+        }
         let res = self
             .nb
             .transact(DB, ops)
@@ -732,16 +814,27 @@ impl OvnBackend {
         ext.insert(marks::HOST, req.owner.host.clone());
         ext.insert(marks::ATTACHMENT, req.owner.attachment.clone());
         ext.insert(marks::NETWORK, network.to_string());
+        if req.role == PortRole::Reservation {
+            ext.insert(marks::ROLE, "reservation".to_string());
+        }
         let mut row = json!({
             "name": req.name,
             "addresses": addresses,
             "external_ids": ovsdb::map(ext),
         });
-        if let PortRole::Child { parent, tag } = &req.role {
+        match &req.role {
             // A child of the VM's port (OVN's container-in-VM form): its frames arrive on the
             // parent's binding with this VLAN tag, which OVN strips.
-            row["parent_name"] = json!(parent);
-            row["tag"] = json!(tag);
+            PortRole::Child { parent, tag } => {
+                row["parent_name"] = json!(parent);
+                row["tag"] = json!(tag);
+            }
+            // Only holds its address in OVN's IPAM until the address is a pair on the VM's
+            // port (`add_address_pair` moves it there); carries no traffic.
+            PortRole::Reservation => {
+                row["enabled"] = json!(false);
+            }
+            PortRole::Bound => {}
         }
         let ops = vec![
             Op::insert(LSP, row).with_uuid_name("newport"),

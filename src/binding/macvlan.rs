@@ -127,6 +127,10 @@ impl EdgeBinding for MacVlan {
             .await
     }
 
+    fn ready_by_backend(&self) -> bool {
+        true
+    }
+
     async fn wait_ready(&self, _att: &Attachment, _timeout: std::time::Duration) -> Result<()> {
         // Nothing local to wait for: the VM's port is bound already; the pair is in the NB.
         Ok(())

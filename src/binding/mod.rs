@@ -80,6 +80,12 @@ pub trait EdgeBinding: Send + Sync {
     /// The host-netns name of the interface `plug` leaves for the runtime to move (Docker's
     /// Join `SrcName`).
     fn handoff_ifname(&self, att: &Attachment) -> String;
+    /// True when this host cannot see the data plane of its edges (nested: no switch of the
+    /// backend's in the VM): they are ready once the backend's hypervisors have applied the
+    /// change (`Backend::wait_applied`), after `wait_ready`. Default: false.
+    fn ready_by_backend(&self) -> bool {
+        false
+    }
     /// Waits until the data plane forwards for this edge (OVS: ovn-controller installed its flows).
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()>;
     /// Removes everything `plug` may have made, found by the record's edge state. Idempotent and

@@ -297,6 +297,11 @@ impl EdgeBinding for VethOvs {
         Ok(())
     }
 
+    fn ready_by_backend(&self) -> bool {
+        // vlan-ovs: the VM's bridge is not OVN's.
+        self.nested.is_some()
+    }
+
     async fn wait_ready(&self, att: &Attachment, timeout: std::time::Duration) -> Result<()> {
         if self.nested.is_some() {
             // The VM's bridge is a plain learning switch (no ovn-controller in the VM): it

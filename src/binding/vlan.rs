@@ -108,6 +108,10 @@ impl EdgeBinding for Vlan {
             .await
     }
 
+    fn ready_by_backend(&self) -> bool {
+        true
+    }
+
     async fn wait_ready(&self, _att: &Attachment, _timeout: std::time::Duration) -> Result<()> {
         // Nothing local to wait for: the VM's port is bound already, and the child port rides
         // on its binding (no OVS in the VM to ask).

@@ -433,6 +433,7 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                 ip: wanted,
                 mac,
                 port: existing,
+                binding: net.binding.clone(),
                 ..Default::default()
             },
             DockerRef {
@@ -555,6 +556,9 @@ pub struct NetworkOptions {
     pub network: Option<String>,
     /// `courier.backend`: where a new network goes (default: the daemon's default backend).
     pub backend: Option<String>,
+    /// `courier.binding`: the edge binding of this network's endpoints (default: the daemon's
+    /// default binding), e.g. `ipvlan` or `vlan` for containers inside a VM.
+    pub binding: Option<String>,
     /// `neutron.net.uuid` / `neutron.net.name`: register this existing Neutron network.
     pub neutron_net: Option<String>,
     /// `neutron.subnet.uuid` / `neutron.subnet.name`: accepted; the subnet must be the one of
@@ -570,6 +574,7 @@ impl NetworkOptions {
             match k.as_str() {
                 "courier.network" => o.network = v,
                 "courier.backend" => o.backend = v,
+                "courier.binding" => o.binding = v,
                 "neutron.net.uuid" | "neutron.net.name" => {
                     if o.neutron_net.is_some() {
                         return Err(Error::InvalidInput(
@@ -588,7 +593,7 @@ impl NetworkOptions {
                 }
                 k if k.starts_with("courier.") || k.starts_with("neutron.") => {
                     return Err(Error::InvalidInput(format!(
-                        "unknown option -o {k}: Courier knows courier.network, courier.backend, neutron.net.uuid, neutron.net.name, neutron.subnet.uuid, neutron.subnet.name"
+                        "unknown option -o {k}: Courier knows courier.network, courier.backend, courier.binding, neutron.net.uuid, neutron.net.name, neutron.subnet.uuid, neutron.subnet.name"
                     )))
                 }
                 _ => {}
@@ -713,6 +718,10 @@ async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
     })?;
     let v6 = one_subnet("IPv6", &req.ipv6_data)?;
     let reg = &d.attacher.registry;
+    if let Some(b) = &opts.binding {
+        // Refused before anything is made when this host cannot serve it.
+        reg.binding(Some(b))?;
+    }
     let (name, created) = match &opts.network {
         Some(existing) => (existing.clone(), false),
         None => (format!("docker-{}", &req.network_id[..12]), true),
@@ -806,6 +815,7 @@ async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
             created,
             pool4: pool_id(&subnet4),
             pool6: v6.as_ref().map(|(s, _)| pool_id(s)),
+            binding: opts.binding.clone(),
         })
         .await?;
     tracing::info!(docker_network = %req.network_id, network = %name, backend = %network.backend, created, "docker network ready");
@@ -990,6 +1000,7 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                         network: net.name.clone(),
                         ip,
                         mac: Some(iface.mac_address.clone()).filter(|m| !m.is_empty()),
+                        binding: net.binding.clone(),
                         ..Default::default()
                     },
                     DockerRef {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod nested;
 pub mod proxy;
 
 use std::collections::BTreeSet;
