@@ -712,7 +712,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
         for i in 0..N {
             let ip = pair(i).ip_address;
             assert!(
-                ps.split(|c: char| c == ' ' || c == '"').any(|w| w == ip),
+                ps.split([' ', '"']).any(|w| w == ip),
                 "{ip} not in the LSP's port_security: {ps}"
             );
         }
