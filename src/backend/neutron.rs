@@ -5,6 +5,11 @@
 //! ports with `device_owner = compute:courier`, `binding:host_id` = this host's OVN chassis and
 //! the ownership tags `courier:owner`, `courier:host:<HOST>`, `courier:attachment:<ID>`; their
 //! id (a UUID) is what the edge sets as `iface-id` (ML2/OVN names the LSP after it).
+//! Nested ipvlan/macvlan: the container's address is reserved by a port nobody binds
+//! (`device_owner = courier:reserved`, no `binding:host_id`, the same tags) and allowed on the
+//! VM's port as an allowed address pair (revision-checked, retried on 412: never a lost pair).
+//! ML2/OVN refuses a pair with a MAC of its own on a bound port, so macvlan is refused with
+//! an error saying to use ipvlan.
 //! Transient failures (5xx, connection errors, timeouts) are retried with backoff and jitter
 //! inside a deadline, then answered "try again later" (11).
 
@@ -17,7 +22,9 @@ use async_trait::async_trait;
 use courier_openstack::{self as os, FixedIp, Neutron, PortCreate, Query, SubnetCreate};
 use ipnet::IpNet;
 
-use super::{Backend, OwnerMark, PortQuery, PortRef, PortRequest};
+use super::{
+    AddressPair, Backend, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, PortRole,
+};
 use crate::error::{Error, Result};
 use crate::model::{
     validate_network_name, Dns, ExistingPort, LogicalPort, Network, NetworkSpec, Route,
@@ -29,6 +36,10 @@ const TAG_CREATED: &str = "courier:created";
 /// On an existing port Courier binds: claimed (not owned, so no sweep ever deletes it).
 const TAG_CLAIMED: &str = "courier:claimed";
 const DEVICE_OWNER: &str = "compute:courier";
+/// A nested container's address reservation (ipvlan/macvlan): a port no host binds, its address
+/// allowed on the VM's port as a pair. Not `compute:` (no instance behind it), not `network:`
+/// (Neutron's own); `device_id` is the attachment id.
+const DEVICE_OWNER_RESERVED: &str = "courier:reserved";
 /// How long one logical operation may keep retrying transient failures (then 11). Short: a CNI
 /// runtime's plugin timeout is tens of seconds for the whole ADD or DEL.
 const RETRY_FOR: Duration = Duration::from_secs(5);
@@ -344,6 +355,54 @@ impl NeutronBackend {
         Ok(out)
     }
 
+    /// A port Courier made or claimed: never the VM's port.
+    fn is_courier_port(p: &os::Port) -> bool {
+        p.tags.iter().any(|t| t == TAG_OWNER || t == TAG_CLAIMED)
+            || p.device_owner == DEVICE_OWNER_RESERVED
+    }
+
+    /// Could be the port of the VM Courier runs in: not Courier's, not Neutron's own
+    /// (`network:*`: router, DHCP…), not a trunk subport (it shares the VM's MAC).
+    fn may_be_vm_port(p: &os::Port) -> bool {
+        !Self::is_courier_port(p)
+            && !p.device_owner.starts_with("network:")
+            && p.device_owner != "trunk:subport"
+    }
+
+    fn describe_ports(ports: &[os::Port]) -> String {
+        ports
+            .iter()
+            .map(|p| {
+                let ips: Vec<&str> = p
+                    .fixed_ips
+                    .iter()
+                    .filter_map(|f| f.ip_address.as_deref())
+                    .collect();
+                format!(
+                    "{} (network {}, {} {}, device_owner {:?})",
+                    p.id,
+                    p.network_id,
+                    p.mac_address,
+                    ips.join(" "),
+                    p.device_owner
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Ports matching `q` (transient failures retried).
+    async fn ports_where(&self, what: &str, q: Query) -> Result<Vec<os::Port>> {
+        self.retry(what, || self.api.list_ports(&q)).await
+    }
+
+    fn pair_of(pair: &AddressPair) -> os::AllowedAddressPair {
+        os::AllowedAddressPair {
+            ip_address: pair.ip.to_string(),
+            mac_address: Some(pair.mac.to_ascii_lowercase()),
+        }
+    }
+
     fn network_name_of(tags: &[String]) -> Option<String> {
         tags.iter()
             .find_map(|t| t.strip_prefix("courier:network:"))
@@ -588,14 +647,26 @@ impl Backend for NeutronBackend {
                     ip_address: Some(ip.to_string()),
                 });
             }
+            let (device_owner, binding_host_id) = match &r.role {
+                PortRole::Bound => (DEVICE_OWNER, Some(self.host_id.clone())),
+                // Nobody binds it: it holds the address (Neutron's IPAM) and ML2/OVN makes its
+                // LSP a `virtual` port of the VM's once the address is a pair there.
+                PortRole::Reservation => (DEVICE_OWNER_RESERVED, None),
+                PortRole::Child { .. } => {
+                    return Err(Error::InvalidInput(format!(
+                        "port {}: nested vlan child ports are not built for the Neutron backend yet: use the ipvlan binding",
+                        r.name
+                    )))
+                }
+            };
             bodies.push(PortCreate {
                 network_id: net.backend_id.clone(),
                 name: Some(r.name.clone()),
-                device_owner: Some(DEVICE_OWNER.into()),
+                device_owner: Some(device_owner.into()),
                 device_id: Some(r.owner.attachment.clone()),
                 mac_address: r.mac.clone(),
                 fixed_ips,
-                binding_host_id: Some(self.host_id.clone()),
+                binding_host_id,
                 security_groups,
                 tags: vec![
                     TAG_OWNER.into(),
@@ -681,6 +752,133 @@ impl Backend for NeutronBackend {
             out.push(self.to_port(p, &NetInfo::default()).await?);
         }
         Ok(out)
+    }
+
+    async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
+        if let Some(id) = &q.id {
+            let p = match self.api.get_port(id).await {
+                Ok(p) => p,
+                Err(e) if e.is_not_found() => {
+                    return Err(Error::InvalidInput(format!(
+                        "Neutron has no port {id:?} ([nested] parent_port, the VM's port): set it to the id `openstack port list --server <this VM>` shows"
+                    )))
+                }
+                Err(e) => return Err(os_err(format!("reading the VM's port {id}"))(e)),
+            };
+            if Self::is_courier_port(&p) {
+                return Err(Error::InvalidInput(format!(
+                    "port {id} ([nested] parent_port) is a port Courier made for a container, not the VM's: set [nested] parent_port to the VM's own port"
+                )));
+            }
+            return Ok(p.id);
+        }
+        let mut by_ip: Vec<os::Port> = Vec::new();
+        for ip in &q.ips {
+            for p in self
+                .ports_where(
+                    &format!("looking up the VM's port by {ip}"),
+                    Query::new().fixed_ip(ip.to_string()),
+                )
+                .await?
+            {
+                if Self::may_be_vm_port(&p) && !by_ip.iter().any(|b| b.id == p.id) {
+                    by_ip.push(p);
+                }
+            }
+        }
+        // Overlapping networks may repeat an address: the MAC tells them apart.
+        if by_ip.len() > 1 {
+            if let Some(mac) = &q.mac {
+                let same_mac: Vec<os::Port> = by_ip
+                    .iter()
+                    .filter(|p| p.mac_address.eq_ignore_ascii_case(mac))
+                    .cloned()
+                    .collect();
+                if !same_mac.is_empty() {
+                    by_ip = same_mac;
+                }
+            }
+        }
+        let found = if !by_ip.is_empty() {
+            by_ip
+        } else if let Some(mac) = &q.mac {
+            self.ports_where(
+                &format!("looking up the VM's port by {mac}"),
+                Query::new().mac_address(mac.to_ascii_lowercase()),
+            )
+            .await?
+            .into_iter()
+            .filter(Self::may_be_vm_port)
+            .collect()
+        } else {
+            vec![]
+        };
+        let ips: Vec<String> = q.ips.iter().map(ToString::to_string).collect();
+        let wanted = format!(
+            "addresses [{}], MAC {}",
+            ips.join(", "),
+            q.mac.as_deref().unwrap_or("-")
+        );
+        match found.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(Error::InvalidInput(format!(
+                "no Neutron port visible to these credentials has the VM interface's {wanted}: set [nested] parent_port to the VM's port id"
+            ))),
+            many => Err(Error::InvalidInput(format!(
+                "{} Neutron ports match the VM interface's {wanted}: {}; set [nested] parent_port to the VM's one",
+                many.len(),
+                Self::describe_ports(many)
+            ))),
+        }
+    }
+
+    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let want = Self::pair_of(pair);
+        let retry = os::RevisionRetry::default();
+        let r = os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
+            self.api.add_allowed_address_pair(parent, &want, retry)
+        })
+        .await;
+        match r {
+            Ok(m) => {
+                tracing::debug!(parent, ip = %pair.ip, changed = m.changed, conflicts = m.conflicts, "address pair on the VM's port");
+                Ok(())
+            }
+            Err(e) => Err(match e.fault_type() {
+                Some("InvalidVirtualMACAddress") => Error::InvalidInput(format!(
+                    "Neutron refuses the address pair {} {} on the VM's port {parent}: ML2/OVN allows no MAC of a container's own on a bound port (InvalidVirtualMACAddress), so the macvlan binding cannot work through Neutron; use the ipvlan binding (the VM's MAC, an IP-only pair) or vlan (`--binding ipvlan`, CNI \"binding\": \"ipvlan\")",
+                    pair.mac, pair.ip
+                )),
+                Some("AllowedAddressPairExhausted") => Error::InvalidInput(format!(
+                    "the VM's port {parent} has as many allowed address pairs as Neutron permits ({}): raise max_allowed_address_pair in neutron.conf (10 by default), or detach containers of this VM",
+                    e.fault().map(|f| f.message.as_str()).unwrap_or_default()
+                )),
+                _ if e.is_not_found() => Error::InvalidInput(format!(
+                    "the VM's port {parent} is gone from Neutron: check [nested] parent_port"
+                )),
+                _ if matches!(e, os::Error::Forbidden { .. }) => Error::InvalidInput(format!(
+                    "these credentials may not change the allowed address pairs of the VM's port {parent} ({e}): use the VM's project's credentials"
+                )),
+                _ => os_err(format!(
+                    "adding the address pair {} {} to the VM's port {parent}",
+                    pair.mac, pair.ip
+                ))(e),
+            }),
+        }
+    }
+
+    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let want = Self::pair_of(pair);
+        let retry = os::RevisionRetry::default();
+        os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
+            self.api.remove_allowed_address_pair(parent, &want, retry)
+        })
+        .await
+        .map(|_| ())
+        .map_err(os_err(format!(
+            "removing the address pair {} {} from the VM's port {parent}",
+            pair.mac, pair.ip
+        )))
     }
 
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {

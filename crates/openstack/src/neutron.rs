@@ -503,7 +503,15 @@ fn apply_pair_ops(
         let present = out.iter().any(|e| pair_matches(e, pair, port_mac));
         if *add {
             if !present {
-                out.push((*pair).clone());
+                // The port's own MAC: an IP-only pair (what Neutron means by no MAC).
+                let mut p = (*pair).clone();
+                if p.mac_address
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(port_mac))
+                {
+                    p.mac_address = None;
+                }
+                out.push(p);
             }
             changed.push(!present);
         } else {
