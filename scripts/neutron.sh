@@ -285,6 +285,9 @@ core_plugin = ml2
 service_plugins = ovn-router,trunk
 auth_strategy = keystone
 allow_overlapping_ips = true
+# Nested ipvlan puts one allowed address pair per container on the VM's port; Neutron's default
+# of 10 would cap a VM at 10 containers (the tests attach 100 at once).
+max_allowed_address_pair = 1024
 dns_domain = courier.test.
 transport_url = fake://
 rpc_workers = 0

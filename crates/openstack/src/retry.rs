@@ -27,6 +27,34 @@ impl Backoff {
         let f = 2u32.saturating_pow(attempt.min(20));
         self.initial.saturating_mul(f).min(self.max)
     }
+
+    /// The wait before retry `attempt` (0-based): random in `[0, ceiling]`.
+    pub fn wait(&self, attempt: u32) -> Duration {
+        self.ceiling(attempt).mul_f64(fastrand::f64())
+    }
+}
+
+/// How a revision-checked read-modify-write (`Neutron::modify_port`) retries a 412: at most
+/// `attempts` PUTs, the wait before each retry drawn from `backoff` (so concurrent writers that
+/// collided spread out instead of colliding again).
+#[derive(Debug, Clone, Copy)]
+pub struct RevisionRetry {
+    pub attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RevisionRetry {
+    /// 60 attempts, waits from ≤ 20 ms growing to ≤ 1 s: a writer gives up only after tens of
+    /// seconds of losing, which on one port means a writer that never stops.
+    fn default() -> Self {
+        RevisionRetry {
+            attempts: 60,
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_secs(1),
+            },
+        }
+    }
 }
 
 /// Run `op` until it succeeds, fails with a non-transient error ([`Error::is_transient`]), or
@@ -47,8 +75,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if !e.is_transient() => return Err(e),
             Err(e) => {
-                let ceiling = backoff.ceiling(attempt);
-                let wait = ceiling.mul_f64(fastrand::f64());
+                let wait = backoff.wait(attempt);
                 let now = Instant::now();
                 if now + wait >= deadline {
                     return Err(e);
