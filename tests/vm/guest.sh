@@ -27,6 +27,7 @@
 #   10.0.2.2:PORT); eth1 = the VM port (down, no address: the scenario configures it);
 #   /usr/local/bin/courier, iproute2 ip/tc/bridge, ethtool, bash (also /bin/sh), busybox applets,
 #   Open vSwitch (ovsdb-server, ovs-vswitchd, ovs-vsctl, ovsdb-tool; schema in /usr/share/openvswitch);
+#   /scenario/lib.sh (tests/vm/lib.sh: courier_daemon, for scenarios to source);
 #   modules ($MODULES) load on demand (modprobe, or autoload by `ip link add ... type vlan`).
 # Facts behind the choices: ../../../shared/notes/environment.md ("QEMU guest", "A QEMU guest's
 # NIC on the host's br-int"): KVM does not work here (TCG only); QEMU 10 from bookworm-backports;
@@ -284,12 +285,16 @@ run() {
   RUN=$(mktemp -d "$VM_DIR/runs/run.XXXXXX")
   mkdir -p "$RUN/c/scenario" "$RUN/c/etc"
   cp "$scenario" "$RUN/c/scenario/scenario.sh"
+  cp "$HERE/lib.sh" "$RUN/c/scenario/lib.sh"
   { printf 'exec bash /scenario/scenario.sh'; printf ' %q' "$@"; echo; } > "$RUN/c/scenario/run.sh"
   { echo "VM_MGMT_MAC=$MGMT_MAC"
     compgen -e | grep -E '^(VM|COURIER)_' | while read -r v; do printf '%s=%q\n' "$v" "${!v}"; done || true
   } > "$RUN/c/etc/vm.env"
   (cd "$RUN/c" && find . | "$BB" cpio -o -H newc -R 0:0 2>/dev/null > "$RUN/run.cpio")
   cat "$BASE" "$CBIN" "$RUN/run.cpio" > "$RUN/initrd"
+  # The environment may hold a tenant's password (VM_OS_PASSWORD): only the initrd keeps it,
+  # and cleanup removes that.
+  rm -rf "$RUN/c" "$RUN/run.cpio"
 
   local nic=()
   if [ -n "${VM_TAP:-}" ]; then
