@@ -16,13 +16,17 @@ mkdir -p /var/run/netns /tmp/many
 for i in $(seq "$N"); do ip netns add "c$i"; done
 . /scenario/lib.sh
 courier_daemon ipvlan
+# The jobs started since the last wait_all (a bare `wait` would wait for the daemon too).
+pids=()
+wait_all() { wait "${pids[@]}" || true; pids=(); }  # each job records its own failure
 
 t=$(now_ms)
 for i in $(seq "$N"); do
   ( courier attach --netns "/var/run/netns/c$i" --network "$VM_NET" --binding ipvlan --json \
       > "/tmp/many/a$i" 2>&1 || touch "/tmp/many/a$i.failed" ) &
+  pids+=($!)
 done
-wait
+wait_all
 echo "__timing__ attach $(( $(now_ms) - t )) ms for $N at once"
 failed=$(ls /tmp/many | grep -c '\.failed$' || true)
 if [ "$failed" -gt 0 ]; then
@@ -46,8 +50,9 @@ for i in $(seq "$N"); do
   ( for _ in 1 2 3; do
       ip netns exec "c$i" ping -c 1 -W 2 "$VM_HOST_IP" >/dev/null 2>&1 && { touch "/tmp/many/p$i"; break; }
     done ) &
+  pids+=($!)
 done
-wait
+wait_all
 reached=$(ls /tmp/many | grep -c '^p' || true)
 echo "__timing__ ping $(( $(now_ms) - t )) ms"
 if [ "$reached" != "$N" ]; then
@@ -60,8 +65,9 @@ echo "every container reaches the peer"
 t=$(now_ms)
 for i in $(seq "$N"); do
   ( courier detach --netns "/var/run/netns/c$i" > "/tmp/many/d$i" 2>&1 || touch "/tmp/many/d$i.failed" ) &
+  pids+=($!)
 done
-wait
+wait_all
 echo "__timing__ detach $(( $(now_ms) - t )) ms for $N at once"
 failed=$(ls /tmp/many | grep -c '^d.*\.failed$' || true)
 if [ "$failed" -gt 0 ]; then
