@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The QEMU guest tests (tests/vm.rs), a CI stage of its own: installs what they need (the
-# base deps, OVN started by scripts/ovn.sh; tests/vm/guest.sh setup installs QEMU 10 from
-# bookworm-backports and caches a Debian kernel + initramfs under /var/tmp/courier-vm), builds
-# the static courier binary the guest runs, then runs the tests one at a time. Root.
+# base deps, OVN started by scripts/ovn.sh; the *_through_neutron tests start Neutron + Keystone
+# with scripts/neutron.sh when they are not running (≈ 70 s cold); tests/vm/guest.sh setup
+# installs QEMU 10 from bookworm-backports and caches a Debian kernel + initramfs under
+# /var/tmp/courier-vm), builds the static courier binary the guest runs, then runs the tests one
+# at a time. Root.
 # With COURIER_REQUIRE_ENV=1 (CI) a test that cannot run fails instead of skipping.
 # Cold (fresh machine): ≈ 30 s setup + the static build; warm: ≈ 5–7 s per guest boot.
 set -euo pipefail

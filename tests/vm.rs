@@ -7,7 +7,8 @@
 //! The tests are `#[ignore]`d so that `scripts/test.sh` (cargo test --workspace) does not boot
 //! guests; `scripts/vm-test.sh` runs them (`--include-ignored`), a CI stage of its own. Needs
 //! root, OVN (scripts/ovn.sh), /dev/net/tun, and QEMU ≥ 8 (guest.sh installs QEMU 10 from
-//! bookworm-backports when missing); otherwise the tests are reported skipped.
+//! bookworm-backports when missing), and for the `*_through_neutron` tests Neutron + Keystone
+//! (scripts/neutron.sh, started when not running); otherwise the tests are reported skipped.
 mod common;
 use common::*;
 
