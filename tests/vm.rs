@@ -1151,27 +1151,53 @@ fn guest_nested_ipvlan_through_neutron() {
 #[test]
 #[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
 fn guest_nested_vlan_through_neutron() {
-    let test = "guest_nested_vlan_through_neutron";
-    let Some(v) = NeutronVmNet::new(test, "v", 96) else {
+    nested_vlan_through_neutron("guest_nested_vlan_through_neutron", true, 96);
+}
+
+/// The same on a VM port with no trunk: Courier makes one (tagged `courier:created`) for the
+/// first child, and deletes it with its last subport.
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_nested_vlan_through_neutron_makes_the_trunk() {
+    nested_vlan_through_neutron(
+        "guest_nested_vlan_through_neutron_makes_the_trunk",
+        false,
+        98,
+    );
+}
+
+/// Nested VLAN through Neutron in the guest (see above); `foreign`: the VM's port has someone
+/// else's trunk with a subport on VLAN 1, else no trunk.
+fn nested_vlan_through_neutron(test: &str, foreign: bool, subnet_index: u8) {
+    let short = if foreign { "v" } else { "t" };
+    let Some(v) = NeutronVmNet::new(test, short, subnet_index) else {
         return;
     };
-    // Someone else's child port: a subport (VLAN 1) of a trunk they made on the VM's port.
-    let other = v.new_port("other", ".201", json!({}));
-    let other_id = other["id"].as_str().unwrap().to_string();
-    let (code, t) = v.n.call(
-        "POST",
-        "/trunks",
-        Some(
-            json!({"trunk": {"port_id": v.vm_id(), "project_id": v.project,
-            "name": v.tag, "sub_ports": [{"port_id": other_id,
-            "segmentation_type": "vlan", "segmentation_id": 1}]}}),
-        ),
-    );
-    assert_eq!(code, 201, "the VM's trunk with another subport: {t}");
-    let trunk_id = t["trunk"]["id"].as_str().unwrap().to_string();
-    let mark = format!("it-vm-neuv-{}", std::process::id());
+    let mark = format!("it-vm-neu{short}-{}", std::process::id());
     let mut vm_env = v.guest_env(&mark);
-    vm_env.push(("VM_TAKEN_TAG", "1".to_string()));
+    let mut other_id = String::new();
+    let mut trunk_id = String::new();
+    if foreign {
+        // Someone else's child port: a subport (VLAN 1) of a trunk they made on the VM's port.
+        let other = v.new_port("other", ".201", json!({}));
+        other_id = other["id"].as_str().unwrap().to_string();
+        let (code, t) = v.n.call(
+            "POST",
+            "/trunks",
+            Some(
+                json!({"trunk": {"port_id": v.vm_id(), "project_id": v.project,
+                "name": v.tag, "sub_ports": [{"port_id": other_id,
+                "segmentation_type": "vlan", "segmentation_id": 1}]}}),
+            ),
+        );
+        assert_eq!(code, 201, "the VM's trunk with another subport: {t}");
+        trunk_id = t["trunk"]["id"].as_str().unwrap().to_string();
+        vm_env.push(("VM_TAKEN_TAG", "1".to_string()));
+    } else {
+        // No VLAN is taken: the scenario's check that the taken one is skipped has nothing to
+        // find (the allocator starts at 1).
+        vm_env.push(("VM_TAKEN_TAG", "4094".to_string()));
+    }
     v.plug(&vm_env);
     let subports = |t: &Value| -> std::collections::BTreeSet<(String, u64)> {
         t["sub_ports"]
@@ -1189,9 +1215,24 @@ fn guest_nested_vlan_through_neutron() {
             .unwrap_or_default()
     };
     let mut attached = Vec::new();
-    let (seen, run) = watching(
+    // Each look: the VM port's trunks (id, Courier made it) and their subports.
+    let (looks, run) = watching(
         Duration::from_millis(200),
-        || v.vm_trunks().iter().flat_map(&subports).collect::<Vec<_>>(),
+        || {
+            v.vm_trunks()
+                .iter()
+                .map(|t| {
+                    let made = t["tags"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "courier:created"));
+                    (
+                        t["id"].as_str().unwrap_or("").to_string(),
+                        made,
+                        subports(t),
+                    )
+                })
+                .collect::<Vec<_>>()
+        },
         || {
             run_guest(scenario("vlan.sh").as_str(), &[], &vm_env, |line| {
                 if let Some(rest) = line.strip_prefix("__attached__ ") {
@@ -1216,15 +1257,39 @@ fn guest_nested_vlan_through_neutron() {
     ] {
         assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
     }
-    let seen: std::collections::BTreeSet<(String, u64)> = seen
+    let trunks_seen: std::collections::BTreeSet<(String, bool)> = looks
+        .iter()
+        .flatten()
+        .map(|(id, made, _)| (id.clone(), *made))
+        .collect();
+    if foreign {
+        assert_eq!(
+            trunks_seen,
+            [(trunk_id.clone(), false)].into_iter().collect(),
+            "Courier used the VM's trunk, made none"
+        );
+    } else {
+        // Made, then tagged (two calls): a look may fall between them.
+        let ids: std::collections::BTreeSet<&String> =
+            trunks_seen.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), 1, "one trunk: {trunks_seen:?}");
+        assert!(
+            trunks_seen.iter().any(|(_, made)| *made),
+            "tagged courier:created: {trunks_seen:?}"
+        );
+    }
+    let seen: std::collections::BTreeSet<(String, u64)> = looks
         .into_iter()
         .flatten()
+        .flat_map(|(_, _, subs)| subs)
         .filter(|(id, _)| id != &other_id)
         .collect();
     assert_eq!(attached.len(), 3, "{attached:?}");
     assert_eq!(seen.len(), 3, "one subport per attach: {seen:?}");
     for (said, tag) in &attached {
-        assert_ne!(*tag, 1, "the other subport's VLAN was skipped: {said}");
+        if foreign {
+            assert_ne!(*tag, 1, "the other subport's VLAN was skipped: {said}");
+        }
         assert!(
             seen.iter().any(|(_, t)| t == tag),
             "no subport on the VM's trunk with VLAN {tag} for {said}: {seen:?}"
@@ -1236,13 +1301,20 @@ fn guest_nested_vlan_through_neutron() {
         assert_eq!(v.n.api("GET", &format!("/ports/{id}")).0, 404, "{id} gone");
     }
     let trunks = v.vm_trunks();
-    assert_eq!(trunks.len(), 1, "{trunks:?}");
-    assert_eq!(trunks[0]["id"], trunk_id.as_str());
-    assert_eq!(
-        subports(&trunks[0]),
-        [(other_id.clone(), 1)].into_iter().collect(),
-        "the other subport is untouched and alone"
-    );
+    if foreign {
+        assert_eq!(trunks.len(), 1, "{trunks:?}");
+        assert_eq!(trunks[0]["id"], trunk_id.as_str());
+        assert_eq!(
+            subports(&trunks[0]),
+            [(other_id.clone(), 1)].into_iter().collect(),
+            "the other subport is untouched and alone"
+        );
+    } else {
+        assert!(
+            trunks.is_empty(),
+            "the trunk Courier made went with its last subport: {trunks:?}"
+        );
+    }
     assert_eq!(v.vm_now()["allowed_address_pairs"], json!([]));
     eprintln!("{test}: {:?}", timings(&run));
 }
