@@ -1088,7 +1088,8 @@ fn timings(run: &GuestRun) -> Vec<String> {
 /// network endpoint overridden to 10.0.2.2:9696, since the catalog says 127.0.0.1). The
 /// container's address is reachable only while its IP-only pair is on the VM port's
 /// `allowed_address_pairs`: dropped before (an ipvlan by hand), through after attach, dropped
-/// again after detach (tests/vm/scenarios/ipvlan.sh, the same as on OVN direct). On the host: the
+/// again after detach (tests/vm/scenarios/ipvlan.sh, the same as on OVN direct); while attached
+/// the peer reaches the container too (resolving its address by ARP first). On the host: the
 /// pair was on the VM's port while the guest ran, and is gone after; no Courier port is left.
 #[test]
 #[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
@@ -1098,23 +1099,43 @@ fn guest_nested_ipvlan_through_neutron() {
         return;
     };
     let mark = format!("it-vm-neui-{}", std::process::id());
-    let vm_env = v.guest_env(&mark);
+    let mut vm_env = v.guest_env(&mark);
+    vm_env.push(("VM_AWAIT_ECHO", "3".to_string()));
     v.plug(&vm_env);
     assert_eq!(v.vm_now()["allowed_address_pairs"], json!([]));
+    let mut pinged_back = None;
     let (seen, run) = watching(
         Duration::from_millis(200),
         || pair_ips(&v.vm_now()),
-        || run_guest(scenario("ipvlan.sh").as_str(), &[], &vm_env, |_| {}),
+        || {
+            run_guest(scenario("ipvlan.sh").as_str(), &[], &vm_env, |line| {
+                if let Some(ip) = line.strip_prefix("__await_echo__ ") {
+                    // The peer resolves the container's address anew (ARP), then pings it.
+                    let ns = v.peer_ns.as_ref().expect("the peer");
+                    ns.exec(&["ip", "neigh", "flush", "all"]);
+                    let out = ns.exec(&["ping", "-c", "3", "-i", "0.3", "-W", "2", ip.trim()]);
+                    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+                    println!("peer -> container: {said}");
+                    pinged_back = Some(said);
+                }
+            })
+        },
     );
     assert_eq!(run.code, 0, "{}", run.explain());
     for said in [
         "dropped without a pair",
         "reachable with the pair",
+        "the peer reaches the container",
         "dropped again after detach",
         "__ok__",
     ] {
         assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
     }
+    let back = pinged_back.expect("the scenario never waited for the peer's ping");
+    assert!(
+        back.contains(", 0% packet loss"),
+        "peer -> container ping failed:\n{back}"
+    );
     let attached = run
         .stdout
         .lines()

@@ -4,7 +4,9 @@
 # port on it outside the VM. Asserts: an ipvlan by hand with an address the VM's port does not
 # allow ($VM_FREE_IP) is dropped; `courier attach --binding ipvlan` makes it reachable (the pair
 # is on the VM's port); after `courier detach` the same address by hand is dropped again (within
-# 10 s: the datapath follows the backend). Prints "__attached__ <ip>",
+# 10 s: the datapath follows the backend). With VM_AWAIT_ECHO=N, while attached it prints
+# "__await_echo__ <ip>" and waits (30 s) for N echo requests from outside to reach the
+# container (the host pings it back). Prints "__attached__ <ip>",
 # "__timing__ attach|detach|dropped <ms> ms" and "__ok__".
 set -euo pipefail
 : "${VM_IP:?}" "${VM_PREFIX:?}" "${VM_NET:?}" "${VM_HOST_IP:?}" "${VM_FREE_IP:?}"
@@ -41,6 +43,20 @@ echo "__attached__ $ip_addr"
 ip -n c1 -br addr
 ip netns exec c1 ping -c 3 -W 2 "$VM_HOST_IP"
 echo "reachable with the pair"
+if [ -n "${VM_AWAIT_ECHO:-}" ]; then
+  # The other way: the host's peer pings the container (resolving its address by ARP first).
+  # Icmp InEchos of c1 from its /proc/net/snmp (the header line names the columns).
+  in_echos() { ip netns exec c1 awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["InEchos"] }' /proc/net/snmp; }
+  base=$(in_echos)
+  echo "__await_echo__ $ip_addr"
+  got=''
+  for _ in $(seq 300); do
+    [ $(( $(in_echos) - base )) -ge "$VM_AWAIT_ECHO" ] && { got=1; break; }
+    sleep 0.1
+  done
+  [ -n "$got" ] || { echo "UNEXPECTED: only $(( $(in_echos) - base )) of $VM_AWAIT_ECHO echo requests from the peer reached the container"; exit 1; }
+  echo "the peer reaches the container"
+fi
 t=$(now_ms)
 courier detach --netns /var/run/netns/c1
 echo "__timing__ detach $(( $(now_ms) - t )) ms"
