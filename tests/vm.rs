@@ -168,12 +168,17 @@ struct Objects {
 impl Objects {
     fn remove(&self) {
         run_quiet("ovn-nbctl", &["--if-exists", "ls-del", &self.ls]);
-        for p in [&self.tap, &self.veth] {
-            run_quiet("ovs-vsctl", &["--if-exists", "del-port", "br-int", p]);
-        }
-        run_quiet("ip", &["tuntap", "del", "dev", &self.tap, "mode", "tap"]);
-        run_quiet("ip", &["link", "del", &self.veth]);
+        remove_tap_and_veth(&self.tap, &self.veth);
     }
+}
+
+/// Removes the VM port's tap and a host port's veth (and their br-int ports), if there.
+fn remove_tap_and_veth(tap: &str, veth: &str) {
+    for p in [tap, veth] {
+        run_quiet("ovs-vsctl", &["--if-exists", "del-port", "br-int", p]);
+    }
+    run_quiet("ip", &["tuntap", "del", "dev", tap, "mode", "tap"]);
+    run_quiet("ip", &["link", "del", veth]);
 }
 
 impl Drop for Objects {
@@ -547,6 +552,34 @@ fn guest_nested_vlan_ovs_access_ports() {
     nested_vlan_in_guest("guest_nested_vlan_ovs_access_ports", "vlan-ovs.sh", 94, "o");
 }
 
+/// Asserts that a vlan.sh / vlan-ovs.sh run passed (exit 0 and every step said so) and returns
+/// its attaches: ("NETNS TAG IP", TAG) per `__attached__` line.
+fn vlan_scenario_passed(run: &GuestRun) -> Vec<(String, u64)> {
+    assert_eq!(run.code, 0, "{}", run.explain());
+    for said in [
+        "a wrong tag reaches nothing",
+        "both containers reach the switch",
+        "and each other",
+        "detach freed the tag",
+        "a detached child's tag reaches nothing",
+        "__ok__",
+    ] {
+        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
+    }
+    run.stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("__attached__ "))
+        .map(|rest| {
+            let tag = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            (rest.to_string(), tag)
+        })
+        .collect()
+}
+
 /// Nested VLAN in the guest with `scenario` (vlan.sh or vlan-ovs.sh): see those.
 fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short: &str) {
     if !guest_ready(test) {
@@ -642,7 +675,6 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
     // batches, after the fact: so the NB is watched, not asked on each line).
     let seen = std::sync::Mutex::new(std::collections::BTreeSet::<(String, u16)>::new());
     let done = std::sync::atomic::AtomicBool::new(false);
-    let mut attached = Vec::new();
     let run = std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
@@ -667,36 +699,17 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let run = run_guest(scenario(scenario_name).as_str(), &[], &vm_env, |line| {
-            if let Some(rest) = line.strip_prefix("__attached__ ") {
-                let tag: u16 = rest
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                attached.push((rest.to_string(), tag));
-            }
-        });
+        let run = run_guest(scenario(scenario_name).as_str(), &[], &vm_env, |_| {});
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         run
     });
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
-        "a wrong tag reaches nothing",
-        "both containers reach the switch",
-        "and each other",
-        "detach freed the tag",
-        "a detached child's tag reaches nothing",
-        "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    let attached = vlan_scenario_passed(&run);
     let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
     assert_eq!(attached.len(), 3, "{attached:?}");
     assert_eq!(seen.len(), 3, "one child port per attach: {seen:?}");
     for (said, tag) in &attached {
         assert!(
-            seen.iter().any(|(_, t)| t == tag),
+            seen.iter().any(|(_, t)| u64::from(*t) == *tag),
             "no child LSP of {lsp_vm} with tag {tag} for {said}: {seen:?}"
         );
     }
@@ -968,11 +981,7 @@ impl NeutronVmNet {
     }
 
     fn remove_host_objects(&self) {
-        for p in [&self.tap, &self.veth] {
-            run_quiet("ovs-vsctl", &["--if-exists", "del-port", "br-int", p]);
-        }
-        run_quiet("ip", &["tuntap", "del", "dev", &self.tap, "mode", "tap"]);
-        run_quiet("ip", &["link", "del", &self.veth]);
+        remove_tap_and_veth(&self.tap, &self.veth);
     }
 }
 
@@ -1235,7 +1244,6 @@ fn nested_vlan_through_neutron(test: &str, foreign: bool, subnet_index: u8) {
             })
             .unwrap_or_default()
     };
-    let mut attached = Vec::new();
     // Each look: the VM port's trunks (id, Courier made it) and their subports.
     let (looks, run) = watching(
         Duration::from_millis(200),
@@ -1254,30 +1262,9 @@ fn nested_vlan_through_neutron(test: &str, foreign: bool, subnet_index: u8) {
                 })
                 .collect::<Vec<_>>()
         },
-        || {
-            run_guest(scenario("vlan.sh").as_str(), &[], &vm_env, |line| {
-                if let Some(rest) = line.strip_prefix("__attached__ ") {
-                    let tag: u64 = rest
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0);
-                    attached.push((rest.to_string(), tag));
-                }
-            })
-        },
+        || run_guest(scenario("vlan.sh").as_str(), &[], &vm_env, |_| {}),
     );
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
-        "a wrong tag reaches nothing",
-        "both containers reach the switch",
-        "and each other",
-        "detach freed the tag",
-        "a detached child's tag reaches nothing",
-        "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    let attached = vlan_scenario_passed(&run);
     let trunks_seen: std::collections::BTreeSet<(String, bool)> = looks
         .iter()
         .flatten()
