@@ -348,13 +348,8 @@ impl Attacher {
         binding.wait_ready(att, self.port_up_timeout).await?;
         if binding.ready_by_backend() {
             // Nested: the VM has no switch of the backend's to ask; the backend's hypervisors
-            // applying the change (the child port, the pair) is what makes it forward. A
-            // hypervisor that lags (or is down) delays this, but does not fail the attach.
-            let timeout = self.port_up_timeout.min(Duration::from_secs(5));
-            if !backend.wait_applied(timeout).await? {
-                tracing::warn!(attachment = %att.id, timeout_ms = timeout.as_millis() as u64,
-                    "not every hypervisor of the backend has applied the change yet; going on");
-            }
+            // applying the change (the child port, the pair) is what makes it forward.
+            self.wait_applied(backend, &att.id, "attach").await;
         }
         let up_ms = ms(t2);
         hooks::point("after-up").await;
@@ -466,8 +461,35 @@ impl Attacher {
         self.store.put(&att).await?;
         hooks::point("detach-after-mark").await;
         self.roll_back(&att).await?;
+        self.wait_applied_if_nested(&att).await;
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname, "detached");
         Ok(att)
+    }
+
+    /// Nested edges: waits (bounded) until the backend's hypervisors have applied what a
+    /// detach removed (the pair, the child port), so traffic is cut when DEL returns. A lag
+    /// only warns: the detach is done.
+    async fn wait_applied_if_nested(&self, att: &Attachment) {
+        let nested = self
+            .registry
+            .binding(Some(att.edge.kind()))
+            .is_ok_and(|b| b.ready_by_backend());
+        if let (true, Ok(backend)) = (nested, self.registry.backend(&att.backend)) {
+            self.wait_applied(&**backend, &att.id, "detach").await;
+        }
+    }
+
+    /// `Backend::wait_applied`, bounded by min(port_up_timeout, 5 s). A hypervisor that lags
+    /// (or is down) delays nested attaches and detaches but fails neither: a warning says so.
+    async fn wait_applied(&self, backend: &dyn Backend, id: &str, what: &str) {
+        let timeout = self.port_up_timeout.min(Duration::from_secs(5));
+        match backend.wait_applied(timeout).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(attachment = %id, timeout_ms = timeout.as_millis() as u64,
+                "not every hypervisor of the backend has applied the {what} yet; going on"),
+            Err(e) => tracing::warn!(attachment = %id, error = %e,
+                "could not wait for the hypervisors to apply the {what}"),
+        }
     }
 
     /// A forgotten DEL: detaches `seen` (a Ready record from an unlocked snapshot) only if,

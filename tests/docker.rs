@@ -215,6 +215,10 @@ fn bad_network_options_are_refused_and_change_nothing() {
         ),
         (vec!["-o", "courier.netwrok=x"], "unknown option"),
         (
+            vec!["-o", "courier.binding=sriov"],
+            "binding \"sriov\" is not available on this host",
+        ),
+        (
             vec!["--ip-range", &subnet_for(44).replace(".0/24", ".0/25")],
             "--ip-range",
         ),

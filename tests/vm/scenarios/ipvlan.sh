@@ -46,4 +46,6 @@ if ip netns exec c1 ping -c 2 -W 1 "$VM_HOST_IP" >/dev/null 2>&1; then
   echo "UNEXPECTED: the address still got through after detach"; tail -20 /tmp/courier.log; exit 1
 fi
 echo "dropped again after detach"
+# Attach timings from the daemon's log (TCG-emulated CPU: slow in absolute terms).
+echo "__timings__ $(sed 's/\x1b\[[0-9;]*m//g' /tmp/courier.log | grep ' attached ' | grep -o 'total_ms=[0-9.]*' | tr '\n' ' ')"
 echo "__ok__"
