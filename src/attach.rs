@@ -146,7 +146,7 @@ impl Attacher {
         }
         let (backend, network) = self.registry.network(&req.network).await?;
         let id = self.id_of(&key);
-        let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id));
+        let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id, req));
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
@@ -439,7 +439,7 @@ impl Attacher {
                 };
                 let mut errors = Vec::new();
                 for b in self.registry.bindings() {
-                    let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id));
+                    let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id, &req));
                     errors.extend(b.unplug(&probe).await);
                 }
                 // Backends are not asked: nothing is made before its intent is durable, so

@@ -77,7 +77,7 @@ impl Attacher {
             None => self.registry.network(&req.network).await?,
         };
         let id = self.id_of(&key);
-        let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id));
+        let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id, &req));
         att.docker = Some(docker);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
