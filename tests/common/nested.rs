@@ -188,3 +188,12 @@ impl Drop for HostVm {
         let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.lsp]);
     }
 }
+
+/// Deletes logical switch `.0` (and its ports) when dropped, pass or fail.
+pub struct DeleteSwitch(pub String);
+
+impl Drop for DeleteSwitch {
+    fn drop(&mut self) {
+        let _ = sh("ovn-nbctl", &["--if-exists", "ls-del", &self.0]);
+    }
+}
