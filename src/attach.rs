@@ -686,3 +686,136 @@ impl Drop for KeyedGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeOvn;
+    use crate::binding::fake::FakeEdge;
+
+    /// A vlan binding double: the fake edge with a VM port "vm1" that needs tags.
+    struct TaggedEdge(FakeEdge);
+
+    #[async_trait::async_trait]
+    impl EdgeBinding for TaggedEdge {
+        fn kind(&self) -> &'static str {
+            "vlan"
+        }
+        fn edge_for(&self, _id: &str, _req: &AttachRequest) -> crate::model::EdgeState {
+            crate::model::EdgeState::Vlan {
+                master: "eth0".into(),
+                parent: String::new(),
+                tag: 0,
+            }
+        }
+        async fn vlan_parent(&self, _backend: &dyn Backend) -> Result<Option<String>> {
+            Ok(Some("vm1".into()))
+        }
+        async fn health(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn validate(&self, _att: &Attachment) -> Result<()> {
+            Ok(())
+        }
+        async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.plug(att, port).await
+        }
+        fn handoff_ifname(&self, att: &Attachment) -> String {
+            self.0.handoff_ifname(att)
+        }
+        async fn wait_ready(&self, att: &Attachment, t: Duration) -> Result<()> {
+            self.0.wait_ready(att, t).await
+        }
+        async fn unplug(&self, att: &Attachment) -> Vec<Error> {
+            self.0.unplug(att).await
+        }
+        async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.check(att, port).await
+        }
+        async fn owned(&self) -> Result<Vec<crate::binding::EdgeOrphan>> {
+            Ok(vec![])
+        }
+        async fn remove(&self, _o: &crate::binding::EdgeOrphan) -> Result<bool> {
+            Ok(false)
+        }
+    }
+
+    fn intent(n: usize) -> Attachment {
+        let req = AttachRequest {
+            container_id: format!("c{n}"),
+            ifname: "eth0".into(),
+            netns: "/nonexistent".into(),
+            network: "web".into(),
+            ..Default::default()
+        };
+        let id = format!("{n:012x}");
+        let edge = TaggedEdge(FakeEdge::new()).edge_for(&id, &req);
+        Attachment::new(&req, id, "ovn", edge)
+    }
+
+    fn tag(a: &Attachment) -> u16 {
+        match &a.edge {
+            crate::model::EdgeState::Vlan { tag, .. } => *tag,
+            e => panic!("{e:?}"),
+        }
+    }
+
+    /// The tag allocator: skips the backend's child ports and the store's claims, gives
+    /// concurrent intents distinct tags, frees a tag with its record, and refuses cleanly (no
+    /// record written) when every tag is taken.
+    #[tokio::test]
+    async fn vlan_tags_are_the_lowest_free_claimed_with_the_intent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let backend = Arc::new(FakeOvn::new());
+        backend.add_children("vm1", [1, 2, 4]);
+        let binding = TaggedEdge(FakeEdge::new());
+        let registry = Arc::new(Registry::new(vec![backend.clone()], vec![], None));
+        let a = Arc::new(Attacher::new(
+            store.clone(),
+            registry,
+            Duration::from_secs(1),
+            "h1",
+        ));
+        let mut first = intent(0);
+        a.create_intent(&mut first, &*backend, &binding)
+            .await
+            .unwrap();
+        assert_eq!(tag(&first), 3, "1, 2 and 4 are the backend's");
+        assert_eq!(first.claims, vec![crate::model::vlan_claim("vm1", 3)]);
+        // 40 at once: all distinct, none of the backend's, the lowest free ones.
+        let made = futures::future::join_all((1..=40).map(|n| {
+            let (a, backend) = (a.clone(), backend.clone());
+            async move {
+                let mut att = intent(n);
+                a.create_intent(&mut att, &*backend, &TaggedEdge(FakeEdge::new()))
+                    .await
+                    .map(|_| tag(&att))
+            }
+        }))
+        .await;
+        let mut tags: Vec<u16> = made.into_iter().map(|r| r.unwrap()).collect();
+        tags.sort();
+        let want: Vec<u16> = (5..=44).collect();
+        assert_eq!(tags, want);
+        // A record's claim goes with it: its tag is the next one given.
+        store.delete(&first.id).await.unwrap();
+        let mut again = intent(100);
+        a.create_intent(&mut again, &*backend, &binding)
+            .await
+            .unwrap();
+        assert_eq!(tag(&again), 3);
+        // Every tag taken: refused, nothing written.
+        backend.add_children("vm1", 45..=4094);
+        let before = store.list().await.unwrap().attachments.len();
+        let mut full = intent(200);
+        let e = a
+            .create_intent(&mut full, &*backend, &binding)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("vm1"), "{e}");
+        assert_eq!(store.list().await.unwrap().attachments.len(), before);
+        assert!(store.get(&full.id).await.unwrap().is_none());
+    }
+}
