@@ -499,6 +499,30 @@ mod tests {
             e.contains("veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"),
             "{e}"
         );
+        // vlan-ovs needs the VM's bridge; vlan_children is one of three words.
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| match k {
+                "COURIER_BINDINGS" => Some("vlan-ovs".into()),
+                "COURIER_NESTED_MASTER" => Some("br-vm".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[nested] bridge"), "{e}");
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_NEUTRON_VLAN_CHILDREN").then(|| "subport".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto, trunk or binding-profile"), "{e}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "COURIER_NEUTRON_VLAN_CHILDREN").then(|| "trunk".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.neutron.vlan_children,
+            crate::backend::neutron::VlanChildren::Trunk
+        );
     }
 
     #[test]
