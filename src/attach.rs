@@ -150,6 +150,7 @@ impl Attacher {
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
+            refuse_existing_port_unless_bound(port, &att, &*binding)?;
             if req.ip.is_some() || req.mac.is_some() || !req.security_groups.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "port {port} exists already: its addresses and security groups are its own; drop the IP, MAC and security groups"
@@ -625,6 +626,22 @@ impl Attacher {
     }
 }
 
+/// An existing port is bound as it is (veth-ovs): a nested binding's port is a reservation or
+/// a VLAN child Courier makes itself, so it cannot take one.
+pub(crate) fn refuse_existing_port_unless_bound(
+    port: &str,
+    att: &Attachment,
+    binding: &dyn EdgeBinding,
+) -> Result<()> {
+    if binding.port_role(att) == crate::backend::PortRole::Bound && !binding.ready_by_backend() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "port {port} exists already, and the {} binding makes a port of its own (a reservation or a VLAN child of the VM's port): drop the port, or attach it with the veth-ovs binding",
+        binding.kind()
+    )))
+}
+
 /// The record's port: by the backend's id once known, else by the derived name.
 pub(crate) fn port_ref(att: &Attachment) -> PortRef {
     PortRef {
@@ -817,5 +834,15 @@ mod tests {
         assert!(e.to_string().contains("vm1"), "{e}");
         assert_eq!(store.list().await.unwrap().attachments.len(), before);
         assert!(store.get(&full.id).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn an_existing_port_is_for_veth_ovs_only() {
+        let att = intent(1);
+        let e = refuse_existing_port_unless_bound("p1", &att, &TaggedEdge(FakeEdge::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("veth-ovs") && e.contains("p1"), "{e}");
+        assert!(refuse_existing_port_unless_bound("p1", &att, &FakeEdge::new()).is_ok());
     }
 }

@@ -81,6 +81,7 @@ impl Attacher {
         att.docker = Some(docker);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
+            crate::attach::refuse_existing_port_unless_bound(port, &att, &*binding)?;
             // Recorded with the intent, before the port is touched: the release gives it back.
             att.existing_port = Some(backend.inspect_port(port, &network).await?);
         }
