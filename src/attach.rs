@@ -728,6 +728,12 @@ mod tests {
         async fn vlan_parent(&self, _backend: &dyn Backend) -> Result<Option<String>> {
             Ok(Some("vm1".into()))
         }
+        fn port_role(&self, _att: &Attachment) -> crate::backend::PortRole {
+            crate::backend::PortRole::Child {
+                parent: "vm1".into(),
+                tag: 0,
+            }
+        }
         async fn health(&self) -> Result<()> {
             Ok(())
         }
