@@ -22,7 +22,10 @@ fi
 export COURIER_SKIP_LOG=$PWD/target/skipped-vm.txt
 mkdir -p target && : > "$COURIER_SKIP_LOG"
 # The guest tests are #[ignore]d in the workspace run (scripts/test.sh); here they are the point.
-cargo test --locked --features courier/test-hooks --test vm -- --test-threads=1 --include-ignored
+# One guest at a time on a machine (2 TCG guests on 2 cores starve each other): the lock is
+# also what interactive runs take (flock /tmp/courier-guest.lock ...). --nocapture: the guests' output
+# (and the attach timings they print, "__timings__") goes to the CI log.
+flock /tmp/courier-guest.lock cargo test --locked --features courier/test-hooks --test vm -- --test-threads=1 --include-ignored --nocapture
 skipped=$(wc -l < "$COURIER_SKIP_LOG")
 if [ "$skipped" -gt 0 ]; then
   echo "== $skipped guest test(s) SKIPPED:"; sed 's/^/   /' "$COURIER_SKIP_LOG"

@@ -146,10 +146,11 @@ impl Attacher {
         }
         let (backend, network) = self.registry.network(&req.network).await?;
         let id = self.id_of(&key);
-        let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id));
+        let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id, req));
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
+            refuse_existing_port_unless_bound(port, &att, &*binding)?;
             if req.ip.is_some() || req.mac.is_some() || !req.security_groups.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "port {port} exists already: its addresses and security groups are its own; drop the IP, MAC and security groups"
@@ -348,13 +349,8 @@ impl Attacher {
         binding.wait_ready(att, self.port_up_timeout).await?;
         if binding.ready_by_backend() {
             // Nested: the VM has no switch of the backend's to ask; the backend's hypervisors
-            // applying the change (the child port, the pair) is what makes it forward. A
-            // hypervisor that lags (or is down) delays this, but does not fail the attach.
-            let timeout = self.port_up_timeout.min(Duration::from_secs(5));
-            if !backend.wait_applied(timeout).await? {
-                tracing::warn!(attachment = %att.id, timeout_ms = timeout.as_millis() as u64,
-                    "not every hypervisor of the backend has applied the change yet; going on");
-            }
+            // applying the change (the child port, the pair) is what makes it forward.
+            self.wait_applied(backend, &att.id, "attach").await;
         }
         let up_ms = ms(t2);
         hooks::point("after-up").await;
@@ -444,7 +440,7 @@ impl Attacher {
                 };
                 let mut errors = Vec::new();
                 for b in self.registry.bindings() {
-                    let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id));
+                    let probe = Attachment::new(&req, id.clone(), "", b.edge_for(&id, &req));
                     errors.extend(b.unplug(&probe).await);
                 }
                 // Backends are not asked: nothing is made before its intent is durable, so
@@ -466,8 +462,35 @@ impl Attacher {
         self.store.put(&att).await?;
         hooks::point("detach-after-mark").await;
         self.roll_back(&att).await?;
+        self.wait_applied_if_nested(&att).await;
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname, "detached");
         Ok(att)
+    }
+
+    /// Nested edges: waits (bounded) until the backend's hypervisors have applied what a
+    /// detach removed (the pair, the child port), so traffic is cut when DEL returns. A lag
+    /// only warns: the detach is done.
+    async fn wait_applied_if_nested(&self, att: &Attachment) {
+        let nested = self
+            .registry
+            .binding(Some(att.edge.kind()))
+            .is_ok_and(|b| b.ready_by_backend());
+        if let (true, Ok(backend)) = (nested, self.registry.backend(&att.backend)) {
+            self.wait_applied(&**backend, &att.id, "detach").await;
+        }
+    }
+
+    /// `Backend::wait_applied`, bounded by min(port_up_timeout, 5 s). A hypervisor that lags
+    /// (or is down) delays nested attaches and detaches but fails neither: a warning says so.
+    async fn wait_applied(&self, backend: &dyn Backend, id: &str, what: &str) {
+        let timeout = self.port_up_timeout.min(Duration::from_secs(5));
+        match backend.wait_applied(timeout).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(attachment = %id, timeout_ms = timeout.as_millis() as u64,
+                "not every hypervisor of the backend has applied the {what} yet; going on"),
+            Err(e) => tracing::warn!(attachment = %id, error = %e,
+                "could not wait for the hypervisors to apply the {what}"),
+        }
     }
 
     /// A forgotten DEL: detaches `seen` (a Ready record from an unlocked snapshot) only if,
@@ -603,6 +626,22 @@ impl Attacher {
     }
 }
 
+/// An existing port is bound as it is (veth-ovs): a nested binding's port is a reservation or
+/// a VLAN child Courier makes itself, so it cannot take one.
+pub(crate) fn refuse_existing_port_unless_bound(
+    port: &str,
+    att: &Attachment,
+    binding: &dyn EdgeBinding,
+) -> Result<()> {
+    if binding.port_role(att) == crate::backend::PortRole::Bound && !binding.ready_by_backend() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "port {port} exists already, and the {} binding makes a port of its own (a reservation or a VLAN child of the VM's port): drop the port, or attach it with the veth-ovs binding",
+        binding.kind()
+    )))
+}
+
 /// The record's port: by the backend's id once known, else by the derived name.
 pub(crate) fn port_ref(att: &Attachment) -> PortRef {
     PortRef {
@@ -662,5 +701,154 @@ impl Drop for KeyedGuard<'_> {
         if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
             map.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeOvn;
+    use crate::binding::fake::FakeEdge;
+
+    /// A vlan binding double: the fake edge with a VM port "vm1" that needs tags.
+    struct TaggedEdge(FakeEdge);
+
+    #[async_trait::async_trait]
+    impl EdgeBinding for TaggedEdge {
+        fn kind(&self) -> &'static str {
+            "vlan"
+        }
+        fn edge_for(&self, _id: &str, _req: &AttachRequest) -> crate::model::EdgeState {
+            crate::model::EdgeState::Vlan {
+                master: "eth0".into(),
+                parent: String::new(),
+                tag: 0,
+            }
+        }
+        async fn vlan_parent(&self, _backend: &dyn Backend) -> Result<Option<String>> {
+            Ok(Some("vm1".into()))
+        }
+        fn port_role(&self, _att: &Attachment) -> crate::backend::PortRole {
+            crate::backend::PortRole::Child {
+                parent: "vm1".into(),
+                tag: 0,
+            }
+        }
+        async fn health(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn validate(&self, _att: &Attachment) -> Result<()> {
+            Ok(())
+        }
+        async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.plug(att, port).await
+        }
+        fn handoff_ifname(&self, att: &Attachment) -> String {
+            self.0.handoff_ifname(att)
+        }
+        async fn wait_ready(&self, att: &Attachment, t: Duration) -> Result<()> {
+            self.0.wait_ready(att, t).await
+        }
+        async fn unplug(&self, att: &Attachment) -> Vec<Error> {
+            self.0.unplug(att).await
+        }
+        async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.check(att, port).await
+        }
+        async fn owned(&self) -> Result<Vec<crate::binding::EdgeOrphan>> {
+            Ok(vec![])
+        }
+        async fn remove(&self, _o: &crate::binding::EdgeOrphan) -> Result<bool> {
+            Ok(false)
+        }
+    }
+
+    fn intent(n: usize) -> Attachment {
+        let req = AttachRequest {
+            container_id: format!("c{n}"),
+            ifname: "eth0".into(),
+            netns: "/nonexistent".into(),
+            network: "web".into(),
+            ..Default::default()
+        };
+        let id = format!("{n:012x}");
+        let edge = TaggedEdge(FakeEdge::new()).edge_for(&id, &req);
+        Attachment::new(&req, id, "ovn", edge)
+    }
+
+    fn tag(a: &Attachment) -> u16 {
+        match &a.edge {
+            crate::model::EdgeState::Vlan { tag, .. } => *tag,
+            e => panic!("{e:?}"),
+        }
+    }
+
+    /// The tag allocator: skips the backend's child ports and the store's claims, gives
+    /// concurrent intents distinct tags, frees a tag with its record, and refuses cleanly (no
+    /// record written) when every tag is taken.
+    #[tokio::test]
+    async fn vlan_tags_are_the_lowest_free_claimed_with_the_intent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let backend = Arc::new(FakeOvn::new());
+        backend.add_children("vm1", [1, 2, 4]);
+        let binding = TaggedEdge(FakeEdge::new());
+        let registry = Arc::new(Registry::new(vec![backend.clone()], vec![], None));
+        let a = Arc::new(Attacher::new(
+            store.clone(),
+            registry,
+            Duration::from_secs(1),
+            "h1",
+        ));
+        let mut first = intent(0);
+        a.create_intent(&mut first, &*backend, &binding)
+            .await
+            .unwrap();
+        assert_eq!(tag(&first), 3, "1, 2 and 4 are the backend's");
+        assert_eq!(first.claims, vec![crate::model::vlan_claim("vm1", 3)]);
+        // 40 at once: all distinct, none of the backend's, the lowest free ones.
+        let made = futures::future::join_all((1..=40).map(|n| {
+            let (a, backend) = (a.clone(), backend.clone());
+            async move {
+                let mut att = intent(n);
+                a.create_intent(&mut att, &*backend, &TaggedEdge(FakeEdge::new()))
+                    .await
+                    .map(|_| tag(&att))
+            }
+        }))
+        .await;
+        let mut tags: Vec<u16> = made.into_iter().map(|r| r.unwrap()).collect();
+        tags.sort();
+        let want: Vec<u16> = (5..=44).collect();
+        assert_eq!(tags, want);
+        // A record's claim goes with it: its tag is the next one given.
+        store.delete(&first.id).await.unwrap();
+        let mut again = intent(100);
+        a.create_intent(&mut again, &*backend, &binding)
+            .await
+            .unwrap();
+        assert_eq!(tag(&again), 3);
+        // Every tag taken: refused, nothing written.
+        backend.add_children("vm1", 45..=4094);
+        let before = store.list().await.unwrap().attachments.len();
+        let mut full = intent(200);
+        let e = a
+            .create_intent(&mut full, &*backend, &binding)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Exhausted { .. }), "{e}");
+        assert!(e.to_string().contains("vm1"), "{e}");
+        assert_eq!(store.list().await.unwrap().attachments.len(), before);
+        assert!(store.get(&full.id).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn an_existing_port_is_for_veth_ovs_only() {
+        let att = intent(1);
+        let e = refuse_existing_port_unless_bound("p1", &att, &TaggedEdge(FakeEdge::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("veth-ovs") && e.contains("p1"), "{e}");
+        assert!(refuse_existing_port_unless_bound("p1", &att, &FakeEdge::new()).is_ok());
     }
 }

@@ -95,6 +95,9 @@ pub struct NeutronConfig {
     /// `binding:host_id` of Courier's ports: the hostname this host's ovn-controller
     /// registered as its chassis (default: this machine's hostname).
     pub host_id: Option<String>,
+    /// Nested vlan child ports: "auto" (a trunk subport if Neutron has the trunk extension,
+    /// else `binding:profile {parent_name, tag}`), "trunk" or "binding-profile".
+    pub vlan_children: crate::backend::neutron::VlanChildren,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,7 +192,7 @@ impl Config {
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
-    /// COURIER_NEUTRON_HOST_ID, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
+    /// COURIER_NEUTRON_HOST_ID, COURIER_NEUTRON_VLAN_CHILDREN, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
     /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
     /// COURIER_NESTED_PARENT_PORT.
     /// Then validates the result.
@@ -237,6 +240,9 @@ impl Config {
         if let Some(v) = get("COURIER_NEUTRON_CLOUD") {
             self.neutron.cloud = Some(v);
             self.neutron.enabled = true;
+        }
+        if let Some(v) = get("COURIER_NEUTRON_VLAN_CHILDREN") {
+            self.neutron.vlan_children = v.parse()?;
         }
         if let Some(v) = get("COURIER_NEUTRON_HOST_ID") {
             self.neutron.host_id = Some(v);
@@ -492,6 +498,30 @@ mod tests {
         assert!(
             e.contains("veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"),
             "{e}"
+        );
+        // vlan-ovs needs the VM's bridge; vlan_children is one of three words.
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| match k {
+                "COURIER_BINDINGS" => Some("vlan-ovs".into()),
+                "COURIER_NESTED_MASTER" => Some("br-vm".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[nested] bridge"), "{e}");
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_NEUTRON_VLAN_CHILDREN").then(|| "subport".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto, trunk or binding-profile"), "{e}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "COURIER_NEUTRON_VLAN_CHILDREN").then(|| "trunk".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.neutron.vlan_children,
+            crate::backend::neutron::VlanChildren::Trunk
         );
     }
 

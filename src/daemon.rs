@@ -114,9 +114,14 @@ pub async fn run(config: Config) -> Result<()> {
             .clone()
             .unwrap_or_else(crate::config::local_hostname);
         tracing::info!(cloud = ?cloud, principal = %cloud_cfg.principal(), %host_id, "Neutron backend configured");
+        let vlan_children = config.neutron.vlan_children;
         lazies.push(Lazy::spawn(neutron::ID, move || {
             let (cfg, host_id) = (cloud_cfg.clone(), host_id.clone());
-            async move { NeutronBackend::connect(cfg, &host_id).await }
+            async move {
+                NeutronBackend::connect(cfg, &host_id)
+                    .await
+                    .map(|b| b.with_vlan_children(vlan_children))
+            }
         }));
     }
     let backends: Vec<Arc<dyn Backend>> = lazies

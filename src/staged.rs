@@ -77,10 +77,11 @@ impl Attacher {
             None => self.registry.network(&req.network).await?,
         };
         let id = self.id_of(&key);
-        let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id));
+        let mut att = Attachment::new(&req, id.clone(), backend.id(), binding.edge_for(&id, &req));
         att.docker = Some(docker);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
+            crate::attach::refuse_existing_port_unless_bound(port, &att, &*binding)?;
             // Recorded with the intent, before the port is touched: the release gives it back.
             att.existing_port = Some(backend.inspect_port(port, &network).await?);
         }

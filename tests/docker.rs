@@ -215,6 +215,10 @@ fn bad_network_options_are_refused_and_change_nothing() {
         ),
         (vec!["-o", "courier.netwrok=x"], "unknown option"),
         (
+            vec!["-o", "courier.binding=sriov"],
+            "binding \"sriov\" is not available on this host",
+        ),
+        (
             vec!["--ip-range", &subnet_for(44).replace(".0/24", ".0/25")],
             "--ip-range",
         ),
@@ -997,4 +1001,71 @@ fn dockerd_restart_leaves_nothing_stale() {
         "{:?}",
         owned(&d)
     );
+}
+
+/// A Docker network whose endpoints are nested macvlan containers (`-o courier.binding`), on a
+/// daemon that also serves veth-ovs: Docker moves the macvlan Courier left for it, the pair is
+/// on the VM's port (this host's netns is the "VM"), the container reaches a port on the switch,
+/// and `docker rm` takes the pair away with the rest.
+#[test]
+fn docker_network_with_a_nested_binding() {
+    let t = "docker_network_with_a_nested_binding";
+    if !docker_ready(t) {
+        return;
+    }
+    let master = common::nested::HostVm::master_name("dkn");
+    let d = docker_daemon(
+        "dk-nest",
+        &[
+            ("COURIER_BINDINGS", "veth-ovs,macvlan".to_string()),
+            ("COURIER_NESTED_MASTER", master.clone()),
+        ],
+    );
+    let (plugin, _) = plugin_for("dk-nest");
+    let mut s = DockerScope::default();
+    let n = unique("dk-nest");
+    let subnet = subnet_for(45);
+    let base = subnet.trim_end_matches(".0/24");
+    let id = s.network(
+        &plugin,
+        &n,
+        &["--subnet", &subnet, "-o", "courier.binding=macvlan"],
+    );
+    let switch = courier_name(&id);
+    let pid = std::process::id();
+    let vm = common::nested::HostVm::new(
+        &switch,
+        "dkn",
+        &format!("0a:00:00:{:02x}:45:01", pid % 256),
+        &format!("{base}.250"),
+    );
+    let peer = common::nested::Plugged::new(
+        "dkn-peer",
+        &switch,
+        &format!("dkn-peer-{pid}"),
+        &format!("0a:00:00:{:02x}:45:02", pid % 256),
+        &format!("{base}.251"),
+        24,
+    );
+    let c1 = unique("dk-nest1");
+    s.run_ok(&c1, &["--network", &n]);
+    let ip = ip_of(&c1, &n);
+    let mac = mac_of(&c1, &n);
+    let entry = format!("{mac} {ip}");
+    let security = common::nested::port_security(&vm.lsp);
+    assert!(security.contains(&entry), "{entry} not in {security}");
+    assert!(
+        ping(&c1, &format!("{base}.251")),
+        "the nested container reaches the switch"
+    );
+    assert!(peer.ns.ping(&ip), "and is reached from it");
+    docker_ok(&["rm", "-f", &c1]);
+    assert!(
+        eventually(Duration::from_secs(5), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    assert!(!common::nested::port_security(&vm.lsp).contains(&entry));
+    drop(peer);
+    drop(vm);
 }

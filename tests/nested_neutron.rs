@@ -103,35 +103,8 @@ impl NeutronVm {
             .as_str()
             .unwrap()
             .to_string();
-        let ns = Netns::new(prefix);
         let host_if = format!("nh{}", &id[..8]);
-        let _ = sh("ip", &["link", "del", &host_if]);
-        sh_ok(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ],
-        );
-        let _ = sh("ethtool", &["-K", &host_if, "tx", "off"]);
-        sh_ok("ip", &["link", "set", &host_if, "up"]);
-        sh_ok(
-            "ovs-vsctl",
-            &[
-                "add-port",
-                "br-int",
-                &host_if,
-                "--",
-                "set",
-                "Interface",
-                &host_if,
-                &format!("external_ids:iface-id={id}"),
-            ],
-        );
-        ns.exec(&["ip", "link", "set", "eth0", "address", &mac]);
-        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        let _ = ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        let ns = common::nested::netns_on_br_int(prefix, &host_if, &id, &mac, &format!("{ip}/24"));
         let vm = NeutronVm { ns, port, host_if };
         assert!(
             eventually(Duration::from_secs(20), || vm.now(n)["status"] == "ACTIVE"),

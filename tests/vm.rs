@@ -187,59 +187,28 @@ impl Drop for Objects {
     }
 }
 
-/// Turns TX checksum offload off on a veth end (the userspace datapath forwards partial
-/// checksums as they are; ping does not care, TCP would). Returns false when ethtool is missing.
-fn tx_off(netns: Option<&Netns>, ifname: &str) -> bool {
-    let args = ["ethtool", "-K", ifname, "tx", "off"];
-    match netns {
-        Some(ns) => ns.exec(&args).status.success(),
-        None => Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .is_ok_and(|o| o.status.success()),
-    }
-}
-
 /// A netns (named from `prefix`) whose eth0 (`mac`, `ip`/24) is a veth whose host end `veth` is
 /// a br-int port bound to LSP `lsp`: a port on the switch outside the VM.
 fn host_port(prefix: &str, veth: &str, lsp: &str, mac: &str, ip: &str) -> Netns {
-    let ns = Netns::new(prefix);
-    sh_ok(
-        "ip",
-        &[
-            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ],
+    common::nested::netns_on_br_int(prefix, veth, lsp, mac, &format!("{ip}/24"))
+}
+
+/// `guest.sh plug` (the VM port's tap on br-int, as `vm_env` says), then waits until `lsps`
+/// are up.
+fn plug_vm_port(vm_env: &[(&str, String)], lsps: &[&str]) {
+    let plug = guest_cmd()
+        .arg("plug")
+        .envs(vm_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("guest.sh plug");
+    assert!(
+        plug.status.success(),
+        "guest.sh plug: {}",
+        String::from_utf8_lossy(&plug.stderr)
     );
-    for args in [
-        vec!["link", "set", "eth0", "address", mac],
-        vec!["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-        vec!["link", "set", "eth0", "up"],
-        vec!["link", "set", "lo", "up"],
-    ] {
-        let mut a = vec!["-n", &ns.name];
-        a.extend(args);
-        sh_ok("ip", &a);
+    for lsp in lsps {
+        wait_up(lsp);
     }
-    sh_ok("ip", &["link", "set", veth, "up"]);
-    if !(tx_off(None, veth) && tx_off(Some(&ns), "eth0")) {
-        eprintln!(
-            "note: ethtool missing or failed: TX checksum offload left on (ping works regardless)"
-        );
-    }
-    sh_ok(
-        "ovs-vsctl",
-        &[
-            "add-port",
-            "br-int",
-            veth,
-            "--",
-            "set",
-            "Interface",
-            veth,
-            &format!("external_ids:iface-id={lsp}"),
-        ],
-    );
-    ns
 }
 
 fn wait_up(lsp: &str) {
@@ -314,9 +283,7 @@ fn guest_vm_port_reaches_the_logical_switch() {
         ("VM_PREFIX", "24".to_string()),
         ("VM_AWAIT_ECHO", "3".to_string()),
     ];
-    plug(&vm_env);
-    wait_up(&lsp_vm);
-    wait_up(&lsp_host);
+    plug_vm_port(&vm_env, &[&lsp_vm, &lsp_host]);
     nbctl(&["--wait=hv", "sync"]);
 
     let mut pinged_back = None;
@@ -502,9 +469,7 @@ fn guest_nested_ipvlan_needs_its_pair() {
         ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
         ("VM_HOST_MARK", format!("it-vm-ipv-{pid}")),
     ];
-    plug(&vm_env);
-    wait_up(&lsp_vm);
-    wait_up(&lsp_host);
+    plug_vm_port(&vm_env, &[&lsp_vm, &lsp_host]);
     let security_before = nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"]);
     let run = run_guest(scenario("ipvlan.sh").as_str(), &[], &vm_env, |_| {});
     assert_eq!(run.code, 0, "{}", run.explain());
@@ -662,9 +627,7 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
         ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
         ("VM_HOST_MARK", mark.clone()),
     ];
-    plug(&vm_env);
-    wait_up(&lsp_vm);
-    wait_up(&lsp_host);
+    plug_vm_port(&vm_env, &[&lsp_vm, &lsp_host]);
     let vm_row_before = nbctl(&[
         "--columns=addresses,port_security",
         "list",
@@ -752,21 +715,6 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
 /// The demo member's password (scripts/neutron.sh): the tenant's credentials Courier uses inside
 /// the VM. Passed to the guest in its environment, never printed.
 const DEMO_PASSWORD: &str = "courier-demo-secret";
-
-/// Plugs the VM port (guest.sh plug: the tap on br-int with iface-id = `VM_LSP`), made before
-/// QEMU starts and kept by the test, so guest.sh leaves it in place.
-fn plug(vm_env: &[(&str, String)]) {
-    let plug = guest_cmd()
-        .arg("plug")
-        .envs(vm_env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("guest.sh plug");
-    assert!(
-        plug.status.success(),
-        "guest.sh plug: {}",
-        String::from_utf8_lossy(&plug.stderr)
-    );
-}
 
 /// A Neutron network of the demo project (made by a host daemon with the demo member's
 /// credentials, so the tenant inside the VM owns it) with two ports bound to this host's chassis
@@ -969,7 +917,7 @@ impl NeutronVmNet {
 
     /// Plugs the VM's tap and waits until both ports are ACTIVE (bound by ovn-controller).
     fn plug(&self, vm_env: &[(&str, String)]) {
-        plug(vm_env);
+        plug_vm_port(vm_env, &[]);
         for id in [self.vm_id(), self.peer["id"].as_str().unwrap().to_string()] {
             assert!(
                 eventually(Duration::from_secs(30), || self.port(&id)["status"]

@@ -31,6 +31,8 @@ struct State {
     /// Next dynamic MAC (OVN: `mac_prefix` + a counter).
     next_mac: u32,
     next_switch: u32,
+    /// VLAN tags of child ports someone else made under a parent (`child_tags`).
+    children: BTreeMap<String, std::collections::BTreeSet<u16>>,
 }
 
 impl FakeOvn {
@@ -50,6 +52,15 @@ impl FakeOvn {
     /// Every network's name.
     pub fn network_names(&self) -> Vec<String> {
         self.state().networks.keys().cloned().collect()
+    }
+
+    /// Child ports with these tags exist under `parent` (made by someone else).
+    pub fn add_children(&self, parent: &str, tags: impl IntoIterator<Item = u16>) {
+        self.state()
+            .children
+            .entry(parent.to_string())
+            .or_default()
+            .extend(tags);
     }
 
     /// The networks `create_network` made, in order (deleted ones too).
@@ -313,6 +324,15 @@ impl Backend for FakeOvn {
     }
 
     /// All or nothing, like OVN's one-by-one creation with its undo.
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        Ok(self
+            .state()
+            .children
+            .get(parent)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
         let mut s = self.state();
         let mut made: Vec<LogicalPort> = Vec::with_capacity(reqs.len());

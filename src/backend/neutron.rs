@@ -67,6 +67,36 @@ pub struct NeutronBackend {
     /// entry; a change made elsewhere is seen within the TTL (a port on a deleted network then
     /// fails to create, cleanly).
     resolved: Mutex<HashMap<String, (Instant, Network)>>,
+    /// How nested vlan child ports are made (`[neutron] vlan_children`).
+    vlan_children: VlanChildren,
+}
+
+/// How a nested vlan child port is made in Neutron (`[neutron] vlan_children`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VlanChildren {
+    /// A trunk subport when Neutron has the `trunk` extension, else `binding:profile`.
+    #[default]
+    Auto,
+    /// A trunk subport (`segmentation_type vlan`) on the VM port's trunk.
+    Trunk,
+    /// `binding:profile {parent_name, tag}` (ML2/OVN's container-in-VM form; admin only under
+    /// Neutron's default policy).
+    BindingProfile,
+}
+
+impl std::str::FromStr for VlanChildren {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(VlanChildren::Auto),
+            "trunk" => Ok(VlanChildren::Trunk),
+            "binding-profile" => Ok(VlanChildren::BindingProfile),
+            other => Err(Error::InvalidInput(format!(
+                "[neutron] vlan_children {other:?} (COURIER_NEUTRON_VLAN_CHILDREN) must be auto, trunk or binding-profile"
+            ))),
+        }
+    }
 }
 
 const NETWORK_TTL: Duration = Duration::from_secs(10);
@@ -108,7 +138,14 @@ impl NeutronBackend {
             host_id: host_id.to_string(),
             subnets: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
+            vlan_children: VlanChildren::default(),
         })
+    }
+
+    /// Makes nested vlan child ports as `mode` says.
+    pub fn with_vlan_children(mut self, mode: VlanChildren) -> Self {
+        self.vlan_children = mode;
+        self
     }
 
     /// Runs `op`, retrying transient failures until the deadline.
@@ -399,7 +436,8 @@ impl NeutronBackend {
     /// A nested vlan child of the VM's port `parent`, told apart by `tag`: with the trunk
     /// extension a trunk subport (`segmentation_type vlan`) on the parent's trunk, which is
     /// created (tagged `courier:created`) if the parent has none; without it the
-    /// `binding:profile {parent_name, tag}` form (ML2/OVN sets the LSP's parent_name and tag).
+    /// `binding:profile {parent_name, tag}` form (ML2/OVN sets the LSP's parent_name and tag);
+    /// `[neutron] vlan_children` can choose either.
     async fn create_child(
         &self,
         r: &PortRequest,
@@ -407,11 +445,15 @@ impl NeutronBackend {
         parent: &str,
         tag: u16,
     ) -> Result<os::Port> {
-        let trunks = self
-            .api
-            .has_extension("trunk")
-            .await
-            .map_err(os_err("reading Neutron's extensions"))?;
+        let trunks = match self.vlan_children {
+            VlanChildren::Trunk => true,
+            VlanChildren::BindingProfile => false,
+            VlanChildren::Auto => self
+                .api
+                .has_extension("trunk")
+                .await
+                .map_err(os_err("reading Neutron's extensions"))?,
+        };
         // Neutron sets device_owner trunk:subport itself; a subport is bound with its parent.
         body.device_owner = None;
         body.device_id = None;
@@ -1469,5 +1511,45 @@ mod real {
         eprintln!(
             "child_port_is_a_trunk_subport: child create {create_ms} ms, delete {delete_ms} ms"
         );
+
+        // The binding:profile form (`[neutron] vlan_children = "binding-profile"`, what ML2/OVN
+        // without the trunk plugin takes): no trunk, the LSP a child with the tag all the same.
+        let b = b.with_vlan_children(VlanChildren::BindingProfile);
+        let req = PortRequest {
+            name: format!("{tag}-child3"),
+            network: NeutronBackend::to_network(&tag, &net, &[]),
+            owner: OwnerMark {
+                host: host.clone(),
+                attachment: format!("{tag}-att3"),
+            },
+            ips: vec![],
+            mac: None,
+            security_groups: vec![],
+            role: PortRole::Child {
+                parent: vm.id.clone(),
+                tag: 42,
+            },
+        };
+        let c3 = b.create_ports(&[req]).await.unwrap().pop().unwrap();
+        assert!(api
+            .list_trunks(&Query::new().port_id(vm.id.as_str()))
+            .await
+            .unwrap()
+            .is_empty());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (lsp(&c3.id, "parent_name") != vm.id || lsp(&c3.id, "tag") != "42")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(lsp(&c3.id, "parent_name"), vm.id, "OVN NB parent_name");
+        assert_eq!(lsp(&c3.id, "tag"), "42", "OVN NB tag");
+        assert!(b.child_tags(&vm.id).await.unwrap().contains(&42));
+        let pr = PortRef {
+            id: Some(c3.id.clone()),
+            name: c3.name.clone(),
+        };
+        assert!(b.delete_port(&pr, &host).await.unwrap());
+        assert!(api.get_port(&c3.id).await.unwrap_err().is_not_found());
     }
 }

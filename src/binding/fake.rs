@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{EdgeBinding, EdgeOrphan};
 use crate::error::{Error, Result};
-use crate::model::{host_ifname, peer_ifname, Attachment, EdgeState, LogicalPort};
+use crate::model::{host_ifname, peer_ifname, AttachRequest, Attachment, EdgeState, LogicalPort};
 
 #[derive(Default)]
 pub struct FakeEdge {
@@ -43,7 +43,7 @@ impl EdgeBinding for FakeEdge {
         "veth-ovs"
     }
 
-    fn edge_for(&self, id: &str) -> EdgeState {
+    fn edge_for(&self, id: &str, _req: &AttachRequest) -> EdgeState {
         EdgeState::VethOvs {
             host_ifname: host_ifname(id),
         }

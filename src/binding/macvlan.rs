@@ -16,7 +16,9 @@ use super::vm_port::VmPort;
 use super::{EdgeBinding, EdgeOrphan, PairPlan};
 use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
-use crate::model::{derived_mac, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort};
+use crate::model::{
+    derived_mac, parse_mac, peer_ifname, AttachRequest, Attachment, EdgeState, LogicalPort,
+};
 
 pub struct MacVlan {
     /// false: macvlan (own MAC); true: ipvlan L2 (the master's MAC).
@@ -78,15 +80,22 @@ impl EdgeBinding for MacVlan {
         }
     }
 
-    fn edge_for(&self, id: &str) -> EdgeState {
+    fn edge_for(&self, id: &str, req: &AttachRequest) -> EdgeState {
         if self.ipvlan {
             EdgeState::IpVlan {
                 master: self.vm.master.clone(),
             }
         } else {
+            // The MAC asked for (Docker always gives one, and sets it on the interface it
+            // moves), else one derived from the id: the container's MAC, its pair's and its
+            // reservation's.
             EdgeState::MacVlan {
                 master: self.vm.master.clone(),
-                mac: derived_mac(id),
+                mac: req
+                    .mac
+                    .clone()
+                    .map(|m| m.to_ascii_lowercase())
+                    .unwrap_or_else(|| derived_mac(id)),
             }
         }
     }
@@ -108,6 +117,14 @@ impl EdgeBinding for MacVlan {
     }
 
     async fn validate(&self, att: &Attachment) -> Result<()> {
+        if let (true, Some(want)) = (self.ipvlan, &att.requested_mac) {
+            let vm = self.vm.mac().await?;
+            if !want.eq_ignore_ascii_case(&vm) {
+                return Err(Error::InvalidInput(format!(
+                    "an ipvlan container shares the VM's MAC {vm}: drop the MAC {want} (or give {vm})"
+                )));
+            }
+        }
         self.vm.validate(att).await
     }
 

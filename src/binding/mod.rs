@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
-use crate::model::{Attachment, EdgeState, LogicalPort};
+use crate::model::{AttachRequest, Attachment, EdgeState, LogicalPort};
 
 /// Where a binding's container addresses go besides its own port: nested macvlan/ipvlan put
 /// them on the VM's port as address pairs, with this MAC.
@@ -44,9 +44,10 @@ pub enum EdgeResource {
 pub trait EdgeBinding: Send + Sync {
     /// Its name in records, config and status ("veth-ovs", later "vlan", "sriov", ...).
     fn kind(&self) -> &'static str;
-    /// What this binding will make for attachment `id`, recorded with the intent before
-    /// anything exists (names derived from the id), so a crash at any step can be undone.
-    fn edge_for(&self, id: &str) -> EdgeState;
+    /// What this binding will make for attachment `id` (asked for by `req`), recorded with the
+    /// intent before anything exists (names derived from the id), so a crash at any step can
+    /// be undone.
+    fn edge_for(&self, id: &str, req: &AttachRequest) -> EdgeState;
     /// Ok when this host can plug and ready edges of this kind now (CNI STATUS): for veth-ovs,
     /// the local Open_vSwitch DB answers, the bridge exists and ovn-controller is connected.
     async fn health(&self) -> Result<()>;

@@ -19,7 +19,8 @@ use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::model::{
-    self, host_ifname, link_alias, parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort,
+    self, host_ifname, link_alias, parse_mac, peer_ifname, AttachRequest, Attachment, EdgeState,
+    LogicalPort,
 };
 use crate::vswitch::{PortBinding, Vswitch};
 
@@ -173,7 +174,7 @@ impl EdgeBinding for VethOvs {
         }
     }
 
-    fn edge_for(&self, id: &str) -> EdgeState {
+    fn edge_for(&self, id: &str, _req: &AttachRequest) -> EdgeState {
         match self.nested {
             // Parent and tag are chosen by the attach flow before the intent is written.
             Some(_) => EdgeState::VlanOvs {

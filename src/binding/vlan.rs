@@ -15,7 +15,7 @@ use super::vm_port::VmPort;
 use super::{EdgeBinding, EdgeOrphan};
 use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
-use crate::model::{parse_mac, peer_ifname, Attachment, EdgeState, LogicalPort};
+use crate::model::{parse_mac, peer_ifname, AttachRequest, Attachment, EdgeState, LogicalPort};
 
 pub struct Vlan {
     vm: VmPort,
@@ -54,7 +54,7 @@ impl EdgeBinding for Vlan {
         "vlan"
     }
 
-    fn edge_for(&self, _id: &str) -> EdgeState {
+    fn edge_for(&self, _id: &str, _req: &AttachRequest) -> EdgeState {
         // Parent and tag are chosen by the attach flow before the intent is written.
         EdgeState::Vlan {
             master: self.vm.master.clone(),

@@ -1165,6 +1165,8 @@ mod tests {
         .unwrap();
         assert_eq!(o.neutron_net.as_deref(), Some("n1"));
         assert_eq!(o.neutron_subnet.as_deref(), Some("s1"));
+        let o = NetworkOptions::parse(&opts(&[("courier.binding", "ipvlan")])).unwrap();
+        assert_eq!(o.binding.as_deref(), Some("ipvlan"));
         // Other drivers' options are none of our business.
         assert_eq!(
             NetworkOptions::parse(&opts(&[("com.example.x", "1")])).unwrap(),

@@ -4,6 +4,47 @@ use std::time::Duration;
 
 use super::*;
 
+/// A netns (named from `prefix`) whose `eth0` (`mac`, `cidr`) is a veth whose host end
+/// `host_if` is a br-int port with `iface-id` = `iface_id`, TX checksum offload off on both
+/// ends (the userspace datapath forwards partial checksums as they are).
+pub fn netns_on_br_int(
+    prefix: &str,
+    host_if: &str,
+    iface_id: &str,
+    mac: &str,
+    cidr: &str,
+) -> Netns {
+    let ns = Netns::new(prefix);
+    let _ = sh("ip", &["link", "del", host_if]);
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ],
+    );
+    let _ = sh("ethtool", &["-K", host_if, "tx", "off"]);
+    sh_ok("ip", &["link", "set", host_if, "up"]);
+    sh_ok(
+        "ovs-vsctl",
+        &[
+            "add-port",
+            "br-int",
+            host_if,
+            "--",
+            "set",
+            "Interface",
+            host_if,
+            &format!("external_ids:iface-id={iface_id}"),
+        ],
+    );
+    ns.exec(&["ip", "link", "set", "eth0", "address", mac]);
+    ns.exec(&["ip", "addr", "add", cidr, "dev", "eth0"]);
+    ns.exec(&["ip", "link", "set", "eth0", "up"]);
+    ns.exec(&["ip", "link", "set", "lo", "up"]);
+    let _ = ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+    ns
+}
+
 /// A netns with one interface `eth0` on the logical switch: a veth whose host end is a br-int
 /// port bound to LSP `lsp` (static "MAC IP"); returns the netns. The LSP is made here.
 pub struct Plugged {
@@ -21,46 +62,12 @@ impl Plugged {
         ip: &str,
         prefix_len: u8,
     ) -> Plugged {
-        let ns = Netns::new(prefix);
         let host_if = format!("nh{}", &lsp[lsp.len().saturating_sub(10)..]);
-        let _ = sh("ip", &["link", "del", &host_if]);
         let entry = format!("{mac} {ip}");
         nbctl(&["lsp-add", switch, lsp]);
         nbctl(&["lsp-set-addresses", lsp, &entry]);
         nbctl(&["lsp-set-port-security", lsp, &entry]);
-        sh_ok(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ],
-        );
-        let _ = sh("ethtool", &["-K", &host_if, "tx", "off"]);
-        sh_ok("ip", &["link", "set", &host_if, "up"]);
-        sh_ok(
-            "ovs-vsctl",
-            &[
-                "add-port",
-                "br-int",
-                &host_if,
-                "--",
-                "set",
-                "Interface",
-                &host_if,
-                &format!("external_ids:iface-id={lsp}"),
-            ],
-        );
-        ns.exec(&["ip", "link", "set", "eth0", "address", mac]);
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ip}/{prefix_len}"),
-            "dev",
-            "eth0",
-        ]);
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        let _ = ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        let ns = netns_on_br_int(prefix, &host_if, lsp, mac, &format!("{ip}/{prefix_len}"));
         assert!(
             eventually(Duration::from_secs(10), || nbctl(&[
                 "get",
@@ -186,5 +193,14 @@ impl Drop for HostVm {
         );
         let _ = sh("ip", &["link", "del", &self.uplink]);
         let _ = sh("ovn-nbctl", &["--if-exists", "lsp-del", &self.lsp]);
+    }
+}
+
+/// Deletes logical switch `.0` (and its ports) when dropped, pass or fail.
+pub struct DeleteSwitch(pub String);
+
+impl Drop for DeleteSwitch {
+    fn drop(&mut self) {
+        let _ = sh("ovn-nbctl", &["--if-exists", "ls-del", &self.0]);
     }
 }

@@ -1,14 +1,15 @@
 # tests/vm/lib.sh - sourced by the guest scenarios (guest.sh puts it at /scenario/lib.sh).
 #
 # courier_daemon BINDINGS: starts `courier daemon` in the guest (the VM) with the nested master
-# eth1 and the bindings BINDINGS, and waits until its backends are connected. The backend:
+# eth1 and the bindings BINDINGS (log: /tmp/courier.log, JSON lines), and waits until its
+# backends are connected. The backend:
 #   Neutron, when VM_OS_AUTH_URL is set: the tenant's credentials in a clouds.yaml written here
 #     (/etc/openstack/clouds.yaml, mode 600, cloud "vm": VM_OS_AUTH_URL, VM_OS_USERNAME,
 #     VM_OS_PASSWORD, VM_OS_PROJECT_NAME; domain Default), and network_endpoint_override
 #     VM_OS_NETWORK_ENDPOINT, since Keystone's catalog names an address only the host reaches;
 #   else OVN direct: the NB at VM_NB_REMOTE.
 courier_daemon() {
-  export COURIER_BINDINGS=$1 COURIER_NESTED_MASTER=eth1 COURIER_DOCKER=0 \
+  export COURIER_BINDINGS=$1 COURIER_NESTED_MASTER=eth1 COURIER_DOCKER=0 COURIER_LOG_FORMAT=json \
     COURIER_SOCKET=/run/courier.sock COURIER_STATE_DIR=/tmp/courier-state \
     COURIER_HOST=${VM_HOST_MARK:-vm-guest}
   if [ -n "${VM_OS_AUTH_URL:-}" ]; then

@@ -48,7 +48,7 @@ ovs-vsctl del-port br-vm wv0
 
 export COURIER_OVN_NB_REMOTE=$VM_NB_REMOTE COURIER_BINDINGS=vlan-ovs COURIER_NESTED_MASTER=br-vm \
   COURIER_NESTED_BRIDGE=br-vm COURIER_OVS_REMOTE=unix:/var/run/openvswitch/db.sock \
-  COURIER_DOCKER=0 COURIER_SOCKET=/run/courier.sock COURIER_STATE_DIR=/tmp/courier-state \
+  COURIER_DOCKER=0 COURIER_LOG_FORMAT=json COURIER_SOCKET=/run/courier.sock COURIER_STATE_DIR=/tmp/courier-state \
   COURIER_HOST=${VM_HOST_MARK:-vm-guest}
 courier daemon >/tmp/courier.log 2>&1 &
 for _ in $(seq 100); do courier status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -95,4 +95,6 @@ if ip netns exec w ping -c 2 -W 1 "$VM_HOST_IP" >/dev/null 2>&1; then
   echo "UNEXPECTED: a detached child's tag still got through"; tail -20 /tmp/courier.log; exit 1
 fi
 echo "a detached child's tag reaches nothing"
+# Attach timings from the daemon's log (TCG-emulated CPU: slow in absolute terms).
+echo "__timings__ $(grep '"attached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
 echo "__ok__"
