@@ -480,6 +480,7 @@ impl NeutronBackend {
                     .create_trunk(&os::TrunkCreate {
                         port_id: parent.to_string(),
                         name: Some(format!("courier-{parent}")),
+                        tags: vec![TAG_CREATED.to_string()],
                         ..Default::default()
                     })
                     .await
@@ -488,10 +489,6 @@ impl NeutronBackend {
                             "the VM's port {parent} cannot be a trunk parent ({e}): give the VM a port that can (`openstack network trunk create --parent-port …`), or use the ipvlan binding"
                         ))
                     })?;
-                if let Err(e) = self.api.add_tag("trunks", &t.id, TAG_CREATED).await {
-                    let _ = self.api.delete_trunk(&t.id).await;
-                    return Err(os_err(format!("tagging trunk {}", t.id))(e));
-                }
                 (t, true)
             }
         };

@@ -284,6 +284,10 @@ pub struct TrunkCreate {
     pub sub_ports: Vec<SubPort>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_state_up: Option<bool>,
+    /// Set right after the create (Neutron takes no tags in a trunk POST); if that fails the
+    /// trunk is deleted again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// What [`Neutron::modify_port`] did: the port as it is now, whether it was changed, and how
@@ -1136,15 +1140,33 @@ impl Neutron {
 
     pub async fn create_trunk(&self, req: &TrunkCreate) -> Result<Trunk> {
         let what = format!("trunk on port {}", req.port_id);
-        self.call_key(
-            Method::POST,
-            "/trunks",
-            Some(json!({ "trunk": req })),
-            None,
-            Some(what),
-            "trunk",
-        )
-        .await
+        // Neutron 29 refuses tags in a trunk POST ("Attribute 'tags' not allowed"), even with
+        // `tag-creation`: they go on right after, and a failure there removes the trunk.
+        let mut body = serde_json::to_value(req).expect("serializable");
+        if let Some(o) = body.as_object_mut() {
+            o.remove("tags");
+        }
+        let mut trunk: Trunk = self
+            .call_key(
+                Method::POST,
+                "/trunks",
+                Some(json!({ "trunk": body })),
+                None,
+                Some(what),
+                "trunk",
+            )
+            .await?;
+        if !req.tags.iter().all(|t| trunk.tags.contains(t)) {
+            match self.replace_tags("trunks", &trunk.id, &req.tags).await {
+                Ok(tags) => trunk.tags = tags,
+                Err(e) => {
+                    // Untagged, nobody would know to remove it.
+                    let _ = self.delete_trunk(&trunk.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(trunk)
     }
 
     pub async fn get_trunk(&self, id: &str) -> Result<Trunk> {
