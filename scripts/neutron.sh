@@ -139,7 +139,11 @@ wait_uwsgi() {
   local name=$1 port=$2 path=$3; shift 3
   local pidf="$D/run/$name.pid" c=000 t=${LAUNCHED[$name]:-}
   if [ -z "$t" ]; then
-    c=$(http_code "$@" "http://127.0.0.1:$port$path")
+    # Running already: one uwsgi worker busy with a slow request (a test's burst) may take a
+    # while to answer; give it up to ≈ 60 s before calling it broken.
+    for _ in $(seq 10); do
+      c=$(http_code "$@" "http://127.0.0.1:$port$path"); [ "$c" = 200 ] && break; sleep 1
+    done
     [ "$c" = 200 ] || die "$name is running (pid $(cat "$pidf")) but http://127.0.0.1:$port$path answers $c"
     log "$name already running on http://127.0.0.1:$port"; return 0
   fi

@@ -581,3 +581,99 @@ fn veth_ovs_and_nested_containers_on_one_daemon() {
     drop(d);
     drop(vm);
 }
+
+/// Finding the VM's port on OVN direct: an address no LSP has, an address two LSPs have, and a
+/// `[nested] parent_port` that does not exist are each a clear error saying to set
+/// `parent_port`, and change nothing; with `parent_port` set the attach works.
+#[test]
+fn the_vms_port_not_found_or_ambiguous_is_a_clear_error() {
+    let t = "the_vms_port_not_found_or_ambiguous_is_a_clear_error";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("nvp");
+    let subnet = subnet_for(64);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nvp-host");
+    host.create_network(&net, &subnet);
+    let _switch = DeleteSwitch(net.clone());
+    let mac = format!("0a:00:00:{:02x}:64:01", pid % 256);
+    // The "VM": a netns with eth0 at .10 on a veth nobody bound; no LSP has .10 yet.
+    let vm = Netns::new("nvp");
+    let peer = format!("nvp{pid}");
+    let _ = sh("ip", &["link", "del", &peer]);
+    sh_ok(
+        "ip",
+        &[
+            "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &vm.name,
+        ],
+    );
+    vm.exec(&["ip", "link", "set", "eth0", "address", &mac]);
+    vm.exec(&["ip", "addr", "add", &format!("{base}.10/24"), "dev", "eth0"]);
+    vm.exec(&["ip", "link", "set", "eth0", "up"]);
+    let start = |name: &str, parent: Option<&str>| {
+        let mut env = vec![
+            ("COURIER_BINDINGS", "macvlan"),
+            ("COURIER_NESTED_MASTER", "eth0"),
+            ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+        ];
+        if let Some(p) = parent {
+            env.push(("COURIER_NESTED_PARENT_PORT", p));
+        }
+        let d = TestDaemon::start_in_netns(name, &vm.name, &env);
+        wait_backends(&d);
+        d
+    };
+    let c1 = Netns::new("nvpc");
+    let ports = || {
+        nbctl(&[
+            "--bare",
+            "--columns=name,addresses",
+            "list",
+            "Logical_Switch_Port",
+        ])
+    };
+    let refused = |d: &TestDaemon, says: &[&str]| {
+        let before = ports();
+        let (code, out) = attach(d, "v1", &c1.path(), &net);
+        assert_ne!(code, 200, "{out}");
+        for s in says {
+            assert!(out.to_string().contains(s), "{s}: {out}");
+        }
+        assert_eq!(ports(), before, "nothing changed in the NB");
+        assert!(owned(d).is_empty(), "{:?}", owned(d));
+        assert!(!c1.has_link("eth0"));
+    };
+    let d = start("nvp-none", None);
+    refused(
+        &d,
+        &["no OVN logical switch port matches", "[nested] parent_port"],
+    );
+    drop(d);
+    let (a, b) = (format!("nvp-a-{pid}"), format!("nvp-b-{pid}"));
+    for lsp in [&a, &b] {
+        nbctl(&["lsp-add", &net, lsp]);
+        nbctl(&["lsp-set-addresses", lsp, &format!("{mac} {base}.10")]);
+    }
+    let d = start("nvp-two", None);
+    refused(&d, &["several", &a, &b, "[nested] parent_port"]);
+    drop(d);
+    let d = start("nvp-bogus", Some("no-such-lsp"));
+    refused(&d, &["no-such-lsp", "[nested] parent_port"]);
+    drop(d);
+    // Named explicitly: the attach goes through (the pair lands on that port).
+    let d = start("nvp-named", Some(&a));
+    let (code, out) = attach(&d, "v1", &c1.path(), &net);
+    assert_eq!(code, 200, "{out}");
+    assert!(
+        port_security(&a).contains(&format!("{base}.")),
+        "{}",
+        port_security(&a)
+    );
+    let (code, out) = detach(&d, "v1");
+    assert_eq!(code, 200, "{out}");
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    drop(d);
+    let _ = sh("ip", &["link", "del", &peer]);
+}
