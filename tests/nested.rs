@@ -651,9 +651,13 @@ fn the_vms_port_not_found_or_ambiguous_is_a_clear_error() {
         &["no OVN logical switch port matches", "[nested] parent_port"],
     );
     drop(d);
+    // Two LSPs with the VM's address (on two switches: one switch refuses a duplicate IP).
+    let other = format!("nvp2-{pid}");
+    nbctl(&["ls-add", &other]);
+    let _other = DeleteSwitch(other.clone());
     let (a, b) = (format!("nvp-a-{pid}"), format!("nvp-b-{pid}"));
-    for lsp in [&a, &b] {
-        nbctl(&["lsp-add", &net, lsp]);
+    for (lsp, sw) in [(&a, &net), (&b, &other)] {
+        nbctl(&["lsp-add", sw, lsp]);
         nbctl(&["lsp-set-addresses", lsp, &format!("{mac} {base}.10")]);
     }
     let d = start("nvp-two", None);
