@@ -27,6 +27,7 @@ fn one_bad_record_or_failing_rollback_never_stops_the_node() {
     let mut d = TestDaemon::start("rel-bad");
     let net = unique("rel-bad");
     d.create_network(&net, &subnet_for(40));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let a = Netns::new("rel-bad-a");
     let (code, out) = d.cni("ADD", "old-one", &a.path(), "eth0", &conf);
@@ -194,6 +195,7 @@ fn restarted_container_survives_reconcile_on_an_old_snapshot() {
     );
     let net = unique("rel-restart");
     d.create_network(&net, &subnet_for(41));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-restart");
     let (code, out) = d.cni("ADD", "ctr", &ns.path(), "eth0", &conf);
@@ -251,6 +253,7 @@ fn an_error_that_cannot_tell_never_detaches_a_live_container() {
     let d = TestDaemon::start_with("rel-emfile", &[("COURIER_RECONCILE_INTERVAL_SECS", "1")]);
     let net = unique("rel-emfile");
     d.create_network(&net, &subnet_for(42));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-emfile");
     let (code, out) = d.cni("ADD", "busy", &ns.path(), "eth0", &conf);
@@ -304,6 +307,7 @@ fn plugin_killed_mid_add_leaves_nothing() {
     );
     let net = unique("rel-kill");
     d.create_network(&net, &subnet_for(43));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-kill");
     let mut plugin = Command::new(BIN)
@@ -356,6 +360,7 @@ fn teardown_goes_on_past_a_dead_ovs_db() {
     let d = TestDaemon::start_with("rel-ovsdown", &[("COURIER_OVS_REMOTE", &proxy.remote)]);
     let net = unique("rel-ovsdown");
     d.create_network(&net, &subnet_for(44));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-ovsdown");
     let (code, out) = d.cni("ADD", "c4", &ns.path(), "eth0", &conf);
@@ -416,6 +421,7 @@ fn two_hosts_with_colliding_container_ids() {
     let b = TestDaemon::start("rel-host-b");
     let net = unique("rel-hosts");
     a.create_network(&net, &subnet_for(45));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf_a = a.netconf(&net, "1.1.0");
     let conf_b = b.netconf(&net, "1.1.0");
     let na = Netns::new("rel-host-a");
@@ -504,6 +510,7 @@ fn half_open_nb_fails_calls_in_bounded_time() {
     );
     let net = unique("rel-halfopen");
     d.create_network(&net, &subnet_for(46));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-halfopen");
 
@@ -602,6 +609,7 @@ fn check_uses_the_netns_it_is_given() {
     let d = TestDaemon::start("rel-check");
     let net = unique("rel-check");
     d.create_network(&net, &subnet_for(47));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-check");
     let other = Netns::new("rel-check-o");
@@ -633,6 +641,7 @@ fn periodic_reconcile_sweeps_without_being_asked() {
     let d = TestDaemon::start_with("rel-periodic", &[("COURIER_RECONCILE_INTERVAL_SECS", "1")]);
     let net = unique("rel-periodic");
     d.create_network(&net, &subnet_for(48));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let leak = "courier-00000000beef";
     nbctl(&[
         "lsp-add",
@@ -692,6 +701,7 @@ fn port_up_is_what_was_observed() {
     );
     let net = unique("rel-up");
     d.create_network(&net, &subnet_for(49));
+    let _switch = common::nested::DeleteSwitch(net.clone());
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("rel-up");
     let socket = d.socket.clone();
