@@ -40,6 +40,24 @@ pub enum EdgeResource {
     Link,
 }
 
+/// How the container's interface `current` is configured for `port`: named `new`, with the
+/// port's addresses, default gateways and routes (its MAC and MTU set when it was made).
+pub(crate) fn port_iface_config(
+    current: &str,
+    new: &str,
+    port: &LogicalPort,
+) -> courier_netlink::IfaceConfig {
+    courier_netlink::IfaceConfig {
+        current_name: current.to_string(),
+        new_name: new.to_string(),
+        mac: None,
+        mtu: None,
+        addresses: port.ips.clone(),
+        gateways: port.gateways.clone(),
+        routes: port.routes.iter().map(|r| (r.dst, r.gw)).collect(),
+    }
+}
+
 #[async_trait]
 pub trait EdgeBinding: Send + Sync {
     /// Its name in records, config and status ("veth-ovs", later "vlan", "sriov", ...).

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use courier_netlink::{self as nl, IfaceConfig, Netlink, VethSpec};
+use courier_netlink::{self as nl, Netlink, VethSpec};
 
 use super::vm_port::VmPort;
 use super::{EdgeBinding, EdgeOrphan, EdgeResource};
@@ -281,20 +281,12 @@ impl EdgeBinding for VethOvs {
             .add_port(host, Self::port_binding(att, port)?, &att.id)
             .await?;
         hooks::point("after-ovs-port").await;
-        ns.configure(&IfaceConfig {
-            current_name: att.ifname.clone(),
-            new_name: att.ifname.clone(),
-            mac: None,
-            mtu: None,
-            addresses: port.ips.clone(),
-            gateways: port.gateways.clone(),
-            routes: port.routes.iter().map(|r| (r.dst, r.gw)).collect(),
-        })
-        .await
-        .map_err(nl_err(format!(
-            "configuring {} in {}",
-            att.ifname, att.netns
-        )))?;
+        ns.configure(&super::port_iface_config(&att.ifname, &att.ifname, port))
+            .await
+            .map_err(nl_err(format!(
+                "configuring {} in {}",
+                att.ifname, att.netns
+            )))?;
         Ok(())
     }
 

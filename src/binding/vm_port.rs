@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use courier_netlink::{self as nl, IfaceConfig, Netlink, SubKind, SubLinkSpec};
+use courier_netlink::{self as nl, Netlink, SubKind, SubLinkSpec};
 use tokio::sync::OnceCell;
 
 use crate::backend::{Backend, ParentQuery};
@@ -166,20 +166,12 @@ impl VmPort {
         let ns = Netlink::in_netns(Path::new(&att.netns))
             .await
             .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        ns.configure(&IfaceConfig {
-            current_name: born,
-            new_name: att.ifname.clone(),
-            mac: None,
-            mtu: None,
-            addresses: port.ips.clone(),
-            gateways: port.gateways.clone(),
-            routes: port.routes.iter().map(|r| (r.dst, r.gw)).collect(),
-        })
-        .await
-        .map_err(nl_err(format!(
-            "configuring {} in {}",
-            att.ifname, att.netns
-        )))
+        ns.configure(&super::port_iface_config(&born, &att.ifname, port))
+            .await
+            .map_err(nl_err(format!(
+                "configuring {} in {}",
+                att.ifname, att.netns
+            )))
     }
 
     /// Removes what [`VmPort::plug`] made: the handed-off interface in this netns, and the
