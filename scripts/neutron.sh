@@ -13,6 +13,7 @@
 #                       (Courier's `noauth` lab mode; no token: admin context, project fake_project_id)
 # Neutron: ML2 mechanism_drivers=ovn, type_drivers geneve,flat,vlan (physnet1, vlan 100:200),
 # tenant_network_types=geneve, service_plugins=ovn-router,trunk, extension_drivers=port_security,dns,
+# tag_ports_during_bulk_creation (tags in the port POST: Courier then makes no tag PUT),
 # transport_url=fake:// (no RabbitMQ, no agents), OVN NB/SB = the host's unix sockets.
 #
 # Credentials (Keystone, domain Default, region RegionOne):
@@ -334,7 +335,7 @@ EOF
 mechanism_drivers = ovn
 type_drivers = geneve,flat,vlan
 tenant_network_types = geneve
-extension_drivers = port_security,dns
+extension_drivers = port_security,dns,tag_ports_during_bulk_creation
 overlay_ip_version = 4
 
 [ml2_type_geneve]

@@ -46,6 +46,12 @@ pub enum BenchCmd {
         /// daemon's [neutron] host_id).
         #[arg(long)]
         host_id: Option<String>,
+        /// Think time before each timed call, for every case alike (not timed; left out of the
+        /// throughput). With it each call meets a backend that has finished the previous one's
+        /// work: a bound Neutron port turns ACTIVE after its ADD returned, and back to back that
+        /// work lands inside the next ADD's port create. 0: back to back.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
 }
 
@@ -128,50 +134,64 @@ fn exec_plugin(
     Ok(took)
 }
 
-/// Runs `command` for every namespace with `parallel` workers; returns per-call times and wall time.
-fn run_phase(
-    plugin: &Path,
-    command: &str,
-    names: &[String],
-    prefix: &str,
-    cni_path: &Path,
-    conf: &str,
+/// One plugin's calls over the bench's namespaces.
+struct Phase<'a> {
+    plugin: &'a Path,
+    /// Container ids are `{prefix}-{i}`.
+    prefix: &'a str,
+    cni_path: &'a Path,
+    conf: &'a str,
     parallel: usize,
-) -> Result<(Vec<Duration>, Duration), String> {
-    let next = AtomicUsize::new(0);
-    let times = Mutex::new(Vec::with_capacity(names.len()));
-    let first_err = Mutex::new(None);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..parallel.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(name) = names.get(i) else { break };
-                match exec_plugin(
-                    plugin,
-                    command,
-                    &format!("{prefix}-{i}"),
-                    &netns::path(name),
-                    cni_path,
-                    conf,
-                ) {
-                    Ok(d) => times.lock().unwrap_or_else(|p| p.into_inner()).push(d),
-                    Err(e) => {
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let wall = start.elapsed();
-    if let Some(e) = first_err.into_inner().unwrap_or(None) {
-        return Err(e);
+    /// Think time before each call (not timed).
+    pause: Duration,
+}
+
+impl Phase<'_> {
+    /// `command` for namespace `name`, the `i`th: how long the plugin ran.
+    fn exec(&self, command: &str, i: usize, name: &str) -> Result<Duration, String> {
+        exec_plugin(
+            self.plugin,
+            command,
+            &format!("{}-{i}", self.prefix),
+            &netns::path(name),
+            self.cni_path,
+            self.conf,
+        )
     }
-    Ok((times.into_inner().unwrap_or_default(), wall))
+
+    /// `command` for every namespace with `parallel` workers; per-call times and the wall time
+    /// (think time left out).
+    fn run(&self, command: &str, names: &[String]) -> Result<(Vec<Duration>, Duration), String> {
+        let next = AtomicUsize::new(0);
+        let times = Mutex::new(Vec::with_capacity(names.len()));
+        let first_err = Mutex::new(None);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..self.parallel.max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = names.get(i) else { break };
+                    std::thread::sleep(self.pause);
+                    match self.exec(command, i, name) {
+                        Ok(d) => times.lock().unwrap_or_else(|p| p.into_inner()).push(d),
+                        Err(e) => {
+                            first_err
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let rounds = names.len().div_ceil(self.parallel.max(1)) as u32;
+        let wall = start.elapsed().saturating_sub(self.pause * rounds);
+        if let Some(e) = first_err.into_inner().unwrap_or(None) {
+            return Err(e);
+        }
+        Ok((times.into_inner().unwrap_or_default(), wall))
+    }
 }
 
 /// Deletes a host link through the netlink crate (a short-lived runtime: the bench is sync).
@@ -215,6 +235,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
             network,
             cloud,
             host_id,
+            pause_ms,
         } => {
             match bench_attach(
                 socket,
@@ -227,6 +248,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
                     network: network.as_deref(),
                     cloud: cloud.as_deref(),
                     host_id: host_id.as_deref(),
+                    pause: Duration::from_millis(pause_ms),
                 },
             ) {
                 Ok(()) => 0,
@@ -248,52 +270,170 @@ struct Opts<'a> {
     network: Option<&'a str>,
     cloud: Option<&'a str>,
     host_id: Option<&'a str>,
+    pause: Duration,
 }
 
-/// Neutron port create + delete on `network_id` straight through the API, `count` times: what
-/// Neutron itself costs for the port Courier asks for (same device_owner, binding:host_id and
-/// tags — a host binding makes ML2 bind the port, which is most of Neutron's work).
-fn neutron_baseline(
-    cloud: Option<&str>,
-    network_id: &str,
-    host_id: &str,
-    count: usize,
-) -> Result<(Stats, Stats), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let cfg = courier_openstack::CloudConfig::from_process_env(cloud)
-            .map_err(|e| format!("Neutron baseline: {e}"))?;
-        let api = courier_openstack::Neutron::connect(cfg)
-            .await
-            .map_err(|e| format!("Neutron baseline: {e}"))?;
-        let (mut creates, mut deletes) = (Vec::new(), Vec::new());
-        let tag = format!("courier-bench-{}", std::process::id());
-        let start = Instant::now();
-        for i in 0..count {
-            let t = Instant::now();
-            let p = api
-                .create_port(&courier_openstack::PortCreate {
-                    network_id: network_id.to_string(),
-                    name: Some(format!("{tag}-{i}")),
-                    device_owner: Some("compute:courier-bench".into()),
-                    device_id: Some(format!("{tag}-{i}")),
-                    binding_host_id: Some(host_id.to_string()),
-                    tags: vec![tag.clone(), "courier:bench".into(), format!("{tag}-{i}")],
-                    ..Default::default()
-                })
+/// Bare Neutron port creates and deletes on one network straight through the API: what Neutron
+/// itself costs for the port Courier asks for (same device_owner, binding:host_id and tags — a
+/// host binding makes ML2 bind the port, which is most of Neutron's work). Its ports are never
+/// plugged, so Neutron never turns them ACTIVE.
+struct NeutronBaseline {
+    rt: tokio::runtime::Runtime,
+    api: courier_openstack::Neutron,
+    network_id: String,
+    host_id: String,
+    tag: String,
+}
+
+impl NeutronBaseline {
+    fn connect(cloud: Option<&str>, network_id: &str, host_id: &str) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let api = rt.block_on(async {
+            let cfg = courier_openstack::CloudConfig::from_process_env(cloud)
+                .map_err(|e| format!("Neutron baseline: {e}"))?;
+            courier_openstack::Neutron::connect(cfg)
                 .await
-                .map_err(|e| e.to_string())?;
-            creates.push(t.elapsed());
-            let t = Instant::now();
-            api.delete_port(&p.id).await.map_err(|e| e.to_string())?;
-            deletes.push(t.elapsed());
+                .map_err(|e| format!("Neutron baseline: {e}"))
+        })?;
+        Ok(NeutronBaseline {
+            rt,
+            api,
+            network_id: network_id.to_string(),
+            host_id: host_id.to_string(),
+            tag: format!("courier-bench-{}", std::process::id()),
+        })
+    }
+
+    /// Creates port `i`; returns its id and how long the create took.
+    fn create(&self, i: usize) -> Result<(String, Duration), String> {
+        let tag = &self.tag;
+        let req = courier_openstack::PortCreate {
+            network_id: self.network_id.clone(),
+            name: Some(format!("{tag}-{i}")),
+            device_owner: Some("compute:courier-bench".into()),
+            device_id: Some(format!("{tag}-{i}")),
+            binding_host_id: Some(self.host_id.clone()),
+            tags: vec![tag.clone(), "courier:bench".into(), format!("{tag}-{i}")],
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let p = self
+            .rt
+            .block_on(self.api.create_port(&req))
+            .map_err(|e| format!("Neutron baseline: {e}"))?;
+        Ok((p.id, t.elapsed()))
+    }
+
+    fn delete(&self, id: &str) -> Result<Duration, String> {
+        let t = Instant::now();
+        self.rt
+            .block_on(self.api.delete_port(id))
+            .map_err(|e| format!("Neutron baseline: deleting port {id}: {e}"))?;
+        Ok(t.elapsed())
+    }
+
+    /// `count` creates then `count` deletes, each after `pause`.
+    fn run(&self, count: usize, pause: Duration) -> Result<(Stats, Stats), String> {
+        let (mut creates, mut deletes, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        let start = Instant::now();
+        let mut result = Ok(());
+        for i in 0..count {
+            std::thread::sleep(pause);
+            match self.create(i) {
+                Ok((id, took)) => {
+                    ids.push(id);
+                    creates.push(took);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        let wall = start.elapsed();
-        Ok((stats(creates, wall), stats(deletes, wall)))
-    })
+        let created = start.elapsed();
+        for id in &ids {
+            std::thread::sleep(pause);
+            match self.delete(id) {
+                Ok(took) => deletes.push(took),
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        result?;
+        let thinking = pause * count as u32;
+        let deleted = start.elapsed() - created;
+        Ok((
+            stats(creates, created.saturating_sub(thinking)),
+            stats(deletes, deleted.saturating_sub(thinking)),
+        ))
+    }
+}
+
+/// Courier and the bare Neutron baseline taken in turns, each call after `pause`: ADD i, then
+/// create i; once all are up, DEL i, then delete i. Both meet the same Neutron (its load, the
+/// machine's drift) within a second of each other. Only with a pause long enough for Neutron
+/// to finish a Courier port's ACTIVE transition: back to back, the baseline's create would pay
+/// for it instead.
+fn interleaved(
+    courier: &Phase,
+    baseline: &NeutronBaseline,
+    names: &[String],
+    pause: Duration,
+) -> Result<[Stats; 4], String> {
+    let n = names.len();
+    let mut t: [Vec<Duration>; 4] = Default::default();
+    let mut ids = Vec::with_capacity(n);
+    let mut walls = [Duration::ZERO; 4];
+    let mut result = Ok(());
+    for (i, name) in names.iter().enumerate() {
+        std::thread::sleep(pause);
+        match courier.exec("ADD", i, name) {
+            Ok(d) => t[0].push(d),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        std::thread::sleep(pause);
+        match baseline.create(i) {
+            Ok((id, d)) => {
+                ids.push(id);
+                t[1].push(d);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // Everything made is undone, whatever failed.
+    for (i, name) in names.iter().enumerate().take(t[0].len()) {
+        std::thread::sleep(pause);
+        match courier.exec("DEL", i, name) {
+            Ok(d) => t[2].push(d),
+            Err(e) => result = result.and(Err(e)),
+        }
+        if let Some(id) = ids.get(i) {
+            std::thread::sleep(pause);
+            match baseline.delete(id) {
+                Ok(d) => t[3].push(d),
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+    }
+    result?;
+    for (w, v) in walls.iter_mut().zip(&t) {
+        *w = v.iter().sum();
+    }
+    let [a, b, c, d] = t;
+    Ok([
+        stats(a, walls[0]),
+        stats(b, walls[1]),
+        stats(c, walls[2]),
+        stats(d, walls[3]),
+    ])
 }
 
 fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
@@ -303,6 +443,7 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
         cni_path,
         no_reference,
         output,
+        pause,
         ..
     } = *o;
     let me = std::env::current_exe().map_err(|e| format!("finding own binary: {e}"))?;
@@ -343,22 +484,51 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
         let conf =
             json!({"cniVersion": "1.1.0", "name": network, "type": "courier", "socket": socket})
                 .to_string();
-        println!("courier bench attach: n={count} parallel={parallel}; Courier network {network} ({backend}), reference bridge+host-local");
-        let (add, add_wall) = run_phase(&me, "ADD", &names, "cb", cni_path, &conf, parallel)?;
-        let (del, del_wall) = run_phase(&me, "DEL", &names, "cb", cni_path, &conf, parallel)?;
-        let c_add = stats(add, add_wall);
-        let c_del = stats(del, del_wall);
-        print_row("courier ADD", &c_add);
-        print_row("courier DEL", &c_del);
-        let mut out = json!({"count": count, "parallel": parallel, "backend": backend,
-            "courier": {"add": c_add, "del": c_del}});
-        if backend == "neutron" {
+        let courier = Phase {
+            plugin: &me,
+            prefix: "cb",
+            cni_path,
+            conf: &conf,
+            parallel,
+            pause,
+        };
+        let baseline = if backend == "neutron" {
             let net_id = net_info["backend_id"].as_str().unwrap_or_default();
             let host_id = o
                 .host_id
                 .map(String::from)
                 .unwrap_or_else(crate::config::local_hostname);
-            let (n_create, n_delete) = neutron_baseline(o.cloud, net_id, &host_id, count)?;
+            Some(NeutronBaseline::connect(o.cloud, net_id, &host_id)?)
+        } else {
+            None
+        };
+        // Settled calls one at a time on Neutron: Courier and the baseline in turns.
+        let turns = baseline.is_some() && parallel <= 1 && !pause.is_zero();
+        println!(
+            "courier bench attach: n={count} parallel={parallel} pause={}ms{}; Courier network {network} ({backend}), reference bridge+host-local",
+            pause.as_millis(),
+            if turns { ", Courier and Neutron's baseline in turns" } else { "" }
+        );
+        let (c_add, c_del, neutron) = match &baseline {
+            Some(b) if turns => {
+                let [a, c, d, e] = interleaved(&courier, b, &names, pause)?;
+                (a, d, Some((c, e)))
+            }
+            _ => {
+                let (add, add_wall) = courier.run("ADD", &names)?;
+                let (del, del_wall) = courier.run("DEL", &names)?;
+                let n = match &baseline {
+                    Some(b) => Some(b.run(count, pause)?),
+                    None => None,
+                };
+                (stats(add, add_wall), stats(del, del_wall), n)
+            }
+        };
+        print_row("courier ADD", &c_add);
+        print_row("courier DEL", &c_del);
+        let mut out = json!({"count": count, "parallel": parallel, "pause_ms": pause.as_millis() as u64,
+            "in_turns": turns, "backend": backend, "courier": {"add": c_add, "del": c_del}});
+        if let Some((n_create, n_delete)) = neutron {
             print_row("neutron port create", &n_create);
             print_row("neutron port delete", &n_delete);
             println!(
@@ -379,10 +549,14 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
             })
             .to_string();
             let bridge = cni_path.join("bridge");
-            let (radd, radd_wall) =
-                run_phase(&bridge, "ADD", &ref_names, "rb", cni_path, &rconf, parallel)?;
-            let (rdel, rdel_wall) =
-                run_phase(&bridge, "DEL", &ref_names, "rb", cni_path, &rconf, parallel)?;
+            let reference = Phase {
+                plugin: &bridge,
+                prefix: "rb",
+                conf: &rconf,
+                ..courier
+            };
+            let (radd, radd_wall) = reference.run("ADD", &ref_names)?;
+            let (rdel, rdel_wall) = reference.run("DEL", &ref_names)?;
             let r_add = stats(radd, radd_wall);
             let r_del = stats(rdel, rdel_wall);
             print_row("bridge+host-local ADD", &r_add);

@@ -266,6 +266,9 @@ impl Backend for FakeOvn {
     fn id(&self) -> &str {
         "ovn"
     }
+    fn reads_are_local(&self) -> bool {
+        true
+    }
 
     async fn health(&self) -> Result<()> {
         Ok(())

@@ -93,6 +93,9 @@ impl Backend for Lazy {
     fn id(&self) -> &str {
         &self.id
     }
+    fn reads_are_local(&self) -> bool {
+        self.inner.get().is_some_and(|b| b.reads_are_local())
+    }
     async fn health(&self) -> Result<()> {
         self.get()?.health().await
     }

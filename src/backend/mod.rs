@@ -99,6 +99,12 @@ pub struct AddressPair {
 pub trait Backend: Send + Sync {
     /// The backend's id in records and configuration ("ovn", "neutron").
     fn id(&self) -> &str;
+    /// Reading a port costs no round trip (OVN: the monitor's cache). The attach then reports
+    /// the backend's `up` as it is once the edge is ready; a remote backend's port is not read
+    /// again (Neutron's status turns ACTIVE later, and the GET only loads its API).
+    fn reads_are_local(&self) -> bool {
+        false
+    }
     /// Ok when the backend answers.
     async fn health(&self) -> Result<()>;
 
@@ -112,9 +118,11 @@ pub trait Backend: Send + Sync {
     /// the addresses the backend assigned, in request order. All or nothing: on error none of
     /// them is left.
     async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>>;
-    /// Deletes the port if `host` owns it (its ownership marks, checked atomically with the
-    /// delete where the backend allows); Ok(false) when no such port of ours exists. Another
-    /// host's port is never deleted.
+    /// Deletes the port; Ok(false) when no such port of ours exists. By name alone, only a port
+    /// whose ownership marks say `host` (checked atomically with the delete where the backend
+    /// allows), so another host's port is never deleted. By id, the id is the proof: it came
+    /// back from this host's own create and was recorded (ids are never reused), so a backend
+    /// may delete it without reading it first (Neutron: one DELETE, no GET).
     async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool>;
     async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>>;
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>>;

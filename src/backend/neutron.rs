@@ -912,6 +912,20 @@ impl Backend for NeutronBackend {
     }
 
     async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool> {
+        if let Some(id) = &port.id {
+            // The id came back from our own create (ids are never reused): one DELETE, no
+            // GET first. A trunk subport is refused (409): it leaves its trunk first, below.
+            let direct =
+                os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
+                    self.api.delete_port(id)
+                })
+                .await;
+            match direct {
+                Err(os::Error::Conflict { ref fault, .. })
+                    if fault.kind.as_deref() == Some("PortInUseAsSubPort") => {}
+                other => return other.map_err(os_err(format!("deleting port {id}"))),
+            }
+        }
         let mut deleted = false;
         for p in self.owned_port(port, host).await? {
             self.leave_trunk(&p).await?;

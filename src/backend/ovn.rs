@@ -347,6 +347,9 @@ impl Backend for OvnBackend {
     fn id(&self) -> &str {
         "ovn"
     }
+    fn reads_are_local(&self) -> bool {
+        true
+    }
 
     async fn health(&self) -> Result<()> {
         self.nb.echo().await.map_err(nb_err("echo"))

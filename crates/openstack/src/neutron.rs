@@ -807,9 +807,15 @@ impl Neutron {
 
     // ------------------------------------------------------------------ ports
 
+    /// Whether to send tags in the port POST. Neutron keeps them only with ML2's
+    /// `tag_ports_during_bulk_creation` extension driver (single and bulk creates alike), and
+    /// ML2/OVN does not list that alias even when the driver is loaded; without the driver a
+    /// Neutron with `standard-attr-tag` accepts and drops them. So they are sent whenever ports
+    /// have tags at all, and the create's answer tells: tags missing from it are set with a
+    /// PUT (`ensure_port_tags`). (`tag-creation` is not this: it is `POST /ports/ID/tags`.)
     async fn inline_port_tags(&self) -> Result<bool> {
         let e = self.extensions().await?;
-        Ok(e.contains("tag-ports-during-bulk-creation") || e.contains("tag-creation"))
+        Ok(e.contains("tag-ports-during-bulk-creation") || e.contains("standard-attr-tag"))
     }
 
     fn port_body(p: &PortCreate, inline_tags: bool) -> Value {
