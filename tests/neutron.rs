@@ -373,6 +373,79 @@ fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
 
+/// A requested IP and MAC (CNI_ARGS IP=, MAC=) on a Neutron network: the Neutron port has
+/// them, so has the container's interface, and traffic crosses with them; the same MAC again
+/// is 105 (in use) and changes nothing; DEL deletes the port.
+#[test]
+fn requested_ip_and_mac_reach_the_neutron_port() {
+    let Some(n) = NeutronEnv::get("requested_ip_and_mac_reach_the_neutron_port") else {
+        return;
+    };
+    let d = neutron_daemon("neu-mac", &n, &[]);
+    let net = unique("neu-mac");
+    neutron_net(&d, &net, "10.219.0.0/24");
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b, c) = (
+        Netns::new("neu-mac-a"),
+        Netns::new("neu-mac-b"),
+        Netns::new("neu-mac-c"),
+    );
+    let (mac, ip) = ("fa:16:3e:21:90:0a", "10.219.0.77");
+    let (code, ra) = cni_exec(
+        "ADD",
+        "a",
+        &a.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("IP={ip};MAC={mac}"))],
+    );
+    assert_eq!(code, 0, "{ra}\n{}", d.log());
+    assert_eq!(addr(&ra, false), ip, "{ra}");
+    assert_eq!(ra["interfaces"][1]["mac"], mac, "{ra}");
+    let ports = n.owned_ports(&d);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["mac_address"], mac, "{}", ports[0]);
+    assert_eq!(ports[0]["fixed_ips"][0]["ip_address"], ip, "{}", ports[0]);
+    let link =
+        String::from_utf8_lossy(&a.exec(&["ip", "-o", "link", "show", "eth0"]).stdout).into_owned();
+    assert!(link.contains(mac), "requested MAC on the interface: {link}");
+    let (code, rb) = d.cni("ADD", "b", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rb}");
+    assert!(b.ping(ip), "ping to the requested address");
+
+    let before = (n.owned_ports(&d).len(), owned(&d));
+    let (code, out) = cni_exec(
+        "ADD",
+        "c",
+        &c.path(),
+        "eth0",
+        &conf,
+        &[("CNI_ARGS", &format!("MAC={mac}"))],
+    );
+    assert_eq!((code, out["code"].as_u64()), (1, Some(105)), "{out}");
+    let msg = out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("in use") || msg.contains(mac), "{out}");
+    assert_eq!(
+        (n.owned_ports(&d).len(), owned(&d)),
+        before,
+        "a MAC in use changed something"
+    );
+    assert!(!c.has_link("eth0"));
+
+    let id = ports[0]["id"].as_str().unwrap().to_string();
+    for (k, ns) in [("a", &a), ("b", &b)] {
+        let (code, out) = d.cni("DEL", k, &ns.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_eq!(
+        n.api("GET", &format!("/ports/{id}")).0,
+        404,
+        "port left after DEL"
+    );
+    assert!(n.owned_ports(&d).is_empty());
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}
+
 /// kill -9 of the daemon at every step of a Neutron attach and detach: after a restart nothing
 /// is left in Neutron (no port with this host's tag), in OVS, the kernel or the store.
 #[test]

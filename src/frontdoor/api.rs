@@ -273,7 +273,11 @@ async fn reconcile(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
 async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response, ApiError> {
     let call: CniCall = parse(&body)?;
     let span = tracing::info_span!("cni", command = %call.command, container = %call.container_id, ifname = %call.ifname);
-    match cni::handle(&d.attacher, &call).instrument(span).await {
+    let t = std::time::Instant::now();
+    let r = cni::handle(&d.attacher, &call).instrument(span).await;
+    tracing::debug!(command = %call.command, container = %call.container_id,
+        handled_ms = t.elapsed().as_secs_f64() * 1000.0, "CNI call answered");
+    match r {
         Ok(Some(v)) => Ok(Json(v).into_response()),
         Ok(None) => Ok(StatusCode::OK.into_response()),
         Err(e) => {
