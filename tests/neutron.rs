@@ -1063,7 +1063,9 @@ fn noauth_mode_with_an_explicit_endpoint() {
     assert_eq!(code, 0, "{ra}");
     let (code, rb) = d.cni("ADD", "b", &b.path(), "eth0", &conf);
     assert_eq!(code, 0, "{rb}");
-    // Seen through the Keystone-authenticated API: the ports exist, in noauth's project.
+    // Seen through the Keystone-authenticated API: the ports exist, in noauth's project, found
+    // by Courier's tags — which the noauth Neutron drops from a port POST (no
+    // tag_ports_during_bulk_creation there), so Courier's PUT after the create set them.
     let ports = n.owned_ports(&d);
     assert_eq!(ports.len(), 2, "{ports:?}");
     assert_eq!(ports[0]["project_id"], "fake_project_id", "{ports:?}");
