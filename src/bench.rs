@@ -49,7 +49,8 @@ pub enum BenchCmd {
         /// Think time before each timed call, for every case alike (not timed; left out of the
         /// throughput). With it each call meets a backend that has finished the previous one's
         /// work: a bound Neutron port turns ACTIVE after its ADD returned, and back to back that
-        /// work lands inside the next ADD's port create. 0: back to back.
+        /// work lands inside the next ADD's port create. On a Neutron network with -p 1, Courier
+        /// and the baseline then take turns (ADD i, create i; DEL i, delete i). 0: back to back.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
     },
