@@ -60,15 +60,12 @@ fn nested_macvlan_on_ovn_direct_reaches_the_switch_through_the_vms_port() {
     let vm_security = port_security(&vm.lsp);
 
     // Courier inside the VM: the macvlan binding only, no OVS DB, the VM's port found by eth0's IP.
-    let d = TestDaemon::start_in_netns(
-        "nest-vm",
-        &vm.ns.name,
-        &[
-            ("COURIER_BINDINGS", "macvlan"),
-            ("COURIER_NESTED_MASTER", "eth0"),
-            ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
-        ],
-    );
+    let env = [
+        ("COURIER_BINDINGS", "macvlan"),
+        ("COURIER_NESTED_MASTER", "eth0"),
+        ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+    ];
+    let mut d = TestDaemon::start_in_netns("nest-vm", &vm.ns.name, &env);
     wait_backends(&d);
     let c1 = Netns::new("nc1");
     let (code, att) = attach(&d, "c1", &c1.path(), &net);
@@ -134,6 +131,45 @@ fn nested_macvlan_on_ovn_direct_reaches_the_switch_through_the_vms_port() {
         owned(&d)
     );
     assert!(!c1.has_link("eth0"));
+
+    // A reservation swept without its record takes its pair off the VM's port: the store is
+    // lost (kill -9, state dir gone) and the restarted daemon's reconcile leaves no address
+    // of that container allowed there.
+    let c2 = Netns::new("nc2");
+    let (code, att) = attach(&d, "c2", &c2.path(), &net);
+    assert_eq!(code, 200, "{att}");
+    let entry = format!(
+        "{} {}",
+        att["edge"]["mac"].as_str().unwrap(),
+        att["port"]["ips"][0]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    assert!(port_security(&vm.lsp).contains(&entry));
+    d.kill9();
+    std::fs::remove_dir_all(d.state_dir()).unwrap();
+    d.restart(&env);
+    wait_backends(&d);
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        owned(&d).is_empty(),
+        "the reservation was swept: {:?}",
+        owned(&d)
+    );
+    assert_eq!(
+        port_security(&vm.lsp),
+        vm_security,
+        "the swept reservation's pair is off the VM's port"
+    );
+    assert!(
+        !addresses(&vm.lsp).contains(&entry),
+        "{}",
+        addresses(&vm.lsp)
+    );
     drop(d);
     drop(peer);
     drop(vm);

@@ -219,4 +219,9 @@ pub mod marks {
     pub const RESERVED: &str = "courier-reserved";
     /// OVN direct: the port's role when it is not an ordinary bound port ("reservation").
     pub const ROLE: &str = "courier-role";
+    /// OVN direct, on a reservation: the VM's port its address is a pair on, and that pair's
+    /// entry there ("MAC IP"). Deleting the reservation takes the pair off in the same
+    /// transaction, so a reservation swept without its record leaves no address allowed.
+    pub const PAIR_ON: &str = "courier-pair-on";
+    pub const PAIR: &str = "courier-pair";
 }

@@ -723,7 +723,11 @@ impl OvnBackend {
                     vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
                     vec![Mutation::insert(
                         "external_ids",
-                        ovsdb::map([(marks::RESERVED, held)]),
+                        ovsdb::map([
+                            (marks::RESERVED, held),
+                            (marks::PAIR_ON, parent.to_string()),
+                            (marks::PAIR, pair_entry(pair)),
+                        ]),
                     )],
                 ));
             }
@@ -955,6 +959,28 @@ impl OvnBackend {
         let mut ops = Vec::new();
         for u in &uuids {
             ops.push(Op::assert_row(LSP, u, owned()));
+            // A reservation whose address is a pair on a VM's port: the pair goes with it (a
+            // no-op when the detach removed it first; what the sweep relies on otherwise).
+            let pair = self.cache.view(|v| {
+                v.row(LSP, u).and_then(|r| {
+                    let ext = ovsdb::get_map(r, "external_ids");
+                    Some((
+                        ext.get(marks::PAIR_ON)?.clone(),
+                        ext.get(marks::PAIR)?.clone(),
+                    ))
+                })
+            });
+            if let Some((parent, entry)) = pair {
+                let entry = ovsdb::set([json!(entry)]);
+                ops.push(Op::mutate(
+                    LSP,
+                    vec![Condition::eq("name", json!(parent))],
+                    vec![
+                        Mutation::delete("addresses", entry.clone()),
+                        Mutation::delete("port_security", entry),
+                    ],
+                ));
+            }
             ops.push(Op::mutate(
                 LS,
                 vec![Condition::includes("ports", ovsdb::uuid(u))],
