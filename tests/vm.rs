@@ -100,6 +100,14 @@ impl GuestRun {
             self.code, self.stdout, self.stderr
         )
     }
+
+    /// Asserts the scenario exited 0 and said every one of `steps`.
+    fn assert_passed(&self, steps: &[&str]) {
+        assert_eq!(self.code, 0, "{}", self.explain());
+        for said in steps {
+            assert!(self.stdout.contains(said), "{said}:\n{}", self.explain());
+        }
+    }
 }
 
 /// Boots the guest with `scenario ARGS` and `env`; every stdout line is passed to `on_line`
@@ -472,15 +480,12 @@ fn guest_nested_ipvlan_needs_its_pair() {
     plug_vm_port(&vm_env, &[&lsp_vm, &lsp_host]);
     let security_before = nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"]);
     let run = run_guest(scenario("ipvlan.sh").as_str(), &[], &vm_env, |_| {});
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
+    run.assert_passed(&[
         "dropped without a pair",
         "reachable with the pair",
         "dropped again after detach",
         "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    ]);
     assert_eq!(
         nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"]),
         security_before,
@@ -520,17 +525,14 @@ fn guest_nested_vlan_ovs_access_ports() {
 /// Asserts that a vlan.sh / vlan-ovs.sh run passed (exit 0 and every step said so) and returns
 /// its attaches: ("NETNS TAG IP", TAG) per `__attached__` line.
 fn vlan_scenario_passed(run: &GuestRun) -> Vec<(String, u64)> {
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
+    run.assert_passed(&[
         "a wrong tag reaches nothing",
         "both containers reach the switch",
         "and each other",
         "detach freed the tag",
         "a detached child's tag reaches nothing",
         "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    ]);
     run.stdout
         .lines()
         .filter_map(|l| l.strip_prefix("__attached__ "))
@@ -1078,16 +1080,13 @@ fn guest_nested_ipvlan_through_neutron() {
             })
         },
     );
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
+    run.assert_passed(&[
         "dropped without a pair",
         "reachable with the pair",
         "the peer reaches the container",
         "dropped again after detach",
         "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    ]);
     let back = pinged_back.expect("the scenario never waited for the peer's ping");
     assert!(
         back.contains(", 0% packet loss"),
@@ -1301,15 +1300,12 @@ fn guest_nested_ipvlan_100_through_neutron() {
         || pair_ips(&v.vm_now()),
         || run_guest(scenario("ipvlan-many.sh").as_str(), &[], &vm_env, |_| {}),
     );
-    assert_eq!(run.code, 0, "{}", run.explain());
-    for said in [
+    run.assert_passed(&[
         "__attached_all__",
         "every container reaches the peer",
         "__detached_all__",
         "__ok__",
-    ] {
-        assert!(run.stdout.contains(said), "{said}:\n{}", run.explain());
-    }
+    ]);
     let attached: std::collections::BTreeSet<String> = run
         .stdout
         .lines()

@@ -742,9 +742,8 @@ impl Neutron {
                 "network",
             )
             .await?;
-        if !req.tags.is_empty() && !req.tags.iter().all(|t| net.tags.contains(t)) {
-            net.tags = self.replace_tags("networks", &net.id, &req.tags).await?;
-        }
+        self.ensure_tags("networks", &net.id, &mut net.tags, &req.tags)
+            .await?;
         Ok(net)
     }
 
@@ -812,7 +811,7 @@ impl Neutron {
     /// ML2/OVN does not list that alias even when the driver is loaded; without the driver a
     /// Neutron with `standard-attr-tag` accepts and drops them. So they are sent whenever ports
     /// have tags at all, and the create's answer tells: tags missing from it are set with a
-    /// PUT (`ensure_port_tags`). (`tag-creation` is not this: it is `POST /ports/ID/tags`.)
+    /// PUT (`ensure_tags`). (`tag-creation` is not this: it is `POST /ports/ID/tags`.)
     async fn inline_port_tags(&self) -> Result<bool> {
         let e = self.extensions().await?;
         Ok(e.contains("tag-ports-during-bulk-creation") || e.contains("standard-attr-tag"))
@@ -828,9 +827,17 @@ impl Neutron {
         v
     }
 
-    async fn ensure_port_tags(&self, port: &mut Port, tags: &[String]) -> Result<()> {
-        if !tags.is_empty() && !tags.iter().all(|t| port.tags.contains(t)) {
-            port.tags = self.replace_tags("ports", &port.id, tags).await?;
+    /// A create's answer `have` lacks some of `want` (Neutron dropped or refused them in the
+    /// POST): sets them with `PUT /{resource}/{id}/tags`.
+    async fn ensure_tags(
+        &self,
+        resource: &str,
+        id: &str,
+        have: &mut Vec<String>,
+        want: &[String],
+    ) -> Result<()> {
+        if !want.iter().all(|t| have.contains(t)) {
+            *have = self.replace_tags(resource, id, want).await?;
         }
         Ok(())
     }
@@ -852,7 +859,8 @@ impl Neutron {
                 "port",
             )
             .await?;
-        self.ensure_port_tags(&mut port, &req.tags).await?;
+        self.ensure_tags("ports", &port.id, &mut port.tags, &req.tags)
+            .await?;
         Ok(port)
     }
 
@@ -876,7 +884,8 @@ impl Neutron {
             )
             .await?;
         for (p, r) in ports.iter_mut().zip(reqs) {
-            self.ensure_port_tags(p, &r.tags).await?;
+            self.ensure_tags("ports", &p.id, &mut p.tags, &r.tags)
+                .await?;
         }
         Ok(ports)
     }
@@ -1162,15 +1171,13 @@ impl Neutron {
                 "trunk",
             )
             .await?;
-        if !req.tags.iter().all(|t| trunk.tags.contains(t)) {
-            match self.replace_tags("trunks", &trunk.id, &req.tags).await {
-                Ok(tags) => trunk.tags = tags,
-                Err(e) => {
-                    // Untagged, nobody would know to remove it.
-                    let _ = self.delete_trunk(&trunk.id).await;
-                    return Err(e);
-                }
-            }
+        if let Err(e) = self
+            .ensure_tags("trunks", &trunk.id, &mut trunk.tags, &req.tags)
+            .await
+        {
+            // Untagged, nobody would know to remove it.
+            let _ = self.delete_trunk(&trunk.id).await;
+            return Err(e);
         }
         Ok(trunk)
     }
