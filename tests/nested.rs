@@ -442,7 +442,11 @@ fn vlan_tags_are_unique_per_vm_port_survive_kill9_and_run_out_cleanly() {
     }
     assert!(owned(&d).is_empty(), "{:?}", owned(&d));
 
-    // Every tag taken (child ports in the backend): refused, nothing changed.
+    // Every tag taken (child ports in the backend): refused, nothing changed. Taken means
+    // requested too: `lsp-add` writes `tag_request`, which ovn-northd — paused here, as it can
+    // lag by seconds behind 4093 new ports — has not copied into `tag` yet. (Host-wide: northd
+    // processes nothing until `northd` is dropped.)
+    let northd = NorthdPaused::new();
     let mut args: Vec<String> = Vec::new();
     for tag in 2..=4094u16 {
         args.extend(
@@ -471,6 +475,7 @@ fn vlan_tags_are_unique_per_vm_port_survive_kill9_and_run_out_cleanly() {
     assert!(owned(&d).is_empty(), "nothing made: {:?}", owned(&d));
     assert_eq!(vm.children(), 4094, "nothing made in the backend");
     assert!(!c1.has_link("eth0"));
+    drop(northd);
     // One tag freed in the backend: it is the one given next.
     // (The daemon reads child ports from its NB monitor: until the delete reaches it, 409.)
     nbctl(&["lsp-del", &foreign(77)]);

@@ -66,6 +66,7 @@ impl OvnBackend {
                             "external_ids",
                             "parent_name",
                             "tag",
+                            "tag_request",
                         ][..],
                     ),
                     ("NB_Global", &["nb_cfg", "hv_cfg"][..]),
@@ -649,8 +650,7 @@ impl Backend for OvnBackend {
         Ok(self.cache.view(|v| {
             v.rows(LSP)
                 .filter(|(_, r)| ovsdb::get_str(r, "parent_name") == Some(parent))
-                .filter_map(|(_, r)| ovsdb::get_i64(r, "tag"))
-                .filter_map(|t| u16::try_from(t).ok())
+                .flat_map(|(_, r)| child_port_tags(r))
                 .collect()
         }))
     }
@@ -678,6 +678,19 @@ impl OvnBackend {
                 .collect()
         })
     }
+}
+
+/// The VLAN tags a child port holds under its parent: its `tag`, and its `tag_request` when
+/// that names one. `ovn-nbctl lsp-add SW PORT PARENT TAG` (and most clients) write only
+/// `tag_request`; ovn-northd copies it into `tag` later — with thousands of ports, seconds
+/// later — so a tag requested but not yet copied is taken all the same. (`tag_request` 0 asks
+/// northd to pick one: unknown until it has, so nothing to count.)
+fn child_port_tags(row: &Row) -> impl Iterator<Item = u16> + use<'_> {
+    ["tag", "tag_request"]
+        .into_iter()
+        .filter_map(|c| ovsdb::get_i64(row, c))
+        .filter_map(|t| u16::try_from(t).ok())
+        .filter(|t| (1..=4094).contains(t))
 }
 
 /// The `addresses` / `port_security` entry of a nested container's address on its VM's port.
@@ -1014,6 +1027,25 @@ mod tests {
             exclude_ips: vec![],
             existing: None,
         }
+    }
+
+    #[test]
+    fn a_child_ports_requested_tag_is_taken_before_northd_copies_it() {
+        let tags = |row: serde_json::Value| -> Vec<u16> {
+            let row: Row = serde_json::from_value(row).unwrap();
+            let set: std::collections::BTreeSet<u16> = child_port_tags(&row).collect();
+            set.into_iter().collect()
+        };
+        // Just added by `ovn-nbctl lsp-add SW P PARENT 7`: northd has not copied it yet.
+        assert_eq!(tags(json!({"tag": ["set", []], "tag_request": 7})), [7]);
+        // Copied.
+        assert_eq!(tags(json!({"tag": 7, "tag_request": 7})), [7]);
+        // Set directly (as Courier does), no request.
+        assert_eq!(tags(json!({"tag": 9, "tag_request": ["set", []]})), [9]);
+        // "Pick one for me", not picked yet: nothing known to count.
+        assert!(tags(json!({"tag": ["set", []], "tag_request": 0})).is_empty());
+        // 4095 is outside what a child port can carry.
+        assert!(tags(json!({"tag_request": 4095})).is_empty());
     }
 
     #[test]

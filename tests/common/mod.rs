@@ -106,6 +106,25 @@ pub fn nbctl(args: &[&str]) -> String {
     sh_ok("ovn-nbctl", args)
 }
 
+/// ovn-northd paused (`ovn-appctl -t ovn-northd pause`) until dropped: NB changes wait
+/// unprocessed, e.g. a child port's `tag_request` not yet copied into `tag`. Host-wide: every
+/// NB client on this host sees northd's work stop meanwhile, so hold it only around the steps
+/// that need it.
+pub struct NorthdPaused(());
+
+impl NorthdPaused {
+    pub fn new() -> NorthdPaused {
+        sh_ok("ovn-appctl", &["-t", "ovn-northd", "pause"]);
+        NorthdPaused(())
+    }
+}
+
+impl Drop for NorthdPaused {
+    fn drop(&mut self) {
+        let _ = sh("ovn-appctl", &["-t", "ovn-northd", "resume"]);
+    }
+}
+
 /// A daemon with its own socket, store and host mark, killed on drop.
 pub struct TestDaemon {
     pub name: String,
