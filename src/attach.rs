@@ -194,8 +194,10 @@ impl Attacher {
         let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         // 3. Logical attachment: the backend creates the port and assigns its addresses (and,
         // for a nested binding, allows them on the VM's port).
-        self.create_port(att, backend, network, binding).await?;
-        self.add_pairs(att, backend, binding).await?;
+        let plan = binding.pair_plan(att, backend).await?;
+        self.create_port(att, backend, network, binding, plan.clone())
+            .await?;
+        self.add_pairs(att, backend, plan).await?;
         let port_ms = ms(t0);
         let t1 = std::time::Instant::now();
         // 4–5. Edge binding, and the wait until the data plane forwards for it.
@@ -257,13 +259,15 @@ impl Attacher {
     }
 
     /// The logical attachment: the backend creates the port (or the existing one is claimed)
-    /// and assigns its addresses; recorded as `PortCreated`.
+    /// and assigns its addresses; recorded as `PortCreated`. `plan`: where its addresses will
+    /// be pairs (nested bindings), which the backend may mark on the port.
     pub(crate) async fn create_port(
         &self,
         att: &mut Attachment,
         backend: &dyn Backend,
         network: &Network,
         binding: &dyn EdgeBinding,
+        plan: Option<crate::binding::PairPlan>,
     ) -> Result<()> {
         let req = PortRequest {
             name: att.port_name.clone(),
@@ -276,6 +280,7 @@ impl Attacher {
             mac: att.requested_mac.clone(),
             security_groups: att.security_groups.clone(),
             role: binding.port_role(att),
+            pairs_on: plan,
         };
         let port = match &att.existing_port {
             Some(existing) => backend.claim_port(existing, &req.owner, network).await?,
@@ -299,9 +304,9 @@ impl Attacher {
         &self,
         att: &mut Attachment,
         backend: &dyn Backend,
-        binding: &dyn EdgeBinding,
+        plan: Option<crate::binding::PairPlan>,
     ) -> Result<()> {
-        let Some(plan) = binding.pair_plan(att, backend).await? else {
+        let Some(plan) = plan else {
             return Ok(());
         };
         let ips: Vec<_> = att

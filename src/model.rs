@@ -59,6 +59,14 @@ pub struct Network {
     pub ports: usize,
 }
 
+/// Where a binding's container addresses go besides its own port: nested macvlan/ipvlan put
+/// them on the VM's port (`parent`, its backend id) as address pairs, with this MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPlan {
+    pub parent: String,
+    pub mac: String,
+}
+
 /// A port on a logical network; its addresses come from the backend (the IPAM).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogicalPort {
@@ -88,6 +96,11 @@ pub struct LogicalPort {
     pub up: bool,
     /// Courier attachment that owns it, from the backend's ownership marks.
     pub attachment: Option<String>,
+    /// A reservation's addresses are (or are about to be) pairs on this VM's port, with this
+    /// MAC: from its marks, so a sweep that finds it without a record takes those pairs off
+    /// before it deletes the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs_on: Option<PairPlan>,
 }
 
 /// A route the network gives its ports.

@@ -171,18 +171,33 @@ pub async fn run(attacher: &Attacher) -> Report {
         };
         for port in ports {
             let id = port.attachment.clone().unwrap_or_default();
+            let port = &port;
             let r = delete_if_unrecorded(attacher, &id, || {
-                let port = PortRef {
+                let port_ref = PortRef {
                     id: Some(port.id.clone()),
                     name: port.name.clone(),
                 };
-                async move { backend.delete_port(&port, &attacher.host).await }
+                async move {
+                    // A reservation's pairs on the VM's port go first: they are all that
+                    // allows its addresses there, and a pair left would outlive the port.
+                    // (If one cannot be removed, the port stays for the next sweep.)
+                    if let Some(plan) = &port.pairs_on {
+                        for ip in &port.ips {
+                            let pair = crate::backend::AddressPair {
+                                mac: plan.mac.clone(),
+                                ip: ip.addr(),
+                            };
+                            backend.remove_address_pair(&plan.parent, &pair).await?;
+                        }
+                    }
+                    backend.delete_port(&port_ref, &attacher.host).await
+                }
             })
             .await;
             if matches!(r, Ok(true)) {
                 tracing::warn!(backend = backend.id(), port = %port.name, attachment = %id, "deleted leaked logical port");
             }
-            report.record(port.name, r, |r| &mut r.leaked_ports);
+            report.record(port.name.clone(), r, |r| &mut r.leaked_ports);
         }
     }
 

@@ -88,9 +88,10 @@ impl Attacher {
         self.create_intent(&mut att, &*backend, &*binding).await?;
         hooks::point("after-intent").await;
         let made = async {
-            self.create_port(&mut att, &*backend, &network, &*binding)
+            let plan = binding.pair_plan(&att, &*backend).await?;
+            self.create_port(&mut att, &*backend, &network, &*binding, plan.clone())
                 .await?;
-            self.add_pairs(&mut att, &*backend, &*binding).await
+            self.add_pairs(&mut att, &*backend, plan).await
         }
         .await;
         if let Err(e) = made {

@@ -247,6 +247,7 @@ impl State {
             mtu: None,
             up: false,
             attachment: Some(req.owner.attachment.clone()),
+            pairs_on: req.pairs_on.clone(),
         };
         self.ports
             .insert(req.name.clone(), (port.clone(), req.owner.host.clone()));
@@ -414,6 +415,7 @@ mod tests {
             ips: ip.map(|i| i.parse().unwrap()).into_iter().collect(),
             mac: mac.map(String::from),
             security_groups: vec![],
+            pairs_on: None,
         }
     }
 

@@ -39,6 +39,10 @@ pub struct PortRequest {
     pub security_groups: Vec<String>,
     /// What the port is for (its edge binding decides): how the backend makes it.
     pub role: PortRole,
+    /// A reservation's pair target (`EdgeBinding::pair_plan`), known before the port exists.
+    /// A backend that cannot take a pair off in the same step as it deletes the port marks
+    /// the port with it (Neutron tags) and reports it in `LogicalPort::pairs_on`.
+    pub pairs_on: Option<crate::model::PairPlan>,
 }
 
 /// What a port is for, which decides how the backend makes it (`EdgeBinding::port_role`).

@@ -53,6 +53,20 @@ fn tag_host(host: &str) -> String {
 fn tag_attachment(id: &str) -> String {
     format!("courier:attachment:{id}")
 }
+/// On a reservation: the VM's port its addresses are pairs on, and the pairs' MAC. Neutron
+/// cannot change the VM's port and delete the reservation in one step, so a sweep that finds a
+/// reservation without its record reads these to take the pairs off first.
+const TAG_PAIR_ON: &str = "courier:pair-on:";
+const TAG_PAIR_MAC: &str = "courier:pair-mac:";
+
+/// The pair target a reservation's tags name (`TAG_PAIR_ON`, `TAG_PAIR_MAC`).
+fn pairs_on_from_tags(tags: &[String]) -> Option<crate::model::PairPlan> {
+    let find = |prefix: &str| tags.iter().find_map(|t| t.strip_prefix(prefix));
+    Some(crate::model::PairPlan {
+        parent: find(TAG_PAIR_ON)?.to_string(),
+        mac: find(TAG_PAIR_MAC)?.to_string(),
+    })
+}
 
 pub struct NeutronBackend {
     api: Neutron,
@@ -304,6 +318,7 @@ impl NeutronBackend {
             mtu,
             up: p.status.as_deref() == Some("ACTIVE"),
             attachment,
+            pairs_on: pairs_on_from_tags(&p.tags),
         })
     }
 
@@ -841,6 +856,15 @@ impl Backend for NeutronBackend {
                 // Made one by one below (a trunk subport, or the binding:profile form).
                 PortRole::Child { .. } => (DEVICE_OWNER, None),
             };
+            let mut tags = vec![
+                TAG_OWNER.into(),
+                tag_host(&r.owner.host),
+                tag_attachment(&r.owner.attachment),
+            ];
+            if let (PortRole::Reservation, Some(plan)) = (&r.role, &r.pairs_on) {
+                tags.push(format!("{TAG_PAIR_ON}{}", plan.parent));
+                tags.push(format!("{TAG_PAIR_MAC}{}", plan.mac));
+            }
             bodies.push(PortCreate {
                 network_id: net.backend_id.clone(),
                 name: Some(r.name.clone()),
@@ -850,11 +874,7 @@ impl Backend for NeutronBackend {
                 fixed_ips,
                 binding_host_id,
                 security_groups,
-                tags: vec![
-                    TAG_OWNER.into(),
-                    tag_host(&r.owner.host),
-                    tag_attachment(&r.owner.attachment),
-                ],
+                tags,
                 ..Default::default()
             });
         }
@@ -1406,6 +1426,7 @@ mod real {
                 parent: vm.id.clone(),
                 tag: 101,
             },
+            pairs_on: None,
         };
         let t0 = Instant::now();
         let child = b.create_ports(&[req]).await.unwrap().pop().unwrap();
@@ -1468,6 +1489,7 @@ mod real {
                 parent: vm.id.clone(),
                 tag: 202,
             },
+            pairs_on: None,
         };
         let e = b.create_ports(&[dup]).await.unwrap_err();
         assert!(e.to_string().contains("VLAN 202"), "{e}");
@@ -1506,6 +1528,7 @@ mod real {
                 parent: vm.id.clone(),
                 tag: 102,
             },
+            pairs_on: None,
         };
         let c2 = b.create_ports(&[again]).await.unwrap().pop().unwrap();
         let pr = PortRef {
@@ -1540,6 +1563,7 @@ mod real {
                 parent: vm.id.clone(),
                 tag: 42,
             },
+            pairs_on: None,
         };
         let c3 = b.create_ports(&[req]).await.unwrap().pop().unwrap();
         assert!(api

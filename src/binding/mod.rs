@@ -15,13 +15,7 @@ use crate::backend::{Backend, PortRole};
 use crate::error::{Error, Result};
 use crate::model::{AttachRequest, Attachment, EdgeState, LogicalPort};
 
-/// Where a binding's container addresses go besides its own port: nested macvlan/ipvlan put
-/// them on the VM's port as address pairs, with this MAC.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairPlan {
-    pub parent: String,
-    pub mac: String,
-}
+pub use crate::model::PairPlan;
 
 /// Something a binding made on this host, found without the store: the leak sweep removes it
 /// when no record references `attachment`.

@@ -284,6 +284,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             mtu: None,
             up: false,
             attachment: None,
+            pairs_on: None,
         });
     let legacy = version == "0.4.0";
     let ips: Vec<Value> = port
@@ -466,6 +467,7 @@ mod tests {
             mtu: None,
             up: true,
             attachment: Some(a.id.clone()),
+            pairs_on: None,
         });
         a
     }
