@@ -59,6 +59,12 @@ fn tag_attachment(id: &str) -> String {
 const TAG_PAIR_ON: &str = "courier:pair-on:";
 const TAG_PAIR_MAC: &str = "courier:pair-mac:";
 
+/// A trunk Courier made for a VM's vlan children (deleted with its last one): its tag, or its
+/// description, which is in the trunk's POST and so there even if a crash came before the tag.
+fn made_by_courier(trunk: &os::Trunk) -> bool {
+    trunk.tags.iter().any(|t| t == TAG_CREATED) || trunk.description.as_deref() == Some(TAG_CREATED)
+}
+
 /// The pair target a reservation's tags name (`TAG_PAIR_ON`, `TAG_PAIR_MAC`).
 fn pairs_on_from_tags(tags: &[String]) -> Option<crate::model::PairPlan> {
     let find = |prefix: &str| tags.iter().find_map(|t| t.strip_prefix(prefix));
@@ -495,6 +501,9 @@ impl NeutronBackend {
                     .create_trunk(&os::TrunkCreate {
                         port_id: parent.to_string(),
                         name: Some(format!("courier-{parent}")),
+                        // In the POST itself: a crash before the tags go on leaves a trunk
+                        // still known as Courier's (`made_by_courier`).
+                        description: Some(TAG_CREATED.to_string()),
                         tags: vec![TAG_CREATED.to_string()],
                         ..Default::default()
                     })
@@ -585,7 +594,7 @@ impl NeutronBackend {
                 ))(e))
             }
         };
-        if t.sub_ports.is_empty() && trunk.tags.iter().any(|t| t == TAG_CREATED) {
+        if t.sub_ports.is_empty() && made_by_courier(&trunk) {
             match self.api.delete_trunk(&trunk.id).await {
                 Ok(_) => {
                     tracing::info!(trunk = %trunk.id, "deleted the trunk Courier made (its last subport left)")
@@ -1542,6 +1551,52 @@ mod real {
             .unwrap()
             .is_empty());
         assert!(api.get_port(&c2.id).await.unwrap_err().is_not_found());
+        // A trunk Courier made whose tag never came (a crash between its POST and the tag's
+        // PUT): its description still says whose it is, so it goes with its last subport too.
+        let untagged = api
+            .create_trunk(&os::TrunkCreate {
+                port_id: vm.id.clone(),
+                name: Some(format!("courier-{}", vm.id)),
+                description: Some(TAG_CREATED.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(untagged.tags.is_empty());
+        let third = PortRequest {
+            name: format!("{tag}-child4"),
+            network: NeutronBackend::to_network(&tag, &net, &[]),
+            owner: OwnerMark {
+                host: host.clone(),
+                attachment: format!("{tag}-att4"),
+            },
+            ips: vec![],
+            mac: None,
+            security_groups: vec![],
+            role: PortRole::Child {
+                parent: vm.id.clone(),
+                tag: 104,
+            },
+            pairs_on: None,
+        };
+        let c4 = b.create_ports(&[third]).await.unwrap().pop().unwrap();
+        assert_eq!(
+            api.get_trunk(&untagged.id).await.unwrap().sub_ports,
+            vec![os::SubPort::vlan(c4.id.clone(), 104)],
+            "the untagged trunk was used, not a second one made"
+        );
+        let pr = PortRef {
+            id: Some(c4.id.clone()),
+            name: c4.name.clone(),
+        };
+        assert!(b.delete_port(&pr, &host).await.unwrap());
+        assert!(
+            api.get_trunk(&untagged.id)
+                .await
+                .unwrap_err()
+                .is_not_found(),
+            "the untagged trunk Courier made went with its last subport"
+        );
         eprintln!(
             "child_port_is_a_trunk_subport: child create {create_ms} ms, delete {delete_ms} ms"
         );

@@ -271,6 +271,7 @@ pub struct Trunk {
     pub admin_state_up: Option<bool>,
     pub sub_ports: Vec<SubPort>,
     pub tags: Vec<String>,
+    pub description: Option<String>,
     pub project_id: Option<String>,
     pub revision_number: Option<u64>,
 }
@@ -284,6 +285,9 @@ pub struct TrunkCreate {
     pub sub_ports: Vec<SubPort>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_state_up: Option<bool>,
+    /// Goes in the POST (tags cannot): a mark that holds from the trunk's first moment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Set right after the create (Neutron takes no tags in a trunk POST); if that fails the
     /// trunk is deleted again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
