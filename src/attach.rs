@@ -443,8 +443,19 @@ impl Attacher {
             }
             None => backend.delete_port(&port_ref(att), &self.host).await,
         };
-        if let Err(e) = removed {
-            errors.push(e);
+        match removed {
+            // A vlan child whose port was never recorded (a crash between the backend's steps,
+            // which the port's own removal may not cover: it may never have joined the trunk
+            // made for it): what the backend made for the VM's children goes if no child uses it.
+            Ok(_) if att.port.is_none() => {
+                if let Some((parent, _)) = att.edge.vlan() {
+                    if let Err(e) = backend.tidy_children_of(parent).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
         }
         errors
     }

@@ -433,6 +433,16 @@ impl EdgeState {
     }
 
     /// A VLAN child's parent port and tag (nested vlan), to be chosen before the intent.
+    /// A nested vlan edge's VM port and tag.
+    pub fn vlan(&self) -> Option<(&str, u16)> {
+        match self {
+            EdgeState::Vlan { parent, tag, .. } | EdgeState::VlanOvs { parent, tag, .. } => {
+                Some((parent, *tag))
+            }
+            _ => None,
+        }
+    }
+
     pub fn vlan_mut(&mut self) -> Option<(&mut String, &mut u16)> {
         match self {
             EdgeState::Vlan { parent, tag, .. } | EdgeState::VlanOvs { parent, tag, .. } => {

@@ -152,4 +152,7 @@ impl Backend for Lazy {
     async fn remove_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
         self.get()?.remove_address_pair(parent, pair).await
     }
+    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        self.get()?.tidy_children_of(parent).await
+    }
 }

@@ -189,6 +189,14 @@ pub trait Backend: Send + Sync {
         let _ = timeout;
         Ok(true)
     }
+    /// A vlan child of `parent` was undone and its port is not in the backend (a crash came
+    /// between the steps that make it): what the backend made for the VM's children and no
+    /// child uses now goes (Neutron: the trunk Courier made, once it has no subport). Default:
+    /// nothing is made for them.
+    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        let _ = parent;
+        Ok(())
+    }
     /// Removes exactly `pair` from port `parent`; Ok when it is not there (or the port is gone).
     async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
         let _ = (parent, pair);

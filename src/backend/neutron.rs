@@ -487,35 +487,7 @@ impl NeutronBackend {
                 .await
                 .map_err(|e| port_create_error(&r.network.name, e));
         }
-        let tq = Query::new().port_id(parent);
-        let found = self
-            .retry(&format!("looking up the trunk of port {parent}"), || {
-                self.api.list_trunks(&tq)
-            })
-            .await?;
-        let (trunk, made_trunk) = match found.into_iter().next() {
-            Some(t) => (t, false),
-            None => {
-                let t = self
-                    .api
-                    .create_trunk(&os::TrunkCreate {
-                        port_id: parent.to_string(),
-                        name: Some(format!("courier-{parent}")),
-                        // In the POST itself: a crash before the tags go on leaves a trunk
-                        // still known as Courier's (`made_by_courier`).
-                        description: Some(TAG_CREATED.to_string()),
-                        tags: vec![TAG_CREATED.to_string()],
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| {
-                        Error::InvalidInput(format!(
-                            "the VM's port {parent} cannot be a trunk parent ({e}): give the VM a port that can (`openstack network trunk create --parent-port …`), or use the ipvlan binding"
-                        ))
-                    })?;
-                (t, true)
-            }
-        };
+        let (mut trunk, mut made_trunk) = self.trunk_for(parent).await?;
         let undo_trunk = |made: bool, id: String| async move {
             if made {
                 if let Err(e) = self.api.delete_trunk(&id).await {
@@ -530,28 +502,80 @@ impl NeutronBackend {
                 return Err(port_create_error(&r.network.name, e));
             }
         };
-        if let Err(e) = self
-            .api
-            .add_subports(&trunk.id, &[os::SubPort::vlan(port.id.clone(), tag.into())])
-            .await
-        {
-            if let Err(de) = self.api.delete_port(&port.id).await {
-                tracing::error!(port = %port.id, error = %de, "removing a child port that did not join the trunk failed");
+        let mut again = 0;
+        let joined = loop {
+            let e = match self
+                .api
+                .add_subports(&trunk.id, &[os::SubPort::vlan(port.id.clone(), tag.into())])
+                .await
+            {
+                Ok(_) => break Ok(()),
+                Err(e) => e,
+            };
+            // The trunk went meanwhile (another container's last child left it, or a rollback
+            // tidied it away while empty): find or make it again.
+            if e.is_not_found() && again < 2 {
+                again += 1;
+                tracing::debug!(trunk = %trunk.id, parent, "the trunk went before its subport joined; again");
+                match self.trunk_for(parent).await {
+                    Ok((t, made)) => (trunk, made_trunk) = (t, made),
+                    Err(e) => break Err(e),
+                }
+                continue;
             }
             undo_trunk(made_trunk, trunk.id.clone()).await;
-            return Err(match e {
+            break Err(match e {
                 os::Error::Conflict { .. } | os::Error::BadRequest { .. } => Error::InvalidInput(format!(
                     "trunk {} of the VM's port {parent} refuses VLAN {tag} for port {} ({e}): another subport may have it",
                     trunk.id, r.name
                 )),
                 e => os_err(format!("adding port {} to trunk {}", port.id, trunk.id))(e),
             });
+        };
+        if let Err(e) = joined {
+            if let Err(de) = self.api.delete_port(&port.id).await {
+                tracing::error!(port = %port.id, error = %de, "removing a child port that did not join the trunk failed");
+            }
+            return Err(e);
         }
         // The answer's device_owner and binding are what they were before the trunk took it.
         self.api
             .get_port(&port.id)
             .await
             .map_err(os_err(format!("reading port {}", port.id)))
+    }
+
+    /// The trunk of the VM's port `parent`, made (and marked as Courier's) if it has none;
+    /// true when made here.
+    async fn trunk_for(&self, parent: &str) -> Result<(os::Trunk, bool)> {
+        let tq = Query::new().port_id(parent);
+        let found = self
+            .retry(&format!("looking up the trunk of port {parent}"), || {
+                self.api.list_trunks(&tq)
+            })
+            .await?;
+        if let Some(t) = found.into_iter().next() {
+            return Ok((t, false));
+        }
+        let t = self
+            .api
+            .create_trunk(&os::TrunkCreate {
+                port_id: parent.to_string(),
+                name: Some(format!("courier-{parent}")),
+                // In the POST itself: a crash before the tags go on leaves a trunk still
+                // known as Courier's (`made_by_courier`).
+                description: Some(TAG_CREATED.to_string()),
+                tags: vec![TAG_CREATED.to_string()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::InvalidInput(format!(
+                    "the VM's port {parent} cannot be a trunk parent ({e}): give the VM a port that can (`openstack network trunk create --parent-port …`), or use the ipvlan binding"
+                ))
+            })?;
+        crate::hooks::point("after-trunk").await;
+        Ok((t, true))
     }
 
     /// The trunk whose subport `p` is, if any: by the parent ML2/OVN names in its
@@ -1170,6 +1194,28 @@ impl Backend for NeutronBackend {
         }
     }
 
+    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        let tq = Query::new().port_id(parent);
+        let trunks = self
+            .retry(&format!("looking up the trunk of port {parent}"), || {
+                self.api.list_trunks(&tq)
+            })
+            .await?;
+        for t in trunks
+            .iter()
+            .filter(|t| t.sub_ports.is_empty() && made_by_courier(t))
+        {
+            match self.api.delete_trunk(&t.id).await {
+                Ok(true) => {
+                    tracing::info!(trunk = %t.id, parent, "deleted the empty trunk Courier made (its child port never came)")
+                }
+                Ok(false) => {}
+                Err(e) => return Err(os_err(format!("deleting the empty trunk {}", t.id))(e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
         let want = Self::pair_of(pair);
         let retry = os::RevisionRetry::default();
@@ -1597,6 +1643,33 @@ mod real {
                 .is_not_found(),
             "the untagged trunk Courier made went with its last subport"
         );
+        // A child undone before its port joined (a crash after the trunk's POST): the tidy
+        // removes the empty trunk Courier made, and never someone else's.
+        let ours = api
+            .create_trunk(&os::TrunkCreate {
+                port_id: vm.id.clone(),
+                description: Some(TAG_CREATED.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        b.tidy_children_of(&vm.id).await.unwrap();
+        assert!(api.get_trunk(&ours.id).await.unwrap_err().is_not_found());
+        let theirs = api
+            .create_trunk(&os::TrunkCreate {
+                port_id: vm.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        b.tidy_children_of(&vm.id).await.unwrap();
+        assert!(api
+            .get_trunk(&theirs.id)
+            .await
+            .unwrap()
+            .sub_ports
+            .is_empty());
+        api.delete_trunk(&theirs.id).await.unwrap();
         eprintln!(
             "child_port_is_a_trunk_subport: child create {create_ms} ms, delete {delete_ms} ms"
         );
