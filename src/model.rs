@@ -97,8 +97,9 @@ pub struct LogicalPort {
     /// Courier attachment that owns it, from the backend's ownership marks.
     pub attachment: Option<String>,
     /// A reservation's addresses are (or are about to be) pairs on this VM's port, with this
-    /// MAC: from its marks, so a sweep that finds it without a record takes those pairs off
-    /// before it deletes the port.
+    /// MAC, as its marks say — reported by backends whose port delete cannot take the pairs
+    /// off itself (Neutron; OVN does in the delete's transaction), so a sweep that finds the
+    /// port without a record removes those pairs before it deletes the port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs_on: Option<PairPlan>,
 }

@@ -319,21 +319,25 @@ fn nested_macvlan_through_neutron_is_refused_and_changes_nothing() {
 
         // Killed right after the reservation port exists: the next start deletes it.
         if hooks {
-            let mut e = env_ref.clone();
-            e.push(("COURIER_CRASH_AT", "after-port"));
-            d.restart(&e);
-            wait_backends(&d);
-            // The daemon dies mid-request: no answer.
-            let r = d.try_api(
-                "POST",
-                "/v1/attachments",
-                Some(
-                    json!({"container_id": "c1", "ifname": "eth0", "netns": c1.path(),
-                    "network": net, "binding": "macvlan"}),
-                ),
-            );
-            assert!(r.as_ref().map_or(true, |(code, _)| *code != 200), "{r:?}");
-            d.wait_exit(Duration::from_secs(20));
+            // Restarted to die at `point`, then an attach of `container` with `binding`: the
+            // daemon dies mid-request, so no answer.
+            let crash_attach = |d: &mut TestDaemon, point: &str, container: &str, binding: &str| {
+                let mut e = env_ref.clone();
+                e.push(("COURIER_CRASH_AT", point));
+                d.restart(&e);
+                wait_backends(d);
+                let r = d.try_api(
+                    "POST",
+                    "/v1/attachments",
+                    Some(
+                        json!({"container_id": container, "ifname": "eth0", "netns": c1.path(),
+                        "network": net, "binding": binding}),
+                    ),
+                );
+                assert!(r.as_ref().map_or(true, |(code, _)| *code != 200), "{r:?}");
+                d.wait_exit(Duration::from_secs(20));
+            };
+            crash_attach(&mut d, "after-port", "c1", "macvlan");
             let left = n.owned_ports(&d);
             assert_eq!(left.len(), 1, "the reservation is there: {left:?}");
             assert_eq!(left[0]["device_owner"], "courier:reserved");
@@ -352,20 +356,7 @@ fn nested_macvlan_through_neutron_is_refused_and_changes_nothing() {
             // the pair is on the VM's port, and the store lost with it: the sweep of the
             // unrecorded reservation takes the pair off too. (Up to the pair only: this
             // kernel has no ipvlan; the guest tests plug it for real.)
-            let mut e = env_ref.clone();
-            e.push(("COURIER_CRASH_AT", "after-pair"));
-            d.restart(&e);
-            wait_backends(&d);
-            let r = d.try_api(
-                "POST",
-                "/v1/attachments",
-                Some(
-                    json!({"container_id": "c2", "ifname": "eth0", "netns": c1.path(),
-                    "network": net, "binding": "ipvlan"}),
-                ),
-            );
-            assert!(r.as_ref().map_or(true, |(code, _)| *code != 200), "{r:?}");
-            d.wait_exit(Duration::from_secs(20));
+            crash_attach(&mut d, "after-pair", "c2", "ipvlan");
             let left = n.owned_ports(&d);
             assert_eq!(left.len(), 1, "the reservation is there: {left:?}");
             let ip = left[0]["fixed_ips"][0]["ip_address"]
@@ -407,20 +398,7 @@ fn nested_macvlan_through_neutron_is_refused_and_changes_nothing() {
                     .unwrap_or_default()
             };
             assert!(trunks().is_empty(), "{:?}", trunks());
-            let mut e = env_ref.clone();
-            e.push(("COURIER_CRASH_AT", "after-trunk"));
-            d.restart(&e);
-            wait_backends(&d);
-            let r = d.try_api(
-                "POST",
-                "/v1/attachments",
-                Some(
-                    json!({"container_id": "c3", "ifname": "eth0", "netns": c1.path(),
-                    "network": net, "binding": "vlan"}),
-                ),
-            );
-            assert!(r.as_ref().map_or(true, |(code, _)| *code != 200), "{r:?}");
-            d.wait_exit(Duration::from_secs(20));
+            crash_attach(&mut d, "after-trunk", "c3", "vlan");
             let made = trunks();
             assert_eq!(made.len(), 1, "the trunk is there: {made:?}");
             assert_eq!(made[0]["sub_ports"], json!([]));

@@ -1467,22 +1467,24 @@ mod real {
             .unwrap();
         let network = NeutronBackend::to_network(&tag, &net, &[sub]);
         let host = format!("{tag}-host");
-        let req = PortRequest {
-            name: format!("{tag}-child"),
+        // A vlan child of the VM's port, owned by `host`.
+        let child_req = |name: &str, attachment: &str, network: Network, vlan: u16| PortRequest {
+            name: format!("{tag}-{name}"),
             network,
             owner: OwnerMark {
                 host: host.clone(),
-                attachment: format!("{tag}-att"),
+                attachment: format!("{tag}-{attachment}"),
             },
             ips: vec![],
             mac: None,
             security_groups: vec![],
             role: PortRole::Child {
                 parent: vm.id.clone(),
-                tag: 101,
+                tag: vlan,
             },
             pairs_on: None,
         };
+        let req = child_req("child", "att", network, 101);
         let t0 = Instant::now();
         let child = b.create_ports(&[req]).await.unwrap().pop().unwrap();
         let create_ms = t0.elapsed().as_millis();
@@ -1530,22 +1532,12 @@ mod real {
         assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![101, 202, 303]);
 
         // A VLAN the trunk has already: a clear error, and no port left behind.
-        let dup = PortRequest {
-            name: format!("{tag}-dup"),
-            network: NeutronBackend::to_network(&tag, &net, &[]),
-            owner: OwnerMark {
-                host: host.clone(),
-                attachment: format!("{tag}-dup"),
-            },
-            ips: vec![],
-            mac: None,
-            security_groups: vec![],
-            role: PortRole::Child {
-                parent: vm.id.clone(),
-                tag: 202,
-            },
-            pairs_on: None,
-        };
+        let dup = child_req(
+            "dup",
+            "dup",
+            NeutronBackend::to_network(&tag, &net, &[]),
+            202,
+        );
         let e = b.create_ports(&[dup]).await.unwrap_err();
         assert!(e.to_string().contains("VLAN 202"), "{e}");
         assert!(api
@@ -1569,22 +1561,12 @@ mod real {
         api.remove_subports(&tr.id, &[other.id.as_str()])
             .await
             .unwrap();
-        let again = PortRequest {
-            name: format!("{tag}-child2"),
-            network: NeutronBackend::to_network(&tag, &net, &[]),
-            owner: OwnerMark {
-                host: host.clone(),
-                attachment: format!("{tag}-att2"),
-            },
-            ips: vec![],
-            mac: None,
-            security_groups: vec![],
-            role: PortRole::Child {
-                parent: vm.id.clone(),
-                tag: 102,
-            },
-            pairs_on: None,
-        };
+        let again = child_req(
+            "child2",
+            "att2",
+            NeutronBackend::to_network(&tag, &net, &[]),
+            102,
+        );
         let c2 = b.create_ports(&[again]).await.unwrap().pop().unwrap();
         let pr = PortRef {
             id: Some(c2.id.clone()),
@@ -1609,22 +1591,12 @@ mod real {
             .await
             .unwrap();
         assert!(untagged.tags.is_empty());
-        let third = PortRequest {
-            name: format!("{tag}-child4"),
-            network: NeutronBackend::to_network(&tag, &net, &[]),
-            owner: OwnerMark {
-                host: host.clone(),
-                attachment: format!("{tag}-att4"),
-            },
-            ips: vec![],
-            mac: None,
-            security_groups: vec![],
-            role: PortRole::Child {
-                parent: vm.id.clone(),
-                tag: 104,
-            },
-            pairs_on: None,
-        };
+        let third = child_req(
+            "child4",
+            "att4",
+            NeutronBackend::to_network(&tag, &net, &[]),
+            104,
+        );
         let c4 = b.create_ports(&[third]).await.unwrap().pop().unwrap();
         assert_eq!(
             api.get_trunk(&untagged.id).await.unwrap().sub_ports,
@@ -1677,22 +1649,12 @@ mod real {
         // The binding:profile form (`[neutron] vlan_children = "binding-profile"`, what ML2/OVN
         // without the trunk plugin takes): no trunk, the LSP a child with the tag all the same.
         let b = b.with_vlan_children(VlanChildren::BindingProfile);
-        let req = PortRequest {
-            name: format!("{tag}-child3"),
-            network: NeutronBackend::to_network(&tag, &net, &[]),
-            owner: OwnerMark {
-                host: host.clone(),
-                attachment: format!("{tag}-att3"),
-            },
-            ips: vec![],
-            mac: None,
-            security_groups: vec![],
-            role: PortRole::Child {
-                parent: vm.id.clone(),
-                tag: 42,
-            },
-            pairs_on: None,
-        };
+        let req = child_req(
+            "child3",
+            "att3",
+            NeutronBackend::to_network(&tag, &net, &[]),
+            42,
+        );
         let c3 = b.create_ports(&[req]).await.unwrap().pop().unwrap();
         assert!(api
             .list_trunks(&Query::new().port_id(vm.id.as_str()))

@@ -167,15 +167,9 @@ impl OvnBackend {
             mtu: None,
             up: ovsdb::get_bool(row, "up").unwrap_or(false),
             attachment: ext.get(marks::ATTACHMENT).cloned(),
-            // Written with the pair (`mutate_pair`'s take-over); deleting the port takes the
-            // pair off in the same transaction anyway.
-            pairs_on: ext.get(marks::PAIR_ON).and_then(|parent| {
-                let mac = ext.get(marks::PAIR)?.split_whitespace().next()?;
-                Some(crate::model::PairPlan {
-                    parent: parent.clone(),
-                    mac: mac.to_string(),
-                })
-            }),
+            // Not needed: deleting a reservation takes its pair off in the same transaction
+            // (`courier-pair-on` / `courier-pair`, see `delete_owned`).
+            pairs_on: None,
         })
     }
 
