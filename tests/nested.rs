@@ -339,10 +339,14 @@ fn attach_vlan(
     .ok()
 }
 
-/// Restarts the daemon and waits until its backends are connected.
+/// Restarts the daemon, waits until its backends are connected, and has it reconcile once
+/// more: the start-up pass may have run before the NB was (its initial monitor of thousands of
+/// child ports takes a while), so only a pass after it is sure to have repaired a crash.
 fn restart(d: &mut TestDaemon, env: &[(&str, &str)]) {
     d.restart(env);
     wait_backends(d);
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
 }
 
 /// The VLAN tag allocator against the real NB: a child port someone else made keeps its tag;
