@@ -354,7 +354,9 @@ enable_security_group = true
 [ovn]
 ovn_nb_connection = $NB
 ovn_sb_connection = $SB
-ovn_metadata_enabled = false
+# As on a real cloud: ML2/OVN gives every network a `network:distributed` metadata port (Courier's
+# network delete and leak checks must live with Neutron's own ports).
+ovn_metadata_enabled = true
 enable_distributed_floating_ip = false
 EOF
   # The noauth API: same config, last file wins. Its own `host` keeps the two processes' OVN
@@ -364,6 +366,8 @@ EOF
 auth_strategy = noauth
 log_file = neutron-noauth.log
 host = courier-neutron-noauth
+# Small pages, so every list through this API runs the clients' pagination (`ports_links` next).
+pagination_max_limit = 5
 
 [ml2]
 # Without tag_ports_during_bulk_creation: a port POST here drops its tags (as on a Neutron that

@@ -433,6 +433,13 @@ impl Attacher {
                 errors.push(e);
             }
         }
+        if !errors.is_empty() {
+            // The reservation is what makes each pair this attachment's: deleted first, its
+            // address could go to another container while the VM's port still allows it, and a
+            // retry could take off a sibling's identical pair. It stays, with the record, for
+            // the retry (reconcile).
+            return errors;
+        }
         let removed = match &att.existing_port {
             Some(existing) => {
                 let owner = OwnerMark {

@@ -9,11 +9,13 @@
 //!   file as one JSON line `{"method", "request", "status", "response"}` (the fixture of the
 //!   Docker front door's replay tests).
 //!
-//! Steps: after-intent, after-port, after-veth, after-ovs-port, after-plug, after-up,
+//! Steps: after-intent, after-port-post (Neutron: the ports' POST answered, their tags not yet
+//! set), after-port, after-veth, after-ovs-port, after-plug, after-up,
 //! after-ready, detach-after-mark, detach-after-unplug, detach-after-port, docker-join and
 //! docker-leave (a Join / Leave call arrived), release-after-mark (ReleaseAddress answered, the
 //! port not deleted yet), reconcile-before-detach (a forgotten-DEL candidate was picked from the
-//! unlocked snapshot; the lock is not taken yet).
+//! unlocked snapshot; the lock is not taken yet), after-network-post (Neutron `network create`:
+//! the POST answered, the tags not yet set).
 
 #[cfg(feature = "test-hooks")]
 pub async fn point(step: &str) {

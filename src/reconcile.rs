@@ -172,7 +172,7 @@ pub async fn run(attacher: &Attacher) -> Report {
         for port in ports {
             let id = port.attachment.clone().unwrap_or_default();
             let port = &port;
-            let r = delete_if_unrecorded(attacher, &id, || {
+            let r = delete_if_not_its_port(attacher, &id, &port.id, || {
                 let port_ref = PortRef {
                     id: Some(port.id.clone()),
                     name: port.name.clone(),
@@ -280,6 +280,34 @@ async fn roll_back_leftover(attacher: &Attacher, seen: &model::Attachment) -> Re
     tracing::warn!(attachment = %current.id, phase = ?current.phase, "rolling back unfinished attachment");
     attacher.roll_back(&current).await?;
     Ok(true)
+}
+
+/// A backend port of attachment `id` (under its lock): deleted when no record of `id` exists,
+/// or when the record names another port — an earlier attach's orphan that bears the same
+/// derived name (a POST that completed in the backend after the daemon died, then the same
+/// container attached again). A record that names no port yet (an intent) is rolled back by
+/// name, all of that name, so it spares every one here.
+async fn delete_if_not_its_port<F, Fut>(
+    attacher: &Attacher,
+    id: &str,
+    port_id: &str,
+    delete: F,
+) -> Result<bool>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let _guard = attacher.locks.lock(id).await;
+    if !id.is_empty() && attacher.store.is_recorded(id).await? {
+        match attacher.store.get(id).await {
+            Ok(Some(att)) if att.port.as_ref().is_some_and(|p| p.id != port_id) => {
+                tracing::warn!(attachment = %id, port = %port_id, recorded = ?att.port.as_ref().map(|p| &p.id),
+                    "a port of this attachment that its record does not name: an orphan of an earlier attach");
+            }
+            _ => return Ok(false),
+        }
+    }
+    delete().await
 }
 
 /// Under the attachment's lock: if the store has no record of `id` (an undecodable one counts

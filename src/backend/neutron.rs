@@ -50,6 +50,24 @@ fn tag_network(name: &str) -> String {
 fn tag_host(host: &str) -> String {
     format!("courier:host:{host}")
 }
+/// The `description` of every port Courier creates for `host`: set by the POST itself, so a
+/// port whose tags never came (a PUT that failed, a daemon killed between the POST and the PUT,
+/// a POST whose answer was lost) is still found as this host's by rollback and the sweep. A port
+/// Courier only claims keeps its own description, so it is never taken for one it made.
+fn owner_description(host: &str) -> String {
+    tag_host(host)
+}
+/// The `description` of a network Courier creates (`network create --backend neutron`): in the
+/// POST (Neutron 29 takes no tags there), so a network whose tags never came is still found.
+fn network_description(name: &str) -> String {
+    tag_network(name)
+}
+/// A port Courier made for `host`: by the mark its create set, or (ports made before the mark
+/// was in the POST) by its tags.
+fn made_for_host(p: &os::Port, host: &str) -> bool {
+    p.description.as_deref() == Some(owner_description(host).as_str())
+        || (p.tags.iter().any(|t| t == TAG_OWNER) && p.tags.contains(&tag_host(host)))
+}
 fn tag_attachment(id: &str) -> String {
     format!("courier:attachment:{id}")
 }
@@ -188,6 +206,16 @@ impl NeutronBackend {
                 self.api.list_networks(&q)
             })
             .await?;
+        if nets.is_empty() {
+            // One Courier created whose tags never came (the PUT after the POST failed, or the
+            // daemon died in between): its POST set the description.
+            let q = Query::new().description(network_description(name));
+            nets = self
+                .retry(&format!("looking up network {name}"), || {
+                    self.api.list_networks(&q)
+                })
+                .await?;
+        }
         match nets.len() {
             0 => Ok(None),
             1 => Ok(nets.pop()),
@@ -307,10 +335,20 @@ impl NeutronBackend {
             dns.domain = Some(domain.clone());
             dns.search = vec![domain.clone()];
         }
+        // The tag, else (its tags never came) the derived name of a port Courier's POST marked.
+        let made_by_courier = p
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with("courier:host:"));
         let attachment = p
             .tags
             .iter()
             .find_map(|t| t.strip_prefix("courier:attachment:"))
+            .or_else(|| {
+                made_by_courier
+                    .then(|| p.name.strip_prefix(crate::model::PORT_NAME_PREFIX))
+                    .flatten()
+            })
             .map(String::from);
         Ok(LogicalPort {
             id: p.id.clone(),
@@ -330,9 +368,7 @@ impl NeutronBackend {
 
     /// Our port by id, or by derived name; only if `host` owns it.
     async fn owned_port(&self, port: &PortRef, host: &str) -> Result<Vec<os::Port>> {
-        let owned = |p: &os::Port| {
-            p.tags.iter().any(|t| t == TAG_OWNER) && p.tags.contains(&tag_host(host))
-        };
+        let owned = |p: &os::Port| made_for_host(p, host);
         match &port.id {
             Some(id) => match self.api.get_port(id).await {
                 Ok(p) => Ok(vec![p].into_iter().filter(owned).collect()),
@@ -340,8 +376,9 @@ impl NeutronBackend {
                 Err(e) => Err(os_err(format!("reading port {id}"))(e)),
             },
             None => {
-                let tags = [TAG_OWNER.to_string(), tag_host(host)];
-                let q = Query::new().name(&port.name).tags(&tags);
+                // By name alone (every port of that name: an earlier attach's orphan too), then
+                // only those made for this host.
+                let q = Query::new().name(&port.name);
                 let found = self
                     .retry(&format!("looking up port {}", port.name), || {
                         self.api.list_ports(&q)
@@ -452,6 +489,23 @@ impl NeutronBackend {
     /// Ports matching `q` (transient failures retried).
     async fn ports_where(&self, what: &str, q: Query) -> Result<Vec<os::Port>> {
         self.retry(what, || self.api.list_ports(&q)).await
+    }
+
+    /// Every port Courier made for `host`: by the mark its create set (`owner_description`),
+    /// and by tags (ports made before that mark was in the POST).
+    async fn made_for(&self, host: &str) -> Result<Vec<os::Port>> {
+        let by_mark = Query::new().description(owner_description(host));
+        let by_tags = Query::new().tags(&[TAG_OWNER.to_string(), tag_host(host)]);
+        let mut ports = self.ports_where("listing ports made here", by_mark).await?;
+        for p in self
+            .ports_where("listing ports tagged here", by_tags)
+            .await?
+        {
+            if !ports.iter().any(|q| q.id == p.id) {
+                ports.push(p);
+            }
+        }
+        Ok(ports)
     }
 
     /// A nested vlan child of the VM's port `parent`, told apart by `tag`: with the trunk
@@ -736,15 +790,25 @@ impl Backend for NeutronBackend {
                 "a Neutron network needs --subnet (IPv4 and/or IPv6), or --neutron-network to register an existing one".into(),
             ));
         }
-        let net = self
+        let create = os::NetworkCreate {
+            name: Some(spec.name.clone()),
+            description: Some(network_description(&spec.name)),
+            tags: vec![tag_network(&spec.name), TAG_CREATED.into()],
+            ..Default::default()
+        };
+        let mut net = self
             .api
-            .create_network(&os::NetworkCreate {
-                name: Some(spec.name.clone()),
-                tags: vec![tag_network(&spec.name), TAG_CREATED.into()],
-                ..Default::default()
-            })
+            .create_network_untagged(&create)
             .await
             .map_err(os_err(format!("creating network {}", spec.name)))?;
+        crate::hooks::point("after-network-post").await;
+        self.api
+            .tag_created_network(&mut net, &create)
+            .await
+            .map_err(os_err(format!(
+                "tagging the new network {} (Courier tags the networks it makes: check Neutron's policy for update_network:tags)",
+                spec.name
+            )))?;
         let mut subs = Vec::new();
         let made = async {
             if let Some(v4) = spec.subnet {
@@ -799,23 +863,31 @@ impl Backend for NeutronBackend {
         let Some(net) = self.find_network(name).await? else {
             return Err(Error::UnknownNetwork(name.to_string()));
         };
-        let q = Query::new().network_id(&net.id).limit(1);
-        let ours = self
-            .retry(&format!("listing ports of {name}"), || {
-                self.api.list_ports(&q)
-            })
-            .await?;
-        if net.tags.iter().any(|t| t == TAG_CREATED) {
-            if !ours.is_empty() {
-                return Err(Error::NetworkInUse {
-                    name: name.into(),
-                    ports: ours.len(),
-                });
+        let created = net.tags.iter().any(|t| t == TAG_CREATED)
+            || net.description.as_deref() == Some(network_description(name).as_str());
+        if created {
+            // Neutron refuses while a port of anyone's is on it, and deletes its own
+            // (`network:distributed` metadata, `network:dhcp`) with the network: no count first.
+            match self.api.delete_network(&net.id).await {
+                Ok(_) => {}
+                Err(os::Error::Conflict { ref fault, .. })
+                    if fault.kind.as_deref() == Some("NetworkInUse") =>
+                {
+                    let q = Query::new().network_id(&net.id);
+                    let ports = self
+                        .ports_where(&format!("listing ports of {name}"), q)
+                        .await?;
+                    return Err(Error::NetworkInUse {
+                        name: name.into(),
+                        ports: ports
+                            .iter()
+                            .filter(|p| !p.device_owner.starts_with("network:"))
+                            .count()
+                            .max(1),
+                    });
+                }
+                Err(e) => return Err(os_err(format!("deleting network {}", net.id))(e)),
             }
-            self.api
-                .delete_network(&net.id)
-                .await
-                .map_err(os_err(format!("deleting network {}", net.id)))?;
         } else {
             // Registered, not created: only the registration goes.
             self.api
@@ -901,6 +973,7 @@ impl Backend for NeutronBackend {
             bodies.push(PortCreate {
                 network_id: net.backend_id.clone(),
                 name: Some(r.name.clone()),
+                description: Some(owner_description(&r.owner.host)),
                 device_owner: Some(device_owner.into()),
                 device_id: Some(r.owner.attachment.clone()),
                 mac_address: r.mac.clone(),
@@ -952,11 +1025,31 @@ impl Backend for NeutronBackend {
             .first()
             .map(|r| r.network.name.clone())
             .unwrap_or_default();
-        let made = self
+        let mut made = self
             .api
-            .create_ports(&bodies)
+            .create_ports_untagged(&bodies)
             .await
             .map_err(|e| port_create_error(&network, e))?;
+        crate::hooks::point("after-port-post").await;
+        if let Err(e) = self.api.tag_created_ports(&mut made, &bodies).await {
+            // All or nothing: the ports go (by id: the POST's answer is the proof).
+            let host = reqs
+                .first()
+                .map(|r| r.owner.host.clone())
+                .unwrap_or_default();
+            for p in &made {
+                let pr = PortRef {
+                    id: Some(p.id.clone()),
+                    name: p.name.clone(),
+                };
+                if let Err(de) = self.delete_port(&pr, &host).await {
+                    tracing::error!(port = %p.id, error = %de, "removing a port whose tags Neutron refused failed");
+                }
+            }
+            return Err(os_err(format!(
+                "tagging the new ports on network {network} (Courier tags every port it makes: check Neutron's policy for update_port:tags)"
+            ))(e));
+        }
         let mut out = Vec::with_capacity(made.len());
         for (p, r) in made.iter().zip(reqs) {
             out.push(self.to_port(p, &NetInfo::from(&r.network)).await?);
@@ -1018,20 +1111,18 @@ impl Backend for NeutronBackend {
     }
 
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
-        let q = match q {
-            PortQuery::OwnedBy { host } => {
-                Query::new().tags(&[TAG_OWNER.to_string(), tag_host(host)])
-            }
+        let ports = match q {
+            PortQuery::OwnedBy { host } => self.made_for(host).await?,
             PortQuery::ClaimedBy { host } => {
-                Query::new().tags(&[TAG_CLAIMED.to_string(), tag_host(host)])
+                let q = Query::new().tags(&[TAG_CLAIMED.to_string(), tag_host(host)]);
+                self.ports_where("listing ports claimed here", q).await?
             }
             PortQuery::Holding { network, ip } => {
-                Query::new().network_id(network).fixed_ip(ip.to_string())
+                let q = Query::new().network_id(network).fixed_ip(ip.to_string());
+                self.ports_where("listing ports holding an address", q)
+                    .await?
             }
         };
-        let ports = self
-            .retry("listing ports", || self.api.list_ports(&q))
-            .await?;
         let mut out = Vec::with_capacity(ports.len());
         for p in &ports {
             out.push(self.to_port(p, &NetInfo::default()).await?);

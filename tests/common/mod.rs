@@ -774,10 +774,45 @@ impl NeutronEnv {
         )
     }
 
-    /// Neutron ports carrying this daemon's host tag.
+    /// Neutron ports this daemon made: carrying its host tag, or the mark its create sets
+    /// (`description` = `courier:host:<mark>`), which a port whose tags never came still has.
     pub fn owned_ports(&self, d: &TestDaemon) -> Vec<Value> {
-        let (_, v) = self.api("GET", &format!("/ports?tags=courier:host:{}", host_mark(d)));
-        v["ports"].as_array().cloned().unwrap_or_default()
+        let mark = format!("courier:host:{}", host_mark(d));
+        let mut ports = Vec::new();
+        for q in [format!("tags={mark}"), format!("description={mark}")] {
+            let (_, v) = self.api("GET", &format!("/ports?{q}"));
+            for p in v["ports"].as_array().cloned().unwrap_or_default() {
+                if !ports.iter().any(|o: &Value| o["id"] == p["id"]) {
+                    ports.push(p);
+                }
+            }
+        }
+        ports
+    }
+
+    /// Every port on Neutron network `net_id` but Neutron's own (`network:*`: the metadata
+    /// port, DHCP, routers), whoever made it and whatever marks it has or lacks.
+    pub fn ports_on(&self, net_id: &str) -> Vec<Value> {
+        let (_, v) = self.api("GET", &format!("/ports?network_id={net_id}"));
+        v["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                !p["device_owner"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("network:")
+            })
+            .collect()
+    }
+
+    /// Neutron networks named `name` (Courier names the networks it creates after the Courier
+    /// network), whatever tags they have or lack.
+    pub fn networks_named(&self, name: &str) -> Vec<Value> {
+        let (_, v) = self.api("GET", &format!("/networks?name={name}"));
+        v["networks"].as_array().cloned().unwrap_or_default()
     }
 }
 

@@ -48,6 +48,10 @@ struct Shared {
     upstream: String,
     /// Both ends of every live connection, to cut them.
     live: Mutex<Vec<Box<dyn Conn>>>,
+    /// HTTP only: requests whose request line starts with the method and contains the path
+    /// part of one of these are answered 403 here (a Neutron that refuses them), the rest
+    /// forwarded. Checked on a connection's first request (Neutron's uwsgi closes each one).
+    refuse: Mutex<Vec<(String, String)>>,
 }
 
 pub struct Proxy {
@@ -101,7 +105,19 @@ impl Proxy {
             mode: AtomicU8::new(Mode::Forward as u8),
             upstream: upstream.to_string(),
             live: Mutex::new(Vec::new()),
+            refuse: Mutex::new(Vec::new()),
         })
+    }
+
+    /// HTTP: answer `METHOD ...PATH_PART...` requests with 403 from now on (see `Shared::refuse`).
+    pub fn refuse(&self, method: &str, path_part: &str) {
+        let mut r = self.shared.refuse.lock().unwrap();
+        r.push((method.to_string(), path_part.to_string()));
+    }
+
+    /// HTTP: forward everything again.
+    pub fn refuse_nothing(&self) {
+        self.shared.refuse.lock().unwrap().clear();
     }
 
     pub fn set(&self, mode: Mode) {
@@ -131,12 +147,40 @@ fn mode(s: &Shared) -> Mode {
     }
 }
 
-fn serve(s: &Arc<Shared>, client: Box<dyn Conn>) {
+fn serve(s: &Arc<Shared>, mut client: Box<dyn Conn>) {
     if mode(s) == Mode::Cut {
         client.shut();
         return;
     }
-    let up: Box<dyn Conn> = match s.upstream.strip_prefix("tcp:") {
+    // The first bytes, to see the request line when some requests are refused.
+    let mut first = Vec::new();
+    if !s.refuse.lock().unwrap().is_empty() {
+        let mut buf = [0u8; 16384];
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&first);
+        let line = text.lines().next().unwrap_or("");
+        let refused = s.refuse.lock().unwrap().iter().any(|(m, p)| {
+            line.starts_with(&format!("{m} "))
+                && line
+                    .split(' ')
+                    .nth(1)
+                    .is_some_and(|u| u.contains(p.as_str()))
+        });
+        if refused {
+            let body = r#"{"NeutronError": {"type": "HTTPForbidden", "message": "refused by the test's proxy", "detail": ""}}"#;
+            let _ = write!(
+                client,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            client.shut();
+            return;
+        }
+    }
+    let mut up: Box<dyn Conn> = match s.upstream.strip_prefix("tcp:") {
         Some(addr) => match TcpStream::connect(addr) {
             Ok(t) => Box::new(t),
             Err(_) => {
@@ -155,6 +199,10 @@ fn serve(s: &Arc<Shared>, client: Box<dyn Conn>) {
             }
         }
     };
+    if !first.is_empty() && up.write_all(&first).is_err() {
+        client.shut();
+        return;
+    }
     let (Ok(c2), Ok(u2)) = (client.try_clone_box(), up.try_clone_box()) else {
         return;
     };

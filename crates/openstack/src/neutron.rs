@@ -25,6 +25,7 @@ use crate::session::{Request, Session};
 pub struct Network {
     pub id: String,
     pub name: String,
+    pub description: Option<String>,
     pub status: Option<String>,
     pub admin_state_up: Option<bool>,
     pub shared: Option<bool>,
@@ -46,6 +47,9 @@ pub struct Network {
 pub struct NetworkCreate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Set by the POST itself (unlike tags): what finds the network if the tags never came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +143,7 @@ pub struct AllowedAddressPair {
 pub struct Port {
     pub id: String,
     pub name: String,
+    pub description: Option<String>,
     pub network_id: String,
     pub mac_address: String,
     pub fixed_ips: Vec<FixedIp>,
@@ -171,6 +176,10 @@ pub struct PortCreate {
     pub network_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Set by the POST itself (unlike tags, which may need a PUT after it): what finds the port
+    /// if the tags never came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -360,6 +369,9 @@ impl Query {
     }
     pub fn device_id(self, v: impl Into<String>) -> Query {
         self.eq("device_id", v)
+    }
+    pub fn description(self, v: impl Into<String>) -> Query {
+        self.eq("description", v)
     }
     pub fn mac_address(self, v: impl Into<String>) -> Query {
         self.eq("mac_address", v)
@@ -734,21 +746,39 @@ impl Neutron {
     /// Create a network, then set its tags with `PUT /v2.0/networks/ID/tags` (Neutron 29
     /// refuses `tags` in a network POST, `tag-creation` or not: it is for ports only).
     pub async fn create_network(&self, req: &NetworkCreate) -> Result<Network> {
+        let mut net = self.create_network_untagged(req).await?;
+        self.tag_created_network(&mut net, req).await?;
+        Ok(net)
+    }
+
+    /// The tags of `req` that the new network `net` lacks, set with one PUT. If that fails the
+    /// network is deleted (all or nothing) and the error returned.
+    pub async fn tag_created_network(&self, net: &mut Network, req: &NetworkCreate) -> Result<()> {
+        if let Err(e) = self
+            .ensure_tags("networks", &net.id, &mut net.tags, &req.tags)
+            .await
+        {
+            if let Err(de) = self.delete_network(&net.id).await {
+                tracing::error!(network = %net.id, error = %de, "removing a network whose tags were refused failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// [`Neutron::create_network`]'s POST alone (no tags: Neutron takes none in it).
+    pub async fn create_network_untagged(&self, req: &NetworkCreate) -> Result<Network> {
         let body = serde_json::to_value(req).expect("serializable");
         let what = format!("network {}", req.name.as_deref().unwrap_or("-"));
-        let mut net: Network = self
-            .call_key(
-                Method::POST,
-                "/networks",
-                Some(json!({ "network": body })),
-                None,
-                Some(what),
-                "network",
-            )
-            .await?;
-        self.ensure_tags("networks", &net.id, &mut net.tags, &req.tags)
-            .await?;
-        Ok(net)
+        self.call_key(
+            Method::POST,
+            "/networks",
+            Some(json!({ "network": body })),
+            None,
+            Some(what),
+            "network",
+        )
+        .await
     }
 
     pub async fn get_network(&self, id: &str) -> Result<Network> {
@@ -833,7 +863,7 @@ impl Neutron {
 
     /// A create's answer `have` lacks some of `want` (Neutron dropped or refused them in the
     /// POST): sets them with `PUT /{resource}/{id}/tags`.
-    async fn ensure_tags(
+    pub async fn ensure_tags(
         &self,
         resource: &str,
         id: &str,
@@ -871,27 +901,39 @@ impl Neutron {
     /// `POST /v2.0/ports` with `{"ports": [...]}`: all are created or none (Neutron rolls the
     /// bulk back on an error). The answer is in the order of `reqs`.
     pub async fn create_ports(&self, reqs: &[PortCreate]) -> Result<Vec<Port>> {
+        let mut ports = self.create_ports_untagged(reqs).await?;
+        self.tag_created_ports(&mut ports, reqs).await?;
+        Ok(ports)
+    }
+
+    /// The tags of `reqs` that the create's answer `ports` lacks, set with one PUT per port.
+    pub async fn tag_created_ports(&self, ports: &mut [Port], reqs: &[PortCreate]) -> Result<()> {
+        for (p, r) in ports.iter_mut().zip(reqs) {
+            self.ensure_tags("ports", &p.id, &mut p.tags, &r.tags)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Neutron::create_ports`]'s POST alone: the ports as Neutron answered, with only the
+    /// tags it kept from the POST (all of them with `tag-ports-during-bulk-creation`, else
+    /// none); [`Neutron::tag_created_ports`] sets the rest.
+    pub async fn create_ports_untagged(&self, reqs: &[PortCreate]) -> Result<Vec<Port>> {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
         let inline = reqs.iter().any(|r| !r.tags.is_empty()) && self.inline_port_tags().await?;
         let body: Vec<Value> = reqs.iter().map(|r| Self::port_body(r, inline)).collect();
         let what = format!("{} ports on network {}", reqs.len(), reqs[0].network_id);
-        let mut ports: Vec<Port> = self
-            .call_key(
-                Method::POST,
-                "/ports",
-                Some(json!({ "ports": body })),
-                None,
-                Some(what),
-                "ports",
-            )
-            .await?;
-        for (p, r) in ports.iter_mut().zip(reqs) {
-            self.ensure_tags("ports", &p.id, &mut p.tags, &r.tags)
-                .await?;
-        }
-        Ok(ports)
+        self.call_key(
+            Method::POST,
+            "/ports",
+            Some(json!({ "ports": body })),
+            None,
+            Some(what),
+            "ports",
+        )
+        .await
     }
 
     pub async fn get_port(&self, id: &str) -> Result<Port> {
