@@ -388,6 +388,64 @@ fn nested_macvlan_through_neutron_is_refused_and_changes_nothing() {
             assert_eq!(port_ids(&n, &net_id), before_ports);
             assert!(d.store().is_empty(), "{:?}", d.store());
 
+            // ipvlan killed once its pair is on the VM's port (the record kept), and Neutron
+            // then refuses every change of the VM's port (a fault proxy in front of it): the
+            // restart's rollback cannot take the pair off, so the reservation and the record
+            // stay (deleted first, its address could go to another container while the VM's
+            // port still allows it). Once Neutron takes changes again, reconcile removes both.
+            let proxy = common::proxy::Proxy::tcp("tcp:127.0.0.1:9696");
+            let proxy_port: u16 = proxy.remote.rsplit(':').next().unwrap().parse().unwrap();
+            let _proxy_bridge = Bridge::new(&vm.ns, &[proxy_port]);
+            let proxy_dir = tempfile::tempdir().unwrap();
+            let proxied = n.proxied_clouds(&proxy, proxy_dir.path());
+            let mut proxied_env = env_ref.clone();
+            proxied_env.push(("OS_CLIENT_CONFIG_FILE", proxied.as_str()));
+            crash_attach(&mut d, "after-pair", "c4", "ipvlan");
+            let left = n.owned_ports(&d);
+            assert_eq!(left.len(), 1, "the reservation is there: {left:?}");
+            assert_eq!(d.store().len(), 1, "{:?}", d.store());
+            let pairs_with_it = vm.now(&n)["allowed_address_pairs"].clone();
+            assert_eq!(
+                pairs_with_it.as_array().map(Vec::len),
+                Some(1),
+                "{pairs_with_it}"
+            );
+            proxy.refuse("PUT", &format!("/ports/{}", vm.id()));
+            d.restart(&proxied_env);
+            wait_backends(&d);
+            let (code, report) = d.api("POST", "/v1/reconcile", None);
+            assert_eq!(code, 200, "{report}");
+            assert!(
+                !report["errors"].as_array().is_some_and(|e| e.is_empty()),
+                "the failed pair removal is reported: {report}"
+            );
+            let ids =
+                |ps: Vec<Value>| -> Vec<Value> { ps.iter().map(|p| p["id"].clone()).collect() };
+            assert_eq!(
+                ids(n.owned_ports(&d)),
+                ids(left.clone()),
+                "the reservation stays while its pair is on the VM's port: {report}"
+            );
+            assert_eq!(vm.now(&n)["allowed_address_pairs"], pairs_with_it);
+            assert_eq!(d.store().len(), 1, "the record stays for reconcile");
+            proxy.refuse_nothing();
+            assert!(
+                eventually(Duration::from_secs(20), || {
+                    d.api("POST", "/v1/reconcile", None);
+                    n.owned_ports(&d).is_empty() && d.store().is_empty()
+                }),
+                "reconcile removes the pair, then the reservation: {:?}\n{}",
+                n.owned_ports(&d),
+                d.log()
+            );
+            assert_eq!(
+                vm.now(&n)["allowed_address_pairs"],
+                before["allowed_address_pairs"]
+            );
+            assert_eq!(port_ids(&n, &net_id), before_ports);
+            d.restart(&env_ref);
+            wait_backends(&d);
+
             // vlan, killed right after Neutron made the VM's port a trunk for it, before its
             // child port exists: the restart's rollback of the intent removes that empty
             // trunk. (Up to the trunk only: this kernel has no 802.1Q.)

@@ -848,7 +848,7 @@ fn neutron_gone_mid_attach_then_reconcile_leaves_nothing() {
     }
     let proxy = Proxy::tcp("tcp:127.0.0.1:9696");
     let dir = tempfile::tempdir().unwrap();
-    let clouds = proxied_clouds(&n, &proxy, dir.path());
+    let clouds = n.proxied_clouds(&proxy, dir.path());
     let d = neutron_daemon(
         "neu-mid",
         &n,
@@ -884,21 +884,6 @@ fn neutron_gone_mid_attach_then_reconcile_leaves_nothing() {
     );
     assert!(!ns.has_link("eth0"));
     assert!(d.cli(&["network", "delete", &net]).status.success());
-}
-
-/// A clouds.yaml (with secure.yaml) like the test one, whose Neutron endpoint is `proxy`.
-fn proxied_clouds(n: &NeutronEnv, proxy: &Proxy, dir: &std::path::Path) -> String {
-    let clouds = dir.join("clouds.yaml");
-    let text = std::fs::read_to_string(&n.clouds).unwrap().replace(
-        "  courier-admin:\n",
-        &format!(
-            "  courier-admin:\n    network_endpoint_override: http://{}\n",
-            proxy.remote.trim_start_matches("tcp:")
-        ),
-    );
-    std::fs::write(&clouds, text).unwrap();
-    std::fs::copy("/etc/courier-test/secure.yaml", dir.join("secure.yaml")).unwrap();
-    clouds.display().to_string()
 }
 
 /// The project's port quota is 0: ADD fails with an error that says so, and nothing changes.

@@ -107,6 +107,11 @@ pub struct NeutronBackend {
     resolved: Mutex<HashMap<String, (Instant, Network)>>,
     /// How nested vlan child ports are made (`[neutron] vlan_children`).
     vlan_children: VlanChildren,
+    /// One lock per VM port, held while its trunk is made, found, joined by a subport, left or
+    /// deleted: Neutron deletes a trunk that just got a subport, so "empty, delete it" must not
+    /// interleave with another child's "found it, join it" (the child would lose its port's
+    /// trunk while its record says Ready).
+    trunk_locks: crate::attach::KeyedLocks,
 }
 
 /// How a nested vlan child port is made in Neutron (`[neutron] vlan_children`).
@@ -177,6 +182,7 @@ impl NeutronBackend {
             subnets: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             vlan_children: VlanChildren::default(),
+            trunk_locks: Default::default(),
         })
     }
 
@@ -541,19 +547,28 @@ impl NeutronBackend {
                 .await
                 .map_err(|e| port_create_error(&r.network.name, e));
         }
-        let (mut trunk, mut made_trunk) = self.trunk_for(parent).await?;
+        // The port first, outside the VM's lock (children of one VM are made side by side);
+        // then, under it, the trunk found or made and joined.
+        let port = self
+            .api
+            .create_port(&body)
+            .await
+            .map_err(|e| port_create_error(&r.network.name, e))?;
+        let _vm = self.trunk_locks.lock(parent).await;
+        let (mut trunk, mut made_trunk) = match self.trunk_for(parent).await {
+            Ok(t) => t,
+            Err(e) => {
+                if let Err(de) = self.api.delete_port(&port.id).await {
+                    tracing::error!(port = %port.id, error = %de, "removing a child port whose VM has no trunk failed");
+                }
+                return Err(e);
+            }
+        };
         let undo_trunk = |made: bool, id: String| async move {
             if made {
                 if let Err(e) = self.api.delete_trunk(&id).await {
                     tracing::warn!(trunk = %id, error = %e, "removing the trunk made for a failed child port failed");
                 }
-            }
-        };
-        let port = match self.api.create_port(&body).await {
-            Ok(p) => p,
-            Err(e) => {
-                undo_trunk(made_trunk, trunk.id.clone()).await;
-                return Err(port_create_error(&r.network.name, e));
             }
         };
         let mut again = 0;
@@ -662,6 +677,7 @@ impl NeutronBackend {
         let Some(trunk) = self.trunk_of(p).await? else {
             return Ok(());
         };
+        let _vm = self.trunk_locks.lock(&trunk.port_id).await;
         let t = match self.api.remove_subports(&trunk.id, &[p.id.as_str()]).await {
             Ok(t) => t,
             Err(e) if e.is_not_found() => return Ok(()),
@@ -1286,6 +1302,8 @@ impl Backend for NeutronBackend {
     }
 
     async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        // Under the VM's lock: no child of this daemon joins between the look and the delete.
+        let _vm = self.trunk_locks.lock(parent).await;
         let tq = Query::new().port_id(parent);
         let trunks = self
             .retry(&format!("looking up the trunk of port {parent}"), || {
@@ -1495,7 +1513,27 @@ mod real {
                 .unwrap_or(0)
         );
         let r = tokio::spawn(child_port_body(b.api.clone(), tag.clone(), b)).await;
-        // Cleanup by tag, whatever happened.
+        cleanup(&tag).await;
+        if let Err(e) = r {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    /// A unique tag for one test's Neutron resources.
+    fn test_tag() -> String {
+        format!(
+            "courier-ut-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        )
+    }
+
+    /// Removes, whatever happened, what a test made: the ports tagged `tag` or made by Courier
+    /// for host `<tag>-host`, the trunks they are the parents of, and the networks tagged `tag`.
+    async fn cleanup(tag: &str) {
         let api = Neutron::connect(
             os::CloudConfig::resolve(Some("courier-admin"), &|k: &str| {
                 (k == "OS_CLIENT_CONFIG_FILE").then(|| CLOUDS.to_string())
@@ -1504,7 +1542,8 @@ mod real {
         )
         .await
         .expect("connect");
-        let q = Query::new().tags(&[tag.as_str()]);
+        let q = Query::new().tags(&[tag]);
+        let made = Query::new().description(owner_description(&format!("{tag}-host")));
         for p in api.list_ports(&q).await.unwrap_or_default() {
             for tr in api
                 .list_trunks(&Query::new().port_id(p.id.as_str()))
@@ -1516,15 +1555,174 @@ mod real {
                 let _ = api.delete_trunk(&tr.id).await;
             }
         }
-        for p in api.list_ports(&q).await.unwrap_or_default() {
-            let _ = api.delete_port(&p.id).await;
+        for q in [&q, &made] {
+            for p in api.list_ports(q).await.unwrap_or_default() {
+                let _ = api.delete_port(&p.id).await;
+            }
         }
         for n in api.list_networks(&q).await.unwrap_or_default() {
             let _ = api.delete_network(&n.id).await;
         }
+    }
+
+    /// A network with one subnet and a VM port on it, all tagged `tag`.
+    async fn vm_on_a_network(
+        api: &Neutron,
+        tag: &str,
+        cidr: &str,
+    ) -> (os::Network, os::Subnet, os::Port) {
+        let tags = vec![tag.to_string()];
+        let net = api
+            .create_network(&os::NetworkCreate {
+                name: Some(tag.to_string()),
+                tags: tags.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let sub = api
+            .create_subnet(&SubnetCreate {
+                network_id: net.id.clone(),
+                cidr: cidr.into(),
+                ip_version: 4,
+                enable_dhcp: Some(false),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let vm = api
+            .create_port(&PortCreate {
+                network_id: net.id.clone(),
+                name: Some(format!("{tag}-vm")),
+                tags,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (net, sub, vm)
+    }
+
+    /// A vlan child of `vm`'s port for attachment `<tag>-<name>`, owned by host `<tag>-host`.
+    fn child_request(tag: &str, name: &str, network: Network, vm: &str, vlan: u16) -> PortRequest {
+        PortRequest {
+            name: format!("{tag}-{name}"),
+            network,
+            owner: OwnerMark {
+                host: format!("{tag}-host"),
+                attachment: format!("{tag}-{name}"),
+            },
+            ips: vec![],
+            mac: None,
+            security_groups: vec![],
+            role: PortRole::Child {
+                parent: vm.to_string(),
+                tag: vlan,
+            },
+            pairs_on: None,
+        }
+    }
+
+    /// Children of one VM come and go at once (issue 20, item 2): in each of 60 rounds the
+    /// VM's only child is deleted — its trunk, which Courier made, goes with its last subport —
+    /// while another child is made, started a little later each round to sweep the window
+    /// between the old child leaving the trunk and the trunk's delete. Every child made must be
+    /// a subport of a trunk of the VM's port when its create returns (Neutron deletes a trunk
+    /// that just got a subport: without the per-VM lock a child loses its trunk).
+    #[tokio::test]
+    async fn children_coming_and_going_at_once_keep_their_trunk() {
+        let t = "children_coming_and_going_at_once_keep_their_trunk";
+        let Some(b) = backend(t).await else { return };
+        let tag = test_tag();
+        let r = tokio::spawn(children_race_body(tag.clone(), b)).await;
+        cleanup(&tag).await;
         if let Err(e) = r {
             std::panic::resume_unwind(e.into_panic());
         }
+    }
+
+    async fn children_race_body(tag: String, b: NeutronBackend) {
+        let b = std::sync::Arc::new(b);
+        let api = b.api.clone();
+        let (net, sub, vm) = vm_on_a_network(&api, &tag, "10.96.0.0/24").await;
+        let network = NeutronBackend::to_network(&tag, &net, &[sub]);
+        let host = format!("{tag}-host");
+        let mut old = b
+            .create_ports(&[child_request(&tag, "c0", network.clone(), &vm.id, 100)])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut lost = Vec::new();
+        for round in 1..=60u16 {
+            let (b1, b2) = (b.clone(), b.clone());
+            let pr = PortRef {
+                id: Some(old.id.clone()),
+                name: old.name.clone(),
+            };
+            let host1 = host.clone();
+            let gone = tokio::spawn(async move { b1.delete_port(&pr, &host1).await });
+            let req = child_request(
+                &tag,
+                &format!("c{round}"),
+                network.clone(),
+                &vm.id,
+                100 + round % 2 * 50 + round,
+            );
+            let delay = Duration::from_millis(u64::from(round % 12) * 25);
+            let made = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                b2.create_ports(&[req]).await
+            });
+            gone.await.unwrap().unwrap();
+            let child = made.await.unwrap().unwrap().pop().unwrap();
+            let trunks = api
+                .list_trunks(&Query::new().port_id(vm.id.as_str()))
+                .await
+                .unwrap();
+            if !trunks
+                .iter()
+                .any(|t| t.sub_ports.iter().any(|s| s.port_id == child.id))
+            {
+                lost.push(format!(
+                    "round {round}: child {} in no trunk ({} trunks)",
+                    child.id,
+                    trunks.len()
+                ));
+                // Join it again so the next round starts from one child on a trunk.
+                let pr = PortRef {
+                    id: Some(child.id.clone()),
+                    name: child.name.clone(),
+                };
+                b.delete_port(&pr, &host).await.unwrap();
+                old = b
+                    .create_ports(&[child_request(
+                        &tag,
+                        &format!("r{round}"),
+                        network.clone(),
+                        &vm.id,
+                        300 + round,
+                    )])
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                continue;
+            }
+            old = child;
+        }
+        assert!(lost.is_empty(), "children lost their trunk: {lost:#?}");
+        let pr = PortRef {
+            id: Some(old.id.clone()),
+            name: old.name.clone(),
+        };
+        assert!(b.delete_port(&pr, &host).await.unwrap());
+        assert!(
+            api.list_trunks(&Query::new().port_id(vm.id.as_str()))
+                .await
+                .unwrap()
+                .is_empty(),
+            "the trunk Courier made goes with the last child"
+        );
     }
 
     async fn child_port_body(api: Neutron, tag: String, b: NeutronBackend) {

@@ -790,6 +790,22 @@ impl NeutronEnv {
         ports
     }
 
+    /// A clouds.yaml (with secure.yaml) like the test one, whose Neutron endpoint is `proxy`
+    /// (a `proxy::Proxy` in front of the real Neutron).
+    pub fn proxied_clouds(&self, proxy: &proxy::Proxy, dir: &Path) -> String {
+        let clouds = dir.join("clouds.yaml");
+        let text = std::fs::read_to_string(&self.clouds).unwrap().replace(
+            "  courier-admin:\n",
+            &format!(
+                "  courier-admin:\n    network_endpoint_override: http://{}\n",
+                proxy.remote.trim_start_matches("tcp:")
+            ),
+        );
+        std::fs::write(&clouds, text).unwrap();
+        std::fs::copy("/etc/courier-test/secure.yaml", dir.join("secure.yaml")).unwrap();
+        clouds.display().to_string()
+    }
+
     /// Every port on Neutron network `net_id` but Neutron's own (`network:*`: the metadata
     /// port, DHCP, routers), whoever made it and whatever marks it has or lacks.
     pub fn ports_on(&self, net_id: &str) -> Vec<Value> {
