@@ -640,27 +640,46 @@ impl Attacher {
     }
 
     /// CNI GC: detaches every attachment on `network` whose key is not in `valid`.
+    /// CNI GC from `runtime`: detaches the attachments on `network` that runtime made and
+    /// `valid` does not list. The CLI's, Docker's and other runtimes' are never touched; a
+    /// record made before the maker was recorded counts as any runtime's CNI attachment.
     pub async fn gc(
         self: &Arc<Self>,
         network: &str,
+        runtime: &str,
         valid: &[AttachmentKey],
     ) -> Result<Vec<Attachment>> {
-        let (this, network, valid) = (self.clone(), network.to_string(), valid.to_vec());
+        let (this, network, runtime, valid) = (
+            self.clone(),
+            network.to_string(),
+            runtime.to_string(),
+            valid.to_vec(),
+        );
         run_to_end(async move {
-            let r = this.gc_flow(&network, &valid).await;
+            let r = this.gc_flow(&network, &runtime, &valid).await;
             this.metrics.op("gc", outcome(&r));
             r
         })
         .await
     }
 
-    async fn gc_flow(&self, network: &str, valid: &[AttachmentKey]) -> Result<Vec<Attachment>> {
+    async fn gc_flow(
+        &self,
+        network: &str,
+        runtime: &str,
+        valid: &[AttachmentKey],
+    ) -> Result<Vec<Attachment>> {
         let valid: HashSet<AttachmentKey> = valid.iter().cloned().collect();
         let mut removed = Vec::new();
         let mut errors = Vec::new();
         for att in self.store.list().await?.attachments {
-            // Only what CNI made: the runtime's list says nothing of Docker's endpoints.
-            if att.network == network && att.docker.is_none() && !valid.contains(&att.key()) {
+            // Only what this runtime made: its list says nothing of the others'.
+            let its = match &att.made_by {
+                Some(crate::model::MadeBy::Cni { runtime: r }) => r == runtime,
+                Some(_) => false,
+                None => att.docker.is_none(),
+            };
+            if att.network == network && its && !valid.contains(&att.key()) {
                 match self.detach_flow(&att.key()).await {
                     Ok(Some(a)) => removed.push(a),
                     Ok(None) => {}

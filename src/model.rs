@@ -143,6 +143,23 @@ pub struct AttachRequest {
     /// Bind this existing port (its backend id) instead of creating one; it is kept on detach.
     #[serde(default)]
     pub port: Option<String>,
+    /// Which front door (and CNI runtime) asks; set by the door, never by the caller's JSON.
+    #[serde(skip)]
+    pub made_by: Option<MadeBy>,
+}
+
+/// Which front door made an attachment, and for CNI which runtime: a CNI GC (its runtime's list
+/// of valid attachments) touches only what that runtime made, never the CLI's, Docker's or
+/// another runtime's on the same network.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "door", rename_all = "lowercase")]
+pub enum MadeBy {
+    /// A CNI runtime: the plugin's parent process (its `comm`: `podman`, `containerd`, `crio`…).
+    Cni {
+        runtime: String,
+    },
+    Cli,
+    Docker,
 }
 
 /// An existing port an attachment binds (created by the user, e.g. Zun's `--nets port=ID`): what
@@ -282,6 +299,9 @@ pub struct Attachment {
     /// before they are added, so rollback removes exactly these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pairs: Vec<PairRecord>,
+    /// Which door (and CNI runtime) made it; absent in records made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<MadeBy>,
 }
 
 /// One address pair on a parent (VM) port.
@@ -481,6 +501,7 @@ impl Attachment {
             docker: None,
             claims: Vec::new(),
             pairs: Vec::new(),
+            made_by: req.made_by.clone(),
         }
     }
 

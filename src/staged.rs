@@ -62,6 +62,7 @@ impl Attacher {
         }
         req.container_id = lease_key();
         req.ifname = STAGED_IFNAME.into();
+        req.made_by = Some(crate::model::MadeBy::Docker);
         req.netns = String::new();
         let key = AttachmentKey {
             container_id: req.container_id.clone(),

@@ -211,3 +211,108 @@ fn podman_containers_talk_over_courier() {
     assert_eq!(world(&d), clean, "podman rm left something behind");
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// CNI GC is the runtime's list of what it still uses (issue 20, item 12): a GC run by one
+/// runtime (this test binary, execing the plugin) on a network detaches only what that runtime
+/// made. A podman container and a CLI attachment on the same network survive it (and still
+/// talk to each other); the test runtime's own leftover goes.
+#[test]
+fn cni_gc_touches_only_what_its_runtime_made() {
+    let t = "cni_gc_touches_only_what_its_runtime_made";
+    if !env_ready(t) {
+        return;
+    }
+    let d = TestDaemon::start("podgc");
+    let net = unique("podgc");
+    d.create_network(&net, &subnet_for(11));
+    let pm = match Podman::setup(&d, &net) {
+        Ok(p) => p,
+        Err(reason) => return skip(t, &reason),
+    };
+    let srv = format!("gc-{}", std::process::id());
+    let out = pm.container(&[
+        "-d",
+        "--name",
+        &srv,
+        "--network",
+        &net,
+        "localhost/courier-bb:1",
+        "sleep",
+        "120",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_ns = Netns::new("podgc-cli");
+    let out = d.cli(&["attach", "--netns", &cli_ns.path(), "--network", &net]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mine = Netns::new("podgc-mine");
+    let conf = d.netconf(&net, "1.1.0");
+    assert_eq!(d.cni("ADD", "mine", &mine.path(), "eth0", &conf).0, 0);
+    assert_eq!(d.store().len(), 3);
+    let makers: Vec<String> = d.store().iter().map(|a| a["made_by"].to_string()).collect();
+    assert!(
+        makers.iter().any(|m| m.contains("\"podman\"")),
+        "{makers:?}"
+    );
+    assert!(makers.iter().any(|m| m.contains("\"cli\"")), "{makers:?}");
+
+    // This runtime's GC with an empty list of valid attachments.
+    let gc = serde_json::json!({"cniVersion": "1.1.0", "name": net, "type": "courier",
+        "socket": d.socket, "cni.dev/valid-attachments": []})
+    .to_string();
+    let (code, out) = d.cni("GC", "", "", "", &gc);
+    assert_eq!(code, 0, "GC: {out}");
+    assert!(!mine.has_link("eth0"), "this runtime's leftover goes");
+    let left: Vec<String> = d
+        .store()
+        .iter()
+        .map(|a| a["made_by"]["door"].to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "podman's and the CLI's stay: {left:?}");
+    assert!(cli_ns.has_link("eth0"));
+    let ip = String::from_utf8_lossy(
+        &pm.run(&[
+            "inspect",
+            &srv,
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        ])
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(
+        cli_ns.ping(&ip),
+        "the CLI's container still reaches podman's"
+    );
+
+    let out = pm.run(&["rm", "-f", &srv]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.cli(&["detach", "--netns", &cli_ns.path()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Counted on the whole switch and host, not by marks (other tests may run beside this one,
+    // so not the whole NB).
+    assert_eq!(
+        nbctl(&["lsp-list", &net]).trim(),
+        "",
+        "ports left on the switch"
+    );
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(d.store().is_empty());
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+}

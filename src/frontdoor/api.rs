@@ -223,7 +223,8 @@ async fn list_attachments(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
 }
 
 async fn attach(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
-    let req: AttachRequest = parse(&body)?;
+    let mut req: AttachRequest = parse(&body)?;
+    req.made_by = Some(crate::model::MadeBy::Cli);
     Ok(Json(json!(d.attacher.attach(&req).await?)))
 }
 
@@ -252,12 +253,18 @@ async fn check(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
 #[derive(Deserialize)]
 struct GcRequest {
     network: String,
+    /// The CNI runtime whose attachments are collected (as its plugin calls report it).
+    #[serde(default)]
+    runtime: String,
     valid: Vec<AttachmentKey>,
 }
 
 async fn gc(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
     let req: GcRequest = parse(&body)?;
-    let removed = d.attacher.gc(&req.network, &req.valid).await?;
+    let removed = d
+        .attacher
+        .gc(&req.network, &req.runtime, &req.valid)
+        .await?;
     Ok(Json(json!({"removed": removed})))
 }
 

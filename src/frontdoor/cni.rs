@@ -19,7 +19,7 @@ use crate::attach::Attacher;
 use crate::client::{self, ClientError};
 use crate::config::DEFAULT_SOCKET;
 use crate::error::{code, Error, ErrorBody, Result};
-use crate::model::{AttachRequest, Attachment, AttachmentKey};
+use crate::model::{AttachRequest, Attachment, AttachmentKey, MadeBy};
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 const LATEST: &str = "1.1.0";
@@ -39,6 +39,10 @@ pub struct CniCall {
     pub args: String,
     #[serde(default)]
     pub path: String,
+    /// The runtime that ran the plugin: its parent process's name (`/proc/PPID/comm`). A GC
+    /// touches only the attachments this runtime made.
+    #[serde(default)]
+    pub runtime: String,
     /// The network configuration JSON exactly as the runtime wrote it.
     pub stdin: String,
 }
@@ -167,6 +171,9 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                 },
                 // CNI_ARGS PORT=<id>: bind this existing Neutron port (kept on DEL).
                 port: args.get("PORT").cloned(),
+                made_by: Some(MadeBy::Cni {
+                    runtime: call.runtime.clone(),
+                }),
             };
             let att = attacher.attach(&req).await?;
             Ok(Some(result_json(&att, &conf.cni_version)))
@@ -214,7 +221,7 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                     "GC needs {GC_ATTACHMENTS_KEY} in the network configuration"
                 )));
             }
-            attacher.gc(&conf.name, &valid).await?;
+            attacher.gc(&conf.name, &call.runtime, &valid).await?;
             Ok(None)
         }
         "STATUS" => {
@@ -340,6 +347,15 @@ pub fn error_json(version: &str, body: &ErrorBody) -> Value {
 }
 
 /// Plugin process: returns the exit code.
+/// The name of the process that ran the plugin (the runtime: `podman`, `containerd`, …), or
+/// "" if it cannot be read.
+fn runtime_name() -> String {
+    let ppid = std::os::unix::process::parent_id();
+    std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn run_plugin() -> i32 {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let command = env("CNI_COMMAND");
@@ -383,6 +399,7 @@ pub fn run_plugin() -> i32 {
         ifname: env("CNI_IFNAME"),
         args: env("CNI_ARGS"),
         path: env("CNI_PATH"),
+        runtime: runtime_name(),
         stdin,
     };
     let body = match serde_json::to_vec(&call) {
