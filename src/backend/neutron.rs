@@ -424,21 +424,31 @@ impl NeutronBackend {
     }
 
     /// Security group ids for names or ids; an unknown or ambiguous one is an error naming it.
+    /// The ids of security groups given by id or name: one filtered request per group (by id
+    /// when it looks like one, else by name), never the project's whole list, so the cost of
+    /// an attach does not grow with the number of groups.
     async fn security_group_ids(&self, wanted: &[String]) -> Result<Vec<String>> {
-        let q = Query::new();
-        let all = self
-            .retry("listing security groups", || {
-                self.api.list_security_groups(&q)
-            })
-            .await?;
         let mut out = Vec::with_capacity(wanted.len());
         for w in wanted {
-            if let Some(g) = all.iter().find(|g| &g.id == w) {
-                out.push(g.id.clone());
-                continue;
+            let looks_like_id = w.len() == 36 && w.matches('-').count() == 4;
+            let mut found = Vec::new();
+            if looks_like_id {
+                let q = Query::new().id(w.as_str()).eq("fields", "id").eq("fields", "name");
+                found = self
+                    .retry(&format!("looking up security group {w}"), || {
+                        self.api.list_security_groups(&q)
+                    })
+                    .await?;
             }
-            let named: Vec<_> = all.iter().filter(|g| &g.name == w).collect();
-            match named.as_slice() {
+            if found.is_empty() {
+                let q = Query::new().name(w.as_str()).eq("fields", "id").eq("fields", "name");
+                found = self
+                    .retry(&format!("looking up security group {w}"), || {
+                        self.api.list_security_groups(&q)
+                    })
+                    .await?;
+            }
+            match found.as_slice() {
                 [g] => out.push(g.id.clone()),
                 [] => {
                     return Err(Error::InvalidInput(format!(
