@@ -1660,3 +1660,200 @@ fn forbidden_port_binding_is_a_clear_error() {
     assert!(n.owned_ports(&d).is_empty() && owned(&d).is_empty() && !ns.has_link("eth0"));
     assert!(d.cli(&["network", "delete", &net]).status.success());
 }
+
+/// A clouds.yaml (in `dir`) whose cloud `lab` is the noauth Neutron of scripts/neutron.sh.
+fn noauth_clouds(dir: &std::path::Path) -> String {
+    let clouds = dir.join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        "clouds:\n  lab:\n    auth_type: noauth\n    network_endpoint_override: http://127.0.0.1:9697\n",
+    )
+    .unwrap();
+    clouds.display().to_string()
+}
+
+/// The noauth Neutron answers every list in pages of at most 5 (`pagination_max_limit = 5`,
+/// scripts/neutron.sh's noauth.conf), whether the query has a `limit` or not. Through it the
+/// daemon still sees everything: all 6 of its networks in `GET /v1/networks` (which lists
+/// every Neutron network), all 7 of its ports in `GET /v1/ports`, and 6 security groups by
+/// name among more than a page of groups; each DEL then leaves no port.
+#[test]
+fn noauth_daemon_reads_every_page() {
+    let Some(n) = NeutronEnv::get("noauth_daemon_reads_every_page") else {
+        return;
+    };
+    const PAGE: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = noauth_clouds(dir.path());
+    let d = TestDaemon::start_with(
+        "neu-pages",
+        &[
+            ("OS_CLIENT_CONFIG_FILE", &clouds),
+            ("COURIER_NEUTRON_CLOUD", "lab"),
+            ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+        ],
+    );
+    wait_backends(&d);
+    let nets: Vec<String> = (0..=PAGE).map(|i| unique(&format!("neu-pg{i}"))).collect();
+    for (i, net) in nets.iter().enumerate() {
+        neutron_net(&d, net, &format!("10.232.{i}.0/24"));
+    }
+    // Security groups, more than a page of them in Neutron (noauth sees every project's).
+    let sg_names: Vec<String> = (0..=PAGE)
+        .map(|i| unique(&format!("neu-pg-sg{i}")))
+        .collect();
+    let mut sg_ids = Vec::new();
+    for name in &sg_names {
+        let (code, v) = n.call(
+            "POST",
+            "/security-groups",
+            Some(serde_json::json!({"security_group": {"name": name}})),
+        );
+        assert_eq!(code, 201, "{v}");
+        sg_ids.push(v["security_group"]["id"].as_str().unwrap().to_string());
+    }
+    let conf = d.netconf(&nets[0], "1.1.0");
+    let nss: Vec<Netns> = (0..=PAGE + 1)
+        .map(|i| Netns::new(&format!("neu-pg{i}")))
+        .collect();
+    let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (code, out) = cni_exec(
+            "ADD",
+            "c0",
+            &nss[0].path(),
+            "eth0",
+            &conf,
+            &[(
+                "CNI_ARGS",
+                &format!("SECURITY_GROUPS={}", sg_names.join(",")),
+            )],
+        );
+        assert_eq!(code, 0, "{out}");
+        for (i, ns) in nss.iter().enumerate().skip(1) {
+            let (code, out) = d.cni("ADD", &format!("c{i}"), &ns.path(), "eth0", &conf);
+            assert_eq!(code, 0, "{out}");
+        }
+        // Every network, every port.
+        let (code, listed) = d.api("GET", "/v1/networks", None);
+        assert_eq!(code, 200, "{listed}");
+        for net in &nets {
+            assert!(
+                listed
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["name"] == net.as_str()),
+                "{net} missing from GET /v1/networks: {listed}"
+            );
+        }
+        let (code, ports) = d.api("GET", "/v1/ports", None);
+        assert_eq!(code, 200, "{ports}");
+        assert_eq!(
+            ports.as_array().unwrap().len(),
+            nss.len(),
+            "GET /v1/ports: {ports}"
+        );
+        assert_eq!(n.owned_ports(&d).len(), nss.len());
+        // The first container's port has every group it named.
+        let port = n
+            .owned_ports(&d)
+            .into_iter()
+            .find(|p| {
+                p["fixed_ips"][0]["ip_address"]
+                    .as_str()
+                    .is_some_and(|ip| cni_ip(&out) == ip)
+            })
+            .expect("c0's port");
+        let mut have: Vec<String> = port["security_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap().to_string())
+            .collect();
+        have.sort();
+        let mut want = sg_ids.clone();
+        want.sort();
+        assert_eq!(have, want, "{port}");
+        for (i, ns) in nss.iter().enumerate() {
+            let (code, out) = d.cni("DEL", &format!("c{i}"), &ns.path(), "eth0", &conf);
+            assert_eq!(code, 0, "{out}");
+        }
+        assert!(n.owned_ports(&d).is_empty(), "{:?}", n.owned_ports(&d));
+    }));
+    for (i, ns) in nss.iter().enumerate() {
+        let _ = d.cni("DEL", &format!("c{i}"), &ns.path(), "eth0", &conf);
+    }
+    for net in &nets {
+        let _ = d.cli(&["network", "delete", net]);
+    }
+    for id in &sg_ids {
+        n.api("DELETE", &format!("/security-groups/{id}"));
+    }
+    if let Err(e) = body {
+        std::panic::resume_unwind(e);
+    }
+    for net in &nets {
+        assert!(n.networks_named(net).is_empty(), "{net} left in Neutron");
+    }
+}
+
+/// The first IPv4 address of a CNI result, without its prefix.
+fn cni_ip(r: &Value) -> String {
+    addr(r, false)
+}
+
+/// STATUS asks the Neutron backend whether it answers with a probe of one network
+/// (`limit=1`): one request, however many networks the cloud has (it read the whole
+/// collection one network per request). Counted by a proxy in front of the real Neutron.
+#[test]
+fn the_status_probe_reads_one_page() {
+    let Some(n) = NeutronEnv::get("the_status_probe_reads_one_page") else {
+        return;
+    };
+    // More than one network in Neutron, whatever else is there.
+    let name = unique("neu-probe");
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let (code, v) = n.call(
+            "POST",
+            "/networks",
+            Some(serde_json::json!({"network": {"name": format!("{name}-{i}")}})),
+        );
+        assert_eq!(code, 201, "{v}");
+        made.push(v["network"]["id"].as_str().unwrap().to_string());
+    }
+    let proxy = Proxy::tcp("tcp:127.0.0.1:9696");
+    let dir = tempfile::tempdir().unwrap();
+    let clouds = n.proxied_clouds(&proxy, dir.path());
+    let d = TestDaemon::start_with(
+        "neu-probe",
+        &[
+            ("OS_CLIENT_CONFIG_FILE", &clouds),
+            ("COURIER_NEUTRON_CLOUD", "courier-admin"),
+            ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+        ],
+    );
+    wait_backends(&d);
+    let probes = || proxy.requests("GET", "/v2.0/networks?limit=1").len();
+    let before = probes();
+    let (code, st) = d.api("GET", "/v1/status", None);
+    let during = probes() - before;
+    for id in &made {
+        n.api("DELETE", &format!("/networks/{id}"));
+    }
+    assert_eq!(code, 200, "{st}");
+    assert!(
+        st["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "neutron" && b["ok"] == true),
+        "{st}"
+    );
+    assert_eq!(
+        during,
+        1,
+        "one STATUS, one probe request: {:?}",
+        proxy.requests("GET", "/v2.0/networks")
+    );
+}

@@ -753,7 +753,7 @@ impl Backend for NeutronBackend {
 
     async fn health(&self) -> Result<()> {
         self.api
-            .list_networks(&Query::new().limit(1))
+            .first_page_networks(&Query::new().limit(1))
             .await
             .map(|_| ())
             .map_err(os_err("listing networks"))

@@ -52,6 +52,8 @@ struct Shared {
     /// part of one of these are answered 403 here (a Neutron that refuses them), the rest
     /// forwarded. Checked on a connection's first request (Neutron's uwsgi closes each one).
     refuse: Mutex<Vec<(String, String)>>,
+    /// HTTP: the request lines seen from clients (`GET /v2.0/networks?limit=1 HTTP/1.1`).
+    requests: Mutex<Vec<String>>,
 }
 
 pub struct Proxy {
@@ -106,6 +108,7 @@ impl Proxy {
             upstream: upstream.to_string(),
             live: Mutex::new(Vec::new()),
             refuse: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
         })
     }
 
@@ -118,6 +121,22 @@ impl Proxy {
     /// HTTP: forward everything again.
     pub fn refuse_nothing(&self) {
         self.shared.refuse.lock().unwrap().clear();
+    }
+
+    /// HTTP: the request lines forwarded so far whose method is `method` and whose target
+    /// contains `part`.
+    pub fn requests(&self, method: &str, part: &str) -> Vec<String> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.starts_with(&format!("{method} "))
+                    && l.split(' ').nth(1).is_some_and(|t| t.contains(part))
+            })
+            .cloned()
+            .collect()
     }
 
     pub fn set(&self, mode: Mode) {
@@ -199,6 +218,9 @@ fn serve(s: &Arc<Shared>, mut client: Box<dyn Conn>) {
             }
         }
     };
+    if !first.is_empty() {
+        note_requests(s, &first);
+    }
     if !first.is_empty() && up.write_all(&first).is_err() {
         client.shut();
         return;
@@ -215,12 +237,26 @@ fn serve(s: &Arc<Shared>, mut client: Box<dyn Conn>) {
         return;
     };
     let (s1, s2) = (s.clone(), s.clone());
-    std::thread::spawn(move || pump(&s1, c_rd, up));
-    std::thread::spawn(move || pump(&s2, u_rd, client));
+    std::thread::spawn(move || pump(&s1, c_rd, up, true));
+    std::thread::spawn(move || pump(&s2, u_rd, client, false));
+}
+
+/// Records the HTTP request lines in `bytes` from a client (a request's head comes in one
+/// write from the clients under test, so a line is not split across reads).
+fn note_requests(s: &Shared, bytes: &[u8]) {
+    const METHODS: [&str; 6] = ["GET ", "POST ", "PUT ", "DELETE ", "PATCH ", "HEAD "];
+    let text = String::from_utf8_lossy(bytes);
+    let mut seen = s.requests.lock().unwrap();
+    for line in text.split("\r\n") {
+        if METHODS.iter().any(|m| line.starts_with(m)) && line.ends_with(" HTTP/1.1") {
+            seen.push(line.to_string());
+        }
+    }
 }
 
 /// Copies `from` → `to` while forwarding; swallows while half-open; stops when cut or closed.
-fn pump(s: &Shared, mut from: Box<dyn Conn>, mut to: Box<dyn Conn>) {
+/// `from_client`: the bytes are a client's (their HTTP request lines are recorded).
+fn pump(s: &Shared, mut from: Box<dyn Conn>, mut to: Box<dyn Conn>, from_client: bool) {
     let mut buf = [0u8; 16384];
     loop {
         let n = match from.read(&mut buf) {
@@ -229,6 +265,9 @@ fn pump(s: &Shared, mut from: Box<dyn Conn>, mut to: Box<dyn Conn>) {
         };
         match mode(s) {
             Mode::Forward => {
+                if from_client {
+                    note_requests(s, &buf[..n]);
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

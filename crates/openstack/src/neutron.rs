@@ -405,7 +405,9 @@ impl Query {
             .join(",");
         self.eq("tags-any", v)
     }
-    /// Page size: the list is still read whole, `limit` items per request.
+    /// Page size: the list is still read whole, `limit` items per request (Neutron may send
+    /// fewer: its `pagination_max_limit` caps it). For one request only, use a `first_page_*`
+    /// call.
     pub fn limit(mut self, n: u32) -> Query {
         self.limit = Some(n);
         self
@@ -674,39 +676,53 @@ impl Neutron {
         let mut out: Vec<T> = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let path = format!("/{segment}{}", q.to_query_string(marker.as_deref()));
-            let (_, text) = self.call(Method::GET, &path, None, None, None).await?;
-            let mut v: Value = Self::decode("GET", &path, None, &text)?;
-            let items: Vec<T> = serde_json::from_value(
-                v.get_mut(collection)
-                    .map(Value::take)
-                    .unwrap_or(Value::Array(vec![])),
-            )
-            .map_err(|e| Error::Decode {
-                ctx: RequestContext {
-                    method: "GET".into(),
-                    path: format!("/v2.0{path}"),
-                    resource: None,
-                },
-                message: e.to_string(),
-            })?;
-            let n = items.len();
-            let last = items.last().map(|i| i.id().to_string());
+            let (items, next) = self
+                .page_at::<T>(segment, collection, q, marker.as_deref())
+                .await?;
+            let empty = items.is_empty();
             out.extend(items);
-            if q.limit.is_none() || n == 0 {
-                return Ok(out);
-            }
-            let next = next_marker(v.get(format!("{collection}_links").as_str())).or_else(|| {
-                // No links (pagination disabled?): a full page may have a successor.
-                (n as u32 >= q.limit.unwrap_or(u32::MAX))
-                    .then(|| last.clone())
-                    .flatten()
-            });
             match next {
-                Some(m) if Some(&m) != marker.as_ref() => marker = Some(m),
+                Some(m) if !empty && Some(&m) != marker.as_ref() => marker = Some(m),
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// One GET of a collection: the page after `marker` (the first when None) and the marker
+    /// of the page after it, if any.
+    async fn page_at<T: DeserializeOwned + HasId>(
+        &self,
+        segment: &str,
+        collection: &str,
+        q: &Query,
+        marker: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>)> {
+        let path = format!("/{segment}{}", q.to_query_string(marker));
+        let (_, text) = self.call(Method::GET, &path, None, None, None).await?;
+        let mut v: Value = Self::decode("GET", &path, None, &text)?;
+        let items: Vec<T> = serde_json::from_value(
+            v.get_mut(collection)
+                .map(Value::take)
+                .unwrap_or(Value::Array(vec![])),
+        )
+        .map_err(|e| Error::Decode {
+            ctx: RequestContext {
+                method: "GET".into(),
+                path: format!("/v2.0{path}"),
+                resource: None,
+            },
+            message: e.to_string(),
+        })?;
+        // Neutron pages every list when it has `pagination_max_limit`, whether the query asked
+        // for a limit or not (and caps a larger one): its "next" link is followed always.
+        let next = next_marker(v.get(format!("{collection}_links").as_str())).or_else(|| {
+            // No links (pagination disabled?): a full page of ours may have a successor.
+            q.limit
+                .is_some_and(|l| items.len() as u32 >= l)
+                .then(|| items.last().map(|i| i.id().to_string()))
+                .flatten()
+        });
+        Ok((items, next))
     }
 
     /// DELETE; 404 is Ok(false).
@@ -795,6 +811,13 @@ impl Neutron {
 
     pub async fn list_networks(&self, q: &Query) -> Result<Vec<Network>> {
         self.list("networks", q).await
+    }
+
+    /// One request: the first page of the networks matching `q` (at most `q`'s limit, or
+    /// Neutron's page size) — a probe, e.g. `Query::new().limit(1)`, that never reads the rest
+    /// of the collection.
+    pub async fn first_page_networks(&self, q: &Query) -> Result<Vec<Network>> {
+        Ok(self.page_at("networks", "networks", q, None).await?.0)
     }
 
     pub async fn delete_network(&self, id: &str) -> Result<bool> {
@@ -948,9 +971,15 @@ impl Neutron {
         .await
     }
 
-    /// All ports matching `q`, every page of them when `q` has a limit.
+    /// All ports matching `q`, every page of them.
     pub async fn list_ports(&self, q: &Query) -> Result<Vec<Port>> {
         self.list("ports", q).await
+    }
+
+    /// One request: the first page of the ports matching `q` (see
+    /// [`Neutron::first_page_networks`]).
+    pub async fn first_page_ports(&self, q: &Query) -> Result<Vec<Port>> {
+        Ok(self.page_at("ports", "ports", q, None).await?.0)
     }
 
     /// PUT a partial port. With `if_revision`, sends `If-Match: revision_number=N`: a port

@@ -28,6 +28,7 @@ pub struct Session {
     cfg: CloudConfig,
     token: Mutex<Option<Cached>>,
     auths: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Session {
@@ -82,6 +83,7 @@ impl Session {
             cfg,
             token: Mutex::new(None),
             auths: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -92,6 +94,12 @@ impl Session {
     /// How many times this session asked Keystone for a token.
     pub fn auth_count(&self) -> u64 {
         self.auths.load(Ordering::Relaxed)
+    }
+
+    /// How many requests this session sent to services (Keystone's token requests not
+    /// counted: see [`Session::auth_count`]).
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// A valid token (None with `noauth`): the cached one, or a new one when it is about to
@@ -273,6 +281,7 @@ impl Session {
                 rb = rb.json(b);
             }
             let started = Instant::now();
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let resp = rb
                 .send()
                 .await

@@ -837,3 +837,284 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
         rm_conflicts.iter().max().unwrap(),
     );
 }
+
+/// The noauth Neutron's client (`auth_type: noauth`, its endpoint); None when it is not there.
+async fn noauth_client(test: &str) -> Option<Neutron> {
+    let addr = noauth_addr();
+    if !reachable(&addr).await {
+        courier_testenv::skip(test, &format!("no noauth Neutron on {addr}"));
+        return None;
+    }
+    let env = env_map(&[
+        ("OS_AUTH_TYPE", "noauth".into()),
+        ("OS_ENDPOINT", format!("http://{addr}")),
+    ]);
+    let cfg = CloudConfig::resolve(None, &env).unwrap();
+    Some(Neutron::connect(cfg).await.unwrap())
+}
+
+/// Deletes what carries `tag` until nothing is left (each round lists again: a client that
+/// sees only the first page still gets to the end), security groups too.
+async fn cleanup_all_pages(neutron: &Neutron, tag: &str) {
+    let q = Query::new().tags(&[tag]);
+    for _ in 0..20 {
+        let trunks = neutron.list_trunks(&q).await.unwrap_or_default();
+        let ports = neutron.list_ports(&q).await.unwrap_or_default();
+        let nets = neutron.list_networks(&q).await.unwrap_or_default();
+        let sgs = neutron.list_security_groups(&q).await.unwrap_or_default();
+        if trunks.is_empty() && ports.is_empty() && nets.is_empty() && sgs.is_empty() {
+            return;
+        }
+        for t in trunks {
+            let _ = neutron.delete_trunk(&t.id).await;
+        }
+        for p in ports {
+            let _ = neutron.delete_port(&p.id).await;
+        }
+        for n in nets {
+            let _ = neutron.delete_network(&n.id).await;
+        }
+        for g in sgs {
+            let _ = reqwest::Client::new()
+                .delete(format!("{}/security-groups/{}", neutron.endpoint(), g.id))
+                .send()
+                .await;
+        }
+    }
+}
+
+/// The noauth Neutron serves pages of at most 5 items (`pagination_max_limit = 5` in
+/// scripts/neutron.sh's noauth.conf), with or without a `limit` in the query: every list
+/// follows `*_links` "next" to the end — networks, subnets, ports, security groups and trunks,
+/// each more than a page, asked without a limit, with a smaller one and with a larger one.
+#[tokio::test]
+async fn every_list_reads_every_page() {
+    let Some(neutron) = noauth_client("every_list_reads_every_page").await else {
+        return;
+    };
+    let tag = unique();
+    let body = tokio::spawn(every_page(neutron.clone(), tag.clone())).await;
+    cleanup_all_pages(&neutron, &tag).await;
+    if let Err(e) = body {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let q = Query::new().tags(&[tag.as_str()]);
+    assert!(neutron.list_ports(&q).await.unwrap().is_empty());
+    assert!(neutron.list_networks(&q).await.unwrap().is_empty());
+}
+
+async fn every_page(neutron: Neutron, tag: String) {
+    const PAGE: usize = 5;
+    let tags = vec![tag.clone()];
+    let http = reqwest::Client::new();
+    let base = neutron.endpoint().to_string();
+    // More than a page of each.
+    let mut nets = Vec::new();
+    for i in 0..(PAGE + 2) {
+        nets.push(
+            neutron
+                .create_network(&NetworkCreate {
+                    name: Some(format!("{tag}-n{i}")),
+                    tags: tags.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // The premise: this Neutron cuts an unlimited list at PAGE and says there is a next page.
+    let raw: serde_json::Value = http
+        .get(format!("{base}/networks?tags={tag}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["networks"].as_array().map(Vec::len),
+        Some(PAGE),
+        "the noauth Neutron must have pagination_max_limit = {PAGE} (scripts/neutron.sh): {raw}"
+    );
+    assert!(
+        raw["networks_links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["rel"] == "next")),
+        "{raw}"
+    );
+    let mut subnets = Vec::new();
+    for i in 0..(PAGE + 2) {
+        subnets.push(
+            neutron
+                .create_subnet(&SubnetCreate {
+                    network_id: nets[0].clone(),
+                    cidr: format!("10.231.{i}.0/24"),
+                    ip_version: 4,
+                    enable_dhcp: Some(false),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let reqs: Vec<PortCreate> = (0..(2 * PAGE + 2))
+        .map(|i| PortCreate {
+            network_id: nets[0].clone(),
+            name: Some(format!("{tag}-p{i}")),
+            tags: tags.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let ports: Vec<String> = neutron
+        .create_ports(&reqs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let mut trunks = Vec::new();
+    for (i, p) in ports.iter().take(PAGE + 1).enumerate() {
+        trunks.push(
+            neutron
+                .create_trunk(&TrunkCreate {
+                    port_id: p.clone(),
+                    name: Some(format!("{tag}-t{i}")),
+                    tags: tags.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut sgs = Vec::new();
+    for i in 0..(PAGE + 1) {
+        let v: serde_json::Value = http
+            .post(format!("{base}/security-groups"))
+            .json(&serde_json::json!({"security_group": {"name": format!("{tag}-sg{i}")}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = v["security_group"]["id"].as_str().unwrap().to_string();
+        neutron
+            .replace_tags("security-groups", &id, &[tag.as_str()])
+            .await
+            .unwrap();
+        sgs.push(id);
+    }
+    fn same(mut got: Vec<String>, want: &[String], what: &str) {
+        got.sort();
+        let mut want = want.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{what}: every one, each once");
+    }
+    for (limit, name) in [
+        (None, "no limit"),
+        (Some(2), "limit 2"),
+        (Some(100), "limit 100"),
+    ] {
+        let with = |q: Query| match limit {
+            Some(l) => q.limit(l),
+            None => q,
+        };
+        let by_tag = with(Query::new().tags(&[tag.as_str()]));
+        let ids = |v: Vec<String>| v;
+        same(
+            ids(neutron
+                .list_networks(&by_tag)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|n| n.id)
+                .collect()),
+            &nets,
+            &format!("networks, {name}"),
+        );
+        same(
+            neutron
+                .list_subnets(&with(Query::new().network_id(nets[0].as_str())))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
+            &subnets,
+            &format!("subnets, {name}"),
+        );
+        same(
+            neutron
+                .list_ports(&by_tag)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.id)
+                .collect(),
+            &ports,
+            &format!("ports, {name}"),
+        );
+        same(
+            neutron
+                .list_trunks(&by_tag)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.id)
+                .collect(),
+            &trunks,
+            &format!("trunks, {name}"),
+        );
+        same(
+            neutron
+                .list_security_groups(&by_tag)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|g| g.id)
+                .collect(),
+            &sgs,
+            &format!("security groups, {name}"),
+        );
+    }
+    // Unfiltered (what Courier's network list asks): ours are all among them.
+    let all: Vec<String> = neutron
+        .list_networks(&Query::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert!(nets.iter().all(|n| all.contains(n)), "{all:?}");
+    // A probe reads one page: one request, whatever the collection holds; the whole list with
+    // that page size takes one request per item.
+    let by_tag = Query::new().tags(&[tag.as_str()]).limit(1);
+    let before = neutron.session().request_count();
+    let one = neutron.first_page_networks(&by_tag).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        neutron.session().request_count() - before,
+        1,
+        "a probe is one request"
+    );
+    let before = neutron.session().request_count();
+    let one = neutron
+        .first_page_ports(&Query::new().tags(&[tag.as_str()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        one.len(),
+        PAGE,
+        "the first page, cut at the server's page size"
+    );
+    assert_eq!(neutron.session().request_count() - before, 1);
+    let before = neutron.session().request_count();
+    assert_eq!(
+        neutron.list_networks(&by_tag).await.unwrap().len(),
+        nets.len()
+    );
+    assert!(neutron.session().request_count() - before >= nets.len() as u64);
+}
