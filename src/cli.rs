@@ -434,6 +434,10 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         },
                         if h["ok"].as_bool() == Some(true) {
                             ok
+                        } else if what == "backend:" && h["code"].as_u64().is_some_and(|c| c != 11)
+                        {
+                            // Answers, but refuses (a bad cloud): not a matter of waiting.
+                            "FAILING"
                         } else {
                             bad
                         },

@@ -90,16 +90,42 @@ impl Registry {
     }
 
     /// The Courier network `name` and the backend that has it, asking every backend at once.
-    /// Not found in any reachable backend while one is unreachable: "try again later" (it may be
-    /// there). In two backends: an error that says so.
+    /// Found in one: served, whatever the others answered (down, or failing for good: a bad
+    /// cloud fails its own networks only). Not found in any that answered while one failed:
+    /// that backend's error (it may be there) — its own hard error as it is, "try again
+    /// later" if it is only unreachable. In two backends: an error that says so.
     pub async fn network(&self, name: &str) -> Result<(Arc<dyn Backend>, Network)> {
-        let answers = futures::future::join_all(
+        resolve(name, self.ask_all(name).await)
+    }
+
+    /// Whether any backend has network `name`: Ok(Some(backend id)) or Ok(None); Err only
+    /// when it cannot be told — no backend has it, and one of them failed to answer (the
+    /// error is that backend's). Network creation goes ahead on such an error (logged) when
+    /// the failing backend is not the one creating: a name later found in two backends is
+    /// refused when used.
+    pub async fn holder_of(&self, name: &str) -> Result<Option<String>> {
+        let answers = self.ask_all(name).await;
+        let mut failed = None;
+        for (b, a) in answers {
+            match a {
+                Ok(Some(_)) => return Ok(Some(b.id().to_string())),
+                Ok(None) => {}
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    async fn ask_all(&self, name: &str) -> Vec<Answer> {
+        futures::future::join_all(
             self.backends
                 .iter()
                 .map(|b| async move { (b.clone(), b.network(name).await) }),
         )
-        .await;
-        resolve(name, answers)
+        .await
     }
 }
 
@@ -110,29 +136,42 @@ type Answer = (Arc<dyn Backend>, Result<Option<Network>>);
 fn resolve(name: &str, answers: Vec<Answer>) -> Result<(Arc<dyn Backend>, Network)> {
     let mut found = Vec::new();
     let mut down = Vec::new();
+    let mut failed = Vec::new();
     for (b, a) in answers {
         match a {
             Ok(Some(n)) => found.push((b, n)),
             Ok(None) => {}
             Err(e) if e.code() == crate::error::code::TRY_AGAIN_LATER => down.push((b, e)),
-            Err(e) => return Err(e),
+            Err(e) => failed.push((b, e)),
         }
     }
-    match (found.len(), down.first()) {
-        (1, _) => Ok(found.remove(0)),
-        (0, None) => Err(Error::UnknownNetwork(name.to_string())),
-        (0, Some((b, e))) => Err(Error::BackendDown {
-            backend: b.id().to_string(),
-            detail: format!("network {name:?} may be there: {e}"),
-        }),
-        _ => Err(Error::InvalidInput(format!(
+    if found.len() == 1 {
+        for (b, e) in down.iter().chain(&failed) {
+            tracing::debug!(network = name, backend = b.id(), error = %e,
+                "network found in another backend; this one could not be asked");
+        }
+        return Ok(found.remove(0));
+    }
+    if found.len() > 1 {
+        return Err(Error::InvalidInput(format!(
             "network {name:?} exists in several backends ({}): rename or remove one of them",
             found
                 .iter()
                 .map(|(b, _)| b.id())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))),
+        )));
+    }
+    // Found nowhere. A hard error says what to fix; else an unreachable backend may have it.
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e);
+    }
+    match down.first() {
+        Some((b, e)) => Err(Error::BackendDown {
+            backend: b.id().to_string(),
+            detail: format!("network {name:?} may be there: {e}"),
+        }),
+        None => Err(Error::UnknownNetwork(name.to_string())),
     }
 }
 
@@ -241,14 +280,38 @@ mod tests {
             ],
         ));
         assert!(e.to_string().contains("ovn, neutron"), "{e}");
-        // A backend's own hard error is not hidden.
+        // A backend's own hard error is not hidden when nobody has the network ...
         let e = err(resolve(
             "web",
             vec![
-                (a, Err(Error::BackendState("two switches".into()))),
-                (b, Ok(None)),
+                (a.clone(), Err(Error::BackendState("two switches".into()))),
+                (b.clone(), Ok(None)),
             ],
         ));
         assert!(matches!(e, Error::BackendState(_)));
+        // ... nor behind another backend's "try again later": it says what to fix.
+        let e = err(resolve(
+            "web",
+            vec![(a.clone(), Err(down())), (b.clone(), Err(bad_cloud()))],
+        ));
+        assert!(e.to_string().contains("401"), "{e}");
+        // A backend failing for good (a bad cloud) does not fail a network found elsewhere.
+        let (got, _) = resolve(
+            "web",
+            vec![(a, Ok(Some(net("ovn")))), (b, Err(bad_cloud()))],
+        )
+        .unwrap();
+        assert_eq!(got.id(), "ovn");
+    }
+
+    fn bad_cloud() -> Error {
+        Error::OpenStack {
+            context: "looking up network web".into(),
+            source: Box::new(courier_openstack::Error::Auth {
+                auth_url: "http://ks:5000/v3".into(),
+                user: "user admin".into(),
+                message: "Keystone answered 401".into(),
+            }),
+        }
     }
 }

@@ -1857,3 +1857,114 @@ fn the_status_probe_reads_one_page() {
         proxy.requests("GET", "/v2.0/networks")
     );
 }
+
+/// A Neutron backend whose cloud is bad fails its own networks only: with OVN direct beside
+/// it, an OVN network still attaches (a container on it reaches another), CNI STATUS of the
+/// OVN network passes, and `courier status` names the bad backend with its error. Three bad
+/// clouds: a wrong password with an endpoint override (the backend connects, every call is
+/// refused), an endpoint that is not Neutron (Keystone's, which answers 404), and a wrong
+/// password through the catalog (it never connects).
+#[test]
+fn a_bad_cloud_does_not_fail_the_other_backends_networks() {
+    let Some(n) = NeutronEnv::get("a_bad_cloud_does_not_fail_the_other_backends_networks") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = format!("wrong-{}", std::process::id());
+    let cloud = |endpoint: Option<&str>, password: &str| {
+        format!(
+            "    auth_type: password\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: admin\n      password: {password}\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n{}",
+            endpoint
+                .map(|e| format!("    network_endpoint_override: {e}\n"))
+                .unwrap_or_default()
+        )
+    };
+    let clouds = dir.path().join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!(
+            "clouds:\n  refused:\n{}  not-neutron:\n{}  refused-catalog:\n{}",
+            cloud(Some("http://127.0.0.1:9696"), &wrong),
+            cloud(Some("http://127.0.0.1:5000"), ADMIN_PASSWORD),
+            cloud(None, &wrong),
+        ),
+    )
+    .unwrap();
+    let clouds = clouds.display().to_string();
+    for (i, (name, says)) in [
+        ("refused", "401"),
+        ("not-neutron", "404"),
+        ("refused-catalog", "401"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = TestDaemon::start_with(
+            &format!("neu-bad{i}"),
+            &[
+                ("OS_CLIENT_CONFIG_FILE", &clouds),
+                ("COURIER_NEUTRON_CLOUD", name),
+                ("COURIER_NEUTRON_HOST_ID", &n.host_id),
+            ],
+        );
+        // OVN direct connects; the Neutron backend shows its error.
+        let mut last = Value::Null;
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                last = d.api("GET", "/v1/status", None).1;
+                let b = last["backends"].as_array().cloned().unwrap_or_default();
+                b.iter().any(|h| h["name"] == "ovn" && h["ok"] == true)
+                    && b.iter().any(|h| {
+                        h["name"] == "neutron"
+                            && h["ok"] == false
+                            && h["error"].as_str().is_some_and(|e| e.contains(says))
+                    })
+            }),
+            "{name}: {last}\n{}",
+            d.log()
+        );
+        let net = unique(&format!("neu-bad{i}"));
+        d.create_network(&net, &subnet_for(240 + i as u8));
+        let conf = d.netconf(&net, "1.1.0");
+        let (a, b) = (
+            Netns::new(&format!("neu-bad{i}a")),
+            Netns::new(&format!("neu-bad{i}b")),
+        );
+        let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{name}: ADD on the OVN network: {ra}");
+        let (code, rb) = d.cni("ADD", "b", &b.path(), "eth0", &conf);
+        assert_eq!(code, 0, "{name}: {rb}");
+        assert!(a.ping(&addr(&rb, false)), "{name}");
+        let (code, out) = d.cni("STATUS", "", "", "", &conf);
+        assert_eq!(code, 0, "{name}: STATUS of the OVN network: {out}");
+        // `courier status` names the bad backend and says why.
+        let st = d.cli(&["status"]);
+        let text = String::from_utf8_lossy(&st.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("backend:") && l.contains("neutron"))
+            .unwrap_or_else(|| panic!("{name}: no neutron line: {text}"));
+        assert!(line.contains(says), "{name}: {line}");
+        if name != "refused-catalog" {
+            // It answers, and refuses: not a matter of waiting.
+            assert!(line.contains("FAILING"), "{name}: {line}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("backend:") && l.contains("ovn") && l.contains("reachable")),
+            "{text}"
+        );
+        assert!(!line.contains(&wrong), "{name}: the password shown: {line}");
+        for (c, ns) in [("a", &a), ("b", &b)] {
+            let (code, out) = d.cni("DEL", c, &ns.path(), "eth0", &conf);
+            assert_eq!(code, 0, "{name}: {out}");
+        }
+        let out = d.cli(&["network", "delete", &net]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(owned(&d).is_empty(), "{name}: {:?}", owned(&d));
+    }
+}

@@ -67,6 +67,10 @@ pub struct Health {
     pub name: String,
     pub ok: bool,
     pub error: Option<String>,
+    /// The error's code: 11 (try again later) for an unreachable backend; another (100: the
+    /// backend refuses, e.g. a bad cloud's credentials) for one that fails until fixed.
+    #[serde(default)]
+    pub code: Option<u32>,
 }
 
 impl Health {
@@ -74,6 +78,7 @@ impl Health {
         Health {
             name: name.to_string(),
             ok: r.is_ok(),
+            code: r.as_ref().err().map(|e| e.code()),
             error: r.err().map(|e| e.to_string()),
         }
     }
@@ -179,18 +184,18 @@ struct CreateNetwork {
 async fn create_network(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
     let req: CreateNetwork = parse(&body)?;
     let reg = &d.attacher.registry;
+    let backend = reg.backend(req.backend.as_deref().unwrap_or(&reg.default_backend))?;
     // A name is one network across all backends.
-    match reg.network(&req.spec.name).await {
-        Ok(_) => return Err(Error::NetworkExists(req.spec.name.clone()).into()),
-        Err(Error::UnknownNetwork(_)) => {}
-        // Another backend cannot tell now: create anyway (the target backend still refuses a
-        // duplicate of its own); a name later found in two backends is refused when used.
-        Err(e @ Error::BackendDown { .. }) => {
+    match reg.holder_of(&req.spec.name).await {
+        Ok(Some(_)) => return Err(Error::NetworkExists(req.spec.name.clone()).into()),
+        Ok(None) => {}
+        // A backend cannot tell now (down, or failing: a bad cloud): create anyway (the target
+        // backend still refuses a duplicate of its own); a name later found in two backends
+        // is refused when used.
+        Err(e) => {
             tracing::warn!(network = %req.spec.name, error = %e, "creating a network while another backend cannot be asked whether the name is taken");
         }
-        Err(e) => return Err(e.into()),
     }
-    let backend = reg.backend(req.backend.as_deref().unwrap_or(&reg.default_backend))?;
     Ok(Json(json!(backend.create_network(&req.spec).await?)))
 }
 

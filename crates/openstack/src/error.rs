@@ -77,7 +77,8 @@ impl fmt::Display for ApiFault {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: the outcome of one token request is given to every caller that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The configuration could not be resolved (no cloud, bad clouds.yaml, missing field…).
     #[error("openstack config: {0}")]

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, ACCEPT};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use crate::auth::{self, Token};
 use crate::config::{AuthType, CloudConfig};
@@ -18,15 +18,57 @@ struct Cached {
     token: Arc<Token>,
     /// When the token is to be renewed (expires_at less the margin), on the monotonic clock.
     renew_at: Instant,
+    /// Until when it may still be sent while a renewal is in flight (its expiry less
+    /// [`USABLE_GRACE`]).
+    usable_until: Instant,
+}
+
+impl Cached {
+    fn new(token: Arc<Token>, renew_margin: Duration) -> Cached {
+        let remaining = token.remaining();
+        // A token shorter-lived than twice the margin is renewed at half its life.
+        let margin = renew_margin.min(remaining / 2);
+        let now = Instant::now();
+        Cached {
+            token,
+            renew_at: now + remaining.saturating_sub(margin),
+            usable_until: now + remaining.saturating_sub(USABLE_GRACE),
+        }
+    }
+}
+
+/// A token this close to its expiry is not sent any more (clock skew, the request's own time).
+const USABLE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long Keystone's refusal of the credentials (400/401/403/404: a wrong password, a
+/// deleted user) is the answer to every caller without asking Keystone again: a burst of
+/// callers fails at once with that error, and Keystone (whose lockout may count failures)
+/// is asked at most once per hold.
+pub const REFUSAL_HOLD: Duration = Duration::from_secs(2);
+
+/// What one Keystone request ended with, given to every caller that waited for it.
+type Outcome = std::result::Result<Arc<Token>, Error>;
+
+#[derive(Default)]
+struct TokenState {
+    cached: Option<Cached>,
+    /// The one token request in flight: callers that need a new token wait on it (None in the
+    /// channel until it ends; the sender dropped without an answer if its caller went away).
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// Keystone's last refusal, answered without asking again until the instant.
+    refused: Option<(Instant, Error)>,
 }
 
 /// One authenticated connection to a cloud; cheap to share (`Arc`). Every request has the
 /// config's timeout. The token is fetched on first use, renewed when it is about to expire and
-/// once after a 401; concurrent callers wait for the one renewal in flight.
+/// once after a 401. One token request at a time: concurrent callers that need a new token wait
+/// for the one in flight and all get its outcome — the token, or the same error (a refusal is
+/// kept [`REFUSAL_HOLD`]) — while callers whose cached token is still valid keep using it
+/// during a renewal. No lock is held across a request.
 pub struct Session {
     http: reqwest::Client,
     cfg: CloudConfig,
-    token: Mutex<Option<Cached>>,
+    token: std::sync::Mutex<TokenState>,
     auths: AtomicU64,
     requests: AtomicU64,
 }
@@ -81,7 +123,7 @@ impl Session {
         Ok(Session {
             http,
             cfg,
-            token: Mutex::new(None),
+            token: std::sync::Mutex::new(TokenState::default()),
             auths: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         })
@@ -102,52 +144,116 @@ impl Session {
         self.requests.load(Ordering::Relaxed)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, TokenState> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A valid token (None with `noauth`): the cached one, or a new one when it is about to
-    /// expire. Concurrent callers share one renewal: the lock is held across the request.
+    /// expire. Concurrent callers share one token request and its outcome (see [`Session`]).
     pub async fn token(&self) -> Result<Option<Arc<Token>>> {
         if self.cfg.auth_type == AuthType::NoAuth {
             return Ok(None);
         }
-        let mut slot = self.token.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if Instant::now() < c.renew_at {
-                return Ok(Some(c.token.clone()));
+        loop {
+            let rx = {
+                let mut st = self.state();
+                let now = Instant::now();
+                if let Some(c) = &st.cached {
+                    if now < c.renew_at || (st.flight.is_some() && now < c.usable_until) {
+                        return Ok(Some(c.token.clone()));
+                    }
+                }
+                if let Some((until, e)) = &st.refused {
+                    if now < *until {
+                        return Err(e.clone());
+                    }
+                }
+                match &st.flight {
+                    Some(rx) => Ok(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        st.flight = Some(rx);
+                        Err(tx)
+                    }
+                }
+            };
+            let mut rx = match rx {
+                Ok(rx) => rx,
+                // None in flight: this caller asks.
+                Err(tx) => return self.renew(tx).await.map(Some),
+            };
+            let answer = rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|o| o.clone());
+            if let Some(outcome) = answer {
+                return outcome.map(Some);
+            }
+            // Its caller went away before the answer: the next one asks.
+        }
+    }
+
+    /// The one token request, by the caller that found none in flight: its outcome is cached
+    /// (a token; a refusal for [`REFUSAL_HOLD`]) and sent to every caller waiting on `tx`.
+    async fn renew(&self, tx: watch::Sender<Option<Outcome>>) -> Outcome {
+        /// Cancelled (the caller dropped): no flight left behind; waiters see the sender
+        /// dropped and one of them asks again.
+        struct InFlight<'a>(&'a Session, bool);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.state().flight = None;
+                }
             }
         }
-        let token = Arc::new(self.authenticate().await?);
-        let remaining = token.remaining();
-        // A token shorter-lived than twice the margin is renewed at half its life.
-        let margin = self.cfg.token_renew_margin.min(remaining / 2);
-        *slot = Some(Cached {
-            token: token.clone(),
-            renew_at: Instant::now() + remaining.saturating_sub(margin),
-        });
-        Ok(Some(token))
+        let mut guard = InFlight(self, false);
+        let outcome = self.authenticate().await.map(Arc::new);
+        {
+            let mut st = self.state();
+            st.flight = None;
+            match &outcome {
+                Ok(t) => {
+                    st.cached = Some(Cached::new(t.clone(), self.cfg.token_renew_margin));
+                    st.refused = None;
+                }
+                Err(e) if is_refusal(e) => {
+                    st.refused = Some((Instant::now() + REFUSAL_HOLD, e.clone()));
+                }
+                Err(_) => {}
+            }
+        }
+        guard.1 = true;
+        tx.send_replace(Some(outcome.clone()));
+        outcome
     }
 
     /// Forget `old` (after a 401), unless another caller already replaced it.
     pub async fn invalidate(&self, old: &Arc<Token>) {
-        let mut slot = self.token.lock().await;
-        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(&c.token, old)) {
-            *slot = None;
+        let mut st = self.state();
+        if st
+            .cached
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.token, old))
+        {
+            st.cached = None;
         }
     }
 
     /// Use this token (e.g. one obtained elsewhere) until it is about to expire or a service
     /// answers 401 to it; then the session authenticates with its own credentials.
     pub async fn set_token(&self, token: Token) {
-        let token = Arc::new(token);
-        let remaining = token.remaining();
-        let margin = self.cfg.token_renew_margin.min(remaining / 2);
-        *self.token.lock().await = Some(Cached {
-            token,
-            renew_at: Instant::now() + remaining.saturating_sub(margin),
-        });
+        let mut st = self.state();
+        st.cached = Some(Cached::new(Arc::new(token), self.cfg.token_renew_margin));
+        st.refused = None;
     }
 
-    /// Forget the cached token whatever it is: the next request authenticates again.
+    /// Forget the cached token (and a refusal) whatever it is: the next request authenticates
+    /// again.
     pub async fn clear_token(&self) {
-        *self.token.lock().await = None;
+        let mut st = self.state();
+        st.cached = None;
+        st.refused = None;
     }
 
     fn auth_error(&self, message: String) -> Error {
@@ -310,5 +416,236 @@ impl Session {
             }
             return Err(Error::from_status(ctx, status, &text));
         }
+    }
+}
+
+/// Keystone refused the credentials themselves (or the config has none): asking again at once
+/// cannot help.
+fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Auth { .. } | Error::Config(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stand-in Keystone on 127.0.0.1: every token request is counted and answered `status`
+    /// after `delay` (200: a token valid for an hour).
+    async fn keystone(status: u16, delay: Duration) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", l.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The head, then the body by Content-Length.
+                    let body_len = loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if let Some(head_end) = text.find("\r\n\r\n") {
+                            let len = text[..head_end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            break head_end + 4 + len;
+                        }
+                    };
+                    while got.len() < body_len {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let (extra, body) = if status == 200 {
+                        let exp = std::time::SystemTime::now() + Duration::from_secs(3600);
+                        let secs = exp.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                        // 1970 + secs, written as RFC 3339 by parse_rfc3339's inverse.
+                        let days = secs / 86400;
+                        let (y, m, d) = civil(days as i64);
+                        let t = secs % 86400;
+                        (
+                            "X-Subject-Token: tok\r\n".to_string(),
+                            format!(
+                                r#"{{"token": {{"expires_at": "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000Z", "project": {{"id": "p"}}, "catalog": []}}}}"#,
+                                t / 3600,
+                                t % 3600 / 60,
+                                t % 60
+                            ),
+                        )
+                    } else {
+                        (
+                            String::new(),
+                            format!(
+                                r#"{{"error": {{"code": {status}, "title": "No", "message": "refused by the stub"}}}}"#
+                            ),
+                        )
+                    };
+                    let _ = s
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 {status} X\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    /// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil_from_days).
+    fn civil(z: i64) -> (i64, i64, i64) {
+        let z = z + 719468;
+        let era = z.div_euclid(146097);
+        let doe = z - era * 146097;
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + i64::from(m <= 2), m, d)
+    }
+
+    fn session(url: &str) -> Arc<Session> {
+        Arc::new(
+            Session::new(CloudConfig {
+                auth_url: Some(url.into()),
+                username: Some("u".into()),
+                user_domain_name: Some("Default".into()),
+                password: Some("pw".into()),
+                project_name: Some("p".into()),
+                project_domain_name: Some("Default".into()),
+                ..CloudConfig::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    async fn all(s: &Arc<Session>, n: usize) -> Vec<Result<Option<Arc<Token>>>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.token().await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_request_and_its_error() {
+        // A refusal: one request, one error for all, held for the next caller too.
+        let (url, count) = keystone(401, Duration::from_millis(200)).await;
+        let s = session(&url);
+        let t = Instant::now();
+        let out = all(&s, 100).await;
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let errs: Vec<String> = out
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(errs.iter().all(|e| e == &errs[0]), "{errs:?}");
+        assert!(errs[0].contains("refused by the stub"), "{}", errs[0]);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(matches!(s.token().await, Err(Error::Auth { .. })));
+        assert_eq!(count.load(Ordering::SeqCst), 1, "the refusal is held");
+        s.clear_token().await;
+        assert!(s.token().await.is_err());
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        // A broken Keystone (500): shared by the callers of that request, not held.
+        let (url, count) = keystone(500, Duration::from_millis(200)).await;
+        let s = session(&url);
+        let out = all(&s, 100).await;
+        assert!(out
+            .iter()
+            .all(|r| matches!(r, Err(Error::Server { status: 500, .. }))));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert!(s.token().await.is_err());
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        // A good one: one request, one token.
+        let (url, count) = keystone(200, Duration::from_millis(200)).await;
+        let s = session(&url);
+        let out = all(&s, 100).await;
+        let first = out[0].as_ref().unwrap().clone().unwrap();
+        assert!(out
+            .iter()
+            .all(|r| Arc::ptr_eq(r.as_ref().unwrap().as_ref().unwrap(), &first)));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(s.auth_count(), 1);
+    }
+
+    /// The caller whose request was in flight goes away (its future dropped): a waiter asks
+    /// again and gets a token; nothing is left in flight.
+    #[tokio::test]
+    async fn a_cancelled_request_is_taken_over() {
+        let (url, count) = keystone(200, Duration::from_millis(300)).await;
+        let s = session(&url);
+        let s2 = s.clone();
+        let first = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(50), s2.token()).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.token().await })
+        };
+        assert!(first.await.unwrap().is_err(), "the first caller timed out");
+        let t = waiter.await.unwrap().unwrap().unwrap();
+        assert_eq!(t.project_id.as_deref(), Some("p"));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(s.state().flight.is_none());
+    }
+
+    /// While a renewal is in flight, a caller whose cached token is due for renewal but still
+    /// valid uses it at once instead of waiting.
+    #[tokio::test]
+    async fn a_renewal_does_not_hold_up_callers_with_a_valid_token() {
+        let (url, count) = keystone(200, Duration::from_millis(500)).await;
+        let s = session(&url);
+        let old = Arc::new(Token::from_response("old", crate::auth::tests::TOKEN_BODY).unwrap());
+        s.state().cached = Some(Cached {
+            token: old.clone(),
+            renew_at: Instant::now(),
+            usable_until: Instant::now() + Duration::from_secs(60),
+        });
+        let renewing = {
+            let s = s.clone();
+            tokio::spawn(async move { s.token().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let got = s.token().await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&got, &old));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        let new = renewing.await.unwrap().unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&new, &old));
+        assert!(Arc::ptr_eq(&s.token().await.unwrap().unwrap(), &new));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -1118,3 +1118,212 @@ async fn every_page(neutron: Neutron, tag: String) {
     );
     assert!(neutron.session().request_count() - before >= nets.len() as u64);
 }
+
+/// A TCP proxy in front of Keystone that counts the token requests (`POST .../auth/tokens`)
+/// going through it; or, `answer_500`, a "Keystone" that answers every request 500 after
+/// `delay`, counting them too.
+struct KeystoneProxy {
+    url: String,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeystoneProxy {
+    async fn start(upstream: &str, answer_500: Option<Duration>) -> KeystoneProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", l.local_addr().unwrap());
+        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (p, upstream) = (posts.clone(), upstream.to_string());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (p, upstream) = (p.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    if let Some(delay) = answer_500 {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match c.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let text = String::from_utf8_lossy(&buf[..n]);
+                            let k = text.matches("POST /v3/auth/tokens ").count();
+                            if k == 0 {
+                                continue;
+                            }
+                            p.fetch_add(k, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            let body = r#"{"error": {"code": 500, "title": "Internal Server Error", "message": "the test's Keystone is broken"}}"#;
+                            let _ = c
+                                .write_all(
+                                    format!("HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                                        .as_bytes(),
+                                )
+                                .await;
+                        }
+                    }
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = c.split();
+                    let (mut ur, mut uw) = up.split();
+                    let to_up = async {
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let text = String::from_utf8_lossy(&buf[..n]);
+                            p.fetch_add(
+                                text.matches("POST /v3/auth/tokens ").count(),
+                                Ordering::SeqCst,
+                            );
+                            if uw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = uw.shutdown().await;
+                    };
+                    let to_client = async {
+                        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(to_up, to_client);
+                });
+            }
+        });
+        KeystoneProxy { url, posts }
+    }
+
+    fn token_requests(&self) -> usize {
+        self.posts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `courier-admin` with Keystone behind `proxy`, and a Neutron client on the real Neutron.
+fn through(proxy: &KeystoneProxy, password: Option<&str>) -> (Arc<Session>, Neutron) {
+    let mut cfg = cloud("courier-admin");
+    cfg.auth_url = Some(proxy.url.clone());
+    if let Some(pw) = password {
+        cfg.password = Some(Secret::new(pw));
+    }
+    let session = Arc::new(Session::new(cfg).unwrap());
+    let neutron = Neutron::with_endpoint(session.clone(), &format!("http://{}", neutron_addr()));
+    (session, neutron)
+}
+
+/// `n` concurrent first-page probes through `neutron`: each one's result, and the time for all.
+async fn callers(neutron: &Neutron, n: usize) -> (Vec<Result<(), Error>>, Duration) {
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (nt, start) = (neutron.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                nt.first_page_networks(&Query::new().limit(1))
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    (out, t0.elapsed())
+}
+
+/// 100 concurrent callers whose token has expired: one token request (counted at Keystone's
+/// door, a proxy in front of the real Keystone), all 100 succeed with the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_renewed_once_for_100_callers() {
+    require_env!("an_expired_token_is_renewed_once_for_100_callers");
+    let keystone = KeystoneProxy::start("127.0.0.1:5000", None).await;
+    let (session, neutron) = through(&keystone, None);
+    let mut token = (*session.token().await.unwrap().unwrap()).clone();
+    assert_eq!(keystone.token_requests(), 1);
+    // The same token, now past its expiry as the client sees it.
+    token.expires_at = Some(std::time::SystemTime::now() - Duration::from_secs(1));
+    session.set_token(token).await;
+    let (results, took) = callers(&neutron, 100).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(keystone.token_requests(), 2, "one renewal for 100 callers");
+    assert_eq!(session.auth_count(), 2);
+    // The token alone (no Neutron request): 100 callers of an expired one.
+    let mut token = (*session.token().await.unwrap().unwrap()).clone();
+    token.expires_at = Some(std::time::SystemTime::now() - Duration::from_secs(1));
+    session.set_token(token).await;
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let s = session.clone();
+            tokio::spawn(async move { s.token().await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.unwrap().unwrap().unwrap());
+    }
+    let token_took = t0.elapsed();
+    assert!(tokens.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+    assert_eq!(keystone.token_requests(), 3);
+    eprintln!(
+        "an_expired_token_is_renewed_once_for_100_callers: 100 callers (a Neutron GET each) in {:.0} ms, 1 token request; 100 callers of token() alone in {:.0} ms, 1 token request",
+        took.as_secs_f64() * 1000.0,
+        token_took.as_secs_f64() * 1000.0
+    );
+}
+
+/// A Keystone that refuses the credentials (a wrong password, the real Keystone) or is broken
+/// (answers 500): 100 concurrent callers make one token request and all fail fast with the
+/// same clear error, instead of one request each, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusing_keystone_fails_100_callers_with_one_request() {
+    require_env!("a_refusing_keystone_fails_100_callers_with_one_request");
+    // The time of one refused request, to compare with.
+    let keystone = KeystoneProxy::start("127.0.0.1:5000", None).await;
+    let wrong = format!("wrong-pw-{}", std::process::id());
+    let (session, _) = through(&keystone, Some(&wrong));
+    let t = Instant::now();
+    let e = session.token().await.unwrap_err();
+    let one = t.elapsed();
+    assert!(matches!(e, Error::Auth { .. }), "{e}");
+    for (what, answer_500) in [
+        ("wrong password", None),
+        ("Keystone answers 500", Some(Duration::from_millis(200))),
+    ] {
+        let keystone = KeystoneProxy::start("127.0.0.1:5000", answer_500).await;
+        let (_, neutron) = through(&keystone, Some(&wrong));
+        let (results, took) = callers(&neutron, 100).await;
+        let errors: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(()) => panic!("{what}: a caller succeeded"),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        eprintln!(
+            "a_refusing_keystone_fails_100_callers_with_one_request: {what}: 100 callers failed in {:.0} ms ({} token requests; one refused request alone: {:.0} ms)",
+            took.as_secs_f64() * 1000.0,
+            keystone.token_requests(),
+            one.as_secs_f64() * 1000.0
+        );
+        assert!(
+            errors.iter().all(|e| e == &errors[0]),
+            "{what}: one error for all: {errors:?}"
+        );
+        match answer_500 {
+            None => {
+                assert!(errors[0].contains("authentication at"), "{}", errors[0]);
+                assert!(errors[0].contains("401"), "{}", errors[0]);
+                assert!(!errors[0].contains(&wrong), "{}", errors[0]);
+            }
+            Some(_) => assert!(errors[0].contains("500"), "{}", errors[0]),
+        }
+        assert_eq!(keystone.token_requests(), 1, "{what}: one token request");
+    }
+}
