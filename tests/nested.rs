@@ -711,18 +711,120 @@ fn the_vms_port_not_found_or_ambiguous_is_a_clear_error() {
     let d = start("nvp-bogus", Some("no-such-lsp"));
     refused(&d, &["no-such-lsp", "[nested] parent_port"]);
     drop(d);
-    // Named explicitly: the attach goes through (the pair lands on that port).
+    // Named explicitly: the attach goes through (the pair lands on that port; it has no port
+    // security, so the pair is in its addresses only and the port stays open).
     let d = start("nvp-named", Some(&a));
     let (code, out) = attach(&d, "v1", &c1.path(), &net);
     assert_eq!(code, 200, "{out}");
-    assert!(
-        port_security(&a).contains(&format!("{base}.")),
+    assert_eq!(
+        addresses(&a).matches(&format!("{base}.")).count(),
+        2,
         "{}",
-        port_security(&a)
+        addresses(&a)
     );
+    assert_eq!(port_security(&a).trim(), "[]");
     let (code, out) = detach(&d, "v1");
     assert_eq!(code, 200, "{out}");
     assert!(owned(&d).is_empty(), "{:?}", owned(&d));
     drop(d);
     let _ = sh("ip", &["link", "del", &peer]);
+}
+
+/// A VM port with *empty* `port_security` lets everything through. A nested container's pair
+/// must not turn it into an allow-list without the VM's own address: an open port stays open
+/// (the pair goes into `addresses` only, for the switch's MAC lookup and ARP), so the VM still
+/// reaches its switch, the container reaches it and is reached, and after DEL the port is
+/// exactly as it was (port_security empty, addresses the VM's own). (The ipvlan half of this
+/// runs in the QEMU guest: tests/vm.rs `guest_nested_containers_on_an_open_vm_port`.)
+#[test]
+fn an_open_vm_port_stays_open_with_a_nested_container() {
+    let t = "an_open_vm_port_stays_open_with_a_nested_container";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("nopen");
+    let subnet = subnet_for(66);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nopen-host");
+    host.create_network(&net, &subnet);
+    let _switch = DeleteSwitch(net.clone());
+    let vm_ip = format!("{base}.10");
+    let peer_ip = format!("{base}.11");
+    let vm = Plugged::new(
+        "novm",
+        &net,
+        &format!("novm-{pid}"),
+        &format!("0a:00:00:{:02x}:66:01", pid % 256),
+        &vm_ip,
+        24,
+    );
+    // The cloud's choice: no port security on the VM's port.
+    nbctl(&["--wait=hv", "lsp-set-port-security", &vm.lsp]);
+    for s in ["arp_ignore=1", "arp_announce=2"] {
+        vm.ns
+            .exec(&["sysctl", "-qw", &format!("net.ipv4.conf.all.{s}")]);
+    }
+    let peer = Plugged::new(
+        "nopeer",
+        &net,
+        &format!("nopeer-{pid}"),
+        &format!("0a:00:00:{:02x}:66:02", pid % 256),
+        &peer_ip,
+        24,
+    );
+    assert_eq!(port_security(&vm.lsp).trim(), "[]");
+    let addresses_before = addresses(&vm.lsp);
+    assert!(vm.ns.ping(&peer_ip), "the open VM port works");
+
+    let env = [
+        ("COURIER_BINDINGS", "macvlan"),
+        ("COURIER_NESTED_MASTER", "eth0"),
+        ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+    ];
+    let d = TestDaemon::start_in_netns("nopen-vm", &vm.ns.name, &env);
+    wait_backends(&d);
+    let c1 = Netns::new("noc1");
+    let (code, att) = attach(&d, "o1", &c1.path(), &net);
+    assert_eq!(code, 200, "{att}");
+    let ip = att["port"]["ips"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let entry = format!("{} {ip}", att["edge"]["mac"].as_str().unwrap());
+    // (The attach returned once the hypervisors applied it: no wait needed here.)
+    assert!(
+        vm.ns.ping(&peer_ip),
+        "the VM still reaches its switch (port_security {})",
+        port_security(&vm.lsp)
+    );
+    assert!(c1.ping(&peer_ip), "the nested container reaches the switch");
+    assert!(peer.ns.ping(&ip), "and is reached from it");
+    assert_eq!(
+        port_security(&vm.lsp).trim(),
+        "[]",
+        "the open port stays open: nothing to allow"
+    );
+    assert!(
+        addresses(&vm.lsp).contains(&entry),
+        "the container's address is the VM port's for the switch: {}",
+        addresses(&vm.lsp)
+    );
+
+    let (code, out) = detach(&d, "o1");
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(port_security(&vm.lsp).trim(), "[]", "still open after DEL");
+    assert_eq!(
+        addresses(&vm.lsp),
+        addresses_before,
+        "the VM port's addresses as they were"
+    );
+    assert!(vm.ns.ping(&peer_ip), "and the VM still reaches its switch");
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    drop(d);
+    drop(peer);
+    drop(vm);
 }

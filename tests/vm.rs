@@ -503,6 +503,129 @@ fn guest_nested_ipvlan_needs_its_pair() {
     drop(host);
 }
 
+/// Nested ipvlan and macvlan in the guest on a VM port whose `port_security` is *empty* (open:
+/// a cloud port with port security off). The first container's pair must not turn it into an
+/// allow-list without the VM's own address: with an ipvlan container attached, then with a
+/// macvlan one (one after the other: the kernel gives a master links of one kind only), the VM
+/// still reaches a peer on its switch, the container reaches it, the port stays open meanwhile
+/// (the pair goes into `addresses` only), and after the detaches the VM port is as it was
+/// (port_security empty, addresses its own) and no reservation port is left.
+///
+/// Host-wide side effect: the NB's TCP listener on 127.0.0.1:6641 while it runs (see above).
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_nested_containers_on_an_open_vm_port() {
+    let test = "guest_nested_containers_on_an_open_vm_port";
+    if !guest_ready(test) {
+        return;
+    }
+    let _nb = NbTcpListener::ensure();
+    let pid = std::process::id();
+    let host = TestDaemon::start("vm-open-host");
+    let net = unique("vm-open");
+    let subnet = subnet_for(96);
+    host.create_network(&net, &subnet);
+    let base = subnet.trim_end_matches(".0/24");
+    let o = Objects {
+        ls: net.clone(),
+        tap: format!("vmtapo{pid}"),
+        veth: format!("vmho{pid}"),
+    };
+    let (lsp_vm, lsp_host) = (unique("vm-open-port"), unique("vm-open-peer"));
+    let (vm_ip, host_ip) = (format!("{base}.10"), format!("{base}.3"));
+    let (vm_mac, host_mac) = ("02:c0:00:00:60:0a", "02:c0:00:00:60:03");
+    let vm_addr = format!("{vm_mac} {vm_ip}");
+    let host_addr = format!("{host_mac} {host_ip}");
+    // The VM's port: its address, and no port security.
+    nbctl(&[
+        "lsp-add",
+        &net,
+        &lsp_vm,
+        "--",
+        "lsp-set-addresses",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-add",
+        &net,
+        &lsp_host,
+        "--",
+        "lsp-set-addresses",
+        &lsp_host,
+        &host_addr,
+    ]);
+    let _ns = host_port("vm-open-h", &o.veth, &lsp_host, host_mac, &host_ip);
+    let mark = format!("it-vm-open-{pid}");
+    let vm_env = vec![
+        ("VM_TAP", o.tap.clone()),
+        ("VM_LSP", lsp_vm.clone()),
+        ("VM_MAC", vm_mac.to_string()),
+        ("VM_IP", vm_ip.clone()),
+        ("VM_PREFIX", "24".to_string()),
+        ("VM_NET", net.clone()),
+        ("VM_HOST_IP", host_ip.clone()),
+        ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
+        ("VM_FREE_IP", format!("{base}.77")),
+        ("VM_HOST_MARK", mark.clone()),
+    ];
+    plug_vm_port(&vm_env, &[&lsp_vm, &lsp_host]);
+    let get = |col: &str| {
+        nbctl(&["get", "Logical_Switch_Port", &lsp_vm, col])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(get("port_security"), "[]");
+    let addresses_before = get("addresses");
+    // (kind, ip, port_security, addresses) while each container was attached.
+    let mut checks: Vec<(String, String, String, String)> = Vec::new();
+    let run = run_guest(scenario("nested-open.sh").as_str(), &[], &vm_env, |line| {
+        if let Some(rest) = line.strip_prefix("__check__ ") {
+            let (kind, ip) = rest.split_once(' ').unwrap_or((rest, "?"));
+            checks.push((
+                kind.to_string(),
+                ip.to_string(),
+                get("port_security"),
+                get("addresses"),
+            ));
+        }
+    });
+    let mut steps = vec!["the VM reaches its switch (open port)".to_string()];
+    for kind in ["ipvlan", "macvlan"] {
+        steps.push(format!("the {kind} container reaches the switch"));
+        steps.push(format!(
+            "the VM reaches its switch with an {kind} container"
+        ));
+        steps.push(format!(
+            "the VM reaches its switch after the {kind} container's detach"
+        ));
+    }
+    steps.push("__ok__".into());
+    run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    for (kind, ip, security, addresses) in &checks {
+        assert_eq!(
+            security, "[]",
+            "{kind}: the open port stayed open while attached"
+        );
+        assert!(
+            addresses.contains(&format!("{ip}\"")),
+            "{kind}: its address is on the VM's port: {addresses}"
+        );
+    }
+    assert_eq!(get("port_security"), "[]", "still open after the detaches");
+    assert_eq!(get("addresses"), addresses_before, "addresses as they were");
+    let left = nbctl(&[
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch_Port",
+        &format!("external_ids:courier-host={mark}"),
+    ]);
+    assert!(left.trim().is_empty(), "no reservation port left: {left}");
+    drop(o);
+    drop(host);
+}
+
 /// Nested VLAN on OVN direct, in the guest: each container's port is a child of the VM's port
 /// (`parent_name` + a tag unique under it), its interface an 802.1Q sub-interface of the VM's
 /// trunk NIC. A child port someone else made (tag 1) is read back, so Courier never hands out

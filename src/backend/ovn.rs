@@ -705,6 +705,13 @@ impl OvnBackend {
     /// One mutate of the parent LSP's `addresses` and `port_security` (insert or delete of one
     /// element): atomic in the NB DB, so concurrent attaches on one VM port never lose a pair.
     ///
+    /// An *open* VM port (empty `port_security`: OVN lets everything through) stays open: the
+    /// pair goes into `addresses` only (the switch's MAC lookup and ARP for the container). A
+    /// first entry in `port_security` would make it an allow-list without the VM's own address
+    /// and cut the VM off. The test is part of the mutate's `where`, so it is made at commit
+    /// time, and a detach's delete of an entry that was never there changes nothing: the port
+    /// ends exactly as it was.
+    ///
     /// With `take_over`, the same transaction empties the reservation port that held the
     /// pair's IP (its "MAC IP" kept in `external_ids:courier-reserved`): from then on the VM's
     /// port holds the address, statically, in OVN's IPAM. Otherwise two ports would claim one
@@ -718,15 +725,33 @@ impl OvnBackend {
         mutator: &str,
         take_over: bool,
     ) -> Result<usize> {
-        let entry = json!(pair_entry(pair));
-        let mut ops = vec![Op::mutate(
-            LSP,
-            vec![Condition::eq("name", json!(parent))],
-            vec![
-                Mutation::new("addresses", mutator, ovsdb::set([entry.clone()])),
-                Mutation::new("port_security", mutator, ovsdb::set([entry])),
-            ],
-        )];
+        let entry = pair_entry(pair);
+        let entries = ovsdb::set([json!(entry)]);
+        let on_vm = || vec![Condition::eq("name", json!(parent))];
+        let mut ops = Vec::new();
+        if mutator == "insert" {
+            ops.push(Op::mutate(
+                LSP,
+                on_vm(),
+                vec![Mutation::insert("addresses", entries.clone())],
+            ));
+            let mut locked = on_vm();
+            locked.push(Condition::ne("port_security", ovsdb::empty_set()));
+            ops.push(Op::mutate(
+                LSP,
+                locked,
+                vec![Mutation::insert("port_security", entries)],
+            ));
+        } else {
+            ops.push(Op::mutate(
+                LSP,
+                on_vm(),
+                vec![
+                    Mutation::new("addresses", mutator, entries.clone()),
+                    Mutation::new("port_security", mutator, entries),
+                ],
+            ));
+        }
         if take_over {
             for (uuid, held) in self.reservations_holding(pair.ip) {
                 ops.push(Op::update(
@@ -742,7 +767,7 @@ impl OvnBackend {
                         ovsdb::map([
                             (marks::RESERVED, held),
                             (marks::PAIR_ON, parent.to_string()),
-                            (marks::PAIR, pair_entry(pair)),
+                            (marks::PAIR, entry.clone()),
                         ]),
                     )],
                 ));
