@@ -359,7 +359,7 @@ impl Attacher {
         if binding.ready_by_backend() {
             // Nested: the VM has no switch of the backend's to ask; the backend's hypervisors
             // applying the change (the child port, the pair) is what makes it forward.
-            self.wait_applied(backend, &att.id, "attach").await;
+            self.wait_applied(backend, att, "attach").await;
         }
         let up_ms = ms(t2);
         hooks::point("after-up").await;
@@ -533,15 +533,22 @@ impl Attacher {
             .binding(Some(att.edge.kind()))
             .is_ok_and(|b| b.ready_by_backend());
         if let (true, Ok(backend)) = (nested, self.registry.backend(&att.backend)) {
-            self.wait_applied(&**backend, &att.id, "detach").await;
+            self.wait_applied(&**backend, att, "detach").await;
         }
     }
 
-    /// `Backend::wait_applied`, bounded by min(port_up_timeout, 5 s). A hypervisor that lags
-    /// (or is down) delays nested attaches and detaches but fails neither: a warning says so.
-    async fn wait_applied(&self, backend: &dyn Backend, id: &str, what: &str) {
+    /// `Backend::wait_applied` for the VM's port of `att` (a vlan child's parent, else the port
+    /// its pairs are on), bounded by min(port_up_timeout, 5 s). A hypervisor that lags (or is
+    /// down) delays nested attaches and detaches but fails neither: a warning says so.
+    async fn wait_applied(&self, backend: &dyn Backend, att: &Attachment, what: &str) {
+        let id = &att.id;
+        let vm_port = att
+            .edge
+            .vlan()
+            .map(|(parent, _)| parent)
+            .or_else(|| att.pairs.first().map(|p| p.parent.as_str()));
         let timeout = self.port_up_timeout.min(Duration::from_secs(5));
-        match backend.wait_applied(timeout).await {
+        match backend.wait_applied(vm_port, timeout).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(attachment = %id, timeout_ms = timeout.as_millis() as u64,
                 "not every hypervisor of the backend has applied the {what} yet; going on"),

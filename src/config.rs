@@ -106,6 +106,11 @@ pub struct OvnConfig {
     /// OVN Northbound DB: `unix:PATH` or `tcp:HOST:PORT`; empty: no OVN-direct backend (the
     /// local OVS DB is still used by the veth-ovs binding).
     pub nb_remote: String,
+    /// OVN Southbound DB, read only by nested edges, to wait for the hypervisor of the VM's
+    /// port alone (its `Chassis_Private.nb_cfg`). Empty: derived from `nb_remote`
+    /// (`…/ovnnb_db.sock` → `…/ovnsb_db.sock`, port 6641 → 6642); "none": not used (nested
+    /// edges then wait for every hypervisor: NB_Global `hv_cfg`).
+    pub sb_remote: String,
     /// The local Open_vSwitch DB.
     pub ovs_remote: String,
     /// Integration bridge that ovn-controller manages.
@@ -147,6 +152,7 @@ impl Default for OvnConfig {
     fn default() -> Self {
         OvnConfig {
             nb_remote: "unix:/var/run/ovn/ovnnb_db.sock".into(),
+            sb_remote: String::new(),
             ovs_remote: "unix:/var/run/openvswitch/db.sock".into(),
             bridge: "br-int".into(),
             port_up_timeout_ms: 10_000,
@@ -159,6 +165,23 @@ impl Default for OvnConfig {
 }
 
 impl OvnConfig {
+    /// The Southbound DB to ask (see `sb_remote`), if any.
+    pub fn southbound(&self) -> Option<String> {
+        match self.sb_remote.as_str() {
+            "none" => None,
+            "" => {
+                let nb = self.nb_remote.as_str();
+                if let Some(path) = nb.strip_suffix("ovnnb_db.sock") {
+                    Some(format!("{path}ovnsb_db.sock"))
+                } else {
+                    let (host, port) = nb.rsplit_once(':')?;
+                    (port == "6641" && host.starts_with("tcp:")).then(|| format!("{host}:6642"))
+                }
+            }
+            r => Some(r.to_string()),
+        }
+    }
+
     pub fn port_up_timeout(&self) -> Duration {
         Duration::from_millis(self.port_up_timeout_ms)
     }
@@ -188,7 +211,8 @@ impl Config {
     }
 
     /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
-    /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVS_REMOTE,
+    /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVN_SB_REMOTE,
+    /// COURIER_OVS_REMOTE,
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
@@ -211,6 +235,9 @@ impl Config {
         }
         if let Some(v) = get("COURIER_OVN_NB_REMOTE") {
             self.ovn.nb_remote = v;
+        }
+        if let Some(v) = get("COURIER_OVN_SB_REMOTE") {
+            self.ovn.sb_remote = v;
         }
         if let Some(v) = get("COURIER_OVS_REMOTE") {
             self.ovn.ovs_remote = v;
@@ -424,6 +451,32 @@ mod tests {
         assert!(cfg
             .apply_env(|k| (k == "COURIER_MTU").then(|| "100".into()))
             .is_err());
+    }
+
+    #[test]
+    fn the_southbound_follows_the_northbound_unless_set() {
+        let sb = |nb: &str, sb: &str| {
+            OvnConfig {
+                nb_remote: nb.into(),
+                sb_remote: sb.into(),
+                ..Default::default()
+            }
+            .southbound()
+        };
+        assert_eq!(
+            sb("unix:/var/run/ovn/ovnnb_db.sock", "").as_deref(),
+            Some("unix:/var/run/ovn/ovnsb_db.sock")
+        );
+        assert_eq!(
+            sb("tcp:10.0.0.5:6641", "").as_deref(),
+            Some("tcp:10.0.0.5:6642")
+        );
+        assert_eq!(sb("tcp:10.0.0.5:7000", ""), None);
+        assert_eq!(sb("tcp:10.0.0.5:6641", "none"), None);
+        assert_eq!(
+            sb("tcp:10.0.0.5:6641", "tcp:10.0.0.6:6642").as_deref(),
+            Some("tcp:10.0.0.6:6642")
+        );
     }
 
     #[test]

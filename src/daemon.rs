@@ -91,9 +91,16 @@ pub async fn run(config: Config) -> Result<()> {
     let mut lazies: Vec<Arc<Lazy>> = Vec::new();
     if !config.ovn.nb_remote.is_empty() {
         let (remote, options) = (config.ovn.nb_remote.clone(), config.ovn.ovsdb_options());
+        let southbound = config.ovn.southbound();
         lazies.push(Lazy::spawn("ovn", move || {
-            let remote = remote.clone();
-            async move { OvnBackend::connect(&remote, options).await }
+            let (remote, southbound) = (remote.clone(), southbound.clone());
+            async move {
+                let b = OvnBackend::connect(&remote, options).await?;
+                Ok(match southbound {
+                    Some(sb) => b.with_southbound(&sb, options),
+                    None => b,
+                })
+            }
         }));
     }
     if config.neutron.enabled {

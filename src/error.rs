@@ -51,6 +51,12 @@ pub enum Error {
     },
     #[error("OVN Northbound: {0}")]
     BackendState(String),
+    #[error("OVN Southbound: {context}: {source}")]
+    Southbound {
+        context: String,
+        #[source]
+        source: Box<courier_ovsdb::Error>,
+    },
     #[error("Neutron: {context}: {source}")]
     OpenStack {
         context: String,
@@ -141,10 +147,12 @@ impl Error {
             NotAttached { .. } => code::NOT_ATTACHED,
             AddressInUse { .. } => code::ADDRESS_IN_USE,
             Claimed { .. } | Exhausted { .. } => code::CONFLICT,
-            Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => {
+            Backend { source, .. } | Vswitch { source, .. } | Southbound { source, .. }
+                if is_disconnect(source) =>
+            {
                 code::TRY_AGAIN_LATER
             }
-            Backend { .. } | BackendState(_) => code::BACKEND,
+            Backend { .. } | BackendState(_) | Southbound { .. } => code::BACKEND,
             BackendDown { .. } => code::TRY_AGAIN_LATER,
             OpenStack { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,
             OpenStack { source, .. } => match source.fault_type() {
@@ -184,7 +192,11 @@ impl Error {
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
             OpenStack { source, .. } if source.is_transient() => 503,
-            Backend { source, .. } | Vswitch { source, .. } if is_disconnect(source) => 503,
+            Backend { source, .. } | Vswitch { source, .. } | Southbound { source, .. }
+                if is_disconnect(source) =>
+            {
+                503
+            }
             Teardown { .. } if self.code() == code::TRY_AGAIN_LATER => 503,
             _ => 500,
         }
@@ -214,6 +226,13 @@ fn is_disconnect(e: &courier_ovsdb::Error) -> bool {
 impl Error {
     pub fn backend(context: impl Into<String>, source: courier_ovsdb::Error) -> Error {
         Error::Backend {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn southbound(context: impl Into<String>, source: courier_ovsdb::Error) -> Error {
+        Error::Southbound {
             context: context.into(),
             source: Box::new(source),
         }

@@ -140,8 +140,8 @@ impl Backend for Lazy {
     async fn parent_port(&self, q: &super::ParentQuery) -> Result<String> {
         self.get()?.parent_port(q).await
     }
-    async fn wait_applied(&self, timeout: std::time::Duration) -> Result<bool> {
-        self.get()?.wait_applied(timeout).await
+    async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
+        self.get()?.wait_applied(on, timeout).await
     }
     async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
         self.get()?.child_tags(parent).await

@@ -9,6 +9,7 @@ pub mod fake;
 pub mod lazy;
 pub mod neutron;
 pub mod ovn;
+pub mod ovn_sb;
 
 use std::net::IpAddr;
 
@@ -181,12 +182,14 @@ pub trait Backend: Send + Sync {
             self.id()
         )))
     }
-    /// Waits until the hypervisors have applied every change made so far (OVN: NB_Global
-    /// `hv_cfg` catches up with a bumped `nb_cfg`, what `ovn-nbctl --wait=hv` does): the
-    /// readiness of nested edges, whose host has no switch of the backend's to ask. Ok(false)
-    /// when `timeout` passed first. Default: nothing to wait for.
-    async fn wait_applied(&self, timeout: std::time::Duration) -> Result<bool> {
-        let _ = timeout;
+    /// Waits until the hypervisor that hosts port `on` (a nested edge's VM port) has applied
+    /// every change made so far: the readiness of nested edges, whose host has no switch of the
+    /// backend's to ask. OVN: the `Chassis_Private.nb_cfg` (SB) of the chassis that binds `on`
+    /// catches up with a bumped NB `nb_cfg` — other hypervisors, slow or dead, do not count;
+    /// without `on` or the SB, NB_Global `hv_cfg` (every chassis: what `ovn-nbctl --wait=hv`
+    /// does). Ok(false) when `timeout` passed first. Default: nothing to wait for.
+    async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
+        let _ = (on, timeout);
         Ok(true)
     }
     /// A vlan child of `parent` was undone and its port is not in the backend (a crash came

@@ -39,6 +39,8 @@ pub struct OvnBackend {
     /// own port is visible in the cache, so two requests for one address cannot both pass.
     /// (Across hosts this needs the backend's help; OVN NB offers no uniqueness constraint.)
     requested_ip: tokio::sync::Mutex<()>,
+    /// The Southbound DB, for "has the VM's hypervisor applied it" (`wait_applied`).
+    sb: Option<super::ovn_sb::Southbound>,
 }
 
 fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
@@ -79,7 +81,15 @@ impl OvnBackend {
             nb,
             cache,
             requested_ip: tokio::sync::Mutex::new(()),
+            sb: None,
         })
+    }
+
+    /// Asks the Southbound DB at `remote` (connected on first use) which hypervisor hosts a
+    /// nested edge's VM port, so `wait_applied` waits for that one only.
+    pub fn with_southbound(mut self, remote: &str, options: ovsdb::ClientOptions) -> Self {
+        self.sb = Some(super::ovn_sb::Southbound::new(remote, options));
+        self
     }
 
     /// The switch row named `name`, from the monitor cache.
@@ -616,7 +626,26 @@ impl Backend for OvnBackend {
             .map(|_| ())
     }
 
-    async fn wait_applied(&self, timeout: std::time::Duration) -> Result<bool> {
+    async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
+        let t0 = std::time::Instant::now();
+        // The hypervisor of the VM's port, asked before the bump: what must apply it.
+        let chassis = match (on, &self.sb) {
+            (Some(port), Some(sb)) => match sb.chassis_of(port, timeout).await {
+                Ok(c) if !c.is_empty() => Some((sb, port, c)),
+                Ok(_) => {
+                    tracing::debug!(
+                        port,
+                        "the VM's port is bound to no chassis; waiting for every hypervisor"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "cannot ask the Southbound DB which hypervisor hosts the VM's port; waiting for every hypervisor");
+                    None
+                }
+            },
+            _ => None,
+        };
         let ops = vec![
             Op::mutate(
                 "NB_Global",
@@ -633,9 +662,28 @@ impl Backend for OvnBackend {
             _ => None,
         }
         .ok_or_else(|| Error::BackendState("the NB DB has no NB_Global row".into()))?;
+        if let Some((sb, port, chassis)) = chassis {
+            let left = timeout.saturating_sub(t0.elapsed());
+            match sb.wait_cfg(&chassis, target, left).await {
+                Ok(super::ovn_sb::Applied::By(names)) => {
+                    tracing::debug!(port, chassis = ?names, nb_cfg = target,
+                        ms = t0.elapsed().as_secs_f64() * 1000.0,
+                        "the change was applied by the VM's hypervisor");
+                    return Ok(true);
+                }
+                Ok(super::ovn_sb::Applied::NotYet) => return Ok(false),
+                Ok(super::ovn_sb::Applied::Unknown) => {
+                    tracing::debug!(port, ?chassis,
+                    "the VM's hypervisor has no Chassis_Private row; waiting for every hypervisor")
+                }
+                Err(e) => tracing::warn!(port, error = %e,
+                    "cannot read the VM's hypervisor's progress; waiting for every hypervisor"),
+            }
+        }
+        let left = timeout.saturating_sub(t0.elapsed());
         Ok(self
             .cache
-            .wait_for(timeout, |v| {
+            .wait_for(left, |v| {
                 v.rows("NB_Global")
                     .any(|(_, r)| ovsdb::get_i64(r, "hv_cfg").is_some_and(|h| h >= target))
                     .then_some(())
