@@ -815,8 +815,9 @@ fn dual_stack_network_ping6() {
     );
 }
 
-/// The Zun `--nets port=UUID` flow: the user made the port; `--ip`/`--mac-address` of it bind it
-/// (a driver option may name it too); `docker rm` gives it back as it was.
+/// The Zun `--nets port=UUID` flow: the user made the port; named by id (`--driver-opt
+/// courier.port=UUID`) with its `--ip` and `--mac-address`, it is bound; `docker rm` gives it
+/// back as it was.
 #[test]
 fn existing_port_is_bound_and_kept() {
     let t = "existing_port_is_bound_and_kept";
@@ -855,14 +856,15 @@ fn existing_port_is_bound_and_kept() {
     );
     let (c1, c2, c3) = (unique("dk-port1"), unique("dk-port2"), unique("dk-port3"));
 
+    // Named by id (`--driver-opt courier.port`) with its address.
+    let named = |ip: &str, port: &str| format!("name={net},ip={ip},driver-opt=courier.port={port}");
     // Its MAC must be the container's: a clear error otherwise, and the port untouched.
+    let before = port_state(&n, &pid);
     let out = s.run(
         &c1,
         &[
             "--network",
-            &net,
-            "--ip",
-            "10.237.0.40",
+            &named("10.237.0.40", &pid),
             "--mac-address",
             "02:00:00:00:00:99",
         ],
@@ -871,10 +873,9 @@ fn existing_port_is_bound_and_kept() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("--mac-address {mac}")), "{err}");
     docker_ok(&["rm", "-f", &c1]);
-    let (_, p) = n.api("GET", &format!("/ports/{pid}"));
-    assert_eq!(p["port"]["device_owner"], "", "{p}");
+    assert_eq!(port_state(&n, &pid), before, "the port is untouched");
     // A port bound elsewhere is refused, saying where.
-    let out = s.run(&c3, &["--network", &net, "--ip", "10.237.0.41"]);
+    let out = s.run(&c3, &["--network", &named("10.237.0.41", &bound)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -887,9 +888,7 @@ fn existing_port_is_bound_and_kept() {
         &c1,
         &[
             "--network",
-            &net,
-            "--ip",
-            "10.237.0.40",
+            &named("10.237.0.40", &pid),
             "--mac-address",
             &mac,
         ],
@@ -1074,4 +1073,190 @@ fn docker_network_with_a_nested_binding() {
     assert!(!common::nested::port_security(&vm.lsp).contains(&entry));
     drop(peer);
     drop(vm);
+}
+
+/// What a user's port looks like to its user: what it is bound to, its marks and its revision.
+fn port_state(n: &NeutronEnv, id: &str) -> Value {
+    let (code, p) = n.api("GET", &format!("/ports/{id}"));
+    assert_eq!(code, 200, "{p}");
+    let p = &p["port"];
+    let mut tags: Vec<String> = p["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    tags.sort();
+    json!({
+        "device_owner": p["device_owner"],
+        "device_id": p["device_id"],
+        "binding:host_id": p["binding:host_id"],
+        "binding:profile": p["binding:profile"],
+        "description": p["description"],
+        "mac_address": p["mac_address"],
+        "fixed_ips": p["fixed_ips"],
+        "tags": tags,
+        "revision_number": p["revision_number"],
+    })
+}
+
+/// A port made straight in Neutron (as a user would), deleted when the test ends, pass or
+/// fail (before the test's Docker network, declared earlier, goes).
+struct UserPort<'a> {
+    n: &'a NeutronEnv,
+    id: String,
+}
+
+impl Drop for UserPort<'_> {
+    fn drop(&mut self) {
+        self.n.api("DELETE", &format!("/ports/{}", self.id));
+    }
+}
+
+/// Every port on Neutron network `net` (Neutron's own included): their ids.
+fn all_ports_on(n: &NeutronEnv, net: &str) -> std::collections::BTreeSet<String> {
+    let (_, v) = n.api("GET", &format!("/ports?network_id={net}"));
+    v["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str().map(String::from))
+        .collect()
+}
+
+/// `--ip` of an address a port Courier did not make holds — a keepalived VIP port (unbound, no
+/// device owner), Neutron's own metadata port (`network:distributed`, on every ML2/OVN
+/// network) — is refused with an error naming that port and how to name it, and nothing
+/// changes: the port is exactly as it was (owner, device, binding, tags, revision) and no port
+/// is made. Named by id (`--driver-opt courier.port=ID`, with its address and MAC), the user's
+/// port is bound, and given back as it was on `docker rm`.
+#[test]
+fn an_address_of_a_users_port_is_taken_only_when_the_port_is_named() {
+    let t = "an_address_of_a_users_port_is_taken_only_when_the_port_is_named";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let env: Vec<(&str, String)> = n.daemon_env();
+    let d = docker_daemon("dk-vip", &env);
+    let (plugin, _) = plugin_for("dk-vip");
+    let mut s = DockerScope::default();
+    let net = unique("dk-vip");
+    let id = s.network(
+        &plugin,
+        &net,
+        &["--subnet", "10.239.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    let os_net = n.networks_named(&courier_name(&id))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // keepalived's VIP port: made by the user, bound to nothing (its address is an allowed
+    // address pair of the VMs that run keepalived).
+    let (code, v) = n.call(
+        "POST",
+        "/ports",
+        Some(
+            json!({"port": {"network_id": os_net, "name": unique("dk-vip-port"),
+            "fixed_ips": [{"ip_address": "10.239.0.40"}]}}),
+        ),
+    );
+    assert_eq!(code, 201, "{v}");
+    let vip = v["port"]["id"].as_str().unwrap().to_string();
+    let _vip_port = UserPort {
+        n: &n,
+        id: vip.clone(),
+    };
+    let vip_mac = v["port"]["mac_address"].as_str().unwrap().to_string();
+    let (_, v) = n.api(
+        "GET",
+        &format!("/ports?network_id={os_net}&device_owner=network:distributed"),
+    );
+    let meta = v["ports"][0]["id"]
+        .as_str()
+        .expect("the test Neutron has OVN metadata on: every network has its port")
+        .to_string();
+    let meta_ip = v["ports"][0]["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (vip_before, meta_before) = (port_state(&n, &vip), port_state(&n, &meta));
+    let ports_before = all_ports_on(&n, &os_net);
+    let c = unique("dk-vip1");
+    let meta_named = format!("name={net},ip={meta_ip},driver-opt=courier.port={meta}");
+    let refused: [(Vec<&str>, &str); 4] = [
+        (vec!["--network", &net, "--ip", "10.239.0.40"], &vip),
+        (
+            vec![
+                "--network",
+                &net,
+                "--ip",
+                "10.239.0.40",
+                "--mac-address",
+                &vip_mac,
+            ],
+            &vip,
+        ),
+        (vec!["--network", &net, "--ip", &meta_ip], &meta),
+        (vec!["--network", &meta_named], &meta),
+    ];
+    for (args, holder) in &refused {
+        let out = s.run(&c, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} must be refused");
+        docker_ok(&["rm", "-f", &c]);
+        assert_eq!(
+            port_state(&n, &vip),
+            vip_before,
+            "{args:?}: VIP port untouched"
+        );
+        assert_eq!(
+            port_state(&n, &meta),
+            meta_before,
+            "{args:?}: metadata port untouched"
+        );
+        assert_eq!(
+            all_ports_on(&n, &os_net),
+            ports_before,
+            "{args:?}: no port made or removed"
+        );
+        assert!(owned(&d).is_empty(), "{args:?}: {:?}", owned(&d));
+        assert!(
+            err.contains(*holder),
+            "{args:?}: the error names the port holding the address: {err}"
+        );
+        if *holder == vip.as_str() && !args.iter().any(|a| a.contains("courier.port")) {
+            assert!(
+                err.contains(&format!("courier.port={vip}")),
+                "and says how to name it: {err}"
+            );
+        }
+    }
+    // Named by id, with its address and MAC: bound, and given back as it was.
+    s.run_ok(
+        &c,
+        &[
+            "--network",
+            &format!("name={net},ip=10.239.0.40,driver-opt=courier.port={vip}"),
+            "--mac-address",
+            &vip_mac,
+        ],
+    );
+    let bound = port_state(&n, &vip);
+    assert_eq!(bound["device_owner"], "compute:courier", "{bound}");
+    assert_eq!(bound["binding:host_id"], n.host_id.as_str());
+    assert_eq!(ip_of(&c, &net), "10.239.0.40");
+    docker_ok(&["rm", "-f", &c]);
+    assert!(
+        eventually(Duration::from_secs(10), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    let mut back = port_state(&n, &vip);
+    let mut was = vip_before.clone();
+    for v in [&mut back, &mut was] {
+        v.as_object_mut().unwrap().remove("revision_number");
+    }
+    assert_eq!(back, was, "given back as it was");
+    assert_eq!(all_ports_on(&n, &os_net), ports_before);
 }

@@ -381,7 +381,9 @@ impl Backend for FakeOvn {
                 .map(|(p, _)| p.clone())
                 .collect()),
             // OVN direct binds no existing ports.
-            PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } => Ok(vec![]),
+            PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } | PortQuery::WithMac { .. } => {
+                Ok(vec![])
+            }
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum PortQuery {
         network: String,
         ip: std::net::IpAddr,
     },
+    /// Ports of network `network` with MAC `mac` (lower case; whoever made them): the IPv6
+    /// address Docker asks for after the IPv4 one of a user's port.
+    WithMac { network: String, mac: String },
 }
 
 /// How to find the port of the VM Courier runs in (the parent of nested containers' ports and

@@ -1148,6 +1148,10 @@ impl Backend for NeutronBackend {
                 self.ports_where("listing ports holding an address", q)
                     .await?
             }
+            PortQuery::WithMac { network, mac } => {
+                let q = Query::new().network_id(network).mac_address(mac.clone());
+                self.ports_where("listing ports with a MAC", q).await?
+            }
         };
         let mut out = Vec::with_capacity(ports.len());
         for p in &ports {

@@ -556,7 +556,9 @@ impl Backend for OvnBackend {
         match q {
             PortQuery::OwnedBy { host } => Ok(self.cache.view(|v| self.owned_ports_in(v, host))),
             // OVN direct binds no existing ports (an address in use fails the create instead).
-            PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } => Ok(vec![]),
+            PortQuery::ClaimedBy { .. } | PortQuery::Holding { .. } | PortQuery::WithMac { .. } => {
+                Ok(vec![])
+            }
         }
     }
 

@@ -404,7 +404,19 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                     })
             })
             .await?;
-        let addr = found.iter().find_map(|a| address_in(a, &subnet));
+        let mut addr = found.iter().find_map(|a| address_in(a, &subnet));
+        if addr.is_none() {
+            // The IPv4 request named a user's port (bound at CreateEndpoint, when the endpoint
+            // names it): that port's IPv6 address, nothing made.
+            if let Some(m) = &mac {
+                addr = user_port_with_mac(&d, &net, m).await?.and_then(|p| {
+                    p.ips
+                        .iter()
+                        .find(|ip| subnet.contains(&ip.addr()))
+                        .map(|ip| IpNet::new(ip.addr(), subnet.prefix_len()).unwrap_or(*ip))
+                });
+            }
+        }
         return match (addr, wanted) {
             (Some(a), Some(w)) if a.addr() != w => Err(Error::InvalidInput(format!(
                 "the endpoint's port has IPv6 address {} and cannot take {w}: drop --ip6 (the backend assigns it)",
@@ -419,12 +431,28 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
             .into()),
         };
     }
-    // An address held by a port the user made (Zun's pre-created port, kuryr-libnetwork's reuse
-    // of such ports): that port is bound, not a new one made; it is given back on release.
-    let existing = match wanted {
-        Some(ip) => existing_port_holding(&d, &net, ip).await?,
-        None => None,
-    };
+    // An address held by a port Courier did not make (a keepalived VIP port, Neutron's own
+    // metadata port, Zun's pre-created port): never taken here. A port nobody binds may be
+    // bound by the endpoint that names it (CreateEndpoint's `courier.port`, which Docker sends
+    // only there), so its address is answered with nothing made or touched; any other is
+    // refused now.
+    if let Some(ip) = wanted {
+        if let Some(holder) = user_port_holding(&d, &net, ip).await? {
+            bindable_or_refuse(&d, &net, ip, &holder).await?;
+            if !mac
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(&holder.mac))
+            {
+                return Err(not_named(ip, &holder).into());
+            }
+            tracing::info!(address = %ip, port = %holder.id,
+                "address of a port Courier did not make: bound only if the endpoint names it");
+            return Ok(ok(json!({
+                "Address": IpNet::new(ip, subnet.prefix_len()).map_err(|e| Error::Internal(e.to_string()))?.to_string(),
+                "Data": {}
+            })));
+        }
+    }
     let att = d
         .attacher
         .reserve(
@@ -432,7 +460,6 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                 network: net.name.clone(),
                 ip: wanted,
                 mac,
-                port: existing,
                 binding: net.binding.clone(),
                 ..Default::default()
             },
@@ -451,12 +478,13 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     Ok(ok(json!({ "Address": addr.to_string(), "Data": {} })))
 }
 
-/// A port no Courier attachment owns that holds `ip` on `net`, if its backend has such ports.
-async fn existing_port_holding(
+/// A port Courier did not make (no attachment's) that holds `ip` on `net`, if its backend has
+/// such ports (OVN direct binds none: an address in use fails the port's create instead).
+async fn user_port_holding(
     d: &Daemon,
     net: &DockerNetwork,
     ip: IpAddr,
-) -> Result<Option<String>> {
+) -> Result<Option<crate::model::LogicalPort>> {
     let (backend, network) = d
         .attacher
         .registry
@@ -470,8 +498,64 @@ async fn existing_port_holding(
         .find_ports(&q)
         .await?
         .into_iter()
-        .find(|p| p.attachment.is_none())
-        .map(|p| p.id))
+        .find(|p| p.attachment.is_none()))
+}
+
+/// A port Courier did not make with MAC `mac` on `net` (at most one: a network's MACs are
+/// unique).
+async fn user_port_with_mac(
+    d: &Daemon,
+    net: &DockerNetwork,
+    mac: &str,
+) -> Result<Option<crate::model::LogicalPort>> {
+    let (backend, network) = d
+        .attacher
+        .registry
+        .network_in(&net.backend, &net.name)
+        .await?;
+    let q = crate::backend::PortQuery::WithMac {
+        network: network.backend_id.clone(),
+        mac: mac.to_ascii_lowercase(),
+    };
+    Ok(backend
+        .find_ports(&q)
+        .await?
+        .into_iter()
+        .find(|p| p.attachment.is_none()))
+}
+
+/// Ok when `holder` (a port Courier did not make, holding `ip`) is one Courier could bind if
+/// named: bound to nothing. Else the error says what it is bound to (e.g. Neutron's own
+/// `network:distributed` metadata port) and to pick another address. Reads only.
+async fn bindable_or_refuse(
+    d: &Daemon,
+    net: &DockerNetwork,
+    ip: IpAddr,
+    holder: &crate::model::LogicalPort,
+) -> Result<()> {
+    let (backend, network) = d
+        .attacher
+        .registry
+        .network_in(&net.backend, &net.name)
+        .await?;
+    match backend.inspect_port(&holder.id, &network).await {
+        Ok(_) => Ok(()),
+        Err(Error::InvalidInput(why)) => Err(Error::InvalidInput(format!(
+            "address {ip} is in use by port {}, which Courier did not make and cannot bind ({why}): pick another address",
+            holder.id
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error for an address of a port nobody binds that the endpoint did not name.
+fn not_named(ip: IpAddr, holder: &crate::model::LogicalPort) -> Error {
+    Error::InvalidInput(format!(
+        "address {ip} is in use by port {id} (MAC {mac}), which Courier did not make: name it by id to bind it \
+         (docker run --network name=NETWORK,ip={ip},driver-opt=courier.port={id} --mac-address {mac}), or pick another address",
+        id = holder.id,
+        mac = holder.mac
+    ))
 }
 
 /// The first usable address (IPv6: after the subnet-router anycast address).
@@ -972,25 +1056,61 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         "" => None,
         a => Some(parse_ip("endpoint address", a)?),
     };
-    // The lease RequestAddress made for this address; none when another IPAM gave it.
+    // The lease RequestAddress made for this address; none when another IPAM gave it, or
+    // when it is the address of a port Courier did not make.
     let lease = match ip {
         Some(ip) => leases_holding(&d, &net, ip).await?.into_iter().next(),
         None => None,
     };
     let wanted_port = endpoint_port_option(&req.options)?;
-    if let Some(p) = &wanted_port {
-        let is_it = lease
-            .as_ref()
-            .and_then(|l| l.existing_port.as_ref())
-            .is_some_and(|e| &e.id == p);
-        if !is_it {
-            return Err(Error::InvalidInput(format!(
-                "the endpoint's address {} is not port {p}'s: give the port's address with --ip (and its MAC with --mac-address)",
-                iface.address
-            ))
-            .into());
+    let mac = Some(iface.mac_address.clone()).filter(|m| !m.is_empty());
+    // A port Courier did not make holding the address is bound only when the endpoint names
+    // it (`courier.port`), and only with its own MAC: checked before anything is touched.
+    let holder = match (&lease, ip) {
+        (None, Some(ip)) => user_port_holding(&d, &net, ip).await?.map(|h| (ip, h)),
+        _ => None,
+    };
+    let existing = match (&holder, &wanted_port) {
+        (Some((ip, h)), Some(p)) if &h.id == p => {
+            bindable_or_refuse(&d, &net, *ip, h).await?;
+            if !mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(&h.mac)) {
+                return Err(Error::InvalidInput(format!(
+                    "port {p} has MAC {}, the container's interface would get {}: run it with --mac-address {}",
+                    h.mac,
+                    mac.as_deref().unwrap_or("another"),
+                    h.mac
+                ))
+                .into());
+            }
+            Some(p.clone())
         }
-    }
+        (Some((_, h)), Some(p)) => {
+            return Err(Error::InvalidInput(format!(
+                "the endpoint's address {} is port {}'s, not port {p}'s: give port {p}'s address with --ip",
+                iface.address, h.id
+            ))
+            .into())
+        }
+        (Some((ip, h)), None) => {
+            bindable_or_refuse(&d, &net, *ip, h).await?;
+            return Err(not_named(*ip, h).into());
+        }
+        (None, Some(p)) => {
+            let is_it = lease
+                .as_ref()
+                .and_then(|l| l.existing_port.as_ref())
+                .is_some_and(|e| &e.id == p);
+            if !is_it {
+                return Err(Error::InvalidInput(format!(
+                    "the endpoint's address {} is not port {p}'s: give the port's address with --ip (and its MAC with --mac-address)",
+                    iface.address
+                ))
+                .into());
+            }
+            None
+        }
+        (None, None) => None,
+    };
     let att = match lease {
         Some(l) => l,
         None => {
@@ -999,7 +1119,8 @@ async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
                     AttachRequest {
                         network: net.name.clone(),
                         ip,
-                        mac: Some(iface.mac_address.clone()).filter(|m| !m.is_empty()),
+                        mac,
+                        port: existing,
                         binding: net.binding.clone(),
                         ..Default::default()
                     },
