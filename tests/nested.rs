@@ -828,3 +828,75 @@ fn an_open_vm_port_stays_open_with_a_nested_container() {
     drop(peer);
     drop(vm);
 }
+
+/// A macvlan/ipvlan container's address is a pair on the VM's port, so it can only live on the
+/// VM port's own switch. Asked for another network, the attach is refused with an error that
+/// names both networks and says what to do, and nothing is made in the NB (no reservation on
+/// either switch, the VM's port untouched: never one address on two ports, nor another
+/// switch's address on the VM's port).
+#[test]
+fn a_nested_macvlan_on_another_network_than_the_vms_port_is_refused() {
+    let t = "a_nested_macvlan_on_another_network_than_the_vms_port_is_refused";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let (net, other) = (unique("nother-a"), unique("nother-b"));
+    let subnet = subnet_for(67);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nother-host");
+    host.create_network(&net, &subnet);
+    host.create_network(&other, &subnet_for(68));
+    let _switches = (DeleteSwitch(net.clone()), DeleteSwitch(other.clone()));
+    let vm = UnboundVm::new(
+        "nov",
+        &net,
+        &format!("nov-{pid}"),
+        &format!("0a:00:00:{:02x}:67:01", pid % 256),
+        &format!("{base}.250"),
+    );
+    let d = TestDaemon::start_in_netns(
+        "nother-vm",
+        &vm.ns.name,
+        &[
+            ("COURIER_BINDINGS", "macvlan"),
+            ("COURIER_NESTED_MASTER", "eth0"),
+            ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+        ],
+    );
+    wait_backends(&d);
+    let nb = || {
+        let vm_port = nbctl(&[
+            "--columns=addresses,port_security,external_ids",
+            "list",
+            "Logical_Switch_Port",
+            &vm.lsp,
+        ]);
+        (
+            nbctl(&["lsp-list", &net]),
+            nbctl(&["lsp-list", &other]),
+            vm_port,
+        )
+    };
+    let before = nb();
+    let c1 = Netns::new("noc");
+    let (code, out) = attach(&d, "x1", &c1.path(), &other);
+    assert_ne!(code, 200, "{out}");
+    let msg = out.to_string();
+    eprintln!("refused: {msg}");
+    for says in [other.as_str(), net.as_str(), vm.lsp.as_str(), "vlan"] {
+        assert!(msg.contains(says), "names {says:?}: {msg}");
+    }
+    assert_eq!(nb(), before, "nothing changed in the NB");
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(!c1.has_link("eth0"));
+    // On the VM port's own network it works.
+    let (code, out) = attach(&d, "x1", &c1.path(), &net);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = detach(&d, "x1");
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(nb(), before, "and goes without a trace");
+    drop(d);
+    drop(vm);
+    drop(host);
+}

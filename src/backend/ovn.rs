@@ -784,6 +784,39 @@ impl OvnBackend {
         })
     }
 
+    /// A macvlan/ipvlan container's address is a pair on the VM's port, so its reservation
+    /// must be on the VM port's own switch: on another one the VM's port would carry an
+    /// address of a switch it is not on (nothing there forwards it), and the address would be
+    /// free again in its own switch's IPAM once the reservation gave it up (two ports, one
+    /// address). Refused before anything is made.
+    fn refuse_pair_off_the_vm_switch(
+        &self,
+        parent: &str,
+        ls_uuid: &str,
+        network: &str,
+    ) -> Result<()> {
+        let vm_switch = self.cache.view(|v| {
+            let (port_uuid, _) = v.lookup(&LSP_BY_NAME, parent).into_iter().next()?;
+            v.lookup(&LS_BY_PORT, port_uuid)
+                .into_iter()
+                .next()
+                .map(|(u, r)| {
+                    (
+                        u.clone(),
+                        ovsdb::get_str(r, "name").unwrap_or("?").to_string(),
+                    )
+                })
+        });
+        match vm_switch {
+            Some((u, _)) if u == ls_uuid => Ok(()),
+            Some((_, vm_net)) => Err(Error::InvalidInput(format!(
+                "network {network:?} is not the network of the VM's port {parent} ({vm_net:?}): a macvlan or ipvlan container's address is allowed on the VM's port, so it can only join {vm_net:?}; attach it to {vm_net:?}, or use the vlan or vlan-ovs binding (a child port of the VM's port may join any network)"
+            ))),
+            // Not in the cache: the pair's own step reports the missing port.
+            None => Ok(()),
+        }
+    }
+
     async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {
         let network = req.network.name.as_str();
         if !req.security_groups.is_empty() {
@@ -805,6 +838,9 @@ impl OvnBackend {
             None
         };
         let (ls_uuid, ls_row) = self.switch(network)?;
+        if let (PortRole::Reservation, Some(plan)) = (&req.role, &req.pairs_on) {
+            self.refuse_pair_off_the_vm_switch(&plan.parent, &ls_uuid, network)?;
+        }
         let net = self.network_from_row(&ls_uuid, &ls_row);
         if let Some(ip) = requested_ip {
             let IpAddr::V4(v4) = ip else {
