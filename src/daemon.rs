@@ -57,6 +57,7 @@ impl Daemon {
         m.repaired("leaked_bridge_port", report.leaked_bridge_ports.len());
         m.repaired("leaked_link", report.leaked_links.len());
         m.repaired("released_port", report.released_ports.len());
+        m.repaired("leaked_pair", report.leaked_pairs.len());
         m.reconciled(report.errors.len(), report.undecodable.len());
         let kept = reconcile::Report {
             undecodable: report.undecodable.clone(),

@@ -48,6 +48,10 @@ pub struct Report {
     /// Existing ports this host had claimed for an attachment no record knows: given back.
     #[serde(default)]
     pub released_ports: Vec<String>,
+    /// Address pairs this host put on a VM's port for an attachment no record knows, left
+    /// without their reservation: removed ("VM port: MAC IP").
+    #[serde(default)]
+    pub leaked_pairs: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
     #[serde(default)]
     pub undecodable: Vec<Undecodable>,
@@ -72,6 +76,7 @@ impl Report {
             && self.leaked_bridge_ports.is_empty()
             && self.leaked_links.is_empty()
             && self.released_ports.is_empty()
+            && self.leaked_pairs.is_empty()
             && self.expired_leases.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
@@ -201,6 +206,8 @@ pub async fn run(attacher: &Attacher) -> Report {
         }
     }
 
+    sweep_pairs(attacher, &mut report).await;
+
     // Existing ports claimed for an attachment whose record is gone: given back, not deleted.
     // (Courier only claims ports that were bound to nothing, so "given back" is "unbound".)
     for backend in attacher.registry.backends() {
@@ -264,6 +271,34 @@ pub async fn run(attacher: &Attacher) -> Report {
         }
     }
     report
+}
+
+/// Address pairs this host marked on VM ports (`Backend::owned_pairs`) for an attachment no
+/// record knows: their reservation went with its pair above, so what is left here has none
+/// (deleted by hand, say) and nothing else would ever take it off. Removed under the
+/// attachment's lock, only while the mark is still that attachment's.
+async fn sweep_pairs(attacher: &Attacher, report: &mut Report) {
+    for backend in attacher.registry.backends() {
+        let pairs = match backend.owned_pairs(&attacher.host).await {
+            Ok(p) => p,
+            Err(e) => {
+                report.failed(
+                    format!("listing {} address pairs added here", backend.id()),
+                    &e,
+                );
+                continue;
+            }
+        };
+        for p in pairs {
+            let item = format!("{}: {} {}", p.parent, p.pair.mac, p.pair.ip);
+            let r = delete_if_unrecorded(attacher, &p.attachment, || backend.remove_owned_pair(&p))
+                .await;
+            if matches!(r, Ok(true)) {
+                tracing::warn!(backend = backend.id(), pair = %item, attachment = %p.attachment, "removed a leaked address pair");
+            }
+            report.record(item, r, |r| &mut r.leaked_pairs);
+        }
+    }
 }
 
 /// Rolls back an unfinished record — re-read under its lock, where an unfinished record is never

@@ -828,3 +828,229 @@ fn an_open_vm_port_stays_open_with_a_nested_container() {
     drop(peer);
     drop(vm);
 }
+
+/// A macvlan/ipvlan container's address is a pair on the VM's port, so it can only live on the
+/// VM port's own switch. Asked for another network, the attach is refused with an error that
+/// names both networks and says what to do, and nothing is made in the NB (no reservation on
+/// either switch, the VM's port untouched: never one address on two ports, nor another
+/// switch's address on the VM's port).
+#[test]
+fn a_nested_macvlan_on_another_network_than_the_vms_port_is_refused() {
+    let t = "a_nested_macvlan_on_another_network_than_the_vms_port_is_refused";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let (net, other) = (unique("nother-a"), unique("nother-b"));
+    let subnet = subnet_for(67);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("nother-host");
+    host.create_network(&net, &subnet);
+    host.create_network(&other, &subnet_for(68));
+    let _switches = (DeleteSwitch(net.clone()), DeleteSwitch(other.clone()));
+    let vm = UnboundVm::new(
+        "nov",
+        &net,
+        &format!("nov-{pid}"),
+        &format!("0a:00:00:{:02x}:67:01", pid % 256),
+        &format!("{base}.250"),
+    );
+    let d = TestDaemon::start_in_netns(
+        "nother-vm",
+        &vm.ns.name,
+        &[
+            ("COURIER_BINDINGS", "macvlan"),
+            ("COURIER_NESTED_MASTER", "eth0"),
+            ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+        ],
+    );
+    wait_backends(&d);
+    let nb = || {
+        let vm_port = nbctl(&[
+            "--columns=addresses,port_security,external_ids",
+            "list",
+            "Logical_Switch_Port",
+            &vm.lsp,
+        ]);
+        (
+            nbctl(&["lsp-list", &net]),
+            nbctl(&["lsp-list", &other]),
+            vm_port,
+        )
+    };
+    let before = nb();
+    let c1 = Netns::new("noc");
+    let (code, out) = attach(&d, "x1", &c1.path(), &other);
+    assert_ne!(code, 200, "{out}");
+    let msg = out.to_string();
+    eprintln!("refused: {msg}");
+    for says in [other.as_str(), net.as_str(), vm.lsp.as_str(), "vlan"] {
+        assert!(msg.contains(says), "names {says:?}: {msg}");
+    }
+    assert_eq!(nb(), before, "nothing changed in the NB");
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(!c1.has_link("eth0"));
+    // On the VM port's own network it works.
+    let (code, out) = attach(&d, "x1", &c1.path(), &net);
+    assert_eq!(code, 200, "{out}");
+    let (code, out) = detach(&d, "x1");
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(nb(), before, "and goes without a trace");
+    drop(d);
+    drop(vm);
+    drop(host);
+}
+
+/// A pair on the VM's port with nothing behind it — its record lost (kill -9, state dir
+/// removed) and its reservation port gone too (deleted by hand: it looks like a disabled port
+/// nobody uses) — still allows that address on the VM's port. Reconcile removes it: Courier
+/// marks each pair it adds on the VM's port (`external_ids`, in the same transaction), so it
+/// finds its own pairs there without the reservation, and only those of this host — the VM's
+/// own address, a pair of another host's daemon and an entry the user added stay.
+#[test]
+fn a_pair_left_without_record_or_reservation_is_swept_and_nothing_else() {
+    let t = "a_pair_left_without_record_or_reservation_is_swept_and_nothing_else";
+    if !env_ready(t) {
+        return;
+    }
+    let pid = std::process::id();
+    let net = unique("norph");
+    let subnet = subnet_for(69);
+    let base = subnet.trim_end_matches(".0/24").to_string();
+    let host = TestDaemon::start("norph-host");
+    host.create_network(&net, &subnet);
+    let _switch = DeleteSwitch(net.clone());
+    let vm_mac = format!("0a:00:00:{:02x}:69:01", pid % 256);
+    let vm_ip = format!("{base}.10");
+    let peer_ip = format!("{base}.11");
+    let vm = Plugged::new("norvm", &net, &format!("norvm-{pid}"), &vm_mac, &vm_ip, 24);
+    for s in ["arp_ignore=1", "arp_announce=2"] {
+        vm.ns
+            .exec(&["sysctl", "-qw", &format!("net.ipv4.conf.all.{s}")]);
+    }
+    let peer = Plugged::new(
+        "norpeer",
+        &net,
+        &format!("norpeer-{pid}"),
+        &format!("0a:00:00:{:02x}:69:02", pid % 256),
+        &peer_ip,
+        24,
+    );
+    // The user's own extra entry on the VM's port.
+    let users = format!("0a:00:00:{:02x}:69:99 {base}.99", pid % 256);
+    for col in ["addresses", "port_security"] {
+        nbctl(&[
+            "add",
+            "Logical_Switch_Port",
+            &vm.lsp,
+            col,
+            &format!("\"{users}\""),
+        ]);
+    }
+    let env = [
+        ("COURIER_BINDINGS", "macvlan"),
+        ("COURIER_NESTED_MASTER", "eth0"),
+        ("COURIER_OVS_REMOTE", "unix:/nonexistent/db.sock"),
+    ];
+    let mut d = TestDaemon::start_in_netns("norph-vm", &vm.ns.name, &env);
+    // Another host's daemon on the same VM port (its own host mark).
+    let other = TestDaemon::start_in_netns("norph-vm2", &vm.ns.name, &env);
+    wait_backends(&d);
+    wait_backends(&other);
+    let entry_of = |att: &Value| {
+        format!(
+            "{} {}",
+            att["edge"]["mac"].as_str().unwrap(),
+            att["port"]["ips"][0]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        )
+    };
+    let c3 = Netns::new("norc3");
+    let (code, att) = attach(&other, "r3", &c3.path(), &net);
+    assert_eq!(code, 200, "{att}");
+    let others = entry_of(&att);
+    let c2 = Netns::new("norc2");
+    let (code, att) = attach(&d, "r2", &c2.path(), &net);
+    assert_eq!(code, 200, "{att}");
+    let orphan = entry_of(&att);
+    let (orphan_mac, orphan_ip) = orphan.split_once(' ').unwrap();
+    let reservation = att["port_name"].as_str().unwrap().to_string();
+    assert!(port_security(&vm.lsp).contains(&orphan));
+    let marks = nbctl(&["get", "Logical_Switch_Port", &vm.lsp, "external_ids"]);
+    for (entry, daemon) in [(&orphan, &d), (&others, &other)] {
+        assert!(
+            marks.contains(&format!("{entry}\"=\"{}:", host_mark(daemon))),
+            "each pair is marked as its host's on the VM's port: {marks}"
+        );
+    }
+
+    // The record and the reservation both gone; the pair stays, and still lets that address
+    // through the VM's port.
+    d.kill9();
+    std::fs::remove_dir_all(d.state_dir()).unwrap();
+    nbctl(&["lsp-del", &reservation]);
+    let by_hand = |ns: &Netns| {
+        ns.exec(&["ip", "link", "del", "eth0"]);
+        vm.ns.exec(&[
+            "ip", "link", "add", "orph0", "link", "eth0", "address", orphan_mac, "type", "macvlan",
+            "mode", "bridge",
+        ]);
+        vm.ns
+            .exec(&["ip", "link", "set", "orph0", "netns", &ns.name]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{orphan_ip}/24"),
+            "dev",
+            "orph0",
+        ]);
+        ns.exec(&["ip", "link", "set", "orph0", "up"]);
+    };
+    by_hand(&c2);
+    assert!(
+        c2.ping(&peer_ip),
+        "the left pair allows its address (by hand) on the VM's port"
+    );
+    d.restart(&env);
+    wait_backends(&d);
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    let (ps, addrs) = (port_security(&vm.lsp), addresses(&vm.lsp));
+    assert!(!ps.contains(&orphan), "the left pair is swept: {ps}");
+    assert!(!addrs.contains(&orphan), "{addrs}");
+    let vm_entry = format!("{vm_mac} {vm_ip}");
+    for (what, e) in [
+        ("the VM's own address", &vm_entry),
+        ("the other host's pair", &others),
+        ("the user's entry", &users),
+    ] {
+        assert!(ps.contains(e.as_str()), "{what} stays: {ps}");
+        assert!(addrs.contains(e.as_str()), "{what} stays: {addrs}");
+    }
+    let marks = nbctl(&["get", "Logical_Switch_Port", &vm.lsp, "external_ids"]);
+    assert!(!marks.contains(orphan_ip), "its mark went with it: {marks}");
+    nbctl(&["--wait=hv", "sync"]);
+    assert!(
+        !c2.ping(&peer_ip),
+        "the address is dropped at the VM's port again"
+    );
+    assert!(c3.ping(&peer_ip), "the other host's container still works");
+    // A second pass finds nothing more.
+    let (code, report) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(port_security(&vm.lsp), ps);
+    let (code, out) = detach(&other, "r3");
+    assert_eq!(code, 200, "{out}");
+    assert!(!port_security(&vm.lsp).contains(&others));
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+    assert!(owned(&other).is_empty(), "{:?}", owned(&other));
+    drop(d);
+    drop(other);
+    drop(peer);
+    drop(vm);
+}

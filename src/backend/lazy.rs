@@ -155,4 +155,10 @@ impl Backend for Lazy {
     async fn tidy_children_of(&self, parent: &str) -> Result<()> {
         self.get()?.tidy_children_of(parent).await
     }
+    async fn owned_pairs(&self, host: &str) -> Result<Vec<super::OwnedPair>> {
+        self.get()?.owned_pairs(host).await
+    }
+    async fn remove_owned_pair(&self, pair: &super::OwnedPair) -> Result<bool> {
+        self.get()?.remove_owned_pair(pair).await
+    }
 }

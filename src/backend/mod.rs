@@ -103,6 +103,18 @@ pub struct AddressPair {
     pub ip: IpAddr,
 }
 
+/// An address pair a host put on a VM's port for one of its attachments, as the backend marks
+/// it there (OVN direct: `external_ids` of the VM's port, see `marks::ADDED_PAIR`): what the
+/// sweep finds when both the record and the reservation behind the pair are gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPair {
+    /// The VM's port (backend id).
+    pub parent: String,
+    pub pair: AddressPair,
+    pub host: String,
+    pub attachment: String,
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The backend's id in records and configuration ("ovn", "neutron").
@@ -211,6 +223,19 @@ pub trait Backend: Send + Sync {
             self.id()
         )))
     }
+    /// The address pairs `host` put on VM ports, found by their marks there (whatever
+    /// reservation or record is behind them). Default: the backend marks none (Neutron finds
+    /// a pair through its reservation's tags, `LogicalPort::pairs_on`).
+    async fn owned_pairs(&self, host: &str) -> Result<Vec<OwnedPair>> {
+        let _ = host;
+        Ok(vec![])
+    }
+    /// Removes `pair` from its VM port if it is still marked as that host's and attachment's
+    /// (checked in the same step as the removal), with its mark. Ok(false): no such mark now.
+    async fn remove_owned_pair(&self, pair: &OwnedPair) -> Result<bool> {
+        let _ = pair;
+        Ok(false)
+    }
     /// Gives a port claimed for `owner` back as it was (`port`); never deletes it. Ok(false) if
     /// it is gone or not claimed for `owner` (another attach's claim is left alone).
     async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
@@ -242,4 +267,9 @@ pub mod marks {
     /// transaction, so a reservation swept without its record leaves no address allowed.
     pub const PAIR_ON: &str = "courier-pair-on";
     pub const PAIR: &str = "courier-pair";
+    /// OVN direct, on the VM's port: one key per pair Courier added there, this prefix + the
+    /// pair's entry ("MAC IP"), its value `<host>:<attachment>`; written and removed in the same
+    /// transaction as the pair, so the sweep tells Courier's pairs (and whose) from the user's
+    /// own entries even when the reservation behind one is gone.
+    pub const ADDED_PAIR: &str = "courier-added-pair:";
 }

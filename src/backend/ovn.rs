@@ -707,30 +707,114 @@ impl Backend for OvnBackend {
                 .collect()
         }))
     }
+
+    async fn owned_pairs(&self, host: &str) -> Result<Vec<crate::backend::OwnedPair>> {
+        Ok(self.marked_pairs(host))
+    }
+
+    /// One mutate whose `where` is the mark itself (exact key and value): the pair, in
+    /// `addresses` and `port_security`, and its mark go only if the mark still says this host's
+    /// attachment — never an entry the user added, nor one another host marked since.
+    async fn remove_owned_pair(&self, owned: &crate::backend::OwnedPair) -> Result<bool> {
+        let entry = pair_entry(&owned.pair);
+        let mark = ovsdb::map([(
+            added_pair_key(&entry),
+            format!("{}:{}", owned.host, owned.attachment),
+        )]);
+        let entries = ovsdb::set([json!(entry)]);
+        let res = self
+            .nb
+            .transact(
+                DB,
+                vec![Op::mutate(
+                    LSP,
+                    vec![
+                        Condition::eq("name", json!(owned.parent)),
+                        Condition::includes("external_ids", mark.clone()),
+                    ],
+                    vec![
+                        Mutation::delete("addresses", entries.clone()),
+                        Mutation::delete("port_security", entries),
+                        Mutation::delete("external_ids", mark),
+                    ],
+                )],
+            )
+            .await
+            .map_err(nb_err(format!(
+                "removing the pair {entry} left on {}",
+                owned.parent
+            )))?;
+        Ok(matches!(res.first(), Some(OpResult::Count(n)) if *n > 0))
+    }
 }
 
 impl OvnBackend {
-    /// Courier's reservation ports that hold `ip` in OVN's IPAM now: (uuid, their "MAC IP").
-    fn reservations_holding(&self, ip: IpAddr) -> Vec<(String, String)> {
+    /// Courier's reservation ports that hold `ip` in OVN's IPAM now.
+    fn reservations_holding(&self, ip: IpAddr) -> Vec<Holding> {
         self.cache.view(|v| {
             v.rows(LSP)
-                .filter(|(_, r)| {
-                    ovsdb::get_map(r, "external_ids")
-                        .get(marks::ROLE)
-                        .map(String::as_str)
-                        == Some("reservation")
-                })
                 .filter_map(|(u, r)| {
+                    let ext = ovsdb::get_map(r, "external_ids");
+                    if ext.get(marks::ROLE).map(String::as_str) != Some("reservation") {
+                        return None;
+                    }
                     let held = ovsdb::get_str(r, "dynamic_addresses")
                         .map(String::from)
                         .into_iter()
                         .chain(ovsdb::get_str_set(r, "addresses"))
                         .find(|a| parse_addresses(a).is_some_and(|(_, ips)| ips.contains(&ip)))?;
-                    Some((u.clone(), held))
+                    let owner = match (ext.get(marks::HOST), ext.get(marks::ATTACHMENT)) {
+                        (Some(h), Some(a)) => Some(format!("{h}:{a}")),
+                        _ => None,
+                    };
+                    Some(Holding {
+                        uuid: u.clone(),
+                        held,
+                        owner,
+                    })
                 })
                 .collect()
         })
     }
+
+    /// The pairs marked on VM ports as `host`'s (`marks::ADDED_PAIR`).
+    fn marked_pairs(&self, host: &str) -> Vec<crate::backend::OwnedPair> {
+        self.cache.view(|v| {
+            v.rows(LSP)
+                .flat_map(|(_, r)| {
+                    let parent = ovsdb::get_str(r, "name").unwrap_or_default().to_string();
+                    ovsdb::get_map(r, "external_ids")
+                        .into_iter()
+                        .filter_map(|(k, val)| {
+                            let entry = k.strip_prefix(marks::ADDED_PAIR)?;
+                            let (h, attachment) = val.split_once(':')?;
+                            let (mac, ips) = parse_addresses(entry)?;
+                            let ip = *ips.first()?;
+                            (h == host && ips.len() == 1).then(|| crate::backend::OwnedPair {
+                                parent: parent.clone(),
+                                pair: crate::backend::AddressPair { mac, ip },
+                                host: h.to_string(),
+                                attachment: attachment.to_string(),
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+    }
+}
+
+/// A reservation port holding an address: its uuid, its "MAC IP", and `<host>:<attachment>`
+/// from its marks.
+struct Holding {
+    uuid: String,
+    held: String,
+    owner: Option<String>,
+}
+
+/// The key of the mark of pair `entry` on the VM's port.
+fn added_pair_key(entry: &str) -> String {
+    format!("{}{entry}", marks::ADDED_PAIR)
 }
 
 /// The VLAN tags a child port holds under its parent: its `tag`, and its `tag_request` when
@@ -767,7 +851,9 @@ impl OvnBackend {
     /// port holds the address, statically, in OVN's IPAM. Otherwise two ports would claim one
     /// IP: ovn-northd moves the reservation's dynamic address to another IP (one lost per
     /// container), and its ARP responder (on for ports that are down, too) answers for the
-    /// container's IP with the reservation's MAC.
+    /// container's IP with the reservation's MAC. The VM's port is marked with the pair and the
+    /// reservation's host and attachment (`marks::ADDED_PAIR`) in that transaction too; a
+    /// delete takes the mark off with the pair.
     async fn mutate_pair(
         &self,
         parent: &str,
@@ -777,14 +863,26 @@ impl OvnBackend {
     ) -> Result<usize> {
         let entry = pair_entry(pair);
         let entries = ovsdb::set([json!(entry)]);
+        let mark_key = ovsdb::set([json!(added_pair_key(&entry))]);
         let on_vm = || vec![Condition::eq("name", json!(parent))];
         let mut ops = Vec::new();
         if mutator == "insert" {
-            ops.push(Op::mutate(
-                LSP,
-                on_vm(),
-                vec![Mutation::insert("addresses", entries.clone())],
-            ));
+            let mut vm = vec![Mutation::insert("addresses", entries.clone())];
+            let held = if take_over {
+                self.reservations_holding(pair.ip)
+            } else {
+                Vec::new()
+            };
+            if let Some(owner) = held.iter().find_map(|h| h.owner.clone()) {
+                // Replaces a stale mark of the same entry, if any (a map insert keeps an
+                // existing key's value).
+                vm.push(Mutation::delete("external_ids", mark_key.clone()));
+                vm.push(Mutation::insert(
+                    "external_ids",
+                    ovsdb::map([(added_pair_key(&entry), owner)]),
+                ));
+            }
+            ops.push(Op::mutate(LSP, on_vm(), vm));
             let mut locked = on_vm();
             locked.push(Condition::ne("port_security", ovsdb::empty_set()));
             ops.push(Op::mutate(
@@ -792,6 +890,25 @@ impl OvnBackend {
                 locked,
                 vec![Mutation::insert("port_security", entries)],
             ));
+            for h in held {
+                ops.push(Op::update(
+                    LSP,
+                    vec![Condition::eq("_uuid", ovsdb::uuid(&h.uuid))],
+                    json!({"addresses": ovsdb::empty_set(), "port_security": ovsdb::empty_set()}),
+                ));
+                ops.push(Op::mutate(
+                    LSP,
+                    vec![Condition::eq("_uuid", ovsdb::uuid(&h.uuid))],
+                    vec![Mutation::insert(
+                        "external_ids",
+                        ovsdb::map([
+                            (marks::RESERVED, h.held),
+                            (marks::PAIR_ON, parent.to_string()),
+                            (marks::PAIR, entry.clone()),
+                        ]),
+                    )],
+                ));
+            }
         } else {
             ops.push(Op::mutate(
                 LSP,
@@ -799,29 +916,9 @@ impl OvnBackend {
                 vec![
                     Mutation::new("addresses", mutator, entries.clone()),
                     Mutation::new("port_security", mutator, entries),
+                    Mutation::new("external_ids", mutator, mark_key),
                 ],
             ));
-        }
-        if take_over {
-            for (uuid, held) in self.reservations_holding(pair.ip) {
-                ops.push(Op::update(
-                    LSP,
-                    vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
-                    json!({"addresses": ovsdb::empty_set(), "port_security": ovsdb::empty_set()}),
-                ));
-                ops.push(Op::mutate(
-                    LSP,
-                    vec![Condition::eq("_uuid", ovsdb::uuid(&uuid))],
-                    vec![Mutation::insert(
-                        "external_ids",
-                        ovsdb::map([
-                            (marks::RESERVED, held),
-                            (marks::PAIR_ON, parent.to_string()),
-                            (marks::PAIR, entry.clone()),
-                        ]),
-                    )],
-                ));
-            }
         }
         let res = self
             .nb
@@ -832,6 +929,39 @@ impl OvnBackend {
             Some(OpResult::Count(n)) => *n as usize,
             _ => 0,
         })
+    }
+
+    /// A macvlan/ipvlan container's address is a pair on the VM's port, so its reservation
+    /// must be on the VM port's own switch: on another one the VM's port would carry an
+    /// address of a switch it is not on (nothing there forwards it), and the address would be
+    /// free again in its own switch's IPAM once the reservation gave it up (two ports, one
+    /// address). Refused before anything is made.
+    fn refuse_pair_off_the_vm_switch(
+        &self,
+        parent: &str,
+        ls_uuid: &str,
+        network: &str,
+    ) -> Result<()> {
+        let vm_switch = self.cache.view(|v| {
+            let (port_uuid, _) = v.lookup(&LSP_BY_NAME, parent).into_iter().next()?;
+            v.lookup(&LS_BY_PORT, port_uuid)
+                .into_iter()
+                .next()
+                .map(|(u, r)| {
+                    (
+                        u.clone(),
+                        ovsdb::get_str(r, "name").unwrap_or("?").to_string(),
+                    )
+                })
+        });
+        match vm_switch {
+            Some((u, _)) if u == ls_uuid => Ok(()),
+            Some((_, vm_net)) => Err(Error::InvalidInput(format!(
+                "network {network:?} is not the network of the VM's port {parent} ({vm_net:?}): a macvlan or ipvlan container's address is allowed on the VM's port, so it can only join {vm_net:?}; attach it to {vm_net:?}, or use the vlan or vlan-ovs binding (a child port of the VM's port may join any network)"
+            ))),
+            // Not in the cache: the pair's own step reports the missing port.
+            None => Ok(()),
+        }
     }
 
     async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {
@@ -855,6 +985,9 @@ impl OvnBackend {
             None
         };
         let (ls_uuid, ls_row) = self.switch(network)?;
+        if let (PortRole::Reservation, Some(plan)) = (&req.role, &req.pairs_on) {
+            self.refuse_pair_off_the_vm_switch(&plan.parent, &ls_uuid, network)?;
+        }
         let net = self.network_from_row(&ls_uuid, &ls_row);
         if let Some(ip) = requested_ip {
             let IpAddr::V4(v4) = ip else {
@@ -1062,6 +1195,7 @@ impl OvnBackend {
                 })
             });
             if let Some((parent, entry)) = pair {
+                let mark_key = ovsdb::set([json!(added_pair_key(&entry))]);
                 let entry = ovsdb::set([json!(entry)]);
                 ops.push(Op::mutate(
                     LSP,
@@ -1069,6 +1203,7 @@ impl OvnBackend {
                     vec![
                         Mutation::delete("addresses", entry.clone()),
                         Mutation::delete("port_security", entry),
+                        Mutation::delete("external_ids", mark_key),
                     ],
                 ));
             }
