@@ -19,6 +19,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// This host's name as the backend knows it (OVN: the chassis hostname). Marks ownership.
     pub host: String,
+    /// This machine's identity, marked on the OVN ports it makes beside `host`, so two
+    /// machines given one `host` (one hostname) are told apart: the second refuses to start,
+    /// and no sweep deletes another machine's port. Unset: the local OVS `system-id` (the OVN
+    /// chassis name) when a binding uses the local Open_vSwitch DB, else /etc/machine-id.
+    pub machine_id: Option<String>,
     /// Seconds between periodic reconciliations (0 = only at start).
     pub reconcile_interval_secs: u64,
     /// Where `network create` puts a network that names no backend: "ovn" or "neutron".
@@ -137,6 +142,7 @@ impl Default for Config {
             socket: PathBuf::from(DEFAULT_SOCKET),
             state_dir: PathBuf::from("/var/lib/courier"),
             host: local_hostname(),
+            machine_id: None,
             reconcile_interval_secs: 60,
             default_backend: "ovn".into(),
             ovn: OvnConfig::default(),
@@ -210,7 +216,7 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST,
+    /// Environment overrides: COURIER_SOCKET, COURIER_STATE_DIR, COURIER_HOST, COURIER_MACHINE_ID,
     /// COURIER_RECONCILE_INTERVAL_SECS, COURIER_OVN_NB_REMOTE, COURIER_OVN_SB_REMOTE,
     /// COURIER_OVS_REMOTE,
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
@@ -229,6 +235,9 @@ impl Config {
         }
         if let Some(v) = get("COURIER_HOST") {
             self.host = v;
+        }
+        if let Some(v) = get("COURIER_MACHINE_ID") {
+            self.machine_id = Some(v);
         }
         if let Some(v) = get("COURIER_RECONCILE_INTERVAL_SECS") {
             self.reconcile_interval_secs = parse_num("COURIER_RECONCILE_INTERVAL_SECS", &v)?;
@@ -386,6 +395,13 @@ impl Config {
                     "[docker] default_pool {:?} must be an IPv4 CIDR of /24 or larger, e.g. 10.224.0.0/12",
                     self.docker.default_pool
                 )))
+            }
+        }
+        if let Some(m) = &self.machine_id {
+            if m.trim().is_empty() || m.trim() != m {
+                return Err(Error::InvalidInput(format!(
+                    "machine_id {m:?} (machine_id / COURIER_MACHINE_ID) must be non-empty, without spaces around it; unset it to use the OVS system-id or /etc/machine-id"
+                )));
             }
         }
         if self.host.is_empty() || self.host.contains(':') {

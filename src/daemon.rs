@@ -87,26 +87,9 @@ fn log_report(when: &str, r: &reconcile::Report) {
 
 pub async fn run(config: Config) -> Result<()> {
     let store = Store::open(&config.state_dir)?;
-    // Backends connect in the background: the daemon serves the networks of those that are up,
-    // and the others answer "try again later" until they come (boot order, outages).
-    let mut lazies: Vec<Arc<Lazy>> = Vec::new();
-    if !config.ovn.nb_remote.is_empty() {
-        let (remote, options) = (config.ovn.nb_remote.clone(), config.ovn.ovsdb_options());
-        let southbound = config.ovn.southbound();
-        lazies.push(Lazy::spawn("ovn", move || {
-            let (remote, southbound) = (remote.clone(), southbound.clone());
-            async move {
-                let b = OvnBackend::connect(&remote, options).await?;
-                Ok(match southbound {
-                    Some(sb) => b.with_southbound(&sb, options),
-                    None => b,
-                })
-            }
-        }));
-    }
-    if config.neutron.enabled {
+    // Resolved once, now: a bad clouds.yaml or missing OS_* is a start-up error to fix.
+    let neutron_cfg = if config.neutron.enabled {
         let cloud = config.neutron.cloud.clone();
-        // Resolved once, now: a bad clouds.yaml or missing OS_* is a start-up error to fix.
         let cloud_cfg = match &config.neutron.auth {
             Some(auth) => {
                 auth.validate()
@@ -122,20 +105,10 @@ pub async fn run(config: Config) -> Result<()> {
             .clone()
             .unwrap_or_else(crate::config::local_hostname);
         tracing::info!(cloud = ?cloud, principal = %cloud_cfg.principal(), %host_id, "Neutron backend configured");
-        let vlan_children = config.neutron.vlan_children;
-        lazies.push(Lazy::spawn(neutron::ID, move || {
-            let (cfg, host_id) = (cloud_cfg.clone(), host_id.clone());
-            async move {
-                NeutronBackend::connect(cfg, &host_id)
-                    .await
-                    .map(|b| b.with_vlan_children(vlan_children))
-            }
-        }));
-    }
-    let backends: Vec<Arc<dyn Backend>> = lazies
-        .iter()
-        .map(|l| l.clone() as Arc<dyn Backend>)
-        .collect();
+        Some((cloud_cfg, host_id))
+    } else {
+        None
+    };
     let host_netlink = Arc::new(
         Netlink::host().map_err(|e| Error::netlink("opening rtnetlink in the host netns", e))?,
     );
@@ -143,6 +116,7 @@ pub async fn run(config: Config) -> Result<()> {
     // veth-ovs needs the local OVS DB: wait for it then (boot order); a VM running nested
     // bindings only has none.
     let mut bindings: Vec<Arc<dyn crate::binding::EdgeBinding>> = Vec::new();
+    let mut vswitches: Vec<Arc<Vswitch>> = Vec::new();
     for kind in &config.bindings {
         match kind.as_str() {
             "veth-ovs" => {
@@ -157,6 +131,7 @@ pub async fn run(config: Config) -> Result<()> {
                     })
                     .await?,
                 );
+                vswitches.push(vswitch.clone());
                 bindings.push(Arc::new(VethOvs::new(
                     host_netlink.clone(),
                     vswitch,
@@ -189,6 +164,7 @@ pub async fn run(config: Config) -> Result<()> {
                     })
                     .await?,
                 );
+                vswitches.push(vswitch.clone());
                 bindings.push(Arc::new(VethOvs::nested_vlan(
                     host_netlink.clone(),
                     vswitch,
@@ -214,6 +190,48 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     }
+    // Backends connect in the background: the daemon serves the networks of those that are up,
+    // and the others answer "try again later" until they come (boot order, outages).
+    // A backend connects only once it has checked that no other machine uses this host mark
+    // (`refuse_a_claimed_mark`); if one does, the daemon stops (below).
+    let machine = machine_id(&config, vswitches.first()).await?;
+    let host = config.host.clone();
+    let mut lazies: Vec<Arc<Lazy>> = Vec::new();
+    if !config.ovn.nb_remote.is_empty() {
+        let (remote, options) = (config.ovn.nb_remote.clone(), config.ovn.ovsdb_options());
+        let southbound = config.ovn.southbound();
+        let host = host.clone();
+        lazies.push(Lazy::spawn("ovn", move || {
+            let (remote, southbound) = (remote.clone(), southbound.clone());
+            let (machine, host) = (machine.clone(), host.clone());
+            async move {
+                let b = OvnBackend::connect(&remote, options)
+                    .await?
+                    .with_machine(machine);
+                let b = match southbound {
+                    Some(sb) => b.with_southbound(&sb, options),
+                    None => b,
+                };
+                refuse_a_claimed_mark(b, &host).await
+            }
+        }));
+    }
+    if let Some((cloud_cfg, host_id)) = neutron_cfg {
+        let vlan_children = config.neutron.vlan_children;
+        lazies.push(Lazy::spawn(neutron::ID, move || {
+            let (cfg, host_id, host) = (cloud_cfg.clone(), host_id.clone(), host.clone());
+            async move {
+                let b = NeutronBackend::connect(cfg, &host_id)
+                    .await?
+                    .with_vlan_children(vlan_children);
+                refuse_a_claimed_mark(b, &host).await
+            }
+        }));
+    }
+    let backends: Vec<Arc<dyn Backend>> = lazies
+        .iter()
+        .map(|l| l.clone() as Arc<dyn Backend>)
+        .collect();
     let registry = Arc::new(Registry::new(
         backends,
         bindings,
@@ -270,10 +288,21 @@ pub async fn run(config: Config) -> Result<()> {
     let app = crate::frontdoor::api::router(daemon.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Internal(format!("installing SIGTERM handler: {e}")))?;
+    // A backend that refuses for good (another machine has this host mark) stops the daemon.
+    let (refused_tx, refused_rx) = tokio::sync::watch::channel(None::<String>);
+    for lazy in &lazies {
+        let (lazy, tx) = (lazy.clone(), refused_tx.clone());
+        tokio::spawn(async move {
+            let why = lazy.wait_refused().await;
+            tx.send_replace(Some(why));
+        });
+    }
+    let mut refused = refused_rx.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
+            _ = refused.wait_for(|r| r.is_some()) => {},
         }
         tracing::info!("shutting down");
     };
@@ -302,7 +331,43 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = std::fs::remove_file(&config.docker.socket);
     }
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(why) = refused_rx.borrow().clone() {
+        return Err(Error::MarkClaimed(why));
+    }
     served
+}
+
+/// This machine's identity (`Config::machine_id`): configured, else the local OVS system-id
+/// (the OVN chassis name) when a binding uses the local Open_vSwitch DB, else /etc/machine-id.
+/// None (warned): ports are then made without it and this machine is told from no other.
+async fn machine_id(config: &Config, vswitch: Option<&Arc<Vswitch>>) -> Result<Option<String>> {
+    if let Some(m) = &config.machine_id {
+        return Ok(Some(m.clone()));
+    }
+    if let Some(vs) = vswitch {
+        if let Some(id) = vs.system_id().await? {
+            return Ok(Some(id));
+        }
+    }
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let id = text.trim();
+            if !id.is_empty() {
+                return Ok(Some(id.to_string()));
+            }
+        }
+    }
+    tracing::warn!("this machine has no identity (no OVS system-id, no /etc/machine-id): set machine_id (COURIER_MACHINE_ID), or two machines given one host mark cannot be told apart");
+    Ok(None)
+}
+
+/// `backend` if no other machine has ports under host mark `host`; else the refusal
+/// (`Error::MarkClaimed`), which stops the daemon.
+async fn refuse_a_claimed_mark<B: Backend>(backend: B, host: &str) -> Result<B> {
+    match backend.mark_claimed(host).await? {
+        None => Ok(backend),
+        Some(claim) => Err(Error::MarkClaimed(claim.message(backend.id(), host))),
+    }
 }
 
 /// Retries `connect` every second (logging why) until it succeeds or SIGTERM/SIGINT arrives.

@@ -57,6 +57,10 @@ pub enum Error {
         #[source]
         source: Box<courier_ovsdb::Error>,
     },
+    /// This daemon's host mark is in use by another machine (see `backend::MarkClaim`): the
+    /// daemon refuses to start.
+    #[error("{0}")]
+    MarkClaimed(String),
     #[error("Neutron: {context}: {source}")]
     OpenStack {
         context: String,
@@ -153,6 +157,7 @@ impl Error {
                 code::TRY_AGAIN_LATER
             }
             Backend { .. } | BackendState(_) | Southbound { .. } => code::BACKEND,
+            MarkClaimed(_) => code::CONFLICT,
             BackendDown { .. } => code::TRY_AGAIN_LATER,
             OpenStack { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,
             OpenStack { source, .. } => match source.fault_type() {
@@ -188,7 +193,8 @@ impl Error {
             | AlreadyAttached { .. }
             | AddressInUse { .. }
             | Claimed { .. }
-            | Exhausted { .. } => 409,
+            | Exhausted { .. }
+            | MarkClaimed(_) => 409,
             CheckFailed { .. } => 412,
             Timeout(_) | Unavailable(_) | BackendDown { .. } => 503,
             OpenStack { source, .. } if source.is_transient() => 503,

@@ -93,6 +93,26 @@ impl Vswitch {
         Ok(vs)
     }
 
+    /// The `external_ids:system-id` of the Open_vSwitch row (the OVN chassis name of this
+    /// machine), if set.
+    pub async fn system_id(&self) -> Result<Option<String>> {
+        let res = self
+            .db
+            .transact(
+                DB,
+                vec![Op::select("Open_vSwitch", vec![], Some(&["external_ids"]))],
+            )
+            .await
+            .map_err(ovs_err("reading the Open_vSwitch row"))?;
+        Ok(match res.first() {
+            Some(OpResult::Rows(rows)) => rows
+                .first()
+                .and_then(|r| ovsdb::get_map(r, "external_ids").remove("system-id"))
+                .filter(|s| !s.is_empty()),
+            _ => None,
+        })
+    }
+
     /// Ok when the DB answers and the integration bridge exists.
     pub async fn health(&self) -> Result<()> {
         self.db.echo().await.map_err(ovs_err("echo"))?;

@@ -21,6 +21,8 @@ pub struct Lazy {
     /// Why the last connect attempt failed.
     last_error: Mutex<String>,
     connected: tokio::sync::watch::Sender<bool>,
+    /// Why it will never connect (a refusal: `Error::MarkClaimed`); it stops trying then.
+    refused: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Lazy {
@@ -36,6 +38,7 @@ impl Lazy {
             inner: OnceCell::new(),
             last_error: Mutex::new("connecting".into()),
             connected: tokio::sync::watch::channel(false).0,
+            refused: tokio::sync::watch::channel(None).0,
         });
         let l = lazy.clone();
         tokio::spawn(async move {
@@ -50,6 +53,12 @@ impl Lazy {
                         } else {
                             tracing::info!(backend = %l.id, "backend connected");
                         }
+                        return;
+                    }
+                    Err(e @ Error::MarkClaimed(_)) => {
+                        tracing::error!(backend = %l.id, error = %e, "backend refused");
+                        *l.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                        l.refused.send_replace(Some(e.to_string()));
                         return;
                     }
                     Err(e) => {
@@ -75,6 +84,21 @@ impl Lazy {
     pub async fn wait_connected(&self) {
         let mut rx = self.connected.subscribe();
         let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Returns, with the reason, if the backend refuses for good (it then never connects).
+    pub async fn wait_refused(&self) -> String {
+        let mut rx = self.refused.subscribe();
+        let why = rx
+            .wait_for(|r| r.is_some())
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        match why {
+            Some(why) => why,
+            // The sender lives as long as `self`.
+            None => std::future::pending().await,
+        }
     }
 
     fn get(&self) -> Result<&Arc<dyn Backend>> {
@@ -122,6 +146,9 @@ impl Backend for Lazy {
     }
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
         self.get()?.find_ports(q).await
+    }
+    async fn mark_claimed(&self, host: &str) -> Result<Option<super::MarkClaim>> {
+        self.get()?.mark_claimed(host).await
     }
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
         self.get()?.inspect_port(id, network).await

@@ -115,6 +115,46 @@ pub struct OwnedPair {
     pub attachment: String,
 }
 
+/// Another machine's port under this daemon's host mark (`Backend::mark_claimed`): two
+/// machines with one mark (e.g. one hostname) would delete each other's ports, so the daemon
+/// refuses to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkClaim {
+    /// One such port (its backend id) and how many more there are.
+    pub port: String,
+    pub more: usize,
+    /// What identifies a machine to this backend ("OVS system-id", "binding:host_id"), the
+    /// other machine's and this one's (None: this machine has none).
+    pub what: &'static str,
+    pub theirs: String,
+    pub ours: Option<String>,
+    /// What to set if it is this machine under an earlier identity.
+    pub same_machine: String,
+}
+
+impl MarkClaim {
+    /// The refusal, naming the mark, both machines and what to set.
+    pub fn message(&self, backend: &str, host: &str) -> String {
+        let more = match self.more {
+            0 => String::new(),
+            n => format!(" (and {n} more)"),
+        };
+        let ours = match &self.ours {
+            Some(o) => format!("this machine's is {o}"),
+            None => "this machine has none".to_string(),
+        };
+        let backend = match backend {
+            "ovn" => "OVN",
+            "neutron" => "Neutron",
+            other => other,
+        };
+        format!(
+            "host mark {host:?} is in use by another machine: {backend} port {}{more} under it belongs to the machine whose {} is {}; {ours}. Two machines with one mark delete each other's ports, so this daemon does not start: give this machine a mark of its own (`host` in the config, or COURIER_HOST; the default is the hostname). If it is this machine under an earlier identity: {}",
+            self.port, self.what, self.theirs, self.same_machine
+        )
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The backend's id in records and configuration ("ovn", "neutron").
@@ -145,6 +185,15 @@ pub trait Backend: Send + Sync {
     /// may delete it without reading it first (Neutron: one DELETE, no GET).
     async fn delete_port(&self, port: &PortRef, host: &str) -> Result<bool>;
     async fn port(&self, port: &PortRef) -> Result<Option<LogicalPort>>;
+    /// Ports of another machine under host mark `host`, if any (the daemon then refuses to
+    /// start). Such ports are never in `find_ports(OwnedBy | ClaimedBy)`: no sweep touches them.
+    /// Default: the backend cannot tell machines apart.
+    async fn mark_claimed(&self, host: &str) -> Result<Option<MarkClaim>> {
+        let _ = host;
+        Ok(None)
+    }
+    /// `OwnedBy`/`ClaimedBy`: only this machine's (or those that cannot say whose they are),
+    /// never another machine's under the same mark.
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>>;
 
     /// An existing port to bind (no side effect): what it is now, refused if it is bound to
@@ -255,6 +304,9 @@ pub mod marks {
     pub const HOST: &str = "courier-host";
     pub const ATTACHMENT: &str = "courier-attachment";
     pub const NETWORK: &str = "courier-network";
+    /// OVN direct: the machine that made the port (its OVS system-id, see `Config::machine_id`).
+    /// Another machine's port under the same host mark is never swept.
+    pub const MACHINE: &str = "courier-machine";
     pub const GATEWAY: &str = "courier-gateway";
     pub const GATEWAY6: &str = "courier-gateway6";
     /// OVN direct: a reservation port (nested ipvlan/macvlan) whose address now lives on the

@@ -502,6 +502,18 @@ impl NeutronBackend {
             .join("; ")
     }
 
+    /// The host a port Courier binds to this machine (device_owner `compute:courier`, not a
+    /// child) is bound to instead, if another: another machine's port under the same host mark.
+    /// Reservations and vlan children are bound to no host or to the VM's, so they cannot say.
+    fn bound_elsewhere<'p>(&self, p: &'p os::Port) -> Option<&'p str> {
+        let bound = p.binding_host_id.as_deref().filter(|h| !h.is_empty())?;
+        let child = p
+            .binding_profile
+            .as_ref()
+            .is_some_and(|b| b.get("parent_name").is_some());
+        (p.device_owner == DEVICE_OWNER && !child && bound != self.host_id).then_some(bound)
+    }
+
     /// Ports matching `q` (transient failures retried).
     async fn ports_where(&self, what: &str, q: Query) -> Result<Vec<os::Port>> {
         self.retry(what, || self.api.list_ports(&q)).await
@@ -1136,6 +1148,29 @@ impl Backend for NeutronBackend {
         }
     }
 
+    async fn mark_claimed(&self, host: &str) -> Result<Option<super::MarkClaim>> {
+        let mut theirs: Vec<(String, String)> = Vec::new();
+        for p in self.made_for(host).await? {
+            if let Some(h) = self.bound_elsewhere(&p) {
+                theirs.push((p.id.clone(), h.to_string()));
+            }
+        }
+        theirs.sort();
+        let Some((port, bound)) = theirs.first().cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(super::MarkClaim {
+            port: port.clone(),
+            more: theirs.len() - 1,
+            what: "binding:host_id",
+            theirs: bound.clone(),
+            ours: Some(self.host_id.clone()),
+            same_machine: format!(
+                "its [neutron] host_id changed; set [neutron] host_id (COURIER_NEUTRON_HOST_ID) back to {bound:?}, or delete those ports (openstack port delete {port} ...)"
+            ),
+        }))
+    }
+
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
         let ports = match q {
             PortQuery::OwnedBy { host } => self.made_for(host).await?,
@@ -1155,6 +1190,12 @@ impl Backend for NeutronBackend {
         };
         let mut out = Vec::with_capacity(ports.len());
         for p in &ports {
+            // Another machine's under the same mark: never swept, never given back from here.
+            if matches!(q, PortQuery::OwnedBy { .. } | PortQuery::ClaimedBy { .. })
+                && self.bound_elsewhere(p).is_some()
+            {
+                continue;
+            }
             out.push(self.to_port(p, &NetInfo::default()).await?);
         }
         Ok(out)

@@ -41,6 +41,9 @@ pub struct OvnBackend {
     requested_ip: tokio::sync::Mutex<()>,
     /// The Southbound DB, for "has the VM's hypervisor applied it" (`wait_applied`).
     sb: Option<super::ovn_sb::Southbound>,
+    /// This machine's identity (`Config::machine_id`), marked on every port made here
+    /// (`courier-machine`): a port of the same host mark with another is another machine's.
+    machine: Option<String>,
 }
 
 fn nb_err(context: impl Into<String>) -> impl FnOnce(ovsdb::Error) -> Error {
@@ -82,7 +85,22 @@ impl OvnBackend {
             cache,
             requested_ip: tokio::sync::Mutex::new(()),
             sb: None,
+            machine: None,
         })
+    }
+
+    /// Marks the ports made here with `machine` and sweeps only those (and unmarked ones).
+    pub fn with_machine(mut self, machine: Option<String>) -> Self {
+        self.machine = machine;
+        self
+    }
+
+    /// A port row marked by another machine than this one (a port without the mark, made
+    /// before there was one, cannot say: it counts as this machine's).
+    fn other_machines(&self, row: &Row) -> Option<String> {
+        let ext = ovsdb::get_map(row, "external_ids");
+        let theirs = ext.get(marks::MACHINE)?;
+        (Some(theirs) != self.machine.as_ref()).then(|| theirs.clone())
     }
 
     /// Asks the Southbound DB at `remote` (connected on first use) which hypervisor hosts a
@@ -202,7 +220,7 @@ impl OvnBackend {
         })
     }
 
-    /// Ports marked as `host`'s and Courier's, with their networks.
+    /// Ports marked as `host`'s and Courier's, with their networks; not another machine's.
     fn owned_ports_in(&self, view: &CacheView, host: &str) -> Vec<LogicalPort> {
         view.lookup(&LSP_BY_HOST, host)
             .into_iter()
@@ -211,6 +229,7 @@ impl OvnBackend {
                 ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
                     && ext.get(marks::HOST).map(String::as_str) == Some(host)
             })
+            .filter(|(_, r)| self.other_machines(r).is_none())
             .filter_map(|(u, r)| {
                 let net = self.network_of_port(view, u);
                 self.port_from_row(r, net.as_ref())
@@ -550,6 +569,36 @@ impl Backend for OvnBackend {
         Ok(self
             .cache
             .view(|v| self.first_port(v, v.lookup(&LSP_BY_NAME, name))))
+    }
+
+    async fn mark_claimed(&self, host: &str) -> Result<Option<super::MarkClaim>> {
+        let theirs: Vec<(String, String)> = self.cache.view(|v| {
+            v.lookup(&LSP_BY_HOST, host)
+                .into_iter()
+                .filter(|(_, r)| {
+                    let ext = ovsdb::get_map(r, "external_ids");
+                    ext.get(marks::OWNER).map(String::as_str) == Some(marks::OWNER_VALUE)
+                        && ext.get(marks::HOST).map(String::as_str) == Some(host)
+                })
+                .filter_map(|(_, r)| {
+                    let name = ovsdb::get_str(r, "name")?.to_string();
+                    Some((name, self.other_machines(r)?))
+                })
+                .collect()
+        });
+        let Some((port, machine)) = theirs.iter().min().cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(super::MarkClaim {
+            port,
+            more: theirs.len() - 1,
+            what: "machine id",
+            theirs: machine.clone(),
+            ours: self.machine.clone(),
+            same_machine: format!(
+                "its OVS system-id or /etc/machine-id changed; set `machine_id = \"{machine}\"` (COURIER_MACHINE_ID) to take those ports back"
+            ),
+        }))
     }
 
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>> {
@@ -1045,6 +1094,9 @@ impl OvnBackend {
         ext.insert(marks::HOST, req.owner.host.clone());
         ext.insert(marks::ATTACHMENT, req.owner.attachment.clone());
         ext.insert(marks::NETWORK, network.to_string());
+        if let Some(m) = &self.machine {
+            ext.insert(marks::MACHINE, m.clone());
+        }
         if req.role == PortRole::Reservation {
             ext.insert(marks::ROLE, "reservation".to_string());
         }
@@ -1177,6 +1229,15 @@ impl OvnBackend {
             .select_uuids(DB, LSP, owned())
             .await
             .map_err(nb_err(format!("looking up port {name}")))?;
+        // Another machine's port of that name under the same mark is left alone too.
+        let uuids: Vec<String> = uuids
+            .into_iter()
+            .filter(|u| {
+                self.cache
+                    .view(|v| v.row(LSP, u).and_then(|r| self.other_machines(r)))
+                    .is_none()
+            })
+            .collect();
         if uuids.is_empty() {
             return Ok(false);
         }
