@@ -900,6 +900,7 @@ async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
             pool4: pool_id(&subnet4),
             pool6: v6.as_ref().map(|(s, _)| pool_id(s)),
             binding: opts.binding.clone(),
+            scope: Some(d.config.docker.scope.clone()),
         })
         .await?;
     tracing::info!(docker_network = %req.network_id, network = %name, backend = %network.backend, created, "docker network ready");
@@ -962,9 +963,24 @@ async fn delete_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
         tracing::warn!(attachment = %a.id, "releasing a Docker endpoint left over on a network being deleted");
         d.attacher.release(&a.id).await?;
     }
+    let global = net.scope.as_deref().unwrap_or(&d.config.docker.scope) == "global";
+    let mut deleted = false;
     if net.created {
+        // The backend decides what goes: a network Courier made is deleted, a registered one
+        // only unregistered — and neither while a port is on it (anyone's for a made one,
+        // Courier's of any host for a registration), so the answer is "in use" then.
         match d.attacher.registry.network(&net.name).await {
-            Ok((backend, _)) => backend.delete_network(&net.name).await?,
+            Ok((backend, _)) => match backend.delete_network(&net.name).await {
+                Ok(()) => deleted = true,
+                // Global scope: every host that uses the Docker network has it; other hosts'
+                // containers are still on it. Only this host's registration goes; the last
+                // host's DeleteNetwork removes the backend network.
+                Err(Error::NetworkInUse { ports, .. }) if global => {
+                    tracing::info!(docker_network = %req.network_id, network = %net.name, ports,
+                        "global-scope network still in use (other hosts' ports): only this host's registration goes");
+                }
+                Err(e) => return Err(e.into()),
+            },
             Err(Error::UnknownNetwork(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -973,7 +989,7 @@ async fn delete_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
         .store
         .delete_docker_network(&req.network_id)
         .await?;
-    tracing::info!(docker_network = %req.network_id, network = %net.name, deleted = net.created, "docker network removed");
+    tracing::info!(docker_network = %req.network_id, network = %net.name, deleted, "docker network removed");
     Ok(ok(json!({})))
 }
 
