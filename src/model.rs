@@ -394,6 +394,10 @@ pub struct DockerNetwork {
     /// network, so DeleteNetwork removes that only as the last user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Unix seconds of its CreateNetwork (0: recorded before this field). Docker lists a network
+    /// only after CreateNetwork answered: reconcile leaves a younger record alone.
+    #[serde(default)]
+    pub since: u64,
 }
 
 pub fn unix_now() -> u64 {

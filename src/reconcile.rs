@@ -48,6 +48,10 @@ pub struct Report {
     /// Existing ports this host had claimed for an attachment no record knows: given back.
     #[serde(default)]
     pub released_ports: Vec<String>,
+    /// Docker networks the Docker Engine no longer lists (a `docker network rm` while Courier
+    /// was down): removed as DeleteNetwork would (frontdoor/docker.rs `reconcile_networks`).
+    #[serde(default)]
+    pub removed_docker_networks: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
     #[serde(default)]
     pub undecodable: Vec<Undecodable>,
@@ -72,12 +76,13 @@ impl Report {
             && self.leaked_bridge_ports.is_empty()
             && self.leaked_links.is_empty()
             && self.released_ports.is_empty()
+            && self.removed_docker_networks.is_empty()
             && self.expired_leases.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
     }
 
-    fn failed(&mut self, item: impl Into<String>, e: &Error) {
+    pub fn failed(&mut self, item: impl Into<String>, e: &Error) {
         let item = item.into();
         tracing::error!(item = %item, error = %e, "reconcile: item failed; going on");
         self.errors.push(ItemError {

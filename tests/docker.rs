@@ -1539,3 +1539,154 @@ fn global_scope_network_goes_with_its_last_host() {
     let (code, _) = n.api("GET", &format!("/networks/{user_net}"));
     assert_eq!(code, 200, "the user's network is kept");
 }
+
+/// `docker network rm` while Courier is down: Docker forgets the network (its DeleteNetwork to
+/// a plugin that is not there fails, and Docker removes it anyway). When Courier starts, its
+/// reconcile compares its records with the Docker Engine's network list and removes what Docker
+/// no longer has as DeleteNetwork would: the Neutron network and the OVN switch are gone
+/// (counted in Neutron and OVN NB, by name), a network Docker still has is kept. With the
+/// Docker Engine unreachable nothing is removed and status says why.
+#[test]
+fn docker_network_rm_while_courier_is_down_is_reconciled() {
+    let t = "docker_network_rm_while_courier_is_down_is_reconciled";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    // A record is left alone for the lease timeout after CreateNetwork (Docker lists a network
+    // only once CreateNetwork answered); 1 s here.
+    let mut env: Vec<(&str, String)> = n.daemon_env();
+    env.push(("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "1".into()));
+    let mut d = docker_daemon("dk-netrm", &env);
+    let (plugin, _) = plugin_for("dk-netrm");
+    let mut s = DockerScope::default();
+    let (neu, ovn, kept) = (
+        unique("dk-netrm-n"),
+        unique("dk-netrm-o"),
+        unique("dk-netrm-k"),
+    );
+    let neu_id = s.network(
+        &plugin,
+        &neu,
+        &["--subnet", "10.241.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    let ovn_id = s.network(&plugin, &ovn, &["--subnet", &subnet_for(52)]);
+    let kept_id = s.network(&plugin, &kept, &["--subnet", &subnet_for(53)]);
+    let _purge = Purge {
+        n: &n,
+        marks: vec![host_mark(&d)],
+        neutron_names: vec![courier_name(&neu_id)],
+        neutron_ids: vec![],
+        switches: vec![courier_name(&ovn_id), courier_name(&kept_id)],
+    };
+    let c = unique("dk-netrm1");
+    s.run_ok(&c, &["--network", &kept]);
+    assert_eq!(n.networks_named(&courier_name(&neu_id)).len(), 1);
+    assert!(switch_exists(&courier_name(&ovn_id)));
+
+    d.kill9();
+    let t0 = std::time::Instant::now();
+    // Each waits out Docker's retries of the missing plugin: both at once.
+    let rms: Vec<_> = [&neu, &ovn]
+        .iter()
+        .map(|net| {
+            std::process::Command::new("/usr/bin/docker")
+                .env("DOCKER_HOST", DOCKER_HOST)
+                .args(["network", "rm", net.as_str()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in rms {
+        let r = r.wait_with_output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    eprintln!(
+        "docker network rm with Courier down took {:?}",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut all: Vec<(String, String)> = docker_env("dk-netrm")
+        .into_iter()
+        .chain(env.iter().cloned())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    // First with the Docker Engine unreachable: nothing is removed, and status says why.
+    all.push((
+        "COURIER_DOCKER_ENGINE".into(),
+        format!("unix://{}/no-docker.sock", d.dir.display()),
+    ));
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    d.restart(&refs);
+    wait_backends(&d);
+    let (code, r) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{r}");
+    assert!(
+        r["removed_docker_networks"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{r}"
+    );
+    let (_, st) = d.api("GET", "/v1/status", None);
+    assert!(
+        st["reconcile_errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["error"].as_str().unwrap_or("").contains("Docker Engine")),
+        "status says the Docker Engine does not answer: {st}"
+    );
+    assert_eq!(n.networks_named(&courier_name(&neu_id)).len(), 1);
+    assert!(switch_exists(&courier_name(&ovn_id)));
+
+    // Then with it: what Docker no longer has goes, the rest stays.
+    all.pop();
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    d.restart(&refs);
+    wait_backends(&d);
+    // The start-up pass (or the one after Neutron connected) does it; asked again until then.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            d.api("POST", "/v1/reconcile", None);
+            n.networks_named(&courier_name(&neu_id)).is_empty()
+                && !switch_exists(&courier_name(&ovn_id))
+        }),
+        "the Neutron network and the OVN switch of the removed Docker networks are gone\n{}",
+        d.log()
+    );
+    let log = d.log();
+    for id in [&neu_id, &ovn_id] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Docker no longer has this network") && l.contains(id.as_str())),
+            "the log says why {id} went"
+        );
+    }
+    assert!(
+        switch_exists(&courier_name(&kept_id)),
+        "Docker's live one is kept"
+    );
+    let (_, st) = d.api("GET", "/v1/status", None);
+    assert!(
+        st["reconcile_errors"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{st}"
+    );
+    // The kept network still works and goes the usual way.
+    let c2 = unique("dk-netrm2");
+    s.run_ok(&c2, &["--network", &kept]);
+    assert!(ping(&c2, &ip_of(&c, &kept)));
+    docker_ok(&["rm", "-f", &c, &c2]);
+    assert!(
+        eventually(Duration::from_secs(10), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &kept]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&kept_id)));
+    assert!(n.owned_ports(&d).is_empty());
+}
