@@ -69,6 +69,21 @@ pub struct DockerConfig {
     /// Where a network created without `--subnet` gets its /24 (one not in use by a network
     /// Courier knows).
     pub default_pool: String,
+    /// The Docker Engine API of the dockerd that uses this plugin (`unix:///PATH`, as
+    /// `DOCKER_HOST` writes it): reconcile compares its network list with Courier's records of
+    /// Docker networks (a `docker network rm` while Courier was down). Default: `DOCKER_HOST`
+    /// if it is a unix socket, else `unix:///var/run/docker.sock`.
+    pub engine: String,
+}
+
+/// The Docker Engine API's default socket.
+pub const DOCKER_ENGINE_DEFAULT: &str = "unix:///var/run/docker.sock";
+
+impl DockerConfig {
+    /// The Engine API's socket path (`engine` was validated).
+    pub fn engine_socket(&self) -> PathBuf {
+        PathBuf::from(self.engine.strip_prefix("unix://").unwrap_or(&self.engine))
+    }
 }
 
 impl Default for DockerConfig {
@@ -79,6 +94,7 @@ impl Default for DockerConfig {
             scope: "local".into(),
             lease_timeout_secs: 60,
             default_pool: "10.224.0.0/12".into(),
+            engine: DOCKER_ENGINE_DEFAULT.into(),
         }
     }
 }
@@ -223,6 +239,7 @@ impl Config {
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
     /// COURIER_NEUTRON_HOST_ID, COURIER_NEUTRON_VLAN_CHILDREN, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
+    /// COURIER_DOCKER_ENGINE (else DOCKER_HOST when it is unix://),
     /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
     /// COURIER_NESTED_PARENT_PORT.
     /// Then validates the result.
@@ -294,6 +311,13 @@ impl Config {
         }
         if let Some(v) = get("COURIER_DOCKER_SCOPE") {
             self.docker.scope = v;
+        }
+        if let Some(v) = get("COURIER_DOCKER_ENGINE") {
+            self.docker.engine = v;
+        } else if let Some(v) = get("DOCKER_HOST").filter(|v| v.starts_with("unix://")) {
+            if self.docker.engine == DOCKER_ENGINE_DEFAULT {
+                self.docker.engine = v;
+            }
         }
         if let Some(v) = get("COURIER_BINDINGS") {
             self.bindings = v
@@ -386,6 +410,17 @@ impl Config {
             return Err(Error::InvalidInput(format!(
                 "[docker] scope {:?} (COURIER_DOCKER_SCOPE) must be \"local\" or \"global\"",
                 self.docker.scope
+            )));
+        }
+        if !self
+            .docker
+            .engine
+            .strip_prefix("unix://")
+            .is_some_and(|p| p.starts_with('/'))
+        {
+            return Err(Error::InvalidInput(format!(
+                "[docker] engine {:?} (COURIER_DOCKER_ENGINE) must be the Docker Engine's unix socket, e.g. {DOCKER_ENGINE_DEFAULT}",
+                self.docker.engine
             )));
         }
         match self.docker.default_pool.parse::<ipnet::Ipv4Net>() {
@@ -592,6 +627,41 @@ mod tests {
             cfg.neutron.vlan_children,
             crate::backend::neutron::VlanChildren::Trunk
         );
+    }
+
+    #[test]
+    fn the_docker_engine_comes_from_docker_host_or_the_setting() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|_| None).unwrap();
+        assert_eq!(
+            cfg.docker.engine_socket(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        cfg.apply_env(|k| (k == "DOCKER_HOST").then(|| "unix:///run/d/docker.sock".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.docker.engine_socket(),
+            PathBuf::from("/run/d/docker.sock")
+        );
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "DOCKER_HOST").then(|| "tcp://10.0.0.1:2375".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.docker.engine, DOCKER_ENGINE_DEFAULT,
+            "only a unix DOCKER_HOST"
+        );
+        cfg.apply_env(|k| match k {
+            "COURIER_DOCKER_ENGINE" => Some("unix:///x.sock".into()),
+            "DOCKER_HOST" => Some("unix:///y.sock".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.docker.engine_socket(), PathBuf::from("/x.sock"));
+        let e = Config::default()
+            .apply_env(|k| (k == "COURIER_DOCKER_ENGINE").then(|| "tcp://h:2375".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unix socket"), "{e}");
     }
 
     #[test]

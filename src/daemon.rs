@@ -49,7 +49,14 @@ impl Daemon {
     /// One reconcile pass. Never fails as a whole: each item's error is in the report.
     pub async fn reconcile(&self) -> reconcile::Report {
         let _one = self.reconciling.lock().await;
-        let report = reconcile::run(&self.attacher).await;
+        let mut report = reconcile::run(&self.attacher).await;
+        if self.config.docker.enabled {
+            let docker = crate::frontdoor::docker::reconcile_networks(self).await;
+            report.removed_docker_networks = docker.removed;
+            for (item, e) in &docker.errors {
+                report.failed(item.clone(), e);
+            }
+        }
         let m = &self.attacher.metrics;
         m.repaired("rolled_back", report.rolled_back.len());
         m.repaired("detached_gone_netns", report.detached_gone_netns.len());

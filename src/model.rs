@@ -389,6 +389,15 @@ pub struct DockerNetwork {
     /// `-o courier.binding`: its endpoints' edge binding (None: the daemon's default).
     #[serde(default)]
     pub binding: Option<String>,
+    /// The capability scope it was made under (`[docker] scope`: "local" or "global"; None:
+    /// recorded before this field, the daemon's). Global: other hosts may use its backend
+    /// network, so DeleteNetwork removes that only as the last user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Unix seconds of its CreateNetwork (0: recorded before this field). Docker lists a network
+    /// only after CreateNetwork answered: reconcile leaves a younger record alone.
+    #[serde(default)]
+    pub since: u64,
 }
 
 pub fn unix_now() -> u64 {

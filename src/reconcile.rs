@@ -52,6 +52,10 @@ pub struct Report {
     /// without their reservation: removed ("VM port: MAC IP").
     #[serde(default)]
     pub leaked_pairs: Vec<String>,
+    /// Docker networks the Docker Engine no longer lists (a `docker network rm` while Courier
+    /// was down): removed as DeleteNetwork would (frontdoor/docker.rs `reconcile_networks`).
+    #[serde(default)]
+    pub removed_docker_networks: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
     #[serde(default)]
     pub undecodable: Vec<Undecodable>,
@@ -77,12 +81,13 @@ impl Report {
             && self.leaked_links.is_empty()
             && self.released_ports.is_empty()
             && self.leaked_pairs.is_empty()
+            && self.removed_docker_networks.is_empty()
             && self.expired_leases.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
     }
 
-    fn failed(&mut self, item: impl Into<String>, e: &Error) {
+    pub fn failed(&mut self, item: impl Into<String>, e: &Error) {
         let item = item.into();
         tracing::error!(item = %item, error = %e, "reconcile: item failed; going on");
         self.errors.push(ItemError {

@@ -1260,3 +1260,433 @@ fn an_address_of_a_users_port_is_taken_only_when_the_port_is_named() {
     assert_eq!(back, was, "given back as it was");
     assert_eq!(all_ports_on(&n, &os_net), ports_before);
 }
+
+/// A libnetwork host driven the way dockerd drives the plugin (the calls and bodies of
+/// tests/fixtures/docker), straight on a test daemon's plugin socket: for what one dockerd
+/// cannot show, e.g. a global-scope network on two hosts (dockerd without swarm refuses it).
+struct PluginHost {
+    sock: std::path::PathBuf,
+}
+
+impl PluginHost {
+    fn call(&self, method: &str, body: Value) -> (u16, Value) {
+        let (code, v, _) = plugin_call(&self.sock, method, &body.to_string());
+        (code, v)
+    }
+
+    fn ok(&self, method: &str, body: Value) -> Value {
+        let (code, v) = self.call(method, body.clone());
+        assert_eq!(code, 200, "{method} {body}: {v}");
+        v
+    }
+
+    /// RequestPool, the gateway's RequestAddress, CreateNetwork: returns the pool id.
+    fn create_network(&self, nid: &str, subnet: &str, generic: Value) -> String {
+        let pool = self.ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "courier-global", "Pool": subnet, "SubPool": "", "V6": false, "Options": {}}),
+        )["PoolID"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let gw = self.ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool, "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        )["Address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.ok(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID": nid, "Options": {"com.docker.network.enable_ipv6": false,
+                "com.docker.network.generic": generic},
+                "IPv4Data": [{"AddressSpace": "courier-global", "Pool": subnet, "Gateway": gw}],
+                "IPv6Data": []}),
+        );
+        pool
+    }
+
+    /// RequestAddress + CreateEndpoint (the edge in the host netns, as before Join).
+    fn endpoint(&self, nid: &str, pool: &str, eid: &str, mac: &str) -> Result<String, String> {
+        let (code, v) = self.call(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool, "Address": "", "Options": {"com.docker.network.endpoint.macaddress": mac}}),
+        );
+        if code != 200 {
+            return Err(v.to_string());
+        }
+        let addr = v["Address"].as_str().unwrap_or_default().to_string();
+        let (code, v) = self.call(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": nid, "EndpointID": eid,
+                "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": mac}, "Options": {}}),
+        );
+        if code != 200 {
+            self.call(
+                "IpamDriver.ReleaseAddress",
+                json!({"PoolID": pool, "Address": addr}),
+            );
+            return Err(v.to_string());
+        }
+        Ok(addr)
+    }
+
+    fn remove_endpoint(&self, nid: &str, pool: &str, eid: &str, addr: &str) {
+        self.ok(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": nid, "EndpointID": eid}),
+        );
+        self.ok(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool, "Address": addr}),
+        );
+    }
+}
+
+/// A Docker-style id (64 hex), new per call (its first 12 digits too: they name the network).
+fn docker_id(tag: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let head = nanos.rotate_left(24) ^ (u64::from(tag) << 4) ^ u64::from(std::process::id());
+    format!(
+        "{head:016x}{nanos:016x}{tag:016x}{:016x}",
+        std::process::id()
+    )
+}
+
+/// At the end of a test, pass or fail: everything marked with these host marks (Neutron ports
+/// by their create's description, OVS ports, host links), and these Neutron networks and OVN
+/// switches, are removed, so a failed assertion leaves nothing behind on the shared services.
+struct Purge<'a> {
+    n: &'a NeutronEnv,
+    marks: Vec<String>,
+    neutron_names: Vec<String>,
+    neutron_ids: Vec<String>,
+    switches: Vec<String>,
+}
+
+impl Drop for Purge<'_> {
+    fn drop(&mut self) {
+        for m in &self.marks {
+            let (_, v) = self
+                .n
+                .api("GET", &format!("/ports?description=courier:host:{m}"));
+            for p in v["ports"].as_array().into_iter().flatten() {
+                if let Some(id) = p["id"].as_str() {
+                    self.n.api("DELETE", &format!("/ports/{id}"));
+                }
+            }
+            let ports = sh(
+                "ovs-vsctl",
+                &[
+                    "--bare",
+                    "--columns=name",
+                    "find",
+                    "Port",
+                    &format!("external_ids:courier-host={m}"),
+                ],
+            );
+            for p in String::from_utf8_lossy(&ports.stdout).split_whitespace() {
+                sh("ovs-vsctl", &["--if-exists", "del-port", p]);
+            }
+            let links: Value =
+                serde_json::from_str(&sh_ok("ip", &["-j", "link", "show"])).unwrap_or(Value::Null);
+            for l in links.as_array().into_iter().flatten() {
+                if l["ifalias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("courier:{m}:")))
+                {
+                    if let Some(name) = l["ifname"].as_str() {
+                        sh("ip", &["link", "del", name]);
+                    }
+                }
+            }
+        }
+        for name in &self.neutron_names {
+            for net in self.n.networks_named(name) {
+                if let Some(id) = net["id"].as_str() {
+                    self.n.api("DELETE", &format!("/networks/{id}"));
+                }
+            }
+        }
+        for id in &self.neutron_ids {
+            self.n.api("DELETE", &format!("/networks/{id}"));
+        }
+        for s in &self.switches {
+            sh("ovn-nbctl", &["--if-exists", "ls-del", s]);
+        }
+    }
+}
+
+/// `[docker] scope = "global"`: one Docker network on two hosts (two daemons, two host marks,
+/// each with its own records), sharing one backend network. DeleteNetwork on the first host
+/// while the second still has a container there removes only the first host's registration:
+/// the backend network stays and the second host goes on attaching to it; the last host's
+/// DeleteNetwork removes it (a network Courier made for Docker: deleted; a registered Neutron
+/// network: unregistered, kept). Through Neutron (made, and registered) and OVN direct.
+#[test]
+fn global_scope_network_goes_with_its_last_host() {
+    let t = "global_scope_network_goes_with_its_last_host";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    let mut env: Vec<(&str, String)> = n.daemon_env();
+    env.push(("COURIER_DOCKER_SCOPE", "global".into()));
+    let a = docker_daemon("dk-glob-a", &env);
+    let b = docker_daemon("dk-glob-b", &env);
+    let (ha, hb) = (
+        PluginHost {
+            sock: plugin_for("dk-glob-a").1,
+        },
+        PluginHost {
+            sock: plugin_for("dk-glob-b").1,
+        },
+    );
+    let user_net = neutron_network(&n, &unique("dk-glob-user"), "10.240.3.0/24");
+    let mut purge = Purge {
+        n: &n,
+        marks: vec![host_mark(&a), host_mark(&b)],
+        neutron_names: vec![],
+        neutron_ids: vec![user_net.clone()],
+        switches: vec![],
+    };
+    let user_tagged = |name: &str| {
+        let (_, v) = n.api("GET", &format!("/networks/{user_net}"));
+        v["network"]["tags"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t == &json!(format!("courier:network:{name}")))
+        })
+    };
+    let cases: [(&str, Value, &str); 3] = [
+        (
+            "neutron",
+            json!({"courier.backend": "neutron"}),
+            "10.240.1.0/24",
+        ),
+        ("ovn", json!({"courier.backend": "ovn"}), "10.240.2.0/24"),
+        (
+            "registration",
+            json!({"neutron.net.uuid": user_net}),
+            "10.240.3.0/24",
+        ),
+    ];
+    for (i, (case, generic, subnet)) in cases.iter().enumerate() {
+        let nid = docker_id(0xd15 + i as u32);
+        let name = courier_name(&nid);
+        purge.neutron_names.push(name.clone());
+        purge.switches.push(name.clone());
+        let there = || match *case {
+            "neutron" => n.networks_named(&name).len() == 1,
+            "ovn" => switch_exists(&name),
+            _ => user_tagged(&name),
+        };
+        let pool = ha.create_network(&nid, subnet, generic.clone());
+        assert!(there(), "{case}: host A made (or registered) the network");
+        assert_eq!(
+            hb.create_network(&nid, subnet, generic.clone()),
+            pool,
+            "{case}: host B found it"
+        );
+        let mac = |h: u8, e: u8| format!("02:00:00:{:02x}:{h:02x}:{e:02x}", i);
+        let (e1, e2, e3) = (docker_id(1), docker_id(2), docker_id(3));
+        let a1 = ha.endpoint(&nid, &pool, &e1, &mac(0xa, 1)).unwrap();
+        let b1 = hb.endpoint(&nid, &pool, &e2, &mac(0xb, 1)).unwrap();
+        ha.remove_endpoint(&nid, &pool, &e1, &a1);
+        // Host A's last container went: Docker removes the network there.
+        let (code, v) = ha.call("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
+        assert_eq!(code, 200, "{case}: host A's DeleteNetwork: {v}");
+        assert!(
+            there(),
+            "{case}: the backend network host B uses is still there"
+        );
+        let (code, v) = ha.call(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": nid, "EndpointID": docker_id(9),
+                "Interface": {"Address": "", "AddressIPv6": "", "MacAddress": mac(0xa, 9)}, "Options": {}}),
+        );
+        assert!(
+            code != 200
+                && v["Err"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not a Courier network"),
+            "{case}: host A's registration of the Docker network is gone: {code} {v}"
+        );
+        let b2 = hb
+            .endpoint(&nid, &pool, &e3, &mac(0xb, 2))
+            .unwrap_or_else(|e| panic!("{case}: host B still attaches to it: {e}"));
+        hb.remove_endpoint(&nid, &pool, &e2, &b1);
+        hb.remove_endpoint(&nid, &pool, &e3, &b2);
+        hb.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
+        assert!(!there(), "{case}: the last host's DeleteNetwork removed it");
+        for d in [&a, &b] {
+            assert!(owned(d).is_empty(), "{case}: {:?}", owned(d));
+            assert!(
+                n.owned_ports(d).is_empty(),
+                "{case}: {:?}",
+                n.owned_ports(d)
+            );
+        }
+    }
+    assert!(
+        n.ports_on(&user_net).is_empty(),
+        "{:?}",
+        n.ports_on(&user_net)
+    );
+    let (code, _) = n.api("GET", &format!("/networks/{user_net}"));
+    assert_eq!(code, 200, "the user's network is kept");
+}
+
+/// `docker network rm` while Courier is down: Docker forgets the network (its DeleteNetwork to
+/// a plugin that is not there fails, and Docker removes it anyway). When Courier starts, its
+/// reconcile compares its records with the Docker Engine's network list and removes what Docker
+/// no longer has as DeleteNetwork would: the Neutron network and the OVN switch are gone
+/// (counted in Neutron and OVN NB, by name), a network Docker still has is kept. With the
+/// Docker Engine unreachable nothing is removed and status says why.
+#[test]
+fn docker_network_rm_while_courier_is_down_is_reconciled() {
+    let t = "docker_network_rm_while_courier_is_down_is_reconciled";
+    let Some(n) = NeutronEnv::get(t) else { return };
+    if !docker_ready(t) {
+        return;
+    }
+    // A record is left alone for the lease timeout after CreateNetwork (Docker lists a network
+    // only once CreateNetwork answered); 1 s here.
+    let mut env: Vec<(&str, String)> = n.daemon_env();
+    env.push(("COURIER_DOCKER_LEASE_TIMEOUT_SECS", "1".into()));
+    let mut d = docker_daemon("dk-netrm", &env);
+    let (plugin, _) = plugin_for("dk-netrm");
+    let mut s = DockerScope::default();
+    let (neu, ovn, kept) = (
+        unique("dk-netrm-n"),
+        unique("dk-netrm-o"),
+        unique("dk-netrm-k"),
+    );
+    let neu_id = s.network(
+        &plugin,
+        &neu,
+        &["--subnet", "10.241.0.0/24", "-o", "courier.backend=neutron"],
+    );
+    let ovn_id = s.network(&plugin, &ovn, &["--subnet", &subnet_for(52)]);
+    let kept_id = s.network(&plugin, &kept, &["--subnet", &subnet_for(53)]);
+    let _purge = Purge {
+        n: &n,
+        marks: vec![host_mark(&d)],
+        neutron_names: vec![courier_name(&neu_id)],
+        neutron_ids: vec![],
+        switches: vec![courier_name(&ovn_id), courier_name(&kept_id)],
+    };
+    let c = unique("dk-netrm1");
+    s.run_ok(&c, &["--network", &kept]);
+    assert_eq!(n.networks_named(&courier_name(&neu_id)).len(), 1);
+    assert!(switch_exists(&courier_name(&ovn_id)));
+
+    d.kill9();
+    let t0 = std::time::Instant::now();
+    // Each waits out Docker's retries of the missing plugin: both at once.
+    let rms: Vec<_> = [&neu, &ovn]
+        .iter()
+        .map(|net| {
+            std::process::Command::new("/usr/bin/docker")
+                .env("DOCKER_HOST", DOCKER_HOST)
+                .args(["network", "rm", net.as_str()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in rms {
+        let r = r.wait_with_output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    eprintln!(
+        "docker network rm with Courier down took {:?}",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut all: Vec<(String, String)> = docker_env("dk-netrm")
+        .into_iter()
+        .chain(env.iter().cloned())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    // First with the Docker Engine unreachable: nothing is removed, and status says why.
+    all.push((
+        "COURIER_DOCKER_ENGINE".into(),
+        format!("unix://{}/no-docker.sock", d.dir.display()),
+    ));
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    d.restart(&refs);
+    wait_backends(&d);
+    let (code, r) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{r}");
+    assert!(
+        r["removed_docker_networks"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{r}"
+    );
+    let (_, st) = d.api("GET", "/v1/status", None);
+    assert!(
+        st["reconcile_errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["error"].as_str().unwrap_or("").contains("Docker Engine")),
+        "status says the Docker Engine does not answer: {st}"
+    );
+    assert_eq!(n.networks_named(&courier_name(&neu_id)).len(), 1);
+    assert!(switch_exists(&courier_name(&ovn_id)));
+
+    // Then with it: what Docker no longer has goes, the rest stays.
+    all.pop();
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    d.restart(&refs);
+    wait_backends(&d);
+    // The start-up pass (or the one after Neutron connected) does it; asked again until then.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            d.api("POST", "/v1/reconcile", None);
+            n.networks_named(&courier_name(&neu_id)).is_empty()
+                && !switch_exists(&courier_name(&ovn_id))
+        }),
+        "the Neutron network and the OVN switch of the removed Docker networks are gone\n{}",
+        d.log()
+    );
+    let log = d.log();
+    for id in [&neu_id, &ovn_id] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Docker no longer has this network") && l.contains(id.as_str())),
+            "the log says why {id} went"
+        );
+    }
+    assert!(
+        switch_exists(&courier_name(&kept_id)),
+        "Docker's live one is kept"
+    );
+    let (_, st) = d.api("GET", "/v1/status", None);
+    assert!(
+        st["reconcile_errors"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{st}"
+    );
+    // The kept network still works and goes the usual way.
+    let c2 = unique("dk-netrm2");
+    s.run_ok(&c2, &["--network", &kept]);
+    assert!(ping(&c2, &ip_of(&c, &kept)));
+    docker_ok(&["rm", "-f", &c, &c2]);
+    assert!(
+        eventually(Duration::from_secs(10), || owned(&d).is_empty()),
+        "{:?}",
+        owned(&d)
+    );
+    docker_ok(&["network", "rm", &kept]);
+    s.networks.clear();
+    assert!(!switch_exists(&courier_name(&kept_id)));
+    assert!(n.owned_ports(&d).is_empty());
+}

@@ -927,7 +927,27 @@ impl Backend for NeutronBackend {
                 Err(e) => return Err(os_err(format!("deleting network {}", net.id))(e)),
             }
         } else {
-            // Registered, not created: only the registration goes.
+            // Registered, not created: only the registration goes, and only once no port
+            // Courier made or bound (for any host) is left on it: their attachments name it.
+            let q = Query::new().network_id(&net.id);
+            let ours = self
+                .ports_where(&format!("listing ports of {name}"), q)
+                .await?
+                .iter()
+                .filter(|p| {
+                    Self::is_courier_port(p)
+                        || p.device_owner == DEVICE_OWNER
+                        || p.description
+                            .as_deref()
+                            .is_some_and(|d| d.starts_with("courier:host:"))
+                })
+                .count();
+            if ours > 0 {
+                return Err(Error::NetworkInUse {
+                    name: name.into(),
+                    ports: ours,
+                });
+            }
             self.api
                 .remove_tag("networks", &net.id, &tag_network(name))
                 .await

@@ -900,6 +900,8 @@ async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
             pool4: pool_id(&subnet4),
             pool6: v6.as_ref().map(|(s, _)| pool_id(s)),
             binding: opts.binding.clone(),
+            scope: Some(d.config.docker.scope.clone()),
+            since: crate::model::unix_now(),
         })
         .await?;
     tracing::info!(docker_network = %req.network_id, network = %name, backend = %network.backend, created, "docker network ready");
@@ -938,6 +940,13 @@ async fn delete_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
     let Some(net) = docker_network(&d, &req.network_id).await? else {
         return Ok(ok(json!({})));
     };
+    remove_network(&d, &net).await?;
+    Ok(ok(json!({})))
+}
+
+/// What DeleteNetwork does: this network's leftover endpoints here, then what CreateNetwork
+/// made (as the backend allows), then the record. Ok(true) when the backend network went too.
+async fn remove_network(d: &Daemon, net: &DockerNetwork) -> Result<bool> {
     // Docker deletes a network only once it has no endpoints: what is left of this network
     // here is a leftover of an outage (a `docker rm -f` while Courier was down). Release it now
     // rather than at the next reconcile, so the network can go.
@@ -954,27 +963,142 @@ async fn delete_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
             return Err(Error::InvalidInput(format!(
                 "endpoint {} of network {} is still joined to sandbox {}: disconnect it first",
                 a.docker.and_then(|x| x.endpoint_id).unwrap_or_default(),
-                req.network_id,
+                net.network_id,
                 a.netns
-            ))
-            .into());
+            )));
         }
         tracing::warn!(attachment = %a.id, "releasing a Docker endpoint left over on a network being deleted");
         d.attacher.release(&a.id).await?;
     }
+    let global = net.scope.as_deref().unwrap_or(&d.config.docker.scope) == "global";
+    let mut deleted = false;
     if net.created {
+        // The backend decides what goes: a network Courier made is deleted, a registered one
+        // only unregistered — and neither while a port is on it (anyone's for a made one,
+        // Courier's of any host for a registration), so the answer is "in use" then.
         match d.attacher.registry.network(&net.name).await {
-            Ok((backend, _)) => backend.delete_network(&net.name).await?,
+            Ok((backend, _)) => match backend.delete_network(&net.name).await {
+                Ok(()) => deleted = true,
+                // Global scope: every host that uses the Docker network has it; other hosts'
+                // containers are still on it. Only this host's registration goes; the last
+                // host's DeleteNetwork removes the backend network.
+                Err(Error::NetworkInUse { ports, .. }) if global => {
+                    tracing::info!(docker_network = %net.network_id, network = %net.name, ports,
+                        "global-scope network still in use (other hosts' ports): only this host's registration goes");
+                }
+                Err(e) => return Err(e),
+            },
             Err(Error::UnknownNetwork(_)) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     d.attacher
         .store
-        .delete_docker_network(&req.network_id)
+        .delete_docker_network(&net.network_id)
         .await?;
-    tracing::info!(docker_network = %req.network_id, network = %net.name, deleted = net.created, "docker network removed");
-    Ok(ok(json!({})))
+    tracing::info!(docker_network = %net.network_id, network = %net.name, deleted, "docker network removed");
+    Ok(deleted)
+}
+
+/// What reconciling Courier's Docker networks against Docker's own list did.
+#[derive(Debug, Default)]
+pub struct NetworksReconciled {
+    /// Docker network ids whose record (and what CreateNetwork made) went.
+    pub removed: Vec<String>,
+    /// (item, error) of what could not be done; the next pass retries.
+    pub errors: Vec<(String, Error)>,
+}
+
+/// Reconcile (at start and every pass): a Docker network Courier has a record of but the Docker
+/// Engine (`[docker] engine`) no longer lists was removed while Courier was down (Docker
+/// forgets a network whatever the driver answers, and cannot tell a driver that was not
+/// there): it is removed as DeleteNetwork would. A record younger than the lease timeout is
+/// left alone (Docker lists a network only after CreateNetwork answered). Docker unreachable:
+/// nothing is removed, and the error says so. No record: Docker is not asked.
+pub async fn reconcile_networks(d: &Daemon) -> NetworksReconciled {
+    let mut out = NetworksReconciled::default();
+    let nets = match d.attacher.store.docker_networks().await {
+        Ok(n) => n,
+        Err(e) => {
+            out.errors.push(("docker networks".into(), e));
+            return out;
+        }
+    };
+    if nets.is_empty() {
+        return out;
+    }
+    let listed = match engine_networks(&d.config.docker.engine_socket()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(engine = %d.config.docker.engine, error = %e,
+                "Docker networks not reconciled: the Docker Engine does not answer");
+            out.errors.push(("docker networks".into(), e));
+            return out;
+        }
+    };
+    let grace = d.attacher.lease_timeout.as_secs();
+    let now = crate::model::unix_now();
+    for net in nets {
+        if listed.contains(&net.network_id) || now.saturating_sub(net.since) <= grace {
+            continue;
+        }
+        tracing::warn!(docker_network = %net.network_id, network = %net.name,
+            "Docker no longer has this network (removed while Courier was down): removing it");
+        match remove_network(d, &net).await {
+            Ok(_) => out.removed.push(net.network_id),
+            Err(e) => out
+                .errors
+                .push((format!("docker network {}", net.network_id), e)),
+        }
+    }
+    out
+}
+
+/// The ids of every network the Docker Engine at `socket` has (`GET /networks`).
+async fn engine_networks(socket: &std::path::Path) -> Result<std::collections::HashSet<String>> {
+    let sock = socket.to_path_buf();
+    let shown = socket.display().to_string();
+    let unreachable = |why: String| {
+        Error::BackendDown {
+            backend: "docker-engine".into(),
+            detail: format!(
+                "the Docker Engine at {shown} ([docker] engine) does not answer ({why}); Docker networks removed while Courier was down stay until it does"
+            ),
+        }
+    };
+    let resp = tokio::task::spawn_blocking(move || {
+        crate::client::request(
+            &sock,
+            "GET",
+            "/networks",
+            None,
+            std::time::Duration::from_secs(10),
+        )
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("docker engine task: {e}")))?
+    .map_err(|e| {
+        unreachable(match e {
+            crate::client::ClientError::Connect { source, .. }
+            | crate::client::ClientError::Io { source, .. } => source.to_string(),
+            crate::client::ClientError::Reply(r) => r,
+        })
+    })?;
+    if resp.status != 200 {
+        return Err(unreachable(format!(
+            "GET /networks answered {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        )));
+    }
+    #[derive(Deserialize)]
+    struct Listed {
+        #[serde(rename = "Id")]
+        id: String,
+    }
+    let nets: Vec<Listed> = serde_json::from_slice(&resp.body)
+        .map_err(|e| unreachable(format!("its network list does not decode: {e}")))?;
+    Ok(nets.into_iter().map(|n| n.id).collect())
 }
 
 #[derive(Deserialize, Default)]

@@ -817,3 +817,147 @@ async fn a_network_id_that_is_not_ascii_is_refused() {
     );
     assert!(s.backend.network_names().is_empty());
 }
+
+/// What one Docker call costs with N Docker endpoints on this host (docs/performance.md,
+/// "Docker calls at 10 000 endpoints"). Prints a table; asserts nothing about time. Run with
+/// `cargo test --release --features courier/test-hooks --bin courier docker_calls_at -- --ignored --nocapture`.
+/// Every call timed here is a lookup only (a repeated CreateEndpoint, EndpointOperInfo, the IPv6
+/// RequestAddress of an endpoint's MAC, a ReleaseAddress and a DeleteEndpoint of nothing), so
+/// the backend (the in-memory OVN) does no work.
+#[tokio::test]
+#[ignore = "a measurement: run it by name with --ignored --nocapture"]
+async fn docker_calls_at_10_1000_10000_endpoints() {
+    use crate::model::{
+        AttachRequest, Attachment, DockerNetwork, DockerRef, EdgeState, LogicalPort,
+    };
+    let nid = "b".repeat(64);
+    let mut rows: Vec<String> = Vec::new();
+    for n in [10usize, 1_000, 10_000] {
+        let s = session();
+        let store = &s.daemon.attacher.store;
+        store
+            .put_docker_network(&DockerNetwork {
+                network_id: nid.clone(),
+                name: "docker-bbbbbbbbbbbb".into(),
+                backend: "ovn".into(),
+                created: true,
+                pool4: "courier:10.128.0.0/16".into(),
+                pool6: Some("courier:fd00:b::/64".into()),
+                binding: None,
+                scope: None,
+                since: crate::model::unix_now(),
+            })
+            .await
+            .expect("network");
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let id = format!("{i:012x}");
+            let req = AttachRequest {
+                container_id: format!("docker-lease:bench:{i}"),
+                ifname: "eth".into(),
+                network: "docker-bbbbbbbbbbbb".into(),
+                ..Default::default()
+            };
+            let mut a = Attachment::new(
+                &req,
+                id.clone(),
+                "ovn",
+                EdgeState::VethOvs {
+                    host_ifname: crate::model::host_ifname(&id),
+                },
+            );
+            a.phase = Phase::Ready;
+            a.netns = format!("/var/run/docker/netns/{i:x}");
+            a.docker = Some(DockerRef {
+                pool_id: "courier:10.128.0.0/16".into(),
+                endpoint_id: Some(format!("{i:064x}")),
+                network_id: Some(nid.clone()),
+                leased: true,
+                since: crate::model::unix_now(),
+            });
+            a.port = Some(LogicalPort {
+                id: format!("courier-{id}"),
+                name: format!("courier-{id}"),
+                network: "docker-bbbbbbbbbbbb".into(),
+                mac: format!(
+                    "0a:00:00:{:02x}:{:02x}:{:02x}",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                ),
+                ips: vec![
+                    format!("10.128.{}.{}/16", (i + 2) >> 8, (i + 2) & 255)
+                        .parse()
+                        .expect("ip"),
+                    format!("fd00:b::{:x}/64", i + 2).parse().expect("ip6"),
+                ],
+                gateways: vec![],
+                routes: vec![],
+                dns: Default::default(),
+                mtu: None,
+                up: true,
+                attachment: Some(id.clone()),
+                pairs_on: None,
+            });
+            store.note(&a).await.expect("record");
+        }
+        let fill = t.elapsed();
+        // The middle endpoint: neither first nor last in any order.
+        let i = n / 2;
+        let ep = format!("{i:064x}");
+        let mac = format!(
+            "0a:00:00:{:02x}:{:02x}:{:02x}",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        );
+        let calls: Vec<(&str, &str, Value)> = vec![
+            (
+                "CreateEndpoint (repeat)",
+                "NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": nid, "EndpointID": ep, "Interface": {"Address": "", "AddressIPv6": "", "MacAddress": ""}, "Options": {}}),
+            ),
+            (
+                "EndpointOperInfo",
+                "NetworkDriver.EndpointOperInfo",
+                json!({"NetworkID": nid, "EndpointID": ep}),
+            ),
+            (
+                "RequestAddress (IPv6 of its MAC)",
+                "IpamDriver.RequestAddress",
+                json!({"PoolID": "courier:fd00:b::/64", "Address": "", "Options": {"com.docker.network.endpoint.macaddress": mac}}),
+            ),
+            (
+                "ReleaseAddress (held by none)",
+                "IpamDriver.ReleaseAddress",
+                json!({"PoolID": "courier:10.128.0.0/16", "Address": "10.128.255.254"}),
+            ),
+            (
+                "DeleteEndpoint (unknown)",
+                "NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": nid, "EndpointID": "f".repeat(64)}),
+            ),
+        ];
+        for (what, method, body) in &calls {
+            let body = body.to_string().into_bytes();
+            let (status, _, answer) = send(&s.router, method, body.clone()).await;
+            assert_eq!(status, 200, "{what} at {n}: {answer}");
+            let t = std::time::Instant::now();
+            let mut runs = 0u32;
+            while runs < 5 || (t.elapsed() < Duration::from_millis(500) && runs < 10_000) {
+                send(&s.router, method, body.clone()).await;
+                runs += 1;
+            }
+            let per = t.elapsed() / runs;
+            rows.push(format!("| {what:<34} | {n:>6} | {per:>12.1?} |"));
+        }
+        rows.push(format!(
+            "| (filling the store)                | {n:>6} | {fill:>12.1?} |"
+        ));
+    }
+    println!("| call                               |      N |     per call |");
+    println!("|------------------------------------|--------|--------------|");
+    for r in rows {
+        println!("{r}");
+    }
+}

@@ -92,6 +92,8 @@ pub fn docker_env(name: &str) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("COURIER_DOCKER", "1".into()),
         ("COURIER_DOCKER_SOCKET", sock.display().to_string()),
+        // The dockerd whose network list reconcile follows.
+        ("COURIER_DOCKER_ENGINE", DOCKER_HOST.into()),
     ];
     if let Some(dir) = std::env::var_os("COURIER_CAPTURE_DIR") {
         let file = PathBuf::from(dir).join(format!("{name}.jsonl"));
