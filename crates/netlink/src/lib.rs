@@ -7,15 +7,19 @@ pub mod ethtool;
 pub mod msg;
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::nsid::NsidAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::CloneFlags;
 
 pub use ethtool::{set_tx_checksum, set_tx_checksum_in_netns, tx_checksum, tx_checksum_in_netns};
@@ -64,6 +68,13 @@ pub struct LinkInfoView {
     pub kind: Option<String>,
     /// IFLA_IFALIAS, if set.
     pub alias: Option<String>,
+    /// IFLA_LINK: the ifindex of its lower device (a VLAN's, macvlan's master), in its own
+    /// netns or, with `link_netnsid`, in that one.
+    pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: the lower device is in another netns, known here by this id.
+    pub link_netnsid: Option<i32>,
+    /// IFLA_VLAN_ID of an 802.1Q link.
+    pub vlan_id: Option<u16>,
 }
 
 /// How the container end is configured once it is inside its netns.
@@ -193,6 +204,16 @@ impl Netlink {
     }
 
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<LinkInfoView>, Error> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.name.starts_with(prefix))
+            .collect())
+    }
+
+    /// Every link of this netns.
+    pub async fn links(&self) -> Result<Vec<LinkInfoView>, Error> {
         let links: Vec<LinkMessage> = self
             .handle
             .link()
@@ -200,11 +221,60 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(kernel("listing links"))?;
+            .map_err(kernel(format!("listing links{}", self.where_())))?;
+        Ok(links.iter().map(view).collect())
+    }
+
+    /// The id this netns gives the netns open as `netns` (RTM_GETNSID); None when it gives
+    /// it none (then none of its links has its lower device there).
+    pub async fn nsid_of(&self, netns: &impl AsFd) -> Result<Option<i32>, Error> {
+        let req = msg::get_nsid(netns.as_fd().as_raw_fd());
+        let op = format!("asking the id of a netns{}", self.where_());
+        let mut handle = self.handle.clone();
+        let mut replies = handle.request(req.netlink()).map_err(kernel(op.clone()))?;
+        let mut id = None;
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(Error::Kernel {
+                        op,
+                        source: e.to_io(),
+                    })
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(n)) => {
+                    id = n.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(i) if *i >= 0 => Some(*i),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(id)
+    }
+
+    /// The links of this netns whose lower device is link `master` of the netns open as
+    /// `master_netns` — None: of this netns (VLAN, macvlan, ipvlan links of that master: the
+    /// ones that hold its VLAN ids). A link here on a lower device of another netns names it
+    /// by IFLA_LINK_NETNSID, compared with this netns's id for `master_netns`; the links are
+    /// read first, since reading them is what makes the kernel give that netns an id.
+    pub async fn links_on(
+        &self,
+        master: u32,
+        master_netns: Option<&std::fs::File>,
+    ) -> Result<Vec<LinkInfoView>, Error> {
+        let links = self.links().await?;
+        let want = match master_netns {
+            None => None,
+            Some(_) if !links.iter().any(|l| l.link_netnsid.is_some()) => return Ok(vec![]),
+            Some(f) => match self.nsid_of(f).await? {
+                Some(id) => Some(id),
+                None => return Ok(vec![]),
+            },
+        };
         Ok(links
-            .iter()
-            .map(view)
-            .filter(|l| l.name.starts_with(prefix))
+            .into_iter()
+            .filter(|l| l.link == Some(master) && l.link_netnsid == want)
             .collect())
     }
 
@@ -397,6 +467,20 @@ impl Netlink {
             Err(e) => Err(e),
         }
     }
+
+    /// Deletes link `index` (found by a listing); Ok(false) when it is gone already.
+    pub async fn delete_link_index(&self, index: u32, name: &str) -> Result<bool, Error> {
+        match self
+            .execute(msg::delete_link(index), &format!("deleting {name}"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn view(m: &LinkMessage) -> LinkInfoView {
@@ -408,6 +492,9 @@ fn view(m: &LinkMessage) -> LinkInfoView {
         up: m.header.flags.contains(LinkFlags::Up),
         kind: None,
         alias: None,
+        link: None,
+        link_netnsid: None,
+        vlan_id: None,
     };
     for a in &m.attributes {
         match a {
@@ -419,13 +506,24 @@ fn view(m: &LinkMessage) -> LinkInfoView {
             }
             LinkAttribute::Mtu(m) => v.mtu = Some(*m),
             LinkAttribute::IfAlias(a) => v.alias = Some(a.clone()),
+            LinkAttribute::Link(i) => v.link = Some(*i),
+            LinkAttribute::LinkNetNsId(i) => v.link_netnsid = Some(*i),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        v.kind = Some(match k {
-                            InfoKind::Veth => "veth".to_string(),
-                            other => format!("{other:?}").to_lowercase(),
-                        });
+                    match i {
+                        LinkInfo::Kind(k) => {
+                            v.kind = Some(match k {
+                                InfoKind::Veth => "veth".to_string(),
+                                other => format!("{other:?}").to_lowercase(),
+                            })
+                        }
+                        LinkInfo::Data(InfoData::Vlan(data)) => {
+                            v.vlan_id = data.iter().find_map(|d| match d {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -465,6 +563,51 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A VLAN link in a container's netns as the kernel reports it (RTM_NEWLINK of a dump):
+    /// IFLA_LINK 3, IFLA_LINK_NETNSID 0, IFLA_LINKINFO kind "vlan" with IFLA_VLAN_ID 42,
+    /// IFLA_IFALIAS — parsed from the wire bytes into what the bindings compare.
+    #[test]
+    fn view_of_a_vlan_link_in_another_netns() {
+        #[rustfmt::skip]
+        let payload: Vec<u8> = [
+            // ifinfomsg: family 0, pad, type 1 (ether), index 9, flags IFF_UP (1), change 0.
+            &[0u8, 0, 1, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0][..],
+            // IFLA_IFNAME (3) "renamed0"
+            &[13, 0, 3, 0], b"renamed0\0", &[0, 0, 0],
+            // IFLA_LINK (5) = 3
+            &[8, 0, 5, 0, 3, 0, 0, 0],
+            // IFLA_LINK_NETNSID (37) = 0
+            &[8, 0, 37, 0, 0, 0, 0, 0],
+            // IFLA_IFALIAS (20) "courier:h:abc"
+            &[18, 0, 20, 0], b"courier:h:abc\0", &[0, 0],
+            // IFLA_LINKINFO (18): IFLA_INFO_KIND (1) "vlan", IFLA_INFO_DATA (2): IFLA_VLAN_ID (1) = 42
+            &[28, 0, 18, 0], &[9, 0, 1, 0], b"vlan\0", &[0, 0, 0],
+            &[12, 0, 2, 0], &[6, 0, 1, 0, 42, 0, 0, 0],
+        ]
+        .concat();
+        let mut bytes = Vec::new();
+        let len = (16 + payload.len()) as u32;
+        bytes.extend_from_slice(&len.to_ne_bytes());
+        bytes.extend_from_slice(&16u16.to_ne_bytes()); // RTM_NEWLINK
+        bytes.extend_from_slice(&0u16.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&payload);
+        let nl = netlink_packet_core::NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes)
+            .expect("parses");
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = nl.payload else {
+            panic!("{nl:?}")
+        };
+        let v = view(&m);
+        assert_eq!(v.index, 9);
+        assert_eq!(v.name, "renamed0");
+        assert!(v.up);
+        assert_eq!(v.link, Some(3));
+        assert_eq!(v.link_netnsid, Some(0));
+        assert_eq!(v.vlan_id, Some(42));
+        assert_eq!(v.kind.as_deref(), Some("vlan"));
+        assert_eq!(v.alias.as_deref(), Some("courier:h:abc"));
+    }
 
     #[test]
     fn mac_helpers() {

@@ -185,6 +185,19 @@ pub fn set_alias(index: u32, alias: &str) -> Request {
     }
 }
 
+/// RTM_GETNSID: the id this netns (the socket's) gives the netns open at `fd` — what its
+/// links' IFLA_LINK_NETNSID says when their lower device is there. The kernel answers with
+/// RTM_NEWNSID and NETNSA_NSID (-1: none assigned).
+pub fn get_nsid(fd: RawFd) -> Request {
+    let mut m = netlink_packet_route::nsid::NsidMessage::default();
+    m.attributes
+        .push(netlink_packet_route::nsid::NsidAttribute::Fd(fd as u32));
+    Request {
+        message: RouteNetlinkMessage::GetNsId(m),
+        flags: NLM_F_REQUEST,
+    }
+}
+
 /// RTM_NEWADDR on link `index`. An IPv6 address is added with IFA_F_NODAD: the backend (the
 /// IPAM) already made it unique, and duplicate address detection would leave it "tentative"
 /// (unusable) for a second or more after the attach returns.
@@ -419,6 +432,46 @@ mod tests {
         };
         assert_eq!(m.header.index, 12);
         assert_eq!(delete_link(12).to_bytes(0)[4], 17, "RTM_DELLINK");
+    }
+
+    /// The alias Courier marks its links with: IFLA_IFALIAS (20), a NUL-terminated string, on
+    /// an RTM_SETLINK of that index (the kernel ignores IFLA_IFALIAS in RTM_NEWLINK).
+    #[test]
+    fn set_alias_message() {
+        let r = set_alias(7, "courier:vm1:0123456789ab");
+        assert_eq!(r.flags, NLM_F_REQUEST | NLM_F_ACK);
+        let bytes = r.to_bytes(0);
+        assert_eq!(bytes[4], 19, "RTM_SETLINK");
+        // ifinfomsg: family 0, pad, type 0, index 7.
+        assert_eq!(&bytes[16..24], &[0, 0, 0, 0, 7, 0, 0, 0]);
+        // len 4 + 24 + 1 = 29 (0x1d), type 20 (0x14), the string and its NUL.
+        let want = format!("1d001400{}00", hex(b"courier:vm1:0123456789ab"));
+        assert!(hex(&bytes).contains(&want), "{}", hex(&bytes));
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 7);
+        assert!(m
+            .attributes
+            .contains(&LinkAttribute::IfAlias("courier:vm1:0123456789ab".into())));
+    }
+
+    /// RTM_GETNSID (90) with rtgenmsg family 0 (+3 pad) and NETNSA_FD (3) = the fd, u32.
+    #[test]
+    fn get_nsid_message() {
+        let r = get_nsid(12);
+        assert_eq!(r.flags, NLM_F_REQUEST);
+        let bytes = r.to_bytes(3);
+        assert_eq!(bytes.len(), 16 + 4 + 8);
+        assert_eq!(&bytes[4..8], &[90, 0, 1, 0], "RTM_GETNSID, NLM_F_REQUEST");
+        assert_eq!(hex(&bytes[16..]), "00000000080003000c000000");
+        let RouteNetlinkMessage::GetNsId(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert_eq!(
+            m.attributes,
+            vec![netlink_packet_route::nsid::NsidAttribute::Fd(12)]
+        );
     }
 
     #[test]

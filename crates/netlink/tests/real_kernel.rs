@@ -276,3 +276,87 @@ async fn bad_input_names_the_thing_and_creates_nothing() {
         Err(Error::NotFound { .. })
     ));
 }
+
+/// The links on a master, wherever they are: a macvlan born in another netns on master `mst`
+/// (in netns M) is found from that netns by IFLA_LINK + IFLA_LINK_NETNSID (compared with the
+/// id that netns gives M, RTM_GETNSID), and a macvlan there on a local device that has the
+/// same ifindex as `mst` is not. (802.1Q links are the same to the kernel: this one has no
+/// 8021q; the guest test covers VLANs.) Everything is in throwaway netns.
+#[tokio::test]
+async fn links_on_a_master_across_namespaces() {
+    if !ready("links_on_a_master_across_namespaces") {
+        return;
+    }
+    let m = Ns::new("lm");
+    let c = Ns::new("lc");
+    let d = Ns::new("ld");
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(m.run(&[
+        "ip", "link", "add", "mst", "type", "veth", "peer", "name", "mstp",
+    ]));
+    ok(m.run(&["ip", "link", "set", "mst", "up"]));
+    let in_m = Netlink::in_netns(&m.path()).await.unwrap();
+    let mst = in_m.link("mst").await.unwrap().unwrap().index;
+    // In C, a device with the master's ifindex, and a macvlan on it (its lower is local).
+    let idx = mst.to_string();
+    ok(c.run(&[
+        "ip", "link", "add", "loc", "index", &idx, "type", "veth", "peer", "name", "locp",
+    ]));
+    ok(c.run(&[
+        "ip", "link", "add", "onloc", "link", "loc", "type", "macvlan",
+    ]));
+    let c_file = std::fs::File::open(c.path()).unwrap();
+    in_m.create_sub_link(
+        "mst",
+        &SubLinkSpec {
+            name: "up0".into(),
+            master: 0,
+            kind: SubKind::MacVlan,
+            mac: None,
+            mtu: None,
+            netns_fd: Some(c_file.as_raw_fd()),
+        },
+    )
+    .await
+    .unwrap();
+    // And one on the master in M itself.
+    ok(m.run(&[
+        "ip", "link", "add", "here0", "link", "mst", "type", "macvlan",
+    ]));
+    ok(c.run(&["ip", "link", "set", "up0", "name", "renamed0"]));
+
+    let m_file = std::fs::File::open(m.path()).unwrap();
+    let in_c = Netlink::in_netns(&c.path()).await.unwrap();
+    let found = in_c.links_on(mst, Some(&m_file)).await.unwrap();
+    let names: Vec<&str> = found.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["renamed0"], "{found:?}");
+    assert_eq!(found[0].kind.as_deref(), Some("macvlan"));
+    assert!(found[0].link_netnsid.is_some());
+    assert_eq!(found[0].vlan_id, None);
+    // From C, the links on its own `loc` (same ifindex) are the local ones: the macvlan, and
+    // loc's veth peer (a veth names its peer in IFLA_LINK: callers look at the kind).
+    let local = in_c.links_on(mst, None).await.unwrap();
+    let names: Vec<&str> = local.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["locp", "onloc"], "{local:?}");
+    // In M: the macvlan born there (and mst's peer); in D (nothing linked to M): none, and
+    // no id for M.
+    let here = in_m.links_on(mst, None).await.unwrap();
+    let names: Vec<&str> = here.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["mstp", "here0"], "{here:?}");
+    let in_d = Netlink::in_netns(&d.path()).await.unwrap();
+    assert!(in_d.links_on(mst, Some(&m_file)).await.unwrap().is_empty());
+    assert_eq!(in_d.nsid_of(&m_file).await.unwrap(), None);
+    assert!(in_c.nsid_of(&m_file).await.unwrap().is_some());
+    // Deleted by its index; a second time it is gone.
+    assert!(in_c
+        .delete_link_index(found[0].index, "renamed0")
+        .await
+        .unwrap());
+    assert!(!in_c
+        .delete_link_index(found[0].index, "renamed0")
+        .await
+        .unwrap());
+    assert!(in_c.links_on(mst, Some(&m_file)).await.unwrap().is_empty());
+}
