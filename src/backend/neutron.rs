@@ -433,7 +433,10 @@ impl NeutronBackend {
             let looks_like_id = w.len() == 36 && w.matches('-').count() == 4;
             let mut found = Vec::new();
             if looks_like_id {
-                let q = Query::new().id(w.as_str()).eq("fields", "id").eq("fields", "name");
+                let q = Query::new()
+                    .id(w.as_str())
+                    .eq("fields", "id")
+                    .eq("fields", "name");
                 found = self
                     .retry(&format!("looking up security group {w}"), || {
                         self.api.list_security_groups(&q)
@@ -441,7 +444,10 @@ impl NeutronBackend {
                     .await?;
             }
             if found.is_empty() {
-                let q = Query::new().name(w.as_str()).eq("fields", "id").eq("fields", "name");
+                let q = Query::new()
+                    .name(w.as_str())
+                    .eq("fields", "id")
+                    .eq("fields", "name");
                 found = self
                     .retry(&format!("looking up security group {w}"), || {
                         self.api.list_security_groups(&q)
