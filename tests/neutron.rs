@@ -1946,8 +1946,13 @@ fn a_bad_cloud_does_not_fail_the_other_backends_networks() {
             .unwrap_or_else(|| panic!("{name}: no neutron line: {text}"));
         assert!(line.contains(says), "{name}: {line}");
         if name != "refused-catalog" {
-            // It answers, and refuses: not a matter of waiting.
-            assert!(line.contains("FAILING"), "{name}: {line}");
+            // It answers, and refuses: not a matter of waiting. (Met while connecting — the
+            // host-mark check asks Neutron before the backend counts as connected — it is
+            // still shown as "not connected yet": the cause named is what counts here.)
+            assert!(
+                line.contains("FAILING") || line.contains("not connected yet"),
+                "{name}: {line}"
+            );
         }
         assert!(
             text.lines()
