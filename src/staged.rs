@@ -382,7 +382,7 @@ impl Attacher {
     /// Waits until no release of `ip` on `network` is under way.
     async fn wait_released(&self, network: &str, ip: std::net::IpAddr) -> Result<()> {
         let releasing = self
-            .staged_records(|a| {
+            .staged_records(crate::state::DockerKey::Address { network, ip }, |a| {
                 a.network == network
                     && a.phase == Phase::Detaching
                     && a.port
@@ -428,16 +428,17 @@ impl Attacher {
         Ok(Forgotten::Detached)
     }
 
-    /// Staged records (this host's) that match `pred`.
+    /// Staged records (this host's) filed under `key` that match `pred` (the index finds them;
+    /// `pred` says exactly which are meant, so a lookup costs its answer, not the store).
     pub async fn staged_records(
         &self,
+        key: crate::state::DockerKey<'_>,
         pred: impl Fn(&Attachment) -> bool,
     ) -> Result<Vec<Attachment>> {
         Ok(self
             .store
-            .list()
+            .docker_records(key)
             .await?
-            .attachments
             .into_iter()
             .filter(|a| a.docker.is_some() && pred(a))
             .collect())

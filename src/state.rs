@@ -11,6 +11,10 @@
 //! the store untouched, is listed separately (`Listing::undecodable`) and reported by reconcile,
 //! status and metrics, and its id counts as recorded, so the leak sweep never deletes what it
 //! might describe. One bad record never fails a listing.
+//! Docker's calls name an endpoint, an address or a MAC, never an attachment id: the
+//! `docker_index` table files every staged record under those (written in the record's own
+//! transaction, rebuilt from the records at every open), so a Docker call reads its records by
+//! key instead of decoding the whole store.
 //! redb is blocking, so every call runs on tokio's blocking pool.
 
 use std::path::Path;
@@ -28,7 +32,171 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CLAIMS: TableDefinition<&str, &str> = TableDefinition::new("claims");
 /// Docker networks of the libnetwork front door, by Docker's network id (JSON `DockerNetwork`).
 const DOCKER_NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("docker_networks");
+/// Docker lookups: `<key>` (a [`DockerKey`]'s prefix) + attachment id → "", one entry per key of
+/// every staged record (`Attachment::docker`).
+const DOCKER_INDEX: TableDefinition<&str, &str> = TableDefinition::new("docker_index");
+/// Attachment id → its `docker_index` keys (joined by [`KEYS_SEP`]), so a write replaces them
+/// without decoding the record it overwrites.
+const DOCKER_INDEX_OF: TableDefinition<&str, &str> = TableDefinition::new("docker_index_of");
+/// IPAM pool id → the Docker network id whose pool it is.
+const DOCKER_POOLS: TableDefinition<&str, &str> = TableDefinition::new("docker_pools");
 const NEXT_GENERATION: &str = "next_generation";
+/// Between the parts of an index key (in no id, name, address or MAC).
+const SEP: char = '\u{1f}';
+const KEYS_SEP: char = '\u{1e}';
+
+/// What a Docker call looks a staged record up by.
+#[derive(Debug, Clone, Copy)]
+pub enum DockerKey<'a> {
+    /// Docker's endpoint id.
+    Endpoint(&'a str),
+    /// Docker's network id (the records of one Docker network).
+    Network(&'a str),
+    /// An address of the record's port on Courier network `network`.
+    Address {
+        network: &'a str,
+        ip: std::net::IpAddr,
+    },
+    /// The MAC of the record's port on Courier network `network` (any case).
+    Mac { network: &'a str, mac: &'a str },
+}
+
+impl DockerKey<'_> {
+    /// The index key without the attachment id.
+    fn prefix(&self) -> String {
+        match self {
+            DockerKey::Endpoint(e) => format!("ep{SEP}{e}{SEP}"),
+            DockerKey::Network(n) => format!("net{SEP}{n}{SEP}"),
+            DockerKey::Address { network, ip } => format!("ip{SEP}{network}{SEP}{ip}{SEP}"),
+            DockerKey::Mac { network, mac } => {
+                format!("mac{SEP}{network}{SEP}{}{SEP}", mac.to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// Every index key of `a` (none unless it is a staged record).
+fn docker_keys(a: &Attachment) -> Vec<String> {
+    let Some(d) = &a.docker else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    if let Some(e) = &d.endpoint_id {
+        keys.push(DockerKey::Endpoint(e).prefix());
+    }
+    if let Some(n) = &d.network_id {
+        keys.push(DockerKey::Network(n).prefix());
+    }
+    if let Some(p) = &a.port {
+        for ip in &p.ips {
+            keys.push(
+                DockerKey::Address {
+                    network: &a.network,
+                    ip: ip.addr(),
+                }
+                .prefix(),
+            );
+        }
+        keys.push(
+            DockerKey::Mac {
+                network: &a.network,
+                mac: &p.mac,
+            }
+            .prefix(),
+        );
+    }
+    for k in &mut keys {
+        k.push_str(&a.id);
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Files record `id` under `keys` (none: a record deleted, or not staged), in the caller's
+/// transaction, replacing what it was filed under before.
+fn reindex(txn: &redb::WriteTransaction, id: &str, keys: &[String]) -> Result<()> {
+    let mut of = txn
+        .open_table(DOCKER_INDEX_OF)
+        .map_err(|e| store_err("open", e))?;
+    let mut idx = txn
+        .open_table(DOCKER_INDEX)
+        .map_err(|e| store_err("open", e))?;
+    let old: Option<String> = of
+        .get(id)
+        .map_err(|e| store_err("read", e))?
+        .map(|v| v.value().to_string());
+    for k in old.iter().flat_map(|o| o.split(KEYS_SEP)) {
+        if !k.is_empty() && !keys.iter().any(|n| n == k) {
+            idx.remove(k)
+                .map_err(|e| store_err(&format!("unindexing {id}"), e))?;
+        }
+    }
+    for k in keys {
+        idx.insert(k.as_str(), "")
+            .map_err(|e| store_err(&format!("indexing {id}"), e))?;
+    }
+    if keys.is_empty() {
+        if old.is_some() {
+            of.remove(id)
+                .map_err(|e| store_err(&format!("unindexing {id}"), e))?;
+        }
+    } else {
+        let joined = keys.join(&KEYS_SEP.to_string());
+        of.insert(id, joined.as_str())
+            .map_err(|e| store_err(&format!("indexing {id}"), e))?;
+    }
+    Ok(())
+}
+
+/// Files Docker network `new`'s pools, unfiling `old`'s first, in the caller's transaction.
+fn repool(
+    txn: &redb::WriteTransaction,
+    old: Option<&DockerNetwork>,
+    new: Option<&DockerNetwork>,
+) -> Result<()> {
+    let mut pools = txn
+        .open_table(DOCKER_POOLS)
+        .map_err(|e| store_err("open", e))?;
+    if let Some(o) = old {
+        for p in std::iter::once(&o.pool4).chain(o.pool6.as_ref()) {
+            let mine = pools
+                .get(p.as_str())
+                .map_err(|e| store_err("read", e))?
+                .is_some_and(|v| v.value() == o.network_id);
+            if mine {
+                pools
+                    .remove(p.as_str())
+                    .map_err(|e| store_err("unindexing a pool", e))?;
+            }
+        }
+    }
+    if let Some(n) = new {
+        for p in std::iter::once(&n.pool4).chain(n.pool6.as_ref()) {
+            pools
+                .insert(p.as_str(), n.network_id.as_str())
+                .map_err(|e| store_err("indexing a pool", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The Docker network record `id` in an open table.
+fn docker_network_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<DockerNetwork>> {
+    Ok(match t.get(id).map_err(|e| store_err("read", e))? {
+        Some(v) => match serde_json::from_slice::<DockerNetwork>(v.value()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(network = id, error = %e, "docker network record cannot be read; ignored");
+                None
+            }
+        },
+        None => None,
+    })
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -132,7 +300,46 @@ impl Store {
         txn.open_table(CLAIMS)
             .map_err(|e| store_err("creating table", e))?;
         txn.commit().map_err(|e| store_err("commit", e))?;
+        Self::rebuild_docker_index(&db)?;
         Ok(Store { db: Arc::new(db) })
+    }
+
+    /// The Docker lookup tables made again from the records (at every open: a Courier that
+    /// did not keep them may have written the store since). Undecodable records are left out,
+    /// as every listing leaves them.
+    fn rebuild_docker_index(db: &Database) -> Result<()> {
+        let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
+        for t in [DOCKER_INDEX, DOCKER_INDEX_OF, DOCKER_POOLS] {
+            txn.delete_table(t)
+                .map_err(|e| store_err("clearing the docker index", e))?;
+            txn.open_table(t)
+                .map_err(|e| store_err("creating table", e))?;
+        }
+        {
+            let atts = txn
+                .open_table(ATTACHMENTS)
+                .map_err(|e| store_err("open", e))?;
+            for item in atts.iter().map_err(|e| store_err("iterate", e))? {
+                let (k, v) = item.map_err(|e| store_err("iterate", e))?;
+                if let Ok(a) = decode_record(k.value(), v.value()) {
+                    let keys = docker_keys(&a);
+                    if !keys.is_empty() {
+                        reindex(&txn, &a.id, &keys)?;
+                    }
+                }
+            }
+            let nets = txn
+                .open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?;
+            for item in nets.iter().map_err(|e| store_err("iterate", e))? {
+                let (_, v) = item.map_err(|e| store_err("iterate", e))?;
+                if let Ok(n) = serde_json::from_slice::<DockerNetwork>(v.value()) {
+                    repool(&txn, None, Some(&n))?;
+                }
+            }
+        }
+        txn.commit()
+            .map_err(|e| store_err("committing the docker index", e))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -191,6 +398,8 @@ impl Store {
                         .map_err(|e| store_err("open", e))?;
                     t.insert(rec.id.as_str(), bytes.as_slice())
                         .map_err(|e| store_err(&format!("writing attachment {}", rec.id), e))?;
+                    drop(t);
+                    reindex(&txn, &rec.id, &docker_keys(&rec))?;
                 }
                 txn.commit()
                     .map_err(|e| store_err(&format!("committing attachment {}", rec.id), e))?;
@@ -216,6 +425,7 @@ impl Store {
     async fn write(&self, att: &Attachment, durability: Durability) -> Result<()> {
         let id = att.id.clone();
         let bytes = serde_json::to_vec(att).map_err(|e| store_err("encoding", e))?;
+        let keys = docker_keys(att);
         self.blocking(move |db| {
             let mut txn = db.begin_write().map_err(|e| store_err("begin", e))?;
             txn.set_durability(durability)
@@ -227,6 +437,7 @@ impl Store {
                 t.insert(id.as_str(), bytes.as_slice())
                     .map_err(|e| store_err(&format!("writing attachment {id}"), e))?;
             }
+            reindex(&txn, &id, &keys)?;
             txn.commit()
                 .map_err(|e| store_err(&format!("committing attachment {id}"), e))
         })
@@ -303,6 +514,8 @@ impl Store {
                             .map_err(|e| store_err(&format!("releasing {c}"), e))?;
                     }
                 }
+                drop(claims);
+                reindex(&txn, &id, &[])?;
                 existed
             };
             txn.commit().map_err(|e| store_err("commit", e))?;
@@ -324,6 +537,40 @@ impl Store {
                 match decode_record(k.value(), v.value()) {
                     Ok(a) => out.attachments.push(a),
                     Err(u) => out.undecodable.push(u),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The staged records filed under `key` (decodable ones: an undecodable record is in no
+    /// index). Costs the records found, not the store.
+    pub async fn docker_records(&self, key: DockerKey<'_>) -> Result<Vec<Attachment>> {
+        let prefix = key.prefix();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
+            let idx = txn
+                .open_table(DOCKER_INDEX)
+                .map_err(|e| store_err("open", e))?;
+            let atts = txn
+                .open_table(ATTACHMENTS)
+                .map_err(|e| store_err("open", e))?;
+            let mut out = Vec::new();
+            for item in idx
+                .range(prefix.as_str()..)
+                .map_err(|e| store_err("iterate", e))?
+            {
+                let (k, _) = item.map_err(|e| store_err("iterate", e))?;
+                let Some(id) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                if let Some(v) = atts.get(id).map_err(|e| store_err("read", e))? {
+                    if let Ok(a) = decode_record(id, v.value()) {
+                        if a.docker.is_some() {
+                            out.push(a);
+                        }
+                    }
                 }
             }
             Ok(out)
@@ -358,14 +605,58 @@ impl Store {
     pub async fn put_docker_network(&self, n: &DockerNetwork) -> Result<()> {
         let id = n.network_id.clone();
         let bytes = serde_json::to_vec(n).map_err(|e| store_err("encoding", e))?;
+        let n = n.clone();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
-            txn.open_table(DOCKER_NETWORKS)
-                .map_err(|e| store_err("open", e))?
-                .insert(id.as_str(), bytes.as_slice())
-                .map_err(|e| store_err(&format!("writing docker network {id}"), e))?;
+            let old = {
+                let mut t = txn
+                    .open_table(DOCKER_NETWORKS)
+                    .map_err(|e| store_err("open", e))?;
+                let old = docker_network_in(&t, &id)?;
+                t.insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| store_err(&format!("writing docker network {id}"), e))?;
+                old
+            };
+            repool(&txn, old.as_ref(), Some(&n))?;
             txn.commit()
                 .map_err(|e| store_err(&format!("committing docker network {id}"), e))
+        })
+        .await
+    }
+
+    /// Docker network `id`'s record.
+    pub async fn docker_network(&self, id: &str) -> Result<Option<DockerNetwork>> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
+            let t = txn
+                .open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?;
+            docker_network_in(&t, &id)
+        })
+        .await
+    }
+
+    /// The Docker network whose IPAM pool (IPv4 or IPv6) is `pool`.
+    pub async fn docker_network_of_pool(&self, pool: &str) -> Result<Option<DockerNetwork>> {
+        let pool = pool.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(|e| store_err("begin", e))?;
+            let pools = txn
+                .open_table(DOCKER_POOLS)
+                .map_err(|e| store_err("open", e))?;
+            let Some(id) = pools
+                .get(pool.as_str())
+                .map_err(|e| store_err("read", e))?
+                .map(|v| v.value().to_string())
+            else {
+                return Ok(None);
+            };
+            let t = txn
+                .open_table(DOCKER_NETWORKS)
+                .map_err(|e| store_err("open", e))?;
+            Ok(docker_network_in(&t, &id)?
+                .filter(|n| n.pool4 == pool || n.pool6.as_deref() == Some(pool.as_str())))
         })
         .await
     }
@@ -396,12 +687,17 @@ impl Store {
         let id = id.to_string();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(|e| store_err("begin", e))?;
-            let existed = txn
-                .open_table(DOCKER_NETWORKS)
-                .map_err(|e| store_err("open", e))?
-                .remove(id.as_str())
-                .map_err(|e| store_err(&format!("deleting docker network {id}"), e))?
-                .is_some();
+            let old = {
+                let mut t = txn
+                    .open_table(DOCKER_NETWORKS)
+                    .map_err(|e| store_err("open", e))?;
+                let old = docker_network_in(&t, &id)?;
+                t.remove(id.as_str())
+                    .map_err(|e| store_err(&format!("deleting docker network {id}"), e))?;
+                old
+            };
+            repool(&txn, old.as_ref(), None)?;
+            let existed = old.is_some();
             txn.commit().map_err(|e| store_err("commit", e))?;
             Ok(existed)
         })
@@ -418,6 +714,10 @@ impl Store {
                 .map_err(|e| store_err("open", e))?
                 .insert(id.as_str(), bytes.as_slice())
                 .map_err(|e| store_err("write", e))?;
+            let keys = decode_record(&id, &bytes)
+                .map(|a| docker_keys(&a))
+                .unwrap_or_default();
+            reindex(&txn, &id, &keys)?;
             txn.commit().map_err(|e| store_err("commit", e))
         })
         .await
@@ -531,6 +831,122 @@ mod tests {
         let mut c = att("c1");
         s.create(&mut c).await.unwrap();
         assert!(c.generation > b.generation);
+    }
+
+    /// The Docker index follows every write: a key finds the record while it holds it, not
+    /// after it changed or went, and is rebuilt from the records on open (a store written by a
+    /// Courier that kept no index).
+    #[tokio::test]
+    async fn docker_lookups_follow_the_records() {
+        use crate::model::{DockerNetwork, DockerRef, LogicalPort};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut a = att("docker-lease:1");
+        a.network = "dn".into();
+        a.docker = Some(DockerRef {
+            pool_id: "courier:10.9.0.0/24".into(),
+            network_id: Some("N1".into()),
+            leased: true,
+            ..Default::default()
+        });
+        a.port = Some(LogicalPort {
+            id: "p".into(),
+            name: "p".into(),
+            network: "dn".into(),
+            mac: "0A:00:00:00:00:01".into(),
+            ips: vec!["10.9.0.5/24".parse().unwrap()],
+            gateways: vec![],
+            routes: vec![],
+            dns: Default::default(),
+            mtu: None,
+            up: true,
+            attachment: None,
+            pairs_on: None,
+        });
+        s.create(&mut a).await.unwrap();
+        let mut cni = att("c9");
+        s.create(&mut cni).await.unwrap();
+        let ip = "10.9.0.5".parse().unwrap();
+        let by = |k: DockerKey<'static>| {
+            let s = s.clone();
+            async move {
+                s.docker_records(k)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let addr = DockerKey::Address { network: "dn", ip };
+        assert_eq!(by(addr).await, vec![a.id.clone()]);
+        assert_eq!(
+            by(DockerKey::Mac {
+                network: "dn",
+                mac: "0a:00:00:00:00:01"
+            })
+            .await,
+            vec![a.id.clone()]
+        );
+        assert_eq!(by(DockerKey::Network("N1")).await, vec![a.id.clone()]);
+        assert!(by(DockerKey::Endpoint("E1")).await.is_empty());
+        assert!(by(DockerKey::Address {
+            network: "other",
+            ip
+        })
+        .await
+        .is_empty());
+        // An endpoint comes, the address changes (a note, not durable): the keys follow.
+        a.docker.as_mut().unwrap().endpoint_id = Some("E1".into());
+        a.port.as_mut().unwrap().ips = vec!["10.9.0.6/24".parse().unwrap()];
+        s.note(&a).await.unwrap();
+        assert_eq!(by(DockerKey::Endpoint("E1")).await, vec![a.id.clone()]);
+        assert!(
+            by(addr).await.is_empty(),
+            "the old address no longer finds it"
+        );
+        // A store whose index is gone (written by a Courier without one) gets it back on open.
+        drop(s);
+        {
+            let db = Database::create(dir.path().join("courier.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(DOCKER_INDEX).unwrap();
+            txn.delete_table(DOCKER_INDEX_OF).unwrap();
+            txn.commit().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let e1 = s.docker_records(DockerKey::Endpoint("E1")).await.unwrap();
+        assert_eq!(e1.len(), 1, "rebuilt on open");
+        assert!(s.delete(&a.id).await.unwrap());
+        assert!(s
+            .docker_records(DockerKey::Endpoint("E1"))
+            .await
+            .unwrap()
+            .is_empty());
+        // Pools find their network, and go with it.
+        let net = DockerNetwork {
+            network_id: "N1".into(),
+            name: "dn".into(),
+            backend: "ovn".into(),
+            created: true,
+            pool4: "courier:10.9.0.0/24".into(),
+            pool6: Some("courier:fd00::/64".into()),
+            binding: None,
+            scope: None,
+            since: 0,
+        };
+        s.put_docker_network(&net).await.unwrap();
+        assert_eq!(
+            s.docker_network_of_pool("courier:fd00::/64").await.unwrap(),
+            Some(net.clone())
+        );
+        assert_eq!(s.docker_network("N1").await.unwrap(), Some(net.clone()));
+        assert!(s.delete_docker_network("N1").await.unwrap());
+        assert!(s
+            .docker_network_of_pool("courier:10.9.0.0/24")
+            .await
+            .unwrap()
+            .is_none());
     }
 
     /// A record exactly as the first slice (schema 1, no version field) wrote it.

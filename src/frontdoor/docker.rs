@@ -265,14 +265,7 @@ async fn request_pool(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
         s
     };
     let id = pool_id(&subnet);
-    if let Some(n) = d
-        .attacher
-        .store
-        .docker_networks()
-        .await?
-        .into_iter()
-        .find(|n| n.pool4 == id || n.pool6.as_deref() == Some(id.as_str()))
-    {
+    if let Some(n) = d.attacher.store.docker_network_of_pool(&id).await? {
         return Err(Error::InvalidInput(format!(
             "subnet {subnet} is Docker network {}'s already (Courier network {}): pick another --subnet",
             n.network_id, n.name
@@ -333,12 +326,7 @@ struct RequestAddress {
 
 /// The Docker network whose pool is `pool_id`.
 async fn network_of_pool(d: &Daemon, pool_id: &str) -> Result<Option<DockerNetwork>> {
-    Ok(d.attacher
-        .store
-        .docker_networks()
-        .await?
-        .into_iter()
-        .find(|n| n.pool4 == pool_id || n.pool6.as_deref() == Some(pool_id)))
+    d.attacher.store.docker_network_of_pool(pool_id).await
 }
 
 fn parse_ip(what: &str, s: &str) -> Result<IpAddr> {
@@ -394,16 +382,25 @@ async fn request_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
     let mac = options.get(MAC_OPTION).filter(|m| !m.is_empty()).cloned();
     if matches!(subnet, IpNet::V6(_)) {
         // The port was made by the IPv4 request just before (same MAC): its IPv6 address.
-        let found = d
-            .attacher
-            .staged_records(|a| {
-                a.network == net.name
-                    && a.port.as_ref().is_some_and(|p| {
-                        mac.as_deref()
-                            .is_some_and(|m| p.mac.eq_ignore_ascii_case(m))
-                    })
-            })
-            .await?;
+        let found = match &mac {
+            Some(m) => {
+                d.attacher
+                    .staged_records(
+                        crate::state::DockerKey::Mac {
+                            network: &net.name,
+                            mac: m,
+                        },
+                        |a| {
+                            a.network == net.name
+                                && a.port
+                                    .as_ref()
+                                    .is_some_and(|p| p.mac.eq_ignore_ascii_case(m))
+                        },
+                    )
+                    .await?
+            }
+            None => Vec::new(),
+        };
         let mut addr = found.iter().find_map(|a| address_in(a, &subnet));
         if addr.is_none() {
             // The IPv4 request named a user's port (bound at CreateEndpoint, when the endpoint
@@ -597,8 +594,12 @@ async fn release_address(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
 
 /// This host's leases (Courier's IPAM) on Docker network `net` whose port holds `ip`.
 async fn leases_holding(d: &Daemon, net: &DockerNetwork, ip: IpAddr) -> Result<Vec<Attachment>> {
+    let key = crate::state::DockerKey::Address {
+        network: &net.name,
+        ip,
+    };
     d.attacher
-        .staged_records(|a| {
+        .staged_records(key, |a| {
             a.network == net.name
                 && a.docker.as_ref().is_some_and(|x| x.leased)
                 && a.port
@@ -788,12 +789,7 @@ async fn create_network_once(d: Arc<Daemon>, body: Bytes) -> Reply {
         .into());
     }
     let store = &d.attacher.store;
-    if store
-        .docker_networks()
-        .await?
-        .iter()
-        .any(|n| n.network_id == req.network_id)
-    {
+    if store.docker_network(&req.network_id).await?.is_some() {
         return Ok(ok(json!({})));
     }
     let opts = NetworkOptions::parse(&generic_options(&req.options)?)?;
@@ -923,12 +919,7 @@ struct NetworkRef {
 }
 
 async fn docker_network(d: &Daemon, id: &str) -> Result<Option<DockerNetwork>> {
-    Ok(d.attacher
-        .store
-        .docker_networks()
-        .await?
-        .into_iter()
-        .find(|n| n.network_id == id))
+    d.attacher.store.docker_network(id).await
 }
 
 async fn delete_network(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
@@ -952,7 +943,7 @@ async fn remove_network(d: &Daemon, net: &DockerNetwork) -> Result<bool> {
     // rather than at the next reconcile, so the network can go.
     let left = d
         .attacher
-        .staged_records(|a| {
+        .staged_records(crate::state::DockerKey::Network(&net.network_id), |a| {
             a.network == net.name
                 && a.docker.as_ref().and_then(|x| x.network_id.as_deref())
                     == Some(net.network_id.as_str())
@@ -1154,7 +1145,7 @@ struct EndpointRef {
 
 async fn endpoint_record(d: &Daemon, endpoint_id: &str) -> Result<Option<Attachment>> {
     Ok(d.attacher
-        .staged_records(|a| {
+        .staged_records(crate::state::DockerKey::Endpoint(endpoint_id), |a| {
             a.docker.as_ref().and_then(|x| x.endpoint_id.as_deref()) == Some(endpoint_id)
         })
         .await?
