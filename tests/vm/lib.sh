@@ -1,8 +1,8 @@
 # tests/vm/lib.sh - sourced by the guest scenarios (guest.sh puts it at /scenario/lib.sh).
 #
 # courier_daemon BINDINGS: starts `courier daemon` in the guest (the VM) with the nested master
-# eth1 and the bindings BINDINGS (log: /tmp/courier.log, JSON lines), and waits until its
-# backends are connected. The backend:
+# eth1 and the bindings BINDINGS (log: /tmp/courier.log, JSON lines, appended; its pid in
+# COURIER_PID), and waits until its backends are connected. The backend:
 #   Neutron, when VM_OS_AUTH_URL is set: the tenant's credentials in a clouds.yaml written here
 #     (/etc/openstack/clouds.yaml, mode 600, cloud "vm": VM_OS_AUTH_URL, VM_OS_USERNAME,
 #     VM_OS_PASSWORD, VM_OS_PROJECT_NAME; domain Default), and network_endpoint_override
@@ -39,7 +39,8 @@ YAML
   else
     export COURIER_OVN_NB_REMOTE=$VM_NB_REMOTE
   fi
-  courier daemon >/tmp/courier.log 2>&1 &
+  courier daemon >>/tmp/courier.log 2>&1 &
+  COURIER_PID=$!
   local st=''
   for _ in $(seq 200); do
     if st=$(courier --json status 2>/dev/null) && ! echo "$st" | tr -d ' \n' | grep -q '"ok":false'; then

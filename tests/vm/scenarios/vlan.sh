@@ -34,10 +34,11 @@ ip -n w link del wrong0
 
 . /scenario/lib.sh
 courier_daemon vlan
-attach() {  # NETNS: attach, print "__attached__ NETNS TAG IP", set TAG and IPADDR
-  local out t
+attach() {  # NETNS (a name, or a path): attach, print "__attached__ NETNS TAG IP", set TAG and IPADDR
+  local out t ns=$1
+  [ "${ns#/}" != "$ns" ] || ns=/var/run/netns/$1
   t=$(now_ms)
-  if ! out=$(courier attach --netns "/var/run/netns/$1" --network "$VM_NET" --binding vlan --json); then
+  if ! out=$(courier attach --netns "$ns" --network "$VM_NET" --binding vlan --json); then
     echo "attach $1 failed: $out"; tail -20 /tmp/courier.log; exit 1
   fi
   out=$(echo "$out" | tr -d ' \n')
@@ -46,6 +47,81 @@ attach() {  # NETNS: attach, print "__attached__ NETNS TAG IP", set TAG and IPAD
   [ -n "$TAG" ] && [ -n "$IPADDR" ] || { echo "no tag or address in: $out"; exit 1; }
   echo "__timing__ attach $(( $(now_ms) - t )) ms"
   echo "__attached__ $1 $TAG $IPADDR"
+}
+vlan_in() {  # NETNS TAG: NETNS has an 802.1Q link with TAG (here: only eth1 has any)
+  ip -n "$1" -d link show 2>/dev/null | grep -Eq "vlan protocol 802.1Q id $2( |\$)"
+}
+# VM_LEFTOVERS: a sub-interface left in a container's netns must not keep its tag taken.
+leftovers() {
+  local left='' holder out
+  # (a) Release finds it by its tag on eth1, whatever the container made of its name and MAC.
+  ip -n c2 link set eth0 down
+  ip -n c2 link set eth0 name renamed0
+  ip -n c2 link set renamed0 address 02:00:00:00:00:99 up
+  courier detach --netns /var/run/netns/c2
+  if vlan_in c2 "$tag2"; then
+    left=1; echo "UNEXPECTED: detach left the renamed sub-interface (VLAN $tag2) in c2:"
+    ip -n c2 -d link show
+  fi
+  attach c2   # the same tag again: refused by the kernel (EEXIST) while the old one holds it
+  [ "$TAG" = "$tag2" ] || { echo "UNEXPECTED: c2 got tag $TAG, not its freed $tag2"; exit 1; }
+  [ -z "$left" ] || exit 1
+  echo "detach removed the renamed sub-interface"
+  # (b) Records lost (kill -9, state removed) while the netns live on: one named (c4, its
+  # interface renamed), one that only a process holds. Reconcile removes both sub-interfaces,
+  # and someone else's VLAN link on eth1 (keep0, no Courier mark) stays.
+  ip netns add c4 p
+  ip netns exec p sleep 600 &
+  holder=$!
+  attach c4; tag4=$TAG
+  attach "/proc/$holder/ns/net"; tag5=$TAG
+  ip netns del p
+  ip -n c4 link set eth0 down
+  ip -n c4 link set eth0 name other0
+  by_hand keep0 4000 192.0.2.40
+  kill -9 "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+  rm -rf /tmp/courier-state
+  courier_daemon vlan
+  out=$(courier reconcile)
+  echo "reconcile after the lost records: $(echo "$out" | tr -d ' \n')"
+  ip netns attach p "$holder"
+  for l in "c4 $tag4" "p $tag5"; do
+    if vlan_in $l; then
+      left=1; echo "UNEXPECTED: a sub-interface of a lost record (netns/tag $l) is left:"
+      ip -n "${l% *}" -d link show
+    fi
+  done
+  vlan_in w 4000 || { echo "UNEXPECTED: reconcile removed keep0, not Courier's"; exit 1; }
+  [ -z "$left" ] || { tail -20 /tmp/courier.log; exit 1; }
+  attach c4
+  [ "$TAG" = "$tag4" ] || { echo "UNEXPECTED: c4 got tag $TAG, not the freed $tag4"; exit 1; }
+  echo "reconcile removed the sub-interfaces of lost records"
+  # (c) A VLAN link someone else made on eth1 holds the next free tag: the attach that meets
+  # it fails naming it, changes nothing, and the next attach skips that tag.
+  by_hand hand0 "$tag5" 192.0.2.41
+  ip netns add c5
+  if out=$(courier attach --netns /var/run/netns/c5 --network "$VM_NET" --binding vlan --json 2>&1); then
+    out=$(echo "$out" | tr -d ' \n')
+    if echo "$out" | grep -q "\"tag\":$tag5[,}]"; then
+      echo "UNEXPECTED: attached with tag $tag5, which hand0 holds: $out"; exit 1
+    fi
+    echo "the attach skipped the held tag at once: $out"
+  else
+    echo "$out" | grep -q "hand0" && echo "$out" | grep -q "netns/w" ||
+      { echo "UNEXPECTED: the error does not name hand0 in netns w: $out"; exit 1; }
+    ip -n c5 link show | grep -q "eth0" && { echo "UNEXPECTED: the failed attach left eth0 in c5"; exit 1; }
+    echo "a tag held by someone else's link is refused naming it: $out"
+    attach c5
+  fi
+  [ "$TAG" != "$tag5" ] || { echo "UNEXPECTED: c5 got $tag5, held by hand0"; exit 1; }
+  vlan_in w "$tag5" || { echo "UNEXPECTED: hand0 was removed"; exit 1; }
+  echo "a tag held on eth1 is skipped"
+  courier reconcile >/dev/null
+  vlan_in w "$tag5" && vlan_in w 4000 || { echo "UNEXPECTED: reconcile removed a link not Courier's"; exit 1; }
+  for c in c4 c5; do courier detach --netns "/var/run/netns/$c"; done
+  ip -n w link del hand0; ip -n w link del keep0
+  kill "$holder"
+  echo "leftovers done"
 }
 attach c1; tag1=$TAG ip1=$IPADDR
 attach c2; tag2=$TAG ip2=$IPADDR
@@ -66,6 +142,9 @@ ip -n c1 link show eth0 >/dev/null 2>&1 && { echo "UNEXPECTED: eth0 left in c1";
 attach c3
 [ "$TAG" = "$tag1" ] || { echo "UNEXPECTED: the freed tag $tag1 was not given again (got $TAG)"; exit 1; }
 echo "detach freed the tag"
+if [ -n "${VM_LEFTOVERS:-}" ]; then
+  leftovers
+fi
 courier detach --netns /var/run/netns/c3
 courier detach --netns /var/run/netns/c2
 echo "__detached__"
