@@ -133,9 +133,119 @@ pub fn delete(name: &str) -> io::Result<()> {
     }
 }
 
+/// Every network namespace this process can see, once each, by a path that opens it, with
+/// its identity (nsfs inode): those mounted somewhere (`/var/run/netns/*`, a runtime's own
+/// directory: the nsfs mounts in /proc/self/mountinfo) first, then those only a process holds
+/// (`/proc/PID/ns/net`). A netns that only an open file holds is not seen.
+pub fn every() -> Vec<(String, u64)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for (path, ino) in nsfs_net_mounts(&info) {
+            if seen.insert(ino) {
+                out.push((path, ino));
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let path = format!("/proc/{pid}/ns/net");
+            // The magic link's target: the netns itself (a process that exited: skipped).
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if seen.insert(meta.ino()) {
+                    out.push((path, meta.ino()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The network namespaces mounted somewhere, from a /proc/PID/mountinfo text: (mount point,
+/// nsfs inode) of each `nsfs` mount whose root is `net:[INODE]`.
+fn nsfs_net_mounts(mountinfo: &str) -> Vec<(String, u64)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            if fs.split(' ').next() != Some("nsfs") {
+                return None;
+            }
+            let fields: Vec<&str> = mount.split(' ').collect();
+            let ino = fields
+                .get(3)?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((unescape_mountinfo(fields.get(4)?), ino))
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` (octal).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netns_mounts_from_mountinfo() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+610 29 0:4 net:[4026532600] /run/netns/c1 rw shared:300 - nsfs nsfs rw
+611 29 0:4 net:[4026532700] /run/docker/netns/a\\040b rw - nsfs nsfs rw
+612 29 0:4 mnt:[4026532800] /run/snapd/ns/x.mnt rw - nsfs nsfs rw
+613 29 0:4 net:[4026532600] /var/run/netns/c1 rw shared:300 - nsfs nsfs rw
+";
+        assert_eq!(
+            nsfs_net_mounts(info),
+            vec![
+                ("/run/netns/c1".to_string(), 4026532600),
+                ("/run/docker/netns/a b".to_string(), 4026532700),
+                ("/var/run/netns/c1".to_string(), 4026532600),
+            ]
+        );
+        assert_eq!(unescape_mountinfo("a\\134b\\011"), "a\\b\t");
+    }
+
+    #[test]
+    fn every_netns_includes_our_own() {
+        let Probe::Netns(own) = probe("/proc/self/ns/net") else {
+            return;
+        };
+        let all = every();
+        assert!(all.iter().any(|(_, i)| *i == own), "{all:?}");
+        let mut inodes: Vec<u64> = all.iter().map(|(_, i)| *i).collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        assert_eq!(inodes.len(), all.len(), "each once");
+    }
 
     #[test]
     fn only_a_certain_gone_counts() {
