@@ -224,7 +224,10 @@ impl Attacher {
         let Some(parent) = binding.vlan_parent(backend).await? else {
             return self.store.create(att).await;
         };
-        let in_backend = backend.child_tags(&parent).await?;
+        let mut in_backend = backend.child_tags(&parent).await?;
+        // Tags held on the VM's NIC by links Courier did not make (the kernel refuses them).
+        let on_nic = binding.held_tags();
+        in_backend.extend(&on_nic);
         let prefix = crate::model::vlan_claim_prefix(&parent);
         loop {
             let held: std::collections::BTreeSet<u16> = self
@@ -238,10 +241,11 @@ impl Attacher {
                 Error::Exhausted {
                     resource: format!("VLAN tags 1..4094 under the VM's port {parent}"),
                     what: format!(
-                        "{} held by this host's containers, {} by child ports in backend {}; detach a container (or delete a child port) first",
+                        "{} held by this host's containers, {} by child ports in backend {} or links on this host's NIC ({} of those); detach a container (or delete a child port) first",
                         held.len(),
                         in_backend.len(),
-                        backend.id()
+                        backend.id(),
+                        on_nic.len()
                     ),
                 }
             })?;
@@ -811,6 +815,13 @@ mod tests {
         async fn vlan_parent(&self, _backend: &dyn Backend) -> Result<Option<String>> {
             Ok(Some("vm1".into()))
         }
+        fn held_tags(&self) -> std::collections::BTreeSet<u16> {
+            self.0
+                .held_tags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
         fn port_role(&self, _att: &Attachment) -> crate::backend::PortRole {
             crate::backend::PortRole::Child {
                 parent: "vm1".into(),
@@ -911,16 +922,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(tag(&again), 3);
+        // Tags held on the VM's NIC by links Courier did not make are skipped too.
+        let on_nic = TaggedEdge(FakeEdge::new());
+        on_nic.0.held_tags.lock().unwrap().extend([45, 46]);
+        let mut skips = intent(101);
+        a.create_intent(&mut skips, &*backend, &on_nic)
+            .await
+            .unwrap();
+        assert_eq!(tag(&skips), 47, "45 and 46 are held on the NIC");
         // Every tag taken: refused, nothing written.
-        backend.add_children("vm1", 45..=4094);
+        backend.add_children("vm1", 48..=4094);
         let before = store.list().await.unwrap().attachments.len();
         let mut full = intent(200);
         let e = a
-            .create_intent(&mut full, &*backend, &binding)
+            .create_intent(&mut full, &*backend, &on_nic)
             .await
             .unwrap_err();
         assert!(matches!(e, Error::Exhausted { .. }), "{e}");
         assert!(e.to_string().contains("vm1"), "{e}");
+        assert!(e.to_string().contains("(2 of those)"), "{e}");
         assert_eq!(store.list().await.unwrap().attachments.len(), before);
         assert!(store.get(&full.id).await.unwrap().is_none());
     }

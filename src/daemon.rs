@@ -189,6 +189,7 @@ pub async fn run(config: Config) -> Result<()> {
                 &config.nested.master,
                 config.nested.parent_port.clone(),
                 config.ovn.mtu,
+                &config.host,
             ))),
             other => {
                 return Err(Error::InvalidInput(format!(

@@ -13,6 +13,8 @@ use crate::model::{host_ifname, peer_ifname, AttachRequest, Attachment, EdgeStat
 pub struct FakeEdge {
     plugged: Mutex<Vec<String>>,
     unplugged: Mutex<Vec<String>>,
+    /// What a vlan test double answers for `held_tags`.
+    pub held_tags: Mutex<std::collections::BTreeSet<u16>>,
 }
 
 impl FakeEdge {

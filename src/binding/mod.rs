@@ -82,6 +82,12 @@ pub trait EdgeBinding: Send + Sync {
         let _ = backend;
         Ok(None)
     }
+    /// Nested vlan: tags this host's kernel holds on the VM's NIC for links Courier did not
+    /// make (the kernel refuses a second link with a tag there): the allocator skips them.
+    /// Default: none.
+    fn held_tags(&self) -> std::collections::BTreeSet<u16> {
+        std::collections::BTreeSet::new()
+    }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;
     /// Creates the interface in the container netns with the port's MAC/IPs/routes and binds it

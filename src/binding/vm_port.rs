@@ -136,6 +136,21 @@ impl VmPort {
         mac: Option<[u8; 6]>,
         mtu: Option<u32>,
     ) -> Result<()> {
+        self.plug_marked(att, port, kind, mac, mtu, None).await
+    }
+
+    /// [`VmPort::plug`], and the interface gets `alias` (IFLA_IFALIAS: the kernel takes it
+    /// only after the link exists, so it is set before the rename: under any other name than
+    /// its birth name the link carries it).
+    pub async fn plug_marked(
+        &self,
+        att: &Attachment,
+        port: &LogicalPort,
+        kind: SubKind,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+        alias: Option<&str>,
+    ) -> Result<()> {
         // Born under a name of its own (some kernels check the name in the creating netns,
         // where the container's ifname may well exist), renamed in the container's netns.
         let born = peer_ifname(&att.id);
@@ -148,11 +163,17 @@ impl VmPort {
             netns_fd,
         };
         if att.hands_off() {
-            return self
-                .host
+            self.host
                 .create_sub_link(&self.master, &spec(None))
                 .await
-                .map_err(nl_err(format!("creating {born} on {}", self.master)));
+                .map_err(nl_err(format!("creating {born} on {}", self.master)))?;
+            if let Some(alias) = alias {
+                self.host
+                    .set_alias(&born, alias)
+                    .await
+                    .map_err(nl_err(format!("marking {born}")))?;
+            }
+            return Ok(());
         }
         let netns_file = std::fs::File::open(&att.netns)
             .map_err(|e| Error::InvalidEnv(format!("network namespace {}: {e}", att.netns)))?;
@@ -166,6 +187,11 @@ impl VmPort {
         let ns = Netlink::in_netns(Path::new(&att.netns))
             .await
             .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+        if let Some(alias) = alias {
+            ns.set_alias(&born, alias)
+                .await
+                .map_err(nl_err(format!("marking {born} in {}", att.netns)))?;
+        }
         ns.configure(&super::port_iface_config(&born, &att.ifname, port))
             .await
             .map_err(nl_err(format!(

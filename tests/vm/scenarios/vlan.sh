@@ -53,7 +53,7 @@ vlan_in() {  # NETNS TAG: NETNS has an 802.1Q link with TAG (here: only eth1 has
 }
 # VM_LEFTOVERS: a sub-interface left in a container's netns must not keep its tag taken.
 leftovers() {
-  local left='' holder out
+  local left='' holder out t removed
   # (a) Release finds it by its tag on eth1, whatever the container made of its name and MAC.
   ip -n c2 link set eth0 down
   ip -n c2 link set eth0 name renamed0
@@ -67,25 +67,32 @@ leftovers() {
   [ "$TAG" = "$tag2" ] || { echo "UNEXPECTED: c2 got tag $TAG, not its freed $tag2"; exit 1; }
   [ -z "$left" ] || exit 1
   echo "detach removed the renamed sub-interface"
-  # (b) Records lost (kill -9, state removed) while the netns live on: one named (c4, its
-  # interface renamed), one that only a process holds. Reconcile removes both sub-interfaces,
-  # and someone else's VLAN link on eth1 (keep0, no Courier mark) stays.
-  ip netns add c4 p
+  # (b) Records lost (kill -9, the state removed) while the netns live on: c3 and c2 (its
+  # link renamed again), c4, and one only a process holds. Reconcile removes every one of
+  # their sub-interfaces, and not someone else's VLAN link on eth1 (keep0, no Courier mark).
+  ip netns add c4; ip netns add p
   ip netns exec p sleep 600 &
   holder=$!
   attach c4; tag4=$TAG
   attach "/proc/$holder/ns/net"; tag5=$TAG
   ip netns del p
-  ip -n c4 link set eth0 down
-  ip -n c4 link set eth0 name other0
+  ip -n c2 link set eth0 down
+  ip -n c2 link set eth0 name other0
   by_hand keep0 4000 192.0.2.40
   kill -9 "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
   rm -rf /tmp/courier-state
   courier_daemon vlan
+  t=$(now_ms)
   out=$(courier reconcile)
+  echo "__timing__ reconcile $(( $(now_ms) - t )) ms (after the start-up pass)"
   echo "reconcile after the lost records: $(echo "$out" | tr -d ' \n')"
+  removed=$(grep '"deleted leaked host interface"' /tmp/courier.log | grep '"binding":"vlan"' |
+    grep -o '"name":"[^"]*"' | tr '\n' ' ')
+  echo "removed by reconcile: $removed"
+  [ "$(echo "$removed" | grep -o '"name"' | wc -l)" -ge 4 ] ||
+    { echo "UNEXPECTED: reconcile did not say it removed the four sub-interfaces"; exit 1; }
   ip netns attach p "$holder"
-  for l in "c4 $tag4" "p $tag5"; do
+  for l in "c3 $tag1" "c2 $tag2" "c4 $tag4" "p $tag5"; do
     if vlan_in $l; then
       left=1; echo "UNEXPECTED: a sub-interface of a lost record (netns/tag $l) is left:"
       ip -n "${l% *}" -d link show
@@ -93,8 +100,11 @@ leftovers() {
   done
   vlan_in w 4000 || { echo "UNEXPECTED: reconcile removed keep0, not Courier's"; exit 1; }
   [ -z "$left" ] || { tail -20 /tmp/courier.log; exit 1; }
-  attach c4
-  [ "$TAG" = "$tag4" ] || { echo "UNEXPECTED: c4 got tag $TAG, not the freed $tag4"; exit 1; }
+  # Their tags are free again: the same containers get them back, lowest first.
+  for l in "c3 $tag1" "c2 $tag2" "c4 $tag4"; do
+    attach "${l% *}"
+    [ "$TAG" = "${l#* }" ] || { echo "UNEXPECTED: ${l% *} got tag $TAG, not the freed ${l#* }"; exit 1; }
+  done
   echo "reconcile removed the sub-interfaces of lost records"
   # (c) A VLAN link someone else made on eth1 holds the next free tag: the attach that meets
   # it fails naming it, changes nothing, and the next attach skips that tag.
@@ -105,7 +115,9 @@ leftovers() {
     if echo "$out" | grep -q "\"tag\":$tag5[,}]"; then
       echo "UNEXPECTED: attached with tag $tag5, which hand0 holds: $out"; exit 1
     fi
+    TAG=$(echo "$out" | sed -n 's/.*"tag":\([0-9]*\).*/\1/p')
     echo "the attach skipped the held tag at once: $out"
+    echo "__attached__ c5 $TAG -"
   else
     echo "$out" | grep -q "hand0" && echo "$out" | grep -q "netns/w" ||
       { echo "UNEXPECTED: the error does not name hand0 in netns w: $out"; exit 1; }
