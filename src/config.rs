@@ -119,6 +119,11 @@ pub struct NeutronConfig {
     /// Nested vlan child ports: "auto" (a trunk subport if Neutron has the trunk extension,
     /// else `binding:profile {parent_name, tag}`), "trunk" or "binding-profile".
     pub vlan_children: crate::backend::neutron::VlanChildren,
+    /// At most this many requests to Neutron in flight at once; the rest wait
+    /// their turn, and their `api_timeout` starts when they are sent. Unset: 8. An API with
+    /// few workers answers a burst (100 attaches at once) in turn instead of timing the tail
+    /// out in its own queue.
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,7 +243,8 @@ impl Config {
     /// COURIER_OVN_BRIDGE, COURIER_PORT_UP_TIMEOUT_MS, COURIER_MTU,
     /// COURIER_OVN_INACTIVITY_PROBE_MS, COURIER_OVN_CALL_TIMEOUT_MS, COURIER_OVN_CONTROLLER_CTL,
     /// COURIER_DEFAULT_BACKEND, COURIER_NEUTRON (1/true), COURIER_NEUTRON_CLOUD (enables it),
-    /// COURIER_NEUTRON_HOST_ID, COURIER_NEUTRON_VLAN_CHILDREN, COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
+    /// COURIER_NEUTRON_HOST_ID, COURIER_NEUTRON_VLAN_CHILDREN, COURIER_NEUTRON_MAX_IN_FLIGHT,
+    /// COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
     /// COURIER_DOCKER_ENGINE (else DOCKER_HOST when it is unix://),
     /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
     /// COURIER_NESTED_PARENT_PORT.
@@ -300,6 +306,10 @@ impl Config {
         if let Some(v) = get("COURIER_NEUTRON_HOST_ID") {
             self.neutron.host_id = Some(v);
         }
+        if let Some(v) = get("COURIER_NEUTRON_MAX_IN_FLIGHT") {
+            let n = parse_num("COURIER_NEUTRON_MAX_IN_FLIGHT", &v)?;
+            self.neutron.max_in_flight = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
         if let Some(v) = get("COURIER_OVN_CONTROLLER_CTL") {
             self.ovn.controller_ctl = v;
         }
@@ -355,6 +365,11 @@ impl Config {
                 "[ovn] inactivity_probe_ms ({}) and call_timeout_ms ({}) must be at least 100",
                 self.ovn.inactivity_probe_ms, self.ovn.call_timeout_ms
             )));
+        }
+        if self.neutron.max_in_flight == Some(0) {
+            return Err(Error::InvalidInput(
+                "[neutron] max_in_flight (COURIER_NEUTRON_MAX_IN_FLIGHT) is 0: give at least 1, or leave it unset for 8".into(),
+            ));
         }
         let enabled: Vec<&str> = [
             (!self.ovn.nb_remote.is_empty()).then_some("ovn"),
@@ -620,6 +635,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auto, trunk or binding-profile"), "{e}");
+        // max_in_flight: a number of at least 1.
+        let mut cfg = Config::default();
+        let e = cfg
+            .apply_env(|k| (k == "COURIER_NEUTRON_MAX_IN_FLIGHT").then(|| "0".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "COURIER_NEUTRON_MAX_IN_FLIGHT").then(|| "3".into()))
+            .unwrap();
+        assert_eq!(cfg.neutron.max_in_flight, Some(3));
         let mut cfg = Config::default();
         cfg.apply_env(|k| (k == "COURIER_NEUTRON_VLAN_CHILDREN").then(|| "trunk".into()))
             .unwrap();

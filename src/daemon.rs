@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Resolved once, now: a bad clouds.yaml or missing OS_* is a start-up error to fix.
     let neutron_cfg = if config.neutron.enabled {
         let cloud = config.neutron.cloud.clone();
-        let cloud_cfg = match &config.neutron.auth {
+        let mut cloud_cfg = match &config.neutron.auth {
             Some(auth) => {
                 auth.validate()
                     .map_err(|e| Error::InvalidInput(format!("[neutron.auth]: {e}")))?;
@@ -106,6 +106,9 @@ pub async fn run(config: Config) -> Result<()> {
             None => courier_openstack::CloudConfig::from_process_env(cloud.as_deref())
                 .map_err(|e| Error::InvalidInput(format!("[neutron]: {e}")))?,
         };
+        if let Some(n) = config.neutron.max_in_flight {
+            cloud_cfg.max_in_flight = n;
+        }
         let host_id = config
             .neutron
             .host_id

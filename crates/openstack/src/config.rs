@@ -129,6 +129,11 @@ pub struct CloudConfig {
     /// Renew the token when less than this is left before `expires_at`.
     #[serde(with = "secs")]
     pub token_renew_margin: Duration,
+    /// At most this many API requests (Neutron; token requests are single-flight anyway) in
+    /// flight at once; more wait their turn before they are sent (their timeout starts when
+    /// they are). A cloud's API serves a few at a time (the test Neutron: one worker), so 100
+    /// requests sent at once would time out in its queue, not for any fault of theirs.
+    pub max_in_flight: usize,
 }
 
 impl Default for CloudConfig {
@@ -157,6 +162,7 @@ impl Default for CloudConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             token_renew_margin: Duration::from_secs(60),
+            max_in_flight: 8,
         }
     }
 }

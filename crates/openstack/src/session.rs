@@ -71,6 +71,8 @@ pub struct Session {
     token: std::sync::Mutex<TokenState>,
     auths: AtomicU64,
     requests: AtomicU64,
+    /// `CloudConfig::max_in_flight` permits, one held by each request while it is out.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Session {
@@ -122,10 +124,11 @@ impl Session {
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(Session {
             http,
-            cfg,
             token: std::sync::Mutex::new(TokenState::default()),
             auths: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            in_flight: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
+            cfg,
         })
     }
 
@@ -386,6 +389,8 @@ impl Session {
             if let Some(b) = &req.body {
                 rb = rb.json(b);
             }
+            // Never closed, so acquiring only waits for a turn.
+            let _turn = self.in_flight.acquire().await.ok();
             let started = Instant::now();
             self.requests.fetch_add(1, Ordering::Relaxed);
             let resp = rb
@@ -594,6 +599,89 @@ mod tests {
             .all(|r| Arc::ptr_eq(r.as_ref().unwrap().as_ref().unwrap(), &first)));
         assert_eq!(count.load(Ordering::SeqCst), 1);
         assert_eq!(s.auth_count(), 1);
+    }
+
+    /// A stand-in API on 127.0.0.1 that answers every request `200 {}` after `delay`, and
+    /// counts the most requests it held at once.
+    async fn slow_api(delay: Duration) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let m = most.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (now, most) = (now.clone(), m.clone());
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(held, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                        .await;
+                });
+            }
+        });
+        (url, most)
+    }
+
+    /// A burst larger than `max_in_flight` reaches the API a few at a time, and the requests
+    /// that waited their turn are not timed out by the wait: 12 requests of 300 ms, 3 at a
+    /// time, take 1.2 s; each is allowed 1 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_waits_its_turn_instead_of_timing_out() {
+        let (url, most) = slow_api(Duration::from_millis(300)).await;
+        let s = Arc::new(
+            Session::new(CloudConfig {
+                auth_type: crate::config::AuthType::NoAuth,
+                network_endpoint_override: Some(url.clone()),
+                request_timeout: Duration::from_secs(1),
+                max_in_flight: 3,
+                ..CloudConfig::default()
+            })
+            .unwrap(),
+        );
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let (s, url) = (s.clone(), url.clone());
+                tokio::spawn(async move {
+                    s.send(Request {
+                        method: Method::GET,
+                        url: format!("{url}/v2.0/ports/{i}"),
+                        path: format!("/v2.0/ports/{i}"),
+                        body: None,
+                        resource: None,
+                        if_match_revision: None,
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (status, _) = t.await.unwrap().expect("answered, not timed out");
+            assert_eq!(status, 200);
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(1150),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            3,
+            "at most max_in_flight at once"
+        );
+        assert_eq!(s.request_count(), 12);
     }
 
     /// The caller whose request was in flight goes away (its future dropped): a waiter asks
