@@ -55,6 +55,15 @@ cleanup() {
     "$BIN" --socket "$sock" network delete "$net" >/dev/null 2>&1
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   fi
+  # A run stopped half way leaves Courier's own ports of the bench (its daemon's state goes with
+  # $dir, so no reconcile would ever find them) and so the network: every port but Neutron's
+  # own (network:*) goes, then the network.
+  if [ -n "$net_id" ] && api "$N_API/networks/$net_id" >/dev/null 2>&1; then
+    for id in $(api "$N_API/ports?network_id=$net_id&fields=id&fields=device_owner" | jq -r '.ports[] | select(.device_owner | startswith("network:") | not) | .id'); do
+      api -X DELETE "$N_API/ports/$id" >/dev/null
+    done
+    api -X DELETE "$N_API/networks/$net_id" >/dev/null
+  fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
