@@ -1377,7 +1377,6 @@ async fn leave(State(d): State<Arc<Daemon>>, body: Bytes) -> Reply {
 
 /// The captured dockerd sessions (tests/fixtures/docker) replayed against the handlers.
 #[cfg(test)]
-#[path = "docker_replay.rs"]
 mod replay;
 
 #[cfg(test)]
