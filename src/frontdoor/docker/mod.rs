@@ -22,9 +22,9 @@
 //! Every call is idempotent: Docker repeats them after restarts.
 //!
 //! Here: the socket's router, the protocol's replies and errors, request parsing. The calls:
-//! [`ipam`] (IpamDriver), [`network`] (CreateNetwork / DeleteNetwork), [`endpoint`]
-//! (CreateEndpoint … Leave), [`options`] (`-o` and `--driver-opt` parsing), [`user_ports`]
-//! (ports Courier did not make), [`reconcile`] (against the Docker Engine's network list).
+//! `ipam` (IpamDriver), `network` (CreateNetwork / DeleteNetwork), `endpoint` (CreateEndpoint
+//! … Leave), `options` (`-o` and `--driver-opt` parsing), `user_ports` (ports Courier did not
+//! make), `reconcile` (against the Docker Engine's network list).
 
 mod endpoint;
 mod ipam;
