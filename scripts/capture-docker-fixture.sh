@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-captures tests/fixtures/docker/*.jsonl: every call the real dockerd (scripts/docker.sh) makes
 # on Courier's plugin socket in the Docker tests below, with Courier's answers, one JSON line per
-# call ({"method","request","status","response"}). The unit tests in src/frontdoor/docker.rs
+# call ({"method","request","status","response"}). The unit tests in src/frontdoor/docker/replay.rs
 # replay them against the handlers without dockerd. Root; needs OVN (scripts/ovn.sh) and dockerd.
 #
 #   scripts/capture-docker-fixture.sh

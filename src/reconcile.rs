@@ -53,7 +53,7 @@ pub struct Report {
     #[serde(default)]
     pub leaked_pairs: Vec<String>,
     /// Docker networks the Docker Engine no longer lists (a `docker network rm` while Courier
-    /// was down): removed as DeleteNetwork would (frontdoor/docker.rs `reconcile_networks`).
+    /// was down): removed as DeleteNetwork would (frontdoor/docker/reconcile.rs `reconcile_networks`).
     #[serde(default)]
     pub removed_docker_networks: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
