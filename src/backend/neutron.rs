@@ -23,7 +23,8 @@ use courier_openstack::{self as os, FixedIp, Neutron, PortCreate, Query, SubnetC
 use ipnet::IpNet;
 
 use super::{
-    AddressPair, Backend, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, PortRole,
+    Ability, AddressPair, AddressPairs, Backend, ExistingPorts, KnownAbilities, NestedParents,
+    OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, PortRole, VlanChildPorts,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -1227,6 +1228,30 @@ impl Backend for NeutronBackend {
         Ok(out)
     }
 
+    fn address_pairs(&self) -> Option<&dyn AddressPairs> {
+        Some(self)
+    }
+
+    fn vlan_child_ports(&self) -> Option<&dyn VlanChildPorts> {
+        Some(self)
+    }
+
+    fn existing_ports(&self) -> Option<&dyn ExistingPorts> {
+        Some(self)
+    }
+}
+
+/// Every optional ability: nested ipvlan (pairs) and vlan (trunk subports), existing ports.
+impl KnownAbilities for NeutronBackend {
+    const ABILITIES: &'static [Ability] = &[
+        Ability::AddressPairs,
+        Ability::VlanChildPorts,
+        Ability::ExistingPorts,
+    ];
+}
+
+#[async_trait]
+impl NestedParents for NeutronBackend {
     async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
         if let Some(id) = &q.id {
             let p = match self.api.get_port(id).await {
@@ -1304,7 +1329,62 @@ impl Backend for NeutronBackend {
             ))),
         }
     }
+}
 
+#[async_trait]
+impl AddressPairs for NeutronBackend {
+    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let want = Self::pair_of(pair);
+        let retry = os::RevisionRetry::default();
+        let r = os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
+            self.api.add_allowed_address_pair(parent, &want, retry)
+        })
+        .await;
+        match r {
+            Ok(m) => {
+                tracing::debug!(parent, ip = %pair.ip, changed = m.changed, conflicts = m.conflicts, "address pair on the VM's port");
+                Ok(())
+            }
+            Err(e) => Err(match e.fault_type() {
+                Some("InvalidVirtualMACAddress") => Error::InvalidInput(format!(
+                    "Neutron refuses the address pair {} {} on the VM's port {parent}: ML2/OVN allows no MAC of a container's own on a bound port (InvalidVirtualMACAddress), so the macvlan binding cannot work through Neutron; use the ipvlan binding (the VM's MAC, an IP-only pair) or vlan (`--binding ipvlan`, CNI \"binding\": \"ipvlan\")",
+                    pair.mac, pair.ip
+                )),
+                Some("AllowedAddressPairExhausted") => Error::InvalidInput(format!(
+                    "the VM's port {parent} has as many allowed address pairs as Neutron permits ({}): raise max_allowed_address_pair in neutron.conf (10 by default), or detach containers of this VM",
+                    e.fault().map(|f| f.message.as_str()).unwrap_or_default()
+                )),
+                _ if e.is_not_found() => Error::InvalidInput(format!(
+                    "the VM's port {parent} is gone from Neutron: check [nested] parent_port"
+                )),
+                _ if matches!(e, os::Error::Forbidden { .. }) => Error::InvalidInput(format!(
+                    "these credentials may not change the allowed address pairs of the VM's port {parent} ({e}): use the VM's project's credentials"
+                )),
+                _ => os_err(format!(
+                    "adding the address pair {} {} to the VM's port {parent}",
+                    pair.mac, pair.ip
+                ))(e),
+            }),
+        }
+    }
+
+    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        let want = Self::pair_of(pair);
+        let retry = os::RevisionRetry::default();
+        os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
+            self.api.remove_allowed_address_pair(parent, &want, retry)
+        })
+        .await
+        .map(|_| ())
+        .map_err(os_err(format!(
+            "removing the address pair {} {} from the VM's port {parent}",
+            pair.mac, pair.ip
+        )))
+    }
+}
+
+#[async_trait]
+impl VlanChildPorts for NeutronBackend {
     async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
         let mut tags = std::collections::BTreeSet::new();
         let tq = Query::new().port_id(parent);
@@ -1347,41 +1427,6 @@ impl Backend for NeutronBackend {
         Ok(tags)
     }
 
-    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
-        let want = Self::pair_of(pair);
-        let retry = os::RevisionRetry::default();
-        let r = os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
-            self.api.add_allowed_address_pair(parent, &want, retry)
-        })
-        .await;
-        match r {
-            Ok(m) => {
-                tracing::debug!(parent, ip = %pair.ip, changed = m.changed, conflicts = m.conflicts, "address pair on the VM's port");
-                Ok(())
-            }
-            Err(e) => Err(match e.fault_type() {
-                Some("InvalidVirtualMACAddress") => Error::InvalidInput(format!(
-                    "Neutron refuses the address pair {} {} on the VM's port {parent}: ML2/OVN allows no MAC of a container's own on a bound port (InvalidVirtualMACAddress), so the macvlan binding cannot work through Neutron; use the ipvlan binding (the VM's MAC, an IP-only pair) or vlan (`--binding ipvlan`, CNI \"binding\": \"ipvlan\")",
-                    pair.mac, pair.ip
-                )),
-                Some("AllowedAddressPairExhausted") => Error::InvalidInput(format!(
-                    "the VM's port {parent} has as many allowed address pairs as Neutron permits ({}): raise max_allowed_address_pair in neutron.conf (10 by default), or detach containers of this VM",
-                    e.fault().map(|f| f.message.as_str()).unwrap_or_default()
-                )),
-                _ if e.is_not_found() => Error::InvalidInput(format!(
-                    "the VM's port {parent} is gone from Neutron: check [nested] parent_port"
-                )),
-                _ if matches!(e, os::Error::Forbidden { .. }) => Error::InvalidInput(format!(
-                    "these credentials may not change the allowed address pairs of the VM's port {parent} ({e}): use the VM's project's credentials"
-                )),
-                _ => os_err(format!(
-                    "adding the address pair {} {} to the VM's port {parent}",
-                    pair.mac, pair.ip
-                ))(e),
-            }),
-        }
-    }
-
     async fn tidy_children_of(&self, parent: &str) -> Result<()> {
         // Under the VM's lock: no child of this daemon joins between the look and the delete.
         let _vm = self.trunk_locks.lock(parent).await;
@@ -1405,21 +1450,10 @@ impl Backend for NeutronBackend {
         }
         Ok(())
     }
+}
 
-    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
-        let want = Self::pair_of(pair);
-        let retry = os::RevisionRetry::default();
-        os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
-            self.api.remove_allowed_address_pair(parent, &want, retry)
-        })
-        .await
-        .map(|_| ())
-        .map_err(os_err(format!(
-            "removing the address pair {} {} from the VM's port {parent}",
-            pair.mac, pair.ip
-        )))
-    }
-
+#[async_trait]
+impl ExistingPorts for NeutronBackend {
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
         let p = match self.api.get_port(id).await {
             Ok(p) => p,
