@@ -306,7 +306,8 @@ impl Ability {
 }
 
 /// The abilities every backend of a kind has, known before one is connected: what `Lazy`
-/// reports for it meanwhile. Must be what its accessors say (checked when it connects).
+/// reports for it meanwhile. Must be what its accessors say, in `Ability`'s order (checked,
+/// in debug builds, when it connects: `Ability::of`).
 pub trait KnownAbilities {
     const ABILITIES: &'static [Ability];
 }
