@@ -385,6 +385,10 @@ impl Backend for FakeOvn {
     }
 }
 
+impl super::KnownAbilities for FakeOvn {
+    const ABILITIES: &'static [super::Ability] = &[super::Ability::VlanChildPorts];
+}
+
 /// The VM's port only by its name (`[nested] parent_port`): the fake has no VM ports to
 /// search by address.
 #[async_trait]

@@ -4,8 +4,8 @@
 //! those, and picks the others up when they come — one backend down never holds up another.
 //! Once connected, the inner backend's own session handles later outages (reconnects).
 //! Its optional abilities (`AddressPairs`, …) are those of the kind it wraps, known from the
-//! type before it connects (`KnownAbilities`): a flow that needs one the kind lacks is refused
-//! at once, connected or not; one it has answers "try again later" until connected.
+//! type before it connects (`KnownAbilities`): asking for one the kind lacks is answered "it
+//! has none" without waiting for it; one it has answers "try again later" until connected.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -262,5 +262,45 @@ impl ExistingPorts for Lazy {
             .require_existing_ports()?
             .release_port(port, owner)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeOvn;
+
+    /// Before it connects, `Lazy` reports the abilities of the kind it wraps (the fake: VLAN
+    /// child ports, no address pairs, no existing ports) and answers what it has "try again
+    /// later"; once connected it forwards them.
+    #[tokio::test]
+    async fn it_reports_the_abilities_of_what_it_wraps_before_and_after_connecting() {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let g = go.clone();
+        let lazy = Lazy::spawn("ovn", move || {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                let b = FakeOvn::new();
+                b.add_children("vm1", [7]);
+                Ok(b)
+            }
+        });
+        assert!(!lazy.is_connected());
+        assert!(lazy.address_pairs().is_none() && lazy.existing_ports().is_none());
+        assert_eq!(Ability::of(&*lazy), vec![Ability::VlanChildPorts]);
+        let children = lazy.vlan_child_ports().expect("the fake has child ports");
+        let e = children.child_tags("vm1").await.unwrap_err();
+        assert!(matches!(e, Error::BackendDown { .. }), "{e:?}");
+        let e = lazy
+            .require_address_pairs()
+            .err()
+            .expect("no address pairs");
+        assert!(e.to_string().contains("backend ovn"), "{e}");
+        go.notify_one();
+        lazy.wait_connected().await;
+        let tags = lazy.vlan_child_ports().unwrap().child_tags("vm1").await;
+        assert_eq!(tags.unwrap().into_iter().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(Ability::of(&*lazy), vec![Ability::VlanChildPorts]);
     }
 }
