@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::{Backend, OwnerMark, PortRef, PortRequest};
+use crate::backend::{Ability, Backend, OwnerMark, PortRef, PortRequest, PortRole};
 use crate::binding::EdgeBinding;
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -158,8 +158,15 @@ impl Attacher {
                 )));
             }
             // Recorded with the intent, before the port is touched: rollback gives it back.
-            att.existing_port = Some(backend.inspect_port(port, &network).await?);
+            att.existing_port = Some(
+                backend
+                    .require_existing_ports()?
+                    .inspect_port(port, &network)
+                    .await?,
+            );
         }
+        // What the binding needs of the backend beyond `Backend`: refused before the intent.
+        backend.require(&needs_of(&att, &*binding))?;
 
         // 2. Intent: durable before anything exists; the store gives it its generation.
         self.create_intent(&mut att, &*backend, &*binding).await?;
@@ -224,7 +231,10 @@ impl Attacher {
         let Some(parent) = binding.vlan_parent(backend).await? else {
             return self.store.create(att).await;
         };
-        let mut in_backend = backend.child_tags(&parent).await?;
+        let mut in_backend = backend
+            .require_vlan_child_ports()?
+            .child_tags(&parent)
+            .await?;
         // Tags held on the VM's NIC by links Courier did not make (the kernel refuses them).
         let on_nic = binding.held_tags();
         in_backend.extend(&on_nic);
@@ -287,7 +297,12 @@ impl Attacher {
             pairs_on: plan,
         };
         let port = match &att.existing_port {
-            Some(existing) => backend.claim_port(existing, &req.owner, network).await?,
+            Some(existing) => {
+                backend
+                    .require_existing_ports()?
+                    .claim_port(existing, &req.owner, network)
+                    .await?
+            }
             None => backend
                 .create_ports(std::slice::from_ref(&req))
                 .await?
@@ -328,9 +343,10 @@ impl Attacher {
                 },
             })
             .collect();
+        let pairs = backend.require_address_pairs()?;
         self.store.put(att).await?;
         for p in &att.pairs {
-            backend.add_address_pair(&p.parent, &p.pair).await?;
+            pairs.add_address_pair(&p.parent, &p.pair).await?;
         }
         hooks::point("after-pair").await;
         Ok(())
@@ -433,7 +449,11 @@ impl Attacher {
         };
         let mut errors = Vec::new();
         for p in &att.pairs {
-            if let Err(e) = backend.remove_address_pair(&p.parent, &p.pair).await {
+            let removed = match backend.require_address_pairs() {
+                Ok(pairs) => pairs.remove_address_pair(&p.parent, &p.pair).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
                 errors.push(e);
             }
         }
@@ -450,7 +470,10 @@ impl Attacher {
                     host: self.host.clone(),
                     attachment: att.id.clone(),
                 };
-                backend.release_port(existing, &owner).await
+                match backend.require_existing_ports() {
+                    Ok(e) => e.release_port(existing, &owner).await,
+                    Err(e) => Err(e),
+                }
             }
             None => backend.delete_port(&port_ref(att), &self.host).await,
         };
@@ -459,8 +482,10 @@ impl Attacher {
             // which the port's own removal may not cover: it may never have joined the trunk
             // made for it): what the backend made for the VM's children goes if no child uses it.
             Ok(_) if att.port.is_none() => {
-                if let Some((parent, _)) = att.edge.vlan() {
-                    if let Err(e) = backend.tidy_children_of(parent).await {
+                if let (Some((parent, _)), Some(children)) =
+                    (att.edge.vlan(), backend.vlan_child_ports())
+                {
+                    if let Err(e) = children.tidy_children_of(parent).await {
                         errors.push(e);
                     }
                 }
@@ -713,6 +738,18 @@ impl Attacher {
     }
 }
 
+/// The optional abilities attachment `att`'s binding needs of its backend (by its port's
+/// role): address pairs for a reservation (nested ipvlan/macvlan), VLAN child ports for a
+/// child (nested vlan). Checked before any side effect (`Backend::require`); an existing port
+/// (`--port`) is checked where it is inspected, before the intent too.
+pub(crate) fn needs_of(att: &Attachment, binding: &dyn EdgeBinding) -> Vec<Ability> {
+    match binding.port_role(att) {
+        PortRole::Reservation => vec![Ability::AddressPairs],
+        PortRole::Child { .. } => vec![Ability::VlanChildPorts],
+        PortRole::Bound => vec![],
+    }
+}
+
 /// An existing port is bound as it is (veth-ovs): a nested binding's port is a reservation or
 /// a VLAN child Courier makes itself, so it cannot take one.
 pub(crate) fn refuse_existing_port_unless_bound(
@@ -943,6 +980,133 @@ mod tests {
         assert!(e.to_string().contains("(2 of those)"), "{e}");
         assert_eq!(store.list().await.unwrap().attachments.len(), before);
         assert!(store.get(&full.id).await.unwrap().is_none());
+    }
+
+    /// A nested ipvlan/macvlan double: the fake edge, its port a reservation whose address
+    /// would be a pair on the VM's port "vm1".
+    struct PairedEdge(FakeEdge);
+
+    #[async_trait::async_trait]
+    impl EdgeBinding for PairedEdge {
+        fn kind(&self) -> &'static str {
+            "macvlan"
+        }
+        fn edge_for(&self, id: &str, req: &AttachRequest) -> crate::model::EdgeState {
+            self.0.edge_for(id, req)
+        }
+        fn port_role(&self, _att: &Attachment) -> PortRole {
+            PortRole::Reservation
+        }
+        async fn pair_plan(
+            &self,
+            _att: &Attachment,
+            backend: &dyn Backend,
+        ) -> Result<Option<crate::binding::PairPlan>> {
+            backend.require_address_pairs()?;
+            Ok(Some(crate::binding::PairPlan {
+                parent: "vm1".into(),
+                mac: "02:00:00:00:00:01".into(),
+            }))
+        }
+        async fn health(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn validate(&self, _att: &Attachment) -> Result<()> {
+            Ok(())
+        }
+        async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.plug(att, port).await
+        }
+        fn handoff_ifname(&self, att: &Attachment) -> String {
+            self.0.handoff_ifname(att)
+        }
+        async fn wait_ready(&self, att: &Attachment, t: Duration) -> Result<()> {
+            self.0.wait_ready(att, t).await
+        }
+        async fn unplug(&self, att: &Attachment) -> Vec<Error> {
+            self.0.unplug(att).await
+        }
+        async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
+            self.0.check(att, port).await
+        }
+        async fn owned(&self) -> Result<Vec<crate::binding::EdgeOrphan>> {
+            Ok(vec![])
+        }
+        async fn remove(&self, _o: &crate::binding::EdgeOrphan) -> Result<bool> {
+            Ok(false)
+        }
+    }
+
+    /// A binding that needs an ability its backend lacks (the fake has no address pairs), or
+    /// an existing port on a backend without existing ports, is refused with an error naming
+    /// the backend and the ability before any side effect: no record, no port, nothing
+    /// plugged. What it has (VLAN child ports) it reports.
+    #[tokio::test]
+    async fn a_backend_without_an_ability_is_refused_before_any_side_effect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let backend = Arc::new(FakeOvn::new());
+        assert_eq!(
+            Ability::of(&*backend),
+            vec![Ability::VlanChildPorts],
+            "the fake has VLAN child ports only"
+        );
+        backend
+            .create_network(&crate::model::NetworkSpec {
+                name: "web".into(),
+                subnet: Some("10.9.0.0/24".parse().unwrap()),
+                gateway: None,
+                subnet6: None,
+                gateway6: None,
+                existing: None,
+                exclude_ips: vec![],
+            })
+            .await
+            .unwrap();
+        let paired = Arc::new(PairedEdge(FakeEdge::new()));
+        let plain = Arc::new(FakeEdge::new());
+        let registry = Arc::new(Registry::new(
+            vec![backend.clone()],
+            vec![plain.clone(), paired.clone()],
+            None,
+        ));
+        let a = Arc::new(Attacher::new(
+            store.clone(),
+            registry,
+            Duration::from_secs(1),
+            "h1",
+        ));
+        let req = |binding: &str, port: Option<&str>| AttachRequest {
+            container_id: format!("c-{binding}"),
+            ifname: "eth0".into(),
+            netns: "/proc/self/ns/net".into(),
+            network: "web".into(),
+            binding: Some(binding.into()),
+            port: port.map(String::from),
+            ..Default::default()
+        };
+        let e = a.attach(&req("macvlan", None)).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("backend ovn") && msg.contains("address pairs"),
+            "{msg}"
+        );
+        let e = a.attach(&req("veth-ovs", Some("p1"))).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("backend ovn") && msg.contains("has no existing ports to bind"),
+            "{msg}"
+        );
+        assert!(store.list().await.unwrap().attachments.is_empty());
+        assert!(backend.port_names().is_empty());
+        assert!(paired.0.plugged().is_empty() && plain.plugged().is_empty());
+        // Not even an intent to roll back: nothing was unplugged either.
+        assert!(paired.0.unplugged().is_empty() && plain.unplugged().is_empty());
+        // What it has goes through.
+        a.attach(&req("veth-ovs", None)).await.unwrap();
+        assert_eq!(backend.port_names().len(), 1);
     }
 
     #[test]

@@ -192,12 +192,13 @@ pub async fn run(attacher: &Attacher) -> Report {
                     // allows its addresses there, and a pair left would outlive the port.
                     // (If one cannot be removed, the port stays for the next sweep.)
                     if let Some(plan) = &port.pairs_on {
+                        let pairs = backend.require_address_pairs()?;
                         for ip in &port.ips {
                             let pair = crate::backend::AddressPair {
                                 mac: plan.mac.clone(),
                                 ip: ip.addr(),
                             };
-                            backend.remove_address_pair(&plan.parent, &pair).await?;
+                            pairs.remove_address_pair(&plan.parent, &pair).await?;
                         }
                     }
                     backend.delete_port(&port_ref, &attacher.host).await
@@ -240,7 +241,12 @@ pub async fn run(attacher: &Attacher) -> Report {
                     host: attacher.host.clone(),
                     attachment: id.clone(),
                 };
-                async move { backend.release_port(&existing, &owner).await }
+                async move {
+                    backend
+                        .require_existing_ports()?
+                        .release_port(&existing, &owner)
+                        .await
+                }
             })
             .await;
             if matches!(r, Ok(true)) {
@@ -278,13 +284,17 @@ pub async fn run(attacher: &Attacher) -> Report {
     report
 }
 
-/// Address pairs this host marked on VM ports (`Backend::owned_pairs`) for an attachment no
+/// Address pairs this host marked on VM ports (`AddressPairs::owned_pairs`) for an attachment no
 /// record knows: their reservation went with its pair above, so what is left here has none
 /// (deleted by hand, say) and nothing else would ever take it off. Removed under the
 /// attachment's lock, only while the mark is still that attachment's.
 async fn sweep_pairs(attacher: &Attacher, report: &mut Report) {
     for backend in attacher.registry.backends() {
-        let pairs = match backend.owned_pairs(&attacher.host).await {
+        // A backend without address pairs marks none.
+        let Some(marked) = backend.address_pairs() else {
+            continue;
+        };
+        let pairs = match marked.owned_pairs(&attacher.host).await {
             Ok(p) => p,
             Err(e) => {
                 report.failed(
@@ -296,7 +306,7 @@ async fn sweep_pairs(attacher: &Attacher, report: &mut Report) {
         };
         for p in pairs {
             let item = format!("{}: {} {}", p.parent, p.pair.mac, p.pair.ip);
-            let r = delete_if_unrecorded(attacher, &p.attachment, || backend.remove_owned_pair(&p))
+            let r = delete_if_unrecorded(attacher, &p.attachment, || marked.remove_owned_pair(&p))
                 .await;
             if matches!(r, Ok(true)) {
                 tracing::warn!(backend = backend.id(), pair = %item, attachment = %p.attachment, "removed a leaked address pair");

@@ -84,8 +84,14 @@ impl Attacher {
         if let Some(port) = &req.port {
             crate::attach::refuse_existing_port_unless_bound(port, &att, &*binding)?;
             // Recorded with the intent, before the port is touched: the release gives it back.
-            att.existing_port = Some(backend.inspect_port(port, &network).await?);
+            att.existing_port = Some(
+                backend
+                    .require_existing_ports()?
+                    .inspect_port(port, &network)
+                    .await?,
+            );
         }
+        backend.require(&crate::attach::needs_of(&att, &*binding))?;
         self.create_intent(&mut att, &*backend, &*binding).await?;
         hooks::point("after-intent").await;
         let made = async {

@@ -3,7 +3,9 @@
 //! addresses and MACs honoured and refused with `AddressInUse` when another port has them, the
 //! IPv6 address derived from the MAC (EUI-64) on a network with an IPv6 /64. Ports are reported
 //! as `OvnBackend` reports them: id = name, ips with the subnet's prefix, the network's gateways.
-//! No existing ports (the trait's defaults refuse them, as OVN direct does).
+//! VLAN child ports (`VlanChildPorts`: the tags `add_children` set); no address pairs and no
+//! existing ports (the flows refuse them before any side effect, as they would a backend
+//! without them).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,7 +14,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{Backend, PortQuery, PortRef, PortRequest};
+use super::{Backend, NestedParents, ParentQuery, PortQuery, PortRef, PortRequest, VlanChildPorts};
 use crate::error::{Error, Result};
 use crate::model::{parse_mac, LogicalPort, Network, NetworkSpec};
 
@@ -328,15 +330,6 @@ impl Backend for FakeOvn {
     }
 
     /// All or nothing, like OVN's one-by-one creation with its undo.
-    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
-        Ok(self
-            .state()
-            .children
-            .get(parent)
-            .cloned()
-            .unwrap_or_default())
-    }
-
     async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
         let mut s = self.state();
         let mut made: Vec<LogicalPort> = Vec::with_capacity(reqs.len());
@@ -385,6 +378,39 @@ impl Backend for FakeOvn {
                 Ok(vec![])
             }
         }
+    }
+
+    fn vlan_child_ports(&self) -> Option<&dyn VlanChildPorts> {
+        Some(self)
+    }
+}
+
+impl super::KnownAbilities for FakeOvn {
+    const ABILITIES: &'static [super::Ability] = &[super::Ability::VlanChildPorts];
+}
+
+/// The VM's port only by its name (`[nested] parent_port`): the fake has no VM ports to
+/// search by address.
+#[async_trait]
+impl NestedParents for FakeOvn {
+    async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
+        q.id.clone().ok_or_else(|| {
+            Error::InvalidInput(
+                "the fake backend finds the VM's port by [nested] parent_port only".into(),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl VlanChildPorts for FakeOvn {
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        Ok(self
+            .state()
+            .children
+            .get(parent)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

@@ -3,6 +3,9 @@
 //! again later" (11). So the daemon starts with whatever backends are up, serves the networks of
 //! those, and picks the others up when they come — one backend down never holds up another.
 //! Once connected, the inner backend's own session handles later outages (reconnects).
+//! Its optional abilities (`AddressPairs`, …) are those of the kind it wraps, known from the
+//! type before it connects (`KnownAbilities`): asking for one the kind lacks is answered "it
+//! has none" without waiting for it; one it has answers "try again later" until connected.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,13 +14,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{Backend, OwnerMark, PortQuery, PortRef, PortRequest};
+use super::{
+    Ability, AddressPair, AddressPairs, Backend, ExistingPorts, KnownAbilities, NestedParents,
+    OwnedPair, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, VlanChildPorts,
+};
 use crate::error::{Error, Result};
 use crate::model::{ExistingPort, LogicalPort, Network, NetworkSpec};
 
 pub struct Lazy {
     id: String,
     inner: OnceCell<Arc<dyn Backend>>,
+    /// The optional abilities of the kind it wraps (`KnownAbilities`).
+    abilities: &'static [Ability],
     /// Why the last connect attempt failed.
     last_error: Mutex<String>,
     connected: tokio::sync::watch::Sender<bool>,
@@ -29,13 +37,14 @@ impl Lazy {
     /// Starts connecting `id` with `connect` in the background.
     pub fn spawn<B, F, Fut>(id: &str, connect: F) -> Arc<Lazy>
     where
-        B: Backend + 'static,
+        B: Backend + KnownAbilities + 'static,
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<B>> + Send,
     {
         let lazy = Arc::new(Lazy {
             id: id.to_string(),
             inner: OnceCell::new(),
+            abilities: B::ABILITIES,
             last_error: Mutex::new("connecting".into()),
             connected: tokio::sync::watch::channel(false).0,
             refused: tokio::sync::watch::channel(None).0,
@@ -46,6 +55,12 @@ impl Lazy {
             loop {
                 match connect().await {
                     Ok(b) => {
+                        debug_assert_eq!(
+                            Ability::of(&b),
+                            B::ABILITIES,
+                            "backend {}: KnownAbilities says other than its accessors",
+                            l.id
+                        );
                         let _ = l.inner.set(Arc::new(b));
                         l.connected.send_replace(true);
                         if warned {
@@ -150,8 +165,86 @@ impl Backend for Lazy {
     async fn mark_claimed(&self, host: &str) -> Result<Option<super::MarkClaim>> {
         self.get()?.mark_claimed(host).await
     }
+    async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
+        self.get()?.wait_applied(on, timeout).await
+    }
+    fn address_pairs(&self) -> Option<&dyn AddressPairs> {
+        self.abilities
+            .contains(&Ability::AddressPairs)
+            .then_some(self as &dyn AddressPairs)
+    }
+    fn vlan_child_ports(&self) -> Option<&dyn VlanChildPorts> {
+        self.abilities
+            .contains(&Ability::VlanChildPorts)
+            .then_some(self as &dyn VlanChildPorts)
+    }
+    fn existing_ports(&self) -> Option<&dyn ExistingPorts> {
+        self.abilities
+            .contains(&Ability::ExistingPorts)
+            .then_some(self as &dyn ExistingPorts)
+    }
+}
+
+#[async_trait]
+impl NestedParents for Lazy {
+    async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
+        let inner = self.get()?;
+        match (inner.address_pairs(), inner.vlan_child_ports()) {
+            (Some(p), _) => p.parent_port(q).await,
+            (None, Some(c)) => c.parent_port(q).await,
+            (None, None) => Err(Ability::AddressPairs.missing(&self.id)),
+        }
+    }
+}
+
+#[async_trait]
+impl AddressPairs for Lazy {
+    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        self.get()?
+            .require_address_pairs()?
+            .add_address_pair(parent, pair)
+            .await
+    }
+    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
+        self.get()?
+            .require_address_pairs()?
+            .remove_address_pair(parent, pair)
+            .await
+    }
+    async fn owned_pairs(&self, host: &str) -> Result<Vec<OwnedPair>> {
+        self.get()?.require_address_pairs()?.owned_pairs(host).await
+    }
+    async fn remove_owned_pair(&self, pair: &OwnedPair) -> Result<bool> {
+        self.get()?
+            .require_address_pairs()?
+            .remove_owned_pair(pair)
+            .await
+    }
+}
+
+#[async_trait]
+impl VlanChildPorts for Lazy {
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        self.get()?
+            .require_vlan_child_ports()?
+            .child_tags(parent)
+            .await
+    }
+    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        self.get()?
+            .require_vlan_child_ports()?
+            .tidy_children_of(parent)
+            .await
+    }
+}
+
+#[async_trait]
+impl ExistingPorts for Lazy {
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
-        self.get()?.inspect_port(id, network).await
+        self.get()?
+            .require_existing_ports()?
+            .inspect_port(id, network)
+            .await
     }
     async fn claim_port(
         &self,
@@ -159,33 +252,55 @@ impl Backend for Lazy {
         owner: &OwnerMark,
         network: &Network,
     ) -> Result<LogicalPort> {
-        self.get()?.claim_port(port, owner, network).await
+        self.get()?
+            .require_existing_ports()?
+            .claim_port(port, owner, network)
+            .await
     }
     async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
-        self.get()?.release_port(port, owner).await
+        self.get()?
+            .require_existing_ports()?
+            .release_port(port, owner)
+            .await
     }
-    async fn parent_port(&self, q: &super::ParentQuery) -> Result<String> {
-        self.get()?.parent_port(q).await
-    }
-    async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
-        self.get()?.wait_applied(on, timeout).await
-    }
-    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
-        self.get()?.child_tags(parent).await
-    }
-    async fn add_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
-        self.get()?.add_address_pair(parent, pair).await
-    }
-    async fn remove_address_pair(&self, parent: &str, pair: &super::AddressPair) -> Result<()> {
-        self.get()?.remove_address_pair(parent, pair).await
-    }
-    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
-        self.get()?.tidy_children_of(parent).await
-    }
-    async fn owned_pairs(&self, host: &str) -> Result<Vec<super::OwnedPair>> {
-        self.get()?.owned_pairs(host).await
-    }
-    async fn remove_owned_pair(&self, pair: &super::OwnedPair) -> Result<bool> {
-        self.get()?.remove_owned_pair(pair).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::FakeOvn;
+
+    /// Before it connects, `Lazy` reports the abilities of the kind it wraps (the fake: VLAN
+    /// child ports, no address pairs, no existing ports) and answers what it has "try again
+    /// later"; once connected it forwards them.
+    #[tokio::test]
+    async fn it_reports_the_abilities_of_what_it_wraps_before_and_after_connecting() {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let g = go.clone();
+        let lazy = Lazy::spawn("ovn", move || {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                let b = FakeOvn::new();
+                b.add_children("vm1", [7]);
+                Ok(b)
+            }
+        });
+        assert!(!lazy.is_connected());
+        assert!(lazy.address_pairs().is_none() && lazy.existing_ports().is_none());
+        assert_eq!(Ability::of(&*lazy), vec![Ability::VlanChildPorts]);
+        let children = lazy.vlan_child_ports().expect("the fake has child ports");
+        let e = children.child_tags("vm1").await.unwrap_err();
+        assert!(matches!(e, Error::BackendDown { .. }), "{e:?}");
+        let e = lazy
+            .require_address_pairs()
+            .err()
+            .expect("no address pairs");
+        assert!(e.to_string().contains("backend ovn"), "{e}");
+        go.notify_one();
+        lazy.wait_connected().await;
+        let tags = lazy.vlan_child_ports().unwrap().child_tags("vm1").await;
+        assert_eq!(tags.unwrap().into_iter().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(Ability::of(&*lazy), vec![Ability::VlanChildPorts]);
     }
 }

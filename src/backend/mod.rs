@@ -3,6 +3,13 @@
 //! knows which one it has. Ports are referred to by the backend's own id where it is known, and
 //! by the name derived from the attachment id otherwise (after a crash before the id was
 //! recorded); every delete checks this host's ownership marks.
+//!
+//! What not every backend can do has a trait of its own, which a backend implements or not and
+//! reports through an accessor of `Backend` (None: it has not): `AddressPairs` (nested
+//! ipvlan/macvlan), `VlanChildPorts` (nested vlan), both built on `NestedParents` (finding the
+//! VM's port), and `ExistingPorts` (binding a port someone else made). A flow asks before it
+//! starts (`Backend::require`, `Ability`), so a backend without one is refused with an error
+//! naming it and the ability, before any side effect.
 
 #[cfg(test)]
 pub mod fake;
@@ -196,56 +203,6 @@ pub trait Backend: Send + Sync {
     /// never another machine's under the same mark.
     async fn find_ports(&self, q: &PortQuery) -> Result<Vec<LogicalPort>>;
 
-    /// An existing port to bind (no side effect): what it is now, refused if it is bound to
-    /// something else (the error says to what) or is not on `network`.
-    async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
-        let _ = (id, network);
-        Err(crate::error::Error::InvalidInput(format!(
-            "backend {} has no existing ports to bind: Courier creates its ports (binding an existing port is a Neutron feature)",
-            self.id()
-        )))
-    }
-    /// Claims the existing port for `owner` on this host and returns it as Courier sees it.
-    async fn claim_port(
-        &self,
-        port: &ExistingPort,
-        owner: &OwnerMark,
-        network: &Network,
-    ) -> Result<LogicalPort> {
-        let _ = (owner, network);
-        Err(crate::error::Error::Internal(format!(
-            "backend {} cannot claim port {}",
-            self.id(),
-            port.id
-        )))
-    }
-    /// The VM's port: its backend id (what address pairs go on). None matching or several is an
-    /// error that says which and what to set.
-    async fn parent_port(&self, q: &ParentQuery) -> Result<String> {
-        let _ = q;
-        Err(crate::error::Error::InvalidInput(format!(
-            "backend {} has no nested bindings yet",
-            self.id()
-        )))
-    }
-    /// Adds `pair` to port `parent`'s allowed addresses, atomically with respect to every other
-    /// change of them (no pair is ever lost to a concurrent one). Idempotent.
-    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
-        let _ = (parent, pair);
-        Err(crate::error::Error::InvalidInput(format!(
-            "backend {} has no nested bindings yet",
-            self.id()
-        )))
-    }
-    /// The VLAN tags of the child ports port `parent` has in the backend now, whoever made them
-    /// (the tag allocator never hands one of those out).
-    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
-        let _ = parent;
-        Err(crate::error::Error::InvalidInput(format!(
-            "backend {} has no nested vlan child ports yet",
-            self.id()
-        )))
-    }
     /// Waits until the hypervisor that hosts port `on` (a nested edge's VM port) has applied
     /// every change made so far: the readiness of nested edges, whose host has no switch of the
     /// backend's to ask. OVN: the `Chassis_Private.nb_cfg` (SB) of the chassis that binds `on`
@@ -256,22 +213,121 @@ pub trait Backend: Send + Sync {
         let _ = (on, timeout);
         Ok(true)
     }
-    /// A vlan child of `parent` was undone and its port is not in the backend (a crash came
-    /// between the steps that make it): what the backend made for the VM's children and no
-    /// child uses now goes (Neutron: the trunk Courier made, once it has no subport). Default:
-    /// nothing is made for them.
-    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
-        let _ = parent;
-        Ok(())
+
+    /// Address pairs on the VM's port (the ipvlan and macvlan bindings), if this backend has
+    /// them. Asked before a flow that needs them starts: None is refused then, naming the
+    /// backend and the ability (`Ability::missing`), before any side effect.
+    fn address_pairs(&self) -> Option<&dyn AddressPairs> {
+        None
     }
+    /// VLAN child ports of the VM's port (the vlan and vlan-ovs bindings), if this backend has
+    /// them.
+    fn vlan_child_ports(&self) -> Option<&dyn VlanChildPorts> {
+        None
+    }
+    /// Existing ports to bind (`--port`, Docker's `courier.port`), if this backend has them.
+    fn existing_ports(&self) -> Option<&dyn ExistingPorts> {
+        None
+    }
+
+    /// Whether this backend has `ability`.
+    fn has(&self, ability: Ability) -> bool {
+        match ability {
+            Ability::AddressPairs => self.address_pairs().is_some(),
+            Ability::VlanChildPorts => self.vlan_child_ports().is_some(),
+            Ability::ExistingPorts => self.existing_ports().is_some(),
+        }
+    }
+    /// Ok when this backend has every one of `needs`; else the refusal naming the first it
+    /// lacks.
+    fn require(&self, needs: &[Ability]) -> Result<()> {
+        match needs.iter().find(|a| !self.has(**a)) {
+            Some(a) => Err(a.missing(self.id())),
+            None => Ok(()),
+        }
+    }
+    /// `address_pairs`, or the refusal.
+    fn require_address_pairs(&self) -> Result<&dyn AddressPairs> {
+        self.address_pairs()
+            .ok_or_else(|| Ability::AddressPairs.missing(self.id()))
+    }
+    /// `vlan_child_ports`, or the refusal.
+    fn require_vlan_child_ports(&self) -> Result<&dyn VlanChildPorts> {
+        self.vlan_child_ports()
+            .ok_or_else(|| Ability::VlanChildPorts.missing(self.id()))
+    }
+    /// `existing_ports`, or the refusal.
+    fn require_existing_ports(&self) -> Result<&dyn ExistingPorts> {
+        self.existing_ports()
+            .ok_or_else(|| Ability::ExistingPorts.missing(self.id()))
+    }
+}
+
+/// An optional ability of a backend: a trait of its own that a backend implements or not, and
+/// reports through its accessor (`Backend::address_pairs`, `vlan_child_ports`,
+/// `existing_ports`), so a flow can tell before it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ability {
+    /// `AddressPairs`: a container's address allowed on the VM's port (nested ipvlan/macvlan).
+    AddressPairs,
+    /// `VlanChildPorts`: child ports of the VM's port told apart by VLAN tag (nested vlan).
+    VlanChildPorts,
+    /// `ExistingPorts`: a port someone else made, bound for an attachment and given back.
+    ExistingPorts,
+}
+
+impl Ability {
+    /// The refusal when backend `backend` lacks this ability.
+    pub fn missing(self, backend: &str) -> crate::error::Error {
+        crate::error::Error::InvalidInput(match self {
+            Ability::AddressPairs => format!(
+                "backend {backend} has no nested bindings yet: it has no address pairs on the VM's port (what the ipvlan and macvlan bindings need)"
+            ),
+            Ability::VlanChildPorts => format!(
+                "backend {backend} has no nested vlan child ports yet (what the vlan and vlan-ovs bindings need)"
+            ),
+            Ability::ExistingPorts => format!(
+                "backend {backend} has no existing ports to bind: Courier creates its ports (binding an existing port is a Neutron feature)"
+            ),
+        })
+    }
+
+    /// The abilities `b` reports.
+    pub fn of(b: &dyn Backend) -> Vec<Ability> {
+        [
+            Ability::AddressPairs,
+            Ability::VlanChildPorts,
+            Ability::ExistingPorts,
+        ]
+        .into_iter()
+        .filter(|a| b.has(*a))
+        .collect()
+    }
+}
+
+/// The abilities every backend of a kind has, known before one is connected: what `Lazy`
+/// reports for it meanwhile. Must be what its accessors say, in `Ability`'s order (checked,
+/// in debug builds, when it connects: `Ability::of`).
+pub trait KnownAbilities {
+    const ABILITIES: &'static [Ability];
+}
+
+/// Where the VM Courier runs in has its port: what both nested abilities start from.
+#[async_trait]
+pub trait NestedParents: Send + Sync {
+    /// The VM's port: its backend id (what address pairs and child ports go on). None matching
+    /// or several is an error that says which and what to set.
+    async fn parent_port(&self, q: &ParentQuery) -> Result<String>;
+}
+
+/// Nested ipvlan/macvlan: a container's address allowed on the VM's port (`Backend::address_pairs`).
+#[async_trait]
+pub trait AddressPairs: NestedParents {
+    /// Adds `pair` to port `parent`'s allowed addresses, atomically with respect to every other
+    /// change of them (no pair is ever lost to a concurrent one). Idempotent.
+    async fn add_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()>;
     /// Removes exactly `pair` from port `parent`; Ok when it is not there (or the port is gone).
-    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()> {
-        let _ = (parent, pair);
-        Err(crate::error::Error::InvalidInput(format!(
-            "backend {} has no nested bindings yet",
-            self.id()
-        )))
-    }
+    async fn remove_address_pair(&self, parent: &str, pair: &AddressPair) -> Result<()>;
     /// The address pairs `host` put on VM ports, found by their marks there (whatever
     /// reservation or record is behind them). Default: the backend marks none (Neutron finds
     /// a pair through its reservation's tags, `LogicalPort::pairs_on`).
@@ -285,16 +341,42 @@ pub trait Backend: Send + Sync {
         let _ = pair;
         Ok(false)
     }
+}
+
+/// Nested vlan: child ports of the VM's port, told apart by VLAN tag (`PortRole::Child`,
+/// made by `Backend::create_ports`; `Backend::vlan_child_ports`).
+#[async_trait]
+pub trait VlanChildPorts: NestedParents {
+    /// The VLAN tags of the child ports port `parent` has in the backend now, whoever made them
+    /// (the tag allocator never hands one of those out).
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>>;
+    /// A vlan child of `parent` was undone and its port is not in the backend (a crash came
+    /// between the steps that make it): what the backend made for the VM's children and no
+    /// child uses now goes (Neutron: the trunk Courier made, once it has no subport). Default:
+    /// nothing is made for them.
+    async fn tidy_children_of(&self, parent: &str) -> Result<()> {
+        let _ = parent;
+        Ok(())
+    }
+}
+
+/// Existing ports: a port someone else made, bound for an attachment and given back as it was
+/// (`Backend::existing_ports`).
+#[async_trait]
+pub trait ExistingPorts: Send + Sync {
+    /// An existing port to bind (no side effect): what it is now, refused if it is bound to
+    /// something else (the error says to what) or is not on `network`.
+    async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort>;
+    /// Claims the existing port for `owner` on this host and returns it as Courier sees it.
+    async fn claim_port(
+        &self,
+        port: &ExistingPort,
+        owner: &OwnerMark,
+        network: &Network,
+    ) -> Result<LogicalPort>;
     /// Gives a port claimed for `owner` back as it was (`port`); never deletes it. Ok(false) if
     /// it is gone or not claimed for `owner` (another attach's claim is left alone).
-    async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {
-        let _ = owner;
-        Err(crate::error::Error::Internal(format!(
-            "backend {} cannot release port {}",
-            self.id(),
-            port.id
-        )))
-    }
+    async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool>;
 }
 
 /// Ownership marks Courier puts on backend resources.

@@ -611,72 +611,6 @@ impl Backend for OvnBackend {
         }
     }
 
-    async fn parent_port(&self, q: &crate::backend::ParentQuery) -> Result<String> {
-        let found: Vec<String> = self.cache.view(|v| {
-            v.rows(LSP)
-                .filter(|(_, r)| {
-                    let name = ovsdb::get_str(r, "name").unwrap_or("");
-                    if let Some(id) = &q.id {
-                        return name == id;
-                    }
-                    let words: Vec<String> = ovsdb::get_str_set(r, "addresses")
-                        .into_iter()
-                        .chain(ovsdb::get_str(r, "dynamic_addresses").map(String::from))
-                        .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
-                        .collect();
-                    if !q.ips.is_empty() {
-                        return q
-                            .ips
-                            .iter()
-                            .any(|ip| words.iter().any(|w| w.parse::<IpAddr>().ok() == Some(*ip)));
-                    }
-                    q.mac
-                        .as_ref()
-                        .is_some_and(|m| words.iter().any(|w| w.eq_ignore_ascii_case(m)))
-                })
-                // A parent is a VM's own port, not a child or a port Courier made.
-                .filter(|(_, r)| {
-                    ovsdb::get_str(r, "parent_name").is_none()
-                        && !ovsdb::get_map(r, "external_ids").contains_key(marks::OWNER)
-                })
-                .filter_map(|(_, r)| ovsdb::get_str(r, "name").map(String::from))
-                .collect()
-        });
-        match found.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(Error::InvalidInput(format!(
-                "no OVN logical switch port matches the VM's port ({q:?}): set [nested] parent_port to its name"
-            ))),
-            many => Err(Error::InvalidInput(format!(
-                "several OVN logical switch ports match the VM's port ({q:?}): {}; set [nested] parent_port to one",
-                many.join(", ")
-            ))),
-        }
-    }
-
-    async fn add_address_pair(
-        &self,
-        parent: &str,
-        pair: &crate::backend::AddressPair,
-    ) -> Result<()> {
-        if self.mutate_pair(parent, pair, "insert", true).await? == 0 {
-            return Err(Error::BackendState(format!(
-                "the VM's port {parent} does not exist in OVN any more"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn remove_address_pair(
-        &self,
-        parent: &str,
-        pair: &crate::backend::AddressPair,
-    ) -> Result<()> {
-        self.mutate_pair(parent, pair, "delete", false)
-            .await
-            .map(|_| ())
-    }
-
     async fn wait_applied(&self, on: Option<&str>, timeout: std::time::Duration) -> Result<bool> {
         let t0 = std::time::Instant::now();
         // The hypervisor of the VM's port, asked before the bump: what must apply it.
@@ -743,18 +677,92 @@ impl Backend for OvnBackend {
             .is_ok())
     }
 
-    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
-        if self.cache.lookup(&LSP_BY_NAME, parent).is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "the VM's port {parent} is not an OVN logical switch port: set [nested] parent_port to the VM's port"
+    fn address_pairs(&self) -> Option<&dyn crate::backend::AddressPairs> {
+        Some(self)
+    }
+
+    fn vlan_child_ports(&self) -> Option<&dyn crate::backend::VlanChildPorts> {
+        Some(self)
+    }
+}
+
+/// Nested ipvlan/macvlan and vlan; no existing ports (an address in use fails the create).
+impl crate::backend::KnownAbilities for OvnBackend {
+    const ABILITIES: &'static [crate::backend::Ability] = &[
+        crate::backend::Ability::AddressPairs,
+        crate::backend::Ability::VlanChildPorts,
+    ];
+}
+
+#[async_trait]
+impl crate::backend::NestedParents for OvnBackend {
+    async fn parent_port(&self, q: &crate::backend::ParentQuery) -> Result<String> {
+        let found: Vec<String> = self.cache.view(|v| {
+            v.rows(LSP)
+                .filter(|(_, r)| {
+                    let name = ovsdb::get_str(r, "name").unwrap_or("");
+                    if let Some(id) = &q.id {
+                        return name == id;
+                    }
+                    let words: Vec<String> = ovsdb::get_str_set(r, "addresses")
+                        .into_iter()
+                        .chain(ovsdb::get_str(r, "dynamic_addresses").map(String::from))
+                        .flat_map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                        .collect();
+                    if !q.ips.is_empty() {
+                        return q
+                            .ips
+                            .iter()
+                            .any(|ip| words.iter().any(|w| w.parse::<IpAddr>().ok() == Some(*ip)));
+                    }
+                    q.mac
+                        .as_ref()
+                        .is_some_and(|m| words.iter().any(|w| w.eq_ignore_ascii_case(m)))
+                })
+                // A parent is a VM's own port, not a child or a port Courier made.
+                .filter(|(_, r)| {
+                    ovsdb::get_str(r, "parent_name").is_none()
+                        && !ovsdb::get_map(r, "external_ids").contains_key(marks::OWNER)
+                })
+                .filter_map(|(_, r)| ovsdb::get_str(r, "name").map(String::from))
+                .collect()
+        });
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::InvalidInput(format!(
+                "no OVN logical switch port matches the VM's port ({q:?}): set [nested] parent_port to its name"
+            ))),
+            many => Err(Error::InvalidInput(format!(
+                "several OVN logical switch ports match the VM's port ({q:?}): {}; set [nested] parent_port to one",
+                many.join(", ")
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::backend::AddressPairs for OvnBackend {
+    async fn add_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
+        if self.mutate_pair(parent, pair, "insert", true).await? == 0 {
+            return Err(Error::BackendState(format!(
+                "the VM's port {parent} does not exist in OVN any more"
             )));
         }
-        Ok(self.cache.view(|v| {
-            v.rows(LSP)
-                .filter(|(_, r)| ovsdb::get_str(r, "parent_name") == Some(parent))
-                .flat_map(|(_, r)| child_port_tags(r))
-                .collect()
-        }))
+        Ok(())
+    }
+
+    async fn remove_address_pair(
+        &self,
+        parent: &str,
+        pair: &crate::backend::AddressPair,
+    ) -> Result<()> {
+        self.mutate_pair(parent, pair, "delete", false)
+            .await
+            .map(|_| ())
     }
 
     async fn owned_pairs(&self, host: &str) -> Result<Vec<crate::backend::OwnedPair>> {
@@ -794,6 +802,23 @@ impl Backend for OvnBackend {
                 owned.parent
             )))?;
         Ok(matches!(res.first(), Some(OpResult::Count(n)) if *n > 0))
+    }
+}
+
+#[async_trait]
+impl crate::backend::VlanChildPorts for OvnBackend {
+    async fn child_tags(&self, parent: &str) -> Result<std::collections::BTreeSet<u16>> {
+        if self.cache.lookup(&LSP_BY_NAME, parent).is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "the VM's port {parent} is not an OVN logical switch port: set [nested] parent_port to the VM's port"
+            )));
+        }
+        Ok(self.cache.view(|v| {
+            v.rows(LSP)
+                .filter(|(_, r)| ovsdb::get_str(r, "parent_name") == Some(parent))
+                .flat_map(|(_, r)| child_port_tags(r))
+                .collect()
+        }))
     }
 }
 

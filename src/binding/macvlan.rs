@@ -111,7 +111,7 @@ impl EdgeBinding for MacVlan {
 
     async fn pair_plan(&self, att: &Attachment, backend: &dyn Backend) -> Result<Option<PairPlan>> {
         Ok(Some(PairPlan {
-            parent: self.vm.id(backend).await?,
+            parent: self.vm.id(backend.require_address_pairs()?).await?,
             mac: self.mac_for(att).await?,
         }))
     }

@@ -198,7 +198,7 @@ impl EdgeBinding for VethOvs {
 
     async fn vlan_parent(&self, backend: &dyn Backend) -> Result<Option<String>> {
         match &self.nested {
-            Some(vm) => vm.id(backend).await.map(Some),
+            Some(vm) => vm.id(backend.require_vlan_child_ports()?).await.map(Some),
             None => Ok(None),
         }
     }

@@ -252,7 +252,10 @@ impl EdgeBinding for Vlan {
     }
 
     async fn vlan_parent(&self, backend: &dyn Backend) -> Result<Option<String>> {
-        self.vm.id(backend).await.map(Some)
+        self.vm
+            .id(backend.require_vlan_child_ports()?)
+            .await
+            .map(Some)
     }
 
     fn port_role(&self, att: &Attachment) -> PortRole {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use courier_netlink::{self as nl, Netlink, SubKind, SubLinkSpec};
 use tokio::sync::OnceCell;
 
-use crate::backend::{Backend, ParentQuery};
+use crate::backend::{NestedParents, ParentQuery};
 use crate::error::{Error, Result};
 use crate::model::{parse_mac, peer_ifname, Attachment, LogicalPort};
 
@@ -60,7 +60,7 @@ impl VmPort {
     }
 
     /// The VM's port in `backend` (its id), looked up once.
-    pub async fn id(&self, backend: &dyn Backend) -> Result<String> {
+    pub async fn id<P: NestedParents + ?Sized>(&self, backend: &P) -> Result<String> {
         self.parent
             .get_or_try_init(|| async {
                 let mut q = ParentQuery {
