@@ -4,7 +4,9 @@
 //! Types follow the API reference; fields Neutron may omit are `Option` (lists default to
 //! empty) and unknown fields are ignored, so a newer Neutron does not break decoding.
 
+mod pagination;
 mod query;
+mod tags;
 mod types;
 
 pub use query::Query;
@@ -75,38 +77,6 @@ fn enc(s: &str) -> String {
         }
     }
     o
-}
-
-/// The `marker` of a `*_links` "next" href, if there is a next page.
-fn next_marker(links: Option<&Value>) -> Option<String> {
-    let links = links?.as_array()?;
-    let next = links
-        .iter()
-        .find(|l| l.get("rel").and_then(|r| r.as_str()) == Some("next"))?;
-    let href = next.get("href")?.as_str()?;
-    let query = href.split_once('?')?.1;
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "marker").then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ------------------------------------------------------------------------------------ client
@@ -287,74 +257,6 @@ impl Neutron {
         })
     }
 
-    /// GET a collection, following pagination (`limit` + `marker`, `<key>_links` next).
-    async fn list<T: DeserializeOwned + HasId>(
-        &self,
-        collection: &str,
-        q: &Query,
-    ) -> Result<Vec<T>> {
-        self.list_at(collection, collection, q).await
-    }
-
-    /// [`Neutron::list`] where the URL segment differs from the JSON key (`security-groups`).
-    async fn list_at<T: DeserializeOwned + HasId>(
-        &self,
-        segment: &str,
-        collection: &str,
-        q: &Query,
-    ) -> Result<Vec<T>> {
-        let mut out: Vec<T> = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let (items, next) = self
-                .page_at::<T>(segment, collection, q, marker.as_deref())
-                .await?;
-            let empty = items.is_empty();
-            out.extend(items);
-            match next {
-                Some(m) if !empty && Some(&m) != marker.as_ref() => marker = Some(m),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// One GET of a collection: the page after `marker` (the first when None) and the marker
-    /// of the page after it, if any.
-    async fn page_at<T: DeserializeOwned + HasId>(
-        &self,
-        segment: &str,
-        collection: &str,
-        q: &Query,
-        marker: Option<&str>,
-    ) -> Result<(Vec<T>, Option<String>)> {
-        let path = format!("/{segment}{}", q.to_query_string(marker));
-        let (_, text) = self.call(Method::GET, &path, None, None, None).await?;
-        let mut v: Value = Self::decode("GET", &path, None, &text)?;
-        let items: Vec<T> = serde_json::from_value(
-            v.get_mut(collection)
-                .map(Value::take)
-                .unwrap_or(Value::Array(vec![])),
-        )
-        .map_err(|e| Error::Decode {
-            ctx: RequestContext {
-                method: "GET".into(),
-                path: format!("/v2.0{path}"),
-                resource: None,
-            },
-            message: e.to_string(),
-        })?;
-        // Neutron pages every list when it has `pagination_max_limit`, whether the query asked
-        // for a limit or not (and caps a larger one): its "next" link is followed always.
-        let next = next_marker(v.get(format!("{collection}_links").as_str())).or_else(|| {
-            // No links (pagination disabled?): a full page of ours may have a successor.
-            q.limit
-                .is_some_and(|l| items.len() as u32 >= l)
-                .then(|| items.last().map(|i| i.id().to_string()))
-                .flatten()
-        });
-        Ok((items, next))
-    }
-
     /// DELETE; 404 is Ok(false).
     async fn delete_path(&self, path: &str, resource: String) -> Result<bool> {
         match self
@@ -512,21 +414,6 @@ impl Neutron {
             }
         }
         v
-    }
-
-    /// A create's answer `have` lacks some of `want` (Neutron dropped or refused them in the
-    /// POST): sets them with `PUT /{resource}/{id}/tags`.
-    pub async fn ensure_tags(
-        &self,
-        resource: &str,
-        id: &str,
-        have: &mut Vec<String>,
-        want: &[String],
-    ) -> Result<()> {
-        if !want.iter().all(|t| have.contains(t)) {
-            *have = self.replace_tags(resource, id, want).await?;
-        }
-        Ok(())
     }
 
     pub async fn create_port(&self, req: &PortCreate) -> Result<Port> {
@@ -942,72 +829,7 @@ impl Neutron {
         self.delete_path(&format!("/trunks/{}", enc(id)), format!("trunk {id}"))
             .await
     }
-
-    // ------------------------------------------------------------------ tags
-
-    /// `PUT /v2.0/{resource}/{id}/tags/{tag}` (resource: `networks`, `ports`, `subnets`,
-    /// `trunks`, `security-groups`…).
-    pub async fn add_tag(&self, resource: &str, id: &str, tag: &str) -> Result<()> {
-        let path = format!("/{resource}/{}/tags/{}", enc(id), enc(tag));
-        self.call(
-            Method::PUT,
-            &path,
-            None,
-            None,
-            Some(format!("{resource} {id}")),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// `DELETE /v2.0/{resource}/{id}/tags/{tag}`; a tag that was not there is Ok(false).
-    pub async fn remove_tag(&self, resource: &str, id: &str, tag: &str) -> Result<bool> {
-        let path = format!("/{resource}/{}/tags/{}", enc(id), enc(tag));
-        self.delete_path(&path, format!("{resource} {id}")).await
-    }
-
-    /// `PUT /v2.0/{resource}/{id}/tags` with all the tags; returns them.
-    pub async fn replace_tags<S: AsRef<str>>(
-        &self,
-        resource: &str,
-        id: &str,
-        tags: &[S],
-    ) -> Result<Vec<String>> {
-        let tags: Vec<&str> = tags.iter().map(|t| t.as_ref()).collect();
-        self.call_key(
-            Method::PUT,
-            &format!("/{resource}/{}/tags", enc(id)),
-            Some(json!({ "tags": tags })),
-            None,
-            Some(format!("{resource} {id}")),
-            "tags",
-        )
-        .await
-    }
-
-    /// `GET /v2.0/{resource}/{id}/tags`.
-    pub async fn get_tags(&self, resource: &str, id: &str) -> Result<Vec<String>> {
-        self.call_key(
-            Method::GET,
-            &format!("/{resource}/{}/tags", enc(id)),
-            None,
-            None,
-            Some(format!("{resource} {id}")),
-            "tags",
-        )
-        .await
-    }
 }
-
-/// Items of a paginated collection.
-trait HasId {
-    fn id(&self) -> &str;
-}
-
-macro_rules! has_id {
-    ($($t:ty),*) => { $(impl HasId for $t { fn id(&self) -> &str { &self.id } })* };
-}
-has_id!(Network, Subnet, Port, SecurityGroup, Trunk);
 
 #[cfg(test)]
 mod tests {
@@ -1050,18 +872,6 @@ mod tests {
             &p("10.0.0.0", None),
             vm
         ));
-    }
-
-    #[test]
-    fn next_link_marker() {
-        let links = json!([
-            {"rel": "previous", "href": "http://n:9696/v2.0/ports?limit=1&marker=aaa&page_reverse=True"},
-            {"rel": "next", "href": "http://n:9696/v2.0/ports?limit=1&marker=b%2Dbb"}
-        ]);
-        assert_eq!(next_marker(Some(&links)).as_deref(), Some("b-bb"));
-        assert_eq!(next_marker(Some(&json!([]))), None);
-        assert_eq!(next_marker(None), None);
-        assert_eq!(percent_decode("a%20b%"), "a b%");
     }
 
     #[test]
