@@ -4,11 +4,16 @@
 //! Types follow the API reference; fields Neutron may omit are `Option` (lists default to
 //! empty) and unknown fields are ignored, so a newer Neutron does not break decoding.
 
+mod networks;
 mod pagination;
+mod ports;
 mod query;
+mod security_groups;
 mod tags;
+mod trunks;
 mod types;
 
+pub use ports::Modified;
 pub use query::Query;
 pub use types::{
     AllocationPool, AllowedAddressPair, FixedIp, HostRoute, Network, NetworkCreate, Port,
@@ -21,22 +26,13 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::CloudConfig;
 use crate::error::{Error, RequestContext, Result};
 use crate::retry::RevisionRetry;
 use crate::session::{Request, Session};
-
-/// What [`Neutron::modify_port`] did: the port as it is now, whether it was changed, and how
-/// many 412s it took.
-#[derive(Debug, Clone)]
-pub struct Modified {
-    pub port: Port,
-    pub changed: bool,
-    pub conflicts: u32,
-}
 
 /// Whether allowed address pair `have` (as Neutron returns it, on a port whose MAC is
 /// `port_mac`) is `want`: the same address (`10.0.0.5` and `10.0.0.5/32` are one) and the same
@@ -289,289 +285,6 @@ impl Neutron {
         Ok(self.extensions().await?.contains(alias))
     }
 
-    // ------------------------------------------------------------------ networks
-
-    /// Create a network, then set its tags with `PUT /v2.0/networks/ID/tags` (Neutron 29
-    /// refuses `tags` in a network POST, `tag-creation` or not: it is for ports only).
-    pub async fn create_network(&self, req: &NetworkCreate) -> Result<Network> {
-        let mut net = self.create_network_untagged(req).await?;
-        self.tag_created_network(&mut net, req).await?;
-        Ok(net)
-    }
-
-    /// The tags of `req` that the new network `net` lacks, set with one PUT. If that fails the
-    /// network is deleted (all or nothing) and the error returned.
-    pub async fn tag_created_network(&self, net: &mut Network, req: &NetworkCreate) -> Result<()> {
-        if let Err(e) = self
-            .ensure_tags("networks", &net.id, &mut net.tags, &req.tags)
-            .await
-        {
-            if let Err(de) = self.delete_network(&net.id).await {
-                tracing::error!(network = %net.id, error = %de, "removing a network whose tags were refused failed");
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// [`Neutron::create_network`]'s POST alone (no tags: Neutron takes none in it).
-    pub async fn create_network_untagged(&self, req: &NetworkCreate) -> Result<Network> {
-        let body = serde_json::to_value(req).expect("serializable");
-        let what = format!("network {}", req.name.as_deref().unwrap_or("-"));
-        self.call_key(
-            Method::POST,
-            "/networks",
-            Some(json!({ "network": body })),
-            None,
-            Some(what),
-            "network",
-        )
-        .await
-    }
-
-    pub async fn get_network(&self, id: &str) -> Result<Network> {
-        self.call_key(
-            Method::GET,
-            &format!("/networks/{}", enc(id)),
-            None,
-            None,
-            Some(format!("network {id}")),
-            "network",
-        )
-        .await
-    }
-
-    pub async fn list_networks(&self, q: &Query) -> Result<Vec<Network>> {
-        self.list("networks", q).await
-    }
-
-    /// One request: the first page of the networks matching `q` (at most `q`'s limit, or
-    /// Neutron's page size) — a probe, e.g. `Query::new().limit(1)`, that never reads the rest
-    /// of the collection.
-    pub async fn first_page_networks(&self, q: &Query) -> Result<Vec<Network>> {
-        Ok(self.page_at("networks", "networks", q, None).await?.0)
-    }
-
-    pub async fn delete_network(&self, id: &str) -> Result<bool> {
-        self.delete_path(&format!("/networks/{}", enc(id)), format!("network {id}"))
-            .await
-    }
-
-    // ------------------------------------------------------------------ subnets
-
-    pub async fn create_subnet(&self, req: &SubnetCreate) -> Result<Subnet> {
-        let what = format!("subnet {} on network {}", req.cidr, req.network_id);
-        self.call_key(
-            Method::POST,
-            "/subnets",
-            Some(json!({ "subnet": req })),
-            None,
-            Some(what),
-            "subnet",
-        )
-        .await
-    }
-
-    pub async fn get_subnet(&self, id: &str) -> Result<Subnet> {
-        self.call_key(
-            Method::GET,
-            &format!("/subnets/{}", enc(id)),
-            None,
-            None,
-            Some(format!("subnet {id}")),
-            "subnet",
-        )
-        .await
-    }
-
-    pub async fn list_subnets(&self, q: &Query) -> Result<Vec<Subnet>> {
-        self.list("subnets", q).await
-    }
-
-    pub async fn delete_subnet(&self, id: &str) -> Result<bool> {
-        self.delete_path(&format!("/subnets/{}", enc(id)), format!("subnet {id}"))
-            .await
-    }
-
-    // ------------------------------------------------------------------ ports
-
-    /// Whether to send tags in the port POST. Neutron keeps them only with ML2's
-    /// `tag_ports_during_bulk_creation` extension driver (single and bulk creates alike), and
-    /// ML2/OVN does not list that alias even when the driver is loaded; without the driver a
-    /// Neutron with `standard-attr-tag` accepts and drops them. So they are sent whenever ports
-    /// have tags at all, and the create's answer tells: tags missing from it are set with a
-    /// PUT (`ensure_tags`). (`tag-creation` is not this: it is `POST /ports/ID/tags`.)
-    async fn inline_port_tags(&self) -> Result<bool> {
-        let e = self.extensions().await?;
-        Ok(e.contains("tag-ports-during-bulk-creation") || e.contains("standard-attr-tag"))
-    }
-
-    fn port_body(p: &PortCreate, inline_tags: bool) -> Value {
-        let mut v = serde_json::to_value(p).expect("serializable");
-        if !inline_tags {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("tags");
-            }
-        }
-        v
-    }
-
-    pub async fn create_port(&self, req: &PortCreate) -> Result<Port> {
-        let inline = !req.tags.is_empty() && self.inline_port_tags().await?;
-        let what = format!(
-            "port {} on network {}",
-            req.name.as_deref().unwrap_or("-"),
-            req.network_id
-        );
-        let mut port: Port = self
-            .call_key(
-                Method::POST,
-                "/ports",
-                Some(json!({ "port": Self::port_body(req, inline) })),
-                None,
-                Some(what),
-                "port",
-            )
-            .await?;
-        self.ensure_tags("ports", &port.id, &mut port.tags, &req.tags)
-            .await?;
-        Ok(port)
-    }
-
-    /// `POST /v2.0/ports` with `{"ports": [...]}`: all are created or none (Neutron rolls the
-    /// bulk back on an error). The answer is in the order of `reqs`.
-    pub async fn create_ports(&self, reqs: &[PortCreate]) -> Result<Vec<Port>> {
-        let mut ports = self.create_ports_untagged(reqs).await?;
-        self.tag_created_ports(&mut ports, reqs).await?;
-        Ok(ports)
-    }
-
-    /// The tags of `reqs` that the create's answer `ports` lacks, set with one PUT per port.
-    pub async fn tag_created_ports(&self, ports: &mut [Port], reqs: &[PortCreate]) -> Result<()> {
-        for (p, r) in ports.iter_mut().zip(reqs) {
-            self.ensure_tags("ports", &p.id, &mut p.tags, &r.tags)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// [`Neutron::create_ports`]'s POST alone: the ports as Neutron answered, with only the
-    /// tags it kept from the POST (all of them with `tag-ports-during-bulk-creation`, else
-    /// none); [`Neutron::tag_created_ports`] sets the rest.
-    pub async fn create_ports_untagged(&self, reqs: &[PortCreate]) -> Result<Vec<Port>> {
-        if reqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inline = reqs.iter().any(|r| !r.tags.is_empty()) && self.inline_port_tags().await?;
-        let body: Vec<Value> = reqs.iter().map(|r| Self::port_body(r, inline)).collect();
-        let what = format!("{} ports on network {}", reqs.len(), reqs[0].network_id);
-        self.call_key(
-            Method::POST,
-            "/ports",
-            Some(json!({ "ports": body })),
-            None,
-            Some(what),
-            "ports",
-        )
-        .await
-    }
-
-    pub async fn get_port(&self, id: &str) -> Result<Port> {
-        self.call_key(
-            Method::GET,
-            &format!("/ports/{}", enc(id)),
-            None,
-            None,
-            Some(format!("port {id}")),
-            "port",
-        )
-        .await
-    }
-
-    /// All ports matching `q`, every page of them.
-    pub async fn list_ports(&self, q: &Query) -> Result<Vec<Port>> {
-        self.list("ports", q).await
-    }
-
-    /// One request: the first page of the ports matching `q` (see
-    /// [`Neutron::first_page_networks`]).
-    pub async fn first_page_ports(&self, q: &Query) -> Result<Vec<Port>> {
-        Ok(self.page_at("ports", "ports", q, None).await?.0)
-    }
-
-    /// PUT a partial port. With `if_revision`, sends `If-Match: revision_number=N`: a port
-    /// changed since is [`Error::RevisionConflict`].
-    pub async fn update_port(
-        &self,
-        id: &str,
-        upd: &PortUpdate,
-        if_revision: Option<u64>,
-    ) -> Result<Port> {
-        self.call_key(
-            Method::PUT,
-            &format!("/ports/{}", enc(id)),
-            Some(json!({ "port": upd })),
-            if_revision,
-            Some(format!("port {id}")),
-            "port",
-        )
-        .await
-    }
-
-    pub async fn delete_port(&self, id: &str) -> Result<bool> {
-        self.delete_path(&format!("/ports/{}", enc(id)), format!("port {id}"))
-            .await
-    }
-
-    /// A read-modify-write of port `id` that never loses a concurrent change: GET the port,
-    /// `change` says what to PUT (None: nothing to do, e.g. already as wanted), PUT it with
-    /// `If-Match: revision_number=N`; on 412 (someone changed the port in between) wait a
-    /// random while from `retry.backoff` and start again from a fresh GET, at most
-    /// `retry.attempts` PUTs. Any other error is returned as it is (a 404 too).
-    pub async fn modify_port<F>(
-        &self,
-        id: &str,
-        retry: RevisionRetry,
-        mut change: F,
-    ) -> Result<Modified>
-    where
-        F: FnMut(&Port) -> Option<PortUpdate>,
-    {
-        let mut conflicts = 0u32;
-        loop {
-            let port = self.get_port(id).await?;
-            let Some(upd) = change(&port) else {
-                return Ok(Modified {
-                    port,
-                    changed: false,
-                    conflicts,
-                });
-            };
-            let rev = port.revision_number.ok_or_else(|| Error::Decode {
-                ctx: RequestContext {
-                    method: "GET".into(),
-                    path: format!("/v2.0/ports/{id}"),
-                    resource: Some(format!("port {id}")),
-                },
-                message: "no revision_number (Neutron without standard-attr-revisions): a safe concurrent update is impossible".into(),
-            })?;
-            match self.update_port(id, &upd, Some(rev)).await {
-                Ok(port) => {
-                    return Ok(Modified {
-                        port,
-                        changed: true,
-                        conflicts,
-                    })
-                }
-                Err(Error::RevisionConflict { .. }) if conflicts + 1 < retry.attempts.max(1) => {
-                    tokio::time::sleep(retry.backoff.wait(conflicts)).await;
-                    conflicts += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Adds `pair` to port `id`'s `allowed_address_pairs`; already there ([`pair_matches`]):
     /// nothing is sent (`changed` false). The change is one revision-checked
     /// [`Neutron::modify_port`], so a concurrent writer anywhere never loses its own; and
@@ -724,111 +437,6 @@ impl Neutron {
             }
         }
     }
-
-    // ------------------------------------------------------------------ security groups
-
-    pub async fn list_security_groups(&self, q: &Query) -> Result<Vec<SecurityGroup>> {
-        self.list_at("security-groups", "security_groups", q).await
-    }
-
-    pub async fn get_security_group(&self, id: &str) -> Result<SecurityGroup> {
-        self.call_key(
-            Method::GET,
-            &format!("/security-groups/{}", enc(id)),
-            None,
-            None,
-            Some(format!("security group {id}")),
-            "security_group",
-        )
-        .await
-    }
-
-    // ------------------------------------------------------------------ trunks
-
-    pub async fn create_trunk(&self, req: &TrunkCreate) -> Result<Trunk> {
-        let what = format!("trunk on port {}", req.port_id);
-        // Neutron 29 refuses tags in a trunk POST ("Attribute 'tags' not allowed"), even with
-        // `tag-creation`: they go on right after, and a failure there removes the trunk.
-        let mut body = serde_json::to_value(req).expect("serializable");
-        if let Some(o) = body.as_object_mut() {
-            o.remove("tags");
-        }
-        let mut trunk: Trunk = self
-            .call_key(
-                Method::POST,
-                "/trunks",
-                Some(json!({ "trunk": body })),
-                None,
-                Some(what),
-                "trunk",
-            )
-            .await?;
-        if let Err(e) = self
-            .ensure_tags("trunks", &trunk.id, &mut trunk.tags, &req.tags)
-            .await
-        {
-            // Untagged, nobody would know to remove it.
-            let _ = self.delete_trunk(&trunk.id).await;
-            return Err(e);
-        }
-        Ok(trunk)
-    }
-
-    pub async fn get_trunk(&self, id: &str) -> Result<Trunk> {
-        self.call_key(
-            Method::GET,
-            &format!("/trunks/{}", enc(id)),
-            None,
-            None,
-            Some(format!("trunk {id}")),
-            "trunk",
-        )
-        .await
-    }
-
-    pub async fn list_trunks(&self, q: &Query) -> Result<Vec<Trunk>> {
-        self.list("trunks", q).await
-    }
-
-    /// `PUT /v2.0/trunks/ID/add_subports`; the answer is the trunk.
-    pub async fn add_subports(&self, trunk_id: &str, subports: &[SubPort]) -> Result<Trunk> {
-        self.subports(trunk_id, "add_subports", json!({ "sub_ports": subports }))
-            .await
-    }
-
-    /// `PUT /v2.0/trunks/ID/remove_subports` (only `port_id` matters).
-    pub async fn remove_subports(&self, trunk_id: &str, port_ids: &[&str]) -> Result<Trunk> {
-        let sp: Vec<Value> = port_ids.iter().map(|p| json!({ "port_id": p })).collect();
-        self.subports(trunk_id, "remove_subports", json!({ "sub_ports": sp }))
-            .await
-    }
-
-    async fn subports(&self, trunk_id: &str, action: &str, body: Value) -> Result<Trunk> {
-        let path = format!("/trunks/{}/{action}", enc(trunk_id));
-        let what = Some(format!("trunk {trunk_id}"));
-        let (_, text) = self
-            .call(Method::PUT, &path, Some(body), None, what.clone())
-            .await?;
-        // The answer is the trunk itself (not wrapped in "trunk").
-        let v: Value = Self::decode("PUT", &path, what.clone(), &text)?;
-        let v = match v.get("trunk") {
-            Some(t) => t.clone(),
-            None => v,
-        };
-        serde_json::from_value(v).map_err(|e| Error::Decode {
-            ctx: RequestContext {
-                method: "PUT".into(),
-                path: format!("/v2.0{path}"),
-                resource: what,
-            },
-            message: e.to_string(),
-        })
-    }
-
-    pub async fn delete_trunk(&self, id: &str) -> Result<bool> {
-        self.delete_path(&format!("/trunks/{}", enc(id)), format!("trunk {id}"))
-            .await
-    }
 }
 
 #[cfg(test)]
@@ -876,26 +484,6 @@ mod tests {
 
     #[test]
     fn bodies_and_decoding() {
-        let p = PortCreate {
-            network_id: "n".into(),
-            name: Some("p".into()),
-            fixed_ips: vec![FixedIp {
-                subnet_id: Some("s".into()),
-                ip_address: None,
-            }],
-            binding_host_id: Some("h1".into()),
-            binding_profile: Some(json!({"capabilities": ["switchdev"]})),
-            security_groups: Some(vec![]),
-            tags: vec!["t".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            Neutron::port_body(&p, false),
-            json!({"network_id": "n", "name": "p", "fixed_ips": [{"subnet_id": "s"}],
-                "security_groups": [], "binding:host_id": "h1",
-                "binding:profile": {"capabilities": ["switchdev"]}})
-        );
-        assert_eq!(Neutron::port_body(&p, true)["tags"], json!(["t"]));
         assert_eq!(v20("http://x:9696/"), "http://x:9696/v2.0");
         assert_eq!(v20("http://x:9696/v2.0/"), "http://x:9696/v2.0");
         assert_eq!(enc("a b/c"), "a%20b%2Fc");
