@@ -68,7 +68,11 @@ pub(super) async fn bindable_or_refuse(
         .registry
         .network_in(&net.backend, &net.name)
         .await?;
-    match backend.inspect_port(&holder.id, &network).await {
+    let inspected = match backend.existing_ports() {
+        Some(e) => e.inspect_port(&holder.id, &network).await,
+        None => Err(crate::backend::Ability::ExistingPorts.missing(backend.id())),
+    };
+    match inspected {
         Ok(_) => Ok(()),
         Err(Error::InvalidInput(why)) => Err(Error::InvalidInput(format!(
             "address {ip} is in use by port {}, which Courier did not make and cannot bind ({why}): pick another address",
