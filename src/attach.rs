@@ -247,7 +247,7 @@ impl Attacher {
                 .iter()
                 .filter_map(|(c, _)| crate::model::vlan_claim_tag(c))
                 .collect();
-            let tag = crate::model::free_vlan_tag(&held, &in_backend).ok_or_else(|| {
+            let tag = crate::model::lowest_unused_vlan_tag(&held, &in_backend).ok_or_else(|| {
                 Error::Exhausted {
                     resource: format!("VLAN tags 1..4094 under the VM's port {parent}"),
                     what: format!(

@@ -338,7 +338,7 @@ pub fn vlan_claim_tag(claim: &str) -> Option<u16> {
 /// The lowest VLAN tag in 1..=4094 that is in neither set: `held` (claims in this host's
 /// store) nor `in_backend` (child ports the backend has under the parent, whoever made them).
 /// None when all 4094 are taken.
-pub fn free_vlan_tag(
+pub fn lowest_unused_vlan_tag(
     held: &std::collections::BTreeSet<u16>,
     in_backend: &std::collections::BTreeSet<u16>,
 ) -> Option<u16> {

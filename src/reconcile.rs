@@ -284,7 +284,7 @@ pub async fn run(attacher: &Attacher) -> Report {
     report
 }
 
-/// Address pairs this host marked on VM ports (`AddressPairs::owned_pairs`) for an attachment no
+/// Address pairs this host marked on VM ports (`AddressPairs::owned_address_pairs`) for an attachment no
 /// record knows: their reservation went with its pair above, so what is left here has none
 /// (deleted by hand, say) and nothing else would ever take it off. Removed under the
 /// attachment's lock, only while the mark is still that attachment's.
@@ -294,7 +294,7 @@ async fn sweep_pairs(attacher: &Attacher, report: &mut Report) {
         let Some(marked) = backend.address_pairs() else {
             continue;
         };
-        let pairs = match marked.owned_pairs(&attacher.host).await {
+        let pairs = match marked.owned_address_pairs(&attacher.host).await {
             Ok(p) => p,
             Err(e) => {
                 report.failed(
@@ -306,8 +306,10 @@ async fn sweep_pairs(attacher: &Attacher, report: &mut Report) {
         };
         for p in pairs {
             let item = format!("{}: {} {}", p.parent, p.pair.mac, p.pair.ip);
-            let r = delete_if_unrecorded(attacher, &p.attachment, || marked.remove_owned_pair(&p))
-                .await;
+            let r = delete_if_unrecorded(attacher, &p.attachment, || {
+                marked.remove_owned_address_pair(&p)
+            })
+            .await;
             if matches!(r, Ok(true)) {
                 tracing::warn!(backend = backend.id(), pair = %item, attachment = %p.attachment, "removed a leaked address pair");
             }

@@ -797,14 +797,20 @@ mod tests {
     fn the_lowest_free_tag_skips_store_and_backend_tags_and_runs_out() {
         use std::collections::BTreeSet;
         let none = BTreeSet::new();
-        assert_eq!(crate::model::free_vlan_tag(&none, &none), Some(1));
+        assert_eq!(crate::model::lowest_unused_vlan_tag(&none, &none), Some(1));
         let held: BTreeSet<u16> = [1, 2, 4].into();
         let backend: BTreeSet<u16> = [3, 5].into();
-        assert_eq!(crate::model::free_vlan_tag(&held, &backend), Some(6));
+        assert_eq!(
+            crate::model::lowest_unused_vlan_tag(&held, &backend),
+            Some(6)
+        );
         let all: BTreeSet<u16> = (1..=4094).collect();
-        assert_eq!(crate::model::free_vlan_tag(&all, &none), None);
+        assert_eq!(crate::model::lowest_unused_vlan_tag(&all, &none), None);
         let most: BTreeSet<u16> = (1..=4093).collect();
-        assert_eq!(crate::model::free_vlan_tag(&most, &none), Some(4094));
+        assert_eq!(
+            crate::model::lowest_unused_vlan_tag(&most, &none),
+            Some(4094)
+        );
     }
 
     #[tokio::test]

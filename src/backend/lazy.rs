@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     Ability, AddressPair, AddressPairs, Backend, ExistingPorts, KnownAbilities, NestedParents,
-    OwnedPair, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, VlanChildPorts,
+    OwnedAddressPair, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, VlanChildPorts,
 };
 use crate::error::{Error, Result};
 use crate::model::{ExistingPort, LogicalPort, Network, NetworkSpec};
@@ -211,13 +211,16 @@ impl AddressPairs for Lazy {
             .remove_address_pair(parent, pair)
             .await
     }
-    async fn owned_pairs(&self, host: &str) -> Result<Vec<OwnedPair>> {
-        self.get()?.require_address_pairs()?.owned_pairs(host).await
-    }
-    async fn remove_owned_pair(&self, pair: &OwnedPair) -> Result<bool> {
+    async fn owned_address_pairs(&self, host: &str) -> Result<Vec<OwnedAddressPair>> {
         self.get()?
             .require_address_pairs()?
-            .remove_owned_pair(pair)
+            .owned_address_pairs(host)
+            .await
+    }
+    async fn remove_owned_address_pair(&self, pair: &OwnedAddressPair) -> Result<bool> {
+        self.get()?
+            .require_address_pairs()?
+            .remove_owned_address_pair(pair)
             .await
     }
 }

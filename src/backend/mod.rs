@@ -114,7 +114,7 @@ pub struct AddressPair {
 /// it there (OVN direct: `external_ids` of the VM's port, see `marks::ADDED_PAIR`): what the
 /// sweep finds when both the record and the reservation behind the pair are gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedPair {
+pub struct OwnedAddressPair {
     /// The VM's port (backend id).
     pub parent: String,
     pub pair: AddressPair,
@@ -331,13 +331,13 @@ pub trait AddressPairs: NestedParents {
     /// The address pairs `host` put on VM ports, found by their marks there (whatever
     /// reservation or record is behind them). Default: the backend marks none (Neutron finds
     /// a pair through its reservation's tags, `LogicalPort::pairs_on`).
-    async fn owned_pairs(&self, host: &str) -> Result<Vec<OwnedPair>> {
+    async fn owned_address_pairs(&self, host: &str) -> Result<Vec<OwnedAddressPair>> {
         let _ = host;
         Ok(vec![])
     }
     /// Removes `pair` from its VM port if it is still marked as that host's and attachment's
     /// (checked in the same step as the removal), with its mark. Ok(false): no such mark now.
-    async fn remove_owned_pair(&self, pair: &OwnedPair) -> Result<bool> {
+    async fn remove_owned_address_pair(&self, pair: &OwnedAddressPair) -> Result<bool> {
         let _ = pair;
         Ok(false)
     }

@@ -765,14 +765,20 @@ impl crate::backend::AddressPairs for OvnBackend {
             .map(|_| ())
     }
 
-    async fn owned_pairs(&self, host: &str) -> Result<Vec<crate::backend::OwnedPair>> {
+    async fn owned_address_pairs(
+        &self,
+        host: &str,
+    ) -> Result<Vec<crate::backend::OwnedAddressPair>> {
         Ok(self.marked_pairs(host))
     }
 
     /// One mutate whose `where` is the mark itself (exact key and value): the pair, in
     /// `addresses` and `port_security`, and its mark go only if the mark still says this host's
     /// attachment — never an entry the user added, nor one another host marked since.
-    async fn remove_owned_pair(&self, owned: &crate::backend::OwnedPair) -> Result<bool> {
+    async fn remove_owned_address_pair(
+        &self,
+        owned: &crate::backend::OwnedAddressPair,
+    ) -> Result<bool> {
         let entry = pair_entry(&owned.pair);
         let mark = ovsdb::map([(
             added_pair_key(&entry),
@@ -852,7 +858,7 @@ impl OvnBackend {
     }
 
     /// The pairs marked on VM ports as `host`'s (`marks::ADDED_PAIR`).
-    fn marked_pairs(&self, host: &str) -> Vec<crate::backend::OwnedPair> {
+    fn marked_pairs(&self, host: &str) -> Vec<crate::backend::OwnedAddressPair> {
         self.cache.view(|v| {
             v.rows(LSP)
                 .flat_map(|(_, r)| {
@@ -864,11 +870,13 @@ impl OvnBackend {
                             let (h, attachment) = val.split_once(':')?;
                             let (mac, ips) = parse_addresses(entry)?;
                             let ip = *ips.first()?;
-                            (h == host && ips.len() == 1).then(|| crate::backend::OwnedPair {
-                                parent: parent.clone(),
-                                pair: crate::backend::AddressPair { mac, ip },
-                                host: h.to_string(),
-                                attachment: attachment.to_string(),
+                            (h == host && ips.len() == 1).then(|| {
+                                crate::backend::OwnedAddressPair {
+                                    parent: parent.clone(),
+                                    pair: crate::backend::AddressPair { mac, ip },
+                                    host: h.to_string(),
+                                    attachment: attachment.to_string(),
+                                }
                             })
                         })
                         .collect::<Vec<_>>()

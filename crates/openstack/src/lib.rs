@@ -40,9 +40,9 @@ pub use auth::{select_endpoint, CatalogEndpoint, CatalogService, Token};
 pub use config::{process_env, AuthType, CloudConfig, EnvLookup, Interface};
 pub use error::{ApiFault, Error, RequestContext, Result};
 pub use neutron::{
-    AllocationPool, AllowedAddressPair, FixedIp, HostRoute, Modified, Network, NetworkCreate,
-    Neutron, Port, PortCreate, PortUpdate, Query, SecurityGroup, SubPort, Subnet, SubnetCreate,
-    Trunk, TrunkCreate,
+    AddressPair, AllocationPool, FixedIp, HostRoute, Modified, Network, NetworkCreate, Neutron,
+    Port, PortCreate, PortUpdate, Query, SecurityGroup, SubPort, Subnet, SubnetCreate, Trunk,
+    TrunkCreate,
 };
 pub use retry::{retry_transient, Backoff, RevisionRetry};
 pub use secret::Secret;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_openstack::{
-    retry_transient, AllocationPool, AllowedAddressPair, AuthType, Backoff, CloudConfig, Error,
-    FixedIp, HostRoute, NetworkCreate, Neutron, PortCreate, PortUpdate, Query, Secret, Session,
-    SubPort, SubnetCreate, TrunkCreate,
+    retry_transient, AddressPair, AllocationPool, AuthType, Backoff, CloudConfig, Error, FixedIp,
+    HostRoute, NetworkCreate, Neutron, PortCreate, PortUpdate, Query, Secret, Session, SubPort,
+    SubnetCreate, TrunkCreate,
 };
 
 fn clouds_file() -> PathBuf {
@@ -463,7 +463,7 @@ async fn lifecycle(neutron: Neutron, tag: String) {
     let p0 = neutron.get_port(&ports[0].id).await.unwrap();
     let rev = p0.revision_number.unwrap();
     let upd = PortUpdate {
-        allowed_address_pairs: Some(vec![AllowedAddressPair {
+        allowed_address_pairs: Some(vec![AddressPair {
             ip_address: "10.99.0.250".into(),
             mac_address: None,
         }]),
@@ -705,7 +705,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
         })
         .await
         .unwrap();
-    let pair = |i: usize| AllowedAddressPair {
+    let pair = |i: usize| AddressPair {
         ip_address: format!("10.97.{}.{}", 1 + i / 200, 10 + i % 200),
         mac_address: None,
     };
@@ -724,7 +724,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let m = n
-                .add_allowed_address_pair(&id, &p, RevisionRetry::default())
+                .add_address_pair(&id, &p, RevisionRetry::default())
                 .await
                 .unwrap_or_else(|e| panic!("add {}: {e}", p.ip_address));
             assert!(m.changed);
@@ -773,7 +773,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
     // Idempotent: present → no PUT, same revision.
     let rev = now.revision_number;
     let again = neutron
-        .add_allowed_address_pair(&port.id, &pair(7), RevisionRetry::default())
+        .add_address_pair(&port.id, &pair(7), RevisionRetry::default())
         .await
         .unwrap();
     assert!(!again.changed);
@@ -785,7 +785,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
         let (n, id, p) = (clients[i % CLIENTS].clone(), port.id.clone(), pair(i));
         tasks.push(tokio::spawn(async move {
             let m = n
-                .remove_allowed_address_pair(&id, &p, RevisionRetry::default())
+                .remove_address_pair(&id, &p, RevisionRetry::default())
                 .await
                 .unwrap_or_else(|e| panic!("remove {}: {e}", p.ip_address))
                 .expect("the port is there");
@@ -811,7 +811,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
     // Absent → nothing sent; port gone → Ok(None).
     let rev = now.revision_number;
     let m = neutron
-        .remove_allowed_address_pair(&port.id, &pair(3), RevisionRetry::default())
+        .remove_address_pair(&port.id, &pair(3), RevisionRetry::default())
         .await
         .unwrap()
         .unwrap();
@@ -819,7 +819,7 @@ async fn concurrent_pairs(neutron: Neutron, tag: String) {
     assert_eq!(m.port.revision_number, rev);
     assert!(neutron.delete_port(&port.id).await.unwrap());
     assert!(neutron
-        .remove_allowed_address_pair(&port.id, &pair(3), RevisionRetry::default())
+        .remove_address_pair(&port.id, &pair(3), RevisionRetry::default())
         .await
         .unwrap()
         .is_none());

@@ -13,8 +13,8 @@ use crate::backend::{AddressPair, AddressPairs};
 use crate::error::{Error, Result};
 
 impl NeutronBackend {
-    fn pair_of(pair: &AddressPair) -> os::AllowedAddressPair {
-        os::AllowedAddressPair {
+    fn pair_of(pair: &AddressPair) -> os::AddressPair {
+        os::AddressPair {
             ip_address: pair.ip.to_string(),
             mac_address: Some(pair.mac.to_ascii_lowercase()),
         }
@@ -27,7 +27,7 @@ impl AddressPairs for NeutronBackend {
         let want = Self::pair_of(pair);
         let retry = os::RevisionRetry::default();
         let r = os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
-            self.api.add_allowed_address_pair(parent, &want, retry)
+            self.api.add_address_pair(parent, &want, retry)
         })
         .await;
         match r {
@@ -62,7 +62,7 @@ impl AddressPairs for NeutronBackend {
         let want = Self::pair_of(pair);
         let retry = os::RevisionRetry::default();
         os::retry_transient(Instant::now() + RETRY_FOR, os::Backoff::default(), || {
-            self.api.remove_allowed_address_pair(parent, &want, retry)
+            self.api.remove_address_pair(parent, &want, retry)
         })
         .await
         .map(|_| ())

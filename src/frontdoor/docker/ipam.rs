@@ -82,7 +82,7 @@ pub(super) async fn request_pool(State(d): State<Arc<Daemon>>, body: Bytes) -> R
             )
             .into());
         }
-        IpNet::V4(free_pool(&d).await?)
+        IpNet::V4(unused_pool(&d).await?)
     } else {
         let s: IpNet = req.pool.parse().map_err(|_| {
             Error::InvalidInput(format!(
@@ -120,7 +120,7 @@ pub(super) async fn request_pool(State(d): State<Arc<Daemon>>, body: Bytes) -> R
 }
 
 /// A /24 of `[docker] default_pool` that no network Courier knows uses.
-async fn free_pool(d: &Daemon) -> Result<Ipv4Net> {
+async fn unused_pool(d: &Daemon) -> Result<Ipv4Net> {
     let range: Ipv4Net = d
         .config
         .docker

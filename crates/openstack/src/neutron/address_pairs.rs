@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{AllowedAddressPair, Modified, Neutron, PortUpdate};
+use super::{AddressPair, Modified, Neutron, PortUpdate};
 use crate::error::{Error, RequestContext, Result};
 use crate::retry::RevisionRetry;
 
 /// Whether allowed address pair `have` (as Neutron returns it, on a port whose MAC is
 /// `port_mac`) is `want`: the same address (`10.0.0.5` and `10.0.0.5/32` are one) and the same
 /// MAC, a missing MAC being the port's own.
-pub fn pair_matches(have: &AllowedAddressPair, want: &AllowedAddressPair, port_mac: &str) -> bool {
+pub fn pair_matches(have: &AddressPair, want: &AddressPair, port_mac: &str) -> bool {
     fn addr(s: &str) -> String {
         let s = s.trim();
         match s.split_once('/') {
@@ -19,7 +19,7 @@ pub fn pair_matches(have: &AllowedAddressPair, want: &AllowedAddressPair, port_m
             _ => s.to_ascii_lowercase(),
         }
     }
-    let mac = |p: &AllowedAddressPair| {
+    let mac = |p: &AddressPair| {
         p.mac_address
             .as_deref()
             .unwrap_or(port_mac)
@@ -52,16 +52,16 @@ impl std::fmt::Debug for PairQueues {
 
 struct PairOp {
     add: bool,
-    pair: AllowedAddressPair,
+    pair: AddressPair,
     done: tokio::sync::oneshot::Sender<Result<Option<Modified>>>,
 }
 
 /// `pairs` with the changes applied in order; which of them changed something.
 fn apply_pair_ops(
-    pairs: &[AllowedAddressPair],
+    pairs: &[AddressPair],
     port_mac: &str,
-    ops: &[(bool, &AllowedAddressPair)],
-) -> (Vec<AllowedAddressPair>, Vec<bool>) {
+    ops: &[(bool, &AddressPair)],
+) -> (Vec<AddressPair>, Vec<bool>) {
     let mut out = pairs.to_vec();
     let mut changed = Vec::with_capacity(ops.len());
     for (add, pair) in ops {
@@ -93,10 +93,10 @@ impl Neutron {
     /// [`Neutron::modify_port`], so a concurrent writer anywhere never loses its own; and
     /// concurrent calls for one port through this client (and its clones) are folded into one
     /// GET + PUT, each told whether *its* pair changed anything.
-    pub async fn add_allowed_address_pair(
+    pub async fn add_address_pair(
         &self,
         id: &str,
-        pair: &AllowedAddressPair,
+        pair: &AddressPair,
         retry: RevisionRetry,
     ) -> Result<Modified> {
         match self.queue_pair_op(id, true, pair, retry).await? {
@@ -116,12 +116,12 @@ impl Neutron {
     }
 
     /// Removes exactly `pair` from port `id`'s `allowed_address_pairs` (as
-    /// [`Neutron::add_allowed_address_pair`]). Not there: nothing is sent; the port gone
+    /// [`Neutron::add_address_pair`]). Not there: nothing is sent; the port gone
     /// (404): Ok(None).
-    pub async fn remove_allowed_address_pair(
+    pub async fn remove_address_pair(
         &self,
         id: &str,
-        pair: &AllowedAddressPair,
+        pair: &AddressPair,
         retry: RevisionRetry,
     ) -> Result<Option<Modified>> {
         self.queue_pair_op(id, false, pair, retry).await
@@ -131,7 +131,7 @@ impl Neutron {
         &self,
         id: &str,
         add: bool,
-        pair: &AllowedAddressPair,
+        pair: &AddressPair,
         retry: RevisionRetry,
     ) -> Result<Option<Modified>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -183,8 +183,7 @@ impl Neutron {
     /// One revision-checked write of every change in `batch`; if it fails, each change alone
     /// (so one refused pair does not fail the others), each caller getting its own answer.
     async fn write_pair_batch(&self, id: &str, batch: Vec<PairOp>, retry: RevisionRetry) {
-        let ops: Vec<(bool, &AllowedAddressPair)> =
-            batch.iter().map(|o| (o.add, &o.pair)).collect();
+        let ops: Vec<(bool, &AddressPair)> = batch.iter().map(|o| (o.add, &o.pair)).collect();
         let mut changed = Vec::new();
         let r = self
             .modify_port(id, retry, |p| {
@@ -248,7 +247,7 @@ mod tests {
 
     #[test]
     fn pairs_match_by_address_and_mac() {
-        let p = |ip: &str, mac: Option<&str>| AllowedAddressPair {
+        let p = |ip: &str, mac: Option<&str>| AddressPair {
             ip_address: ip.into(),
             mac_address: mac.map(String::from),
         };

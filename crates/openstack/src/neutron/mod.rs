@@ -23,8 +23,8 @@ pub use address_pairs::pair_matches;
 pub use ports::Modified;
 pub use query::Query;
 pub use types::{
-    AllocationPool, AllowedAddressPair, FixedIp, HostRoute, Network, NetworkCreate, Port,
-    PortCreate, PortUpdate, SecurityGroup, SubPort, Subnet, SubnetCreate, Trunk, TrunkCreate,
+    AddressPair, AllocationPool, FixedIp, HostRoute, Network, NetworkCreate, Port, PortCreate,
+    PortUpdate, SecurityGroup, SubPort, Subnet, SubnetCreate, Trunk, TrunkCreate,
 };
 
 use std::collections::HashSet;
@@ -65,7 +65,7 @@ pub struct Neutron {
     /// The endpoint, ending in `/v2.0`, no trailing slash.
     base: String,
     extensions: Arc<OnceCell<HashSet<String>>>,
-    /// Allowed-address-pair changes waiting per port (see [`Neutron::add_allowed_address_pair`]).
+    /// Allowed-address-pair changes waiting per port (see [`Neutron::add_address_pair`]).
     pairs: Arc<PairQueues>,
 }
 

@@ -116,7 +116,7 @@ pub struct FixedIp {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllowedAddressPair {
+pub struct AddressPair {
     pub ip_address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
@@ -136,7 +136,7 @@ pub struct Port {
     pub status: Option<String>,
     pub admin_state_up: Option<bool>,
     pub security_groups: Vec<String>,
-    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    pub allowed_address_pairs: Vec<AddressPair>,
     pub port_security_enabled: Option<bool>,
     pub tags: Vec<String>,
     pub project_id: Option<String>,
@@ -182,7 +182,7 @@ pub struct PortCreate {
     #[serde(rename = "binding:profile", skip_serializing_if = "Option::is_none")]
     pub binding_profile: Option<Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_address_pairs: Vec<AllowedAddressPair>,
+    pub allowed_address_pairs: Vec<AddressPair>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_security_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,7 +217,7 @@ pub struct PortUpdate {
     #[serde(rename = "binding:profile", skip_serializing_if = "Option::is_none")]
     pub binding_profile: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowed_address_pairs: Option<Vec<AllowedAddressPair>>,
+    pub allowed_address_pairs: Option<Vec<AddressPair>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_security_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
