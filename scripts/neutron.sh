@@ -354,7 +354,7 @@ enable_security_group = true
 [ovn]
 ovn_nb_connection = $NB
 ovn_sb_connection = $SB
-# As on a real cloud: ML2/OVN gives every network a `network:distributed` metadata port (Courier's
+# As on a real cloud: ML2/OVN gives every network a "network:distributed" metadata port (Courier's
 # network delete and leak checks must live with Neutron's own ports).
 ovn_metadata_enabled = true
 enable_distributed_floating_ip = false
@@ -366,7 +366,7 @@ EOF
 auth_strategy = noauth
 log_file = neutron-noauth.log
 host = courier-neutron-noauth
-# Small pages, so every list through this API runs the clients' pagination (`ports_links` next).
+# Small pages, so every list through this API runs the clients' pagination ("ports_links" next).
 pagination_max_limit = 5
 
 [ml2]

@@ -828,7 +828,7 @@ async fn a_network_id_that_is_not_ascii_is_refused() {
 
 /// What one Docker call costs with N Docker endpoints on this host (docs/performance.md,
 /// "Docker calls at 10 000 endpoints"). Prints a table; asserts nothing about time. Run with
-/// `cargo test --release --features courier/test-hooks --bin courier docker_calls_at -- --ignored --nocapture`.
+/// `cargo test --release --features courier/test-hooks --lib docker_calls_at -- --ignored --nocapture`.
 /// Every call timed here is a lookup only (a repeated CreateEndpoint, EndpointOperInfo, the IPv6
 /// RequestAddress of an endpoint's MAC, a ReleaseAddress and a DeleteEndpoint of nothing), so
 /// the backend (the in-memory OVN) does no work.
