@@ -7,7 +7,11 @@ use std::os::fd::RawFd;
 use ipnet::IpNet;
 use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, IpVlanMode, MacVlanMode};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, IpVlanMode, LinkAttribute, LinkExtentMask, LinkVfInfo,
+    MacVlanMode, VfInfo, VfInfoLinkState, VfInfoMac, VfInfoSpoofCheck, VfInfoTrust, VfInfoVlan,
+    VfLinkState,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{
     AddressMessageBuilder, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -175,10 +179,7 @@ pub fn rename_up(index: u32, new_name: &str, mac: Option<[u8; 6]>, mtu: Option<u
 /// RTM_SETLINK: set the interface alias (IFLA_IFALIAS) — Courier's ownership mark on links.
 pub fn set_alias(index: u32, alias: &str) -> Request {
     let mut m = LinkUnspec::new_with_index(index).build();
-    m.attributes
-        .push(netlink_packet_route::link::LinkAttribute::IfAlias(
-            alias.to_string(),
-        ));
+    m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
     Request {
         message: RouteNetlinkMessage::SetLink(m),
         flags: CHANGE,
@@ -262,6 +263,99 @@ pub fn route(index: u32, dst: IpNet, gw: IpAddr) -> Option<Request> {
         message: RouteNetlinkMessage::NewRoute(message),
         flags: CREATE,
     })
+}
+
+/// A VF's link state as its PF's driver enforces it (IFLA_VF_LINK_STATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VfLinkStateSetting {
+    /// The VF's link follows the PF's.
+    Auto,
+    /// Up whatever the PF's link.
+    Enable,
+    /// Down: the VF neither sends nor receives.
+    Disable,
+}
+
+impl From<VfLinkStateSetting> for VfLinkState {
+    fn from(s: VfLinkStateSetting) -> VfLinkState {
+        match s {
+            VfLinkStateSetting::Auto => VfLinkState::Auto,
+            VfLinkStateSetting::Enable => VfLinkState::Enable,
+            VfLinkStateSetting::Disable => VfLinkState::Disable,
+        }
+    }
+}
+
+/// What to set on VF `vf` of a PF (`ip link set PF vf N mac … vlan … spoofchk … trust …
+/// state …`); None leaves that setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VfSettings {
+    /// The VF index (N of the PF's `virtfnN` in sysfs).
+    pub vf: u32,
+    pub mac: Option<[u8; 6]>,
+    /// 802.1Q VLAN the PF tags the VF's frames with (qos 0); Some(0) = untagged.
+    pub vlan: Option<u16>,
+    pub spoof_check: Option<bool>,
+    pub trust: Option<bool>,
+    pub link_state: Option<VfLinkStateSetting>,
+}
+
+impl VfSettings {
+    /// True when it sets nothing (the kernel answers such a request with EINVAL).
+    pub fn is_empty(&self) -> bool {
+        self.mac.is_none()
+            && self.vlan.is_none()
+            && self.spoof_check.is_none()
+            && self.trust.is_none()
+            && self.link_state.is_none()
+    }
+}
+
+/// RTM_SETLINK on PF `pf_index` with IFLA_VFINFO_LIST { IFLA_VF_INFO { IFLA_VF_MAC,
+/// IFLA_VF_VLAN, IFLA_VF_SPOOFCHK, IFLA_VF_TRUST, IFLA_VF_LINK_STATE } }: only the settings
+/// given, each struct carrying the VF index. The kernel applies them in that order and stops
+/// at the first the driver refuses (the earlier ones stay applied).
+pub fn set_vf(pf_index: u32, s: &VfSettings) -> Request {
+    let vf = s.vf;
+    let mut info = Vec::new();
+    if let Some(mac) = s.mac {
+        info.push(VfInfo::Mac(VfInfoMac::new(vf, &mac)));
+    }
+    if let Some(vlan) = s.vlan {
+        info.push(VfInfo::Vlan(VfInfoVlan::new(vf, vlan.into(), 0)));
+    }
+    if let Some(on) = s.spoof_check {
+        info.push(VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf, on)));
+    }
+    if let Some(on) = s.trust {
+        info.push(VfInfo::Trust(VfInfoTrust::new(vf, on)));
+    }
+    if let Some(state) = s.link_state {
+        info.push(VfInfo::LinkState(VfInfoLinkState::new(vf, state.into())));
+    }
+    let mut m = LinkUnspec::new_with_index(pf_index).build();
+    m.attributes
+        .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(info)]));
+    Request {
+        message: RouteNetlinkMessage::SetLink(m),
+        flags: CHANGE,
+    }
+}
+
+/// RTM_GETLINK of link `index` with IFLA_EXT_MASK RTEXT_FILTER_VF, so the kernel includes
+/// IFLA_NUM_VF and IFLA_VFINFO_LIST, and RTEXT_FILTER_SKIP_STATS: without it every VF's
+/// IFLA_VF_STATS comes too, and a PF with a few hundred VFs then answers with more than the
+/// 64 KiB the socket reads at once (the connection would fail to decode the reply).
+pub fn get_link_with_vfs(index: u32) -> Request {
+    let mut m = LinkUnspec::new_with_index(index).build();
+    m.attributes.push(LinkAttribute::ExtMask(vec![
+        LinkExtentMask::Vf,
+        LinkExtentMask::SkipStats,
+    ]));
+    Request {
+        message: RouteNetlinkMessage::GetLink(m),
+        flags: NLM_F_REQUEST,
+    }
 }
 
 /// RTM_DELLINK of link `index`.
@@ -471,6 +565,137 @@ mod tests {
         assert_eq!(
             m.attributes,
             vec![netlink_packet_route::nsid::NsidAttribute::Fd(12)]
+        );
+    }
+
+    fn vf_info(m: &netlink_packet_route::link::LinkMessage) -> Vec<VfInfo> {
+        let lists: Vec<_> = m
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                LinkAttribute::VfInfoList(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lists.len(), 1, "one IFLA_VFINFO_LIST");
+        assert_eq!(lists[0].len(), 1, "one IFLA_VF_INFO");
+        lists[0][0].0.clone()
+    }
+
+    /// IFLA_VFINFO_LIST (22) { IFLA_VF_INFO (1) { IFLA_VF_MAC (1), IFLA_VF_VLAN (2),
+    /// IFLA_VF_SPOOFCHK (4), IFLA_VF_LINK_STATE (5), IFLA_VF_TRUST (9) } }, each struct
+    /// starting with the VF index, as `ip link set eth1 vf 1 mac … vlan 100 …` sends it.
+    #[test]
+    fn set_vf_message() {
+        let s = VfSettings {
+            vf: 1,
+            mac: Some([0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56]),
+            vlan: Some(100),
+            spoof_check: Some(true),
+            trust: Some(false),
+            link_state: Some(VfLinkStateSetting::Enable),
+        };
+        let r = set_vf(4, &s);
+        assert_eq!(r.flags, NLM_F_REQUEST | NLM_F_ACK);
+        let bytes = r.to_bytes(0);
+        assert_eq!(&bytes[4..8], &[19, 0, 5, 0], "RTM_SETLINK, REQUEST|ACK");
+        // ifinfomsg: family 0, pad, type 0, index 4, flags 0, change 0: nothing but the VFs.
+        assert_eq!(
+            &bytes[16..32],
+            &[0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let h = hex(&bytes);
+        // IFLA_VF_MAC: len 4 + 4 + 32 = 40, vf 1, the MAC padded to MAX_ADDR_LEN (32).
+        let mac = format!("2800010001000000fa163e123456{}", "00".repeat(26));
+        // IFLA_VF_VLAN: len 16, vf 1, vlan 100, qos 0.
+        let vlan = "10000200010000006400000000000000";
+        // IFLA_VF_SPOOFCHK: vf 1, on. IFLA_VF_TRUST: vf 1, off. IFLA_VF_LINK_STATE: vf 1, 1.
+        let spoof = "0c0004000100000001000000";
+        let trust = "0c0009000100000000000000";
+        let state = "0c0005000100000001000000";
+        let inner = format!("{mac}{vlan}{spoof}{trust}{state}");
+        // IFLA_VF_INFO (1) around them; IFLA_VFINFO_LIST (22) around that; the only attribute.
+        let info = format!("{:02x}000100{inner}", 4 + inner.len() / 2);
+        let list = format!("{:02x}001600{info}", 4 + info.len() / 2);
+        assert_eq!(&h[64..], list, "{h}");
+
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 4);
+        assert_eq!(
+            vf_info(&m),
+            vec![
+                VfInfo::Mac(VfInfoMac::new(1, &[0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56])),
+                VfInfo::Vlan(VfInfoVlan::new(1, 100, 0)),
+                VfInfo::SpoofCheck(VfInfoSpoofCheck::new(1, true)),
+                VfInfo::Trust(VfInfoTrust::new(1, false)),
+                VfInfo::LinkState(VfInfoLinkState::new(1, VfLinkState::Enable)),
+            ]
+        );
+    }
+
+    #[test]
+    fn set_vf_sends_only_what_is_set() {
+        let s = VfSettings {
+            vf: 6,
+            vlan: Some(0),
+            ..Default::default()
+        };
+        assert!(!s.is_empty());
+        assert!(VfSettings::default().is_empty());
+        let r = set_vf(9, &s);
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert_eq!(m.attributes.len(), 1);
+        assert_eq!(vf_info(&m), vec![VfInfo::Vlan(VfInfoVlan::new(6, 0, 0))]);
+        // vlan 0 (untagged) is still sent: vf 6, vlan 0, qos 0.
+        assert!(hex(&r.to_bytes(0)).ends_with("10000200060000000000000000000000"));
+
+        for (state, v) in [
+            (VfLinkStateSetting::Auto, VfLinkState::Auto),
+            (VfLinkStateSetting::Disable, VfLinkState::Disable),
+        ] {
+            let r = set_vf(
+                9,
+                &VfSettings {
+                    vf: 0,
+                    link_state: Some(state),
+                    ..Default::default()
+                },
+            );
+            let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {
+                panic!()
+            };
+            assert_eq!(
+                vf_info(&m),
+                vec![VfInfo::LinkState(VfInfoLinkState::new(0, v))]
+            );
+        }
+    }
+
+    /// RTM_GETLINK (18) of index 4, no DUMP, IFLA_EXT_MASK (29) = RTEXT_FILTER_VF (1) |
+    /// RTEXT_FILTER_SKIP_STATS (8).
+    #[test]
+    fn get_link_with_vfs_message() {
+        let r = get_link_with_vfs(4);
+        assert_eq!(r.flags, NLM_F_REQUEST);
+        let bytes = r.to_bytes(0);
+        assert_eq!(&bytes[4..8], &[18, 0, 1, 0], "RTM_GETLINK, REQUEST");
+        assert_eq!(bytes.len(), 16 + 16 + 8);
+        assert_eq!(&bytes[20..24], &[4, 0, 0, 0]);
+        assert_eq!(hex(&bytes[32..]), "08001d0009000000");
+        let RouteNetlinkMessage::GetLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 4);
+        assert_eq!(
+            m.attributes,
+            vec![LinkAttribute::ExtMask(vec![
+                LinkExtentMask::Vf,
+                LinkExtentMask::SkipStats
+            ])]
         );
     }
 
