@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, VfInfo,
+    VfLinkState,
 };
 use netlink_packet_route::nsid::NsidAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -23,7 +24,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use nix::sched::CloneFlags;
 
 pub use ethtool::{set_tx_checksum, set_tx_checksum_in_netns, tx_checksum, tx_checksum_in_netns};
-pub use msg::{SubKind, SubLinkSpec, VethSpec};
+pub use msg::{SubKind, SubLinkSpec, VethSpec, VfLinkStateSetting, VfSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,6 +76,23 @@ pub struct LinkInfoView {
     pub link_netnsid: Option<i32>,
     /// IFLA_VLAN_ID of an 802.1Q link.
     pub vlan_id: Option<u16>,
+}
+
+/// A VF of a PF as the kernel reports it (IFLA_VFINFO_LIST of the PF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfView {
+    pub index: u32,
+    /// The MAC the PF gives the VF; 00:00:00:00:00:00 when none was set (the VF's driver then
+    /// picks one).
+    pub mac: Option<[u8; 6]>,
+    /// The VLAN the PF tags its frames with; Some(0) = untagged.
+    pub vlan: Option<u16>,
+    /// The crate reads the kernel's "unknown" (-1: the driver does not report it) as false.
+    pub spoof_check: Option<bool>,
+    /// Likewise.
+    pub trust: Option<bool>,
+    /// None also when the kernel reports a state this code does not know.
+    pub link_state: Option<VfLinkStateSetting>,
 }
 
 /// How the container end is configured once it is inside its netns.
@@ -449,6 +467,67 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Applies `s` to VF `s.vf` of PF `pf` (a link of this netns): what `ip link set PF vf N
+    /// …` does. The PF's driver enforces it, whatever the VF's netns.
+    pub async fn set_vf(&self, pf: &str, s: &VfSettings) -> Result<(), Error> {
+        if s.is_empty() {
+            return Err(Error::Invalid(format!(
+                "setting VF {} of {pf}: nothing to set",
+                s.vf
+            )));
+        }
+        if let Some(v) = s.vlan {
+            if v > 4094 {
+                return Err(Error::Invalid(format!(
+                    "VF {} of {pf}: VLAN id {v} is not in 0..=4094 (0: untagged)",
+                    s.vf
+                )));
+            }
+        }
+        let idx = self.index(pf).await?;
+        self.execute(
+            msg::set_vf(idx, s),
+            &format!("setting VF {} of {pf} ({})", s.vf, describe(s)),
+        )
+        .await
+    }
+
+    /// The VFs of PF `pf` (a link of this netns) as the kernel reports them, by index; empty
+    /// when it has none (or is no PF).
+    pub async fn vfs(&self, pf: &str) -> Result<Vec<VfView>, Error> {
+        let idx = self.index(pf).await?;
+        let op = format!("reading the VFs of {pf}{}", self.where_());
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(msg::get_link_with_vfs(idx).netlink())
+            .map_err(kernel(op.clone()))?;
+        let mut found = None;
+        while let Some(m) = replies.next().await {
+            match m.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(match e.code.map(|c| c.get()) {
+                        Some(c) if c == -libc::ENODEV => Error::NotFound {
+                            what: format!("link {pf}{}", self.where_()),
+                        },
+                        _ => Error::Kernel {
+                            op,
+                            source: e.to_io(),
+                        },
+                    });
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))
+                    if l.header.index == idx =>
+                {
+                    found = Some(vf_views(&l));
+                }
+                _ => {}
+            }
+        }
+        found.ok_or_else(|| Error::NotFound {
+            what: format!("link {pf}{}", self.where_()),
+        })
+    }
+
     /// Deletes link `name`; Ok(false) when it did not exist. Deleting either end of a veth
     /// removes both.
     pub async fn delete_link(&self, name: &str) -> Result<bool, Error> {
@@ -533,6 +612,92 @@ fn view(m: &LinkMessage) -> LinkInfoView {
     v
 }
 
+/// "mac fa:16:3e:12:34:56, vlan 100, spoof check on, trust off, link state enable": what a
+/// set_vf sets, for its error messages.
+fn describe(s: &VfSettings) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let mut parts = Vec::new();
+    if let Some(mac) = s.mac {
+        parts.push(format!("mac {}", mac_to_string(mac)));
+    }
+    match s.vlan {
+        Some(0) => parts.push("untagged".to_string()),
+        Some(v) => parts.push(format!("vlan {v}")),
+        None => {}
+    }
+    if let Some(b) = s.spoof_check {
+        parts.push(format!("spoof check {}", on(b)));
+    }
+    if let Some(b) = s.trust {
+        parts.push(format!("trust {}", on(b)));
+    }
+    if let Some(l) = s.link_state {
+        parts.push(format!("link state {}", format!("{l:?}").to_lowercase()));
+    }
+    parts.join(", ")
+}
+
+/// The VFs in a PF's RTM_NEWLINK (IFLA_VFINFO_LIST), by index.
+fn vf_views(m: &LinkMessage) -> Vec<VfView> {
+    let mut out = Vec::new();
+    for a in &m.attributes {
+        let LinkAttribute::VfInfoList(list) = a else {
+            continue;
+        };
+        for info in list {
+            let mut v = VfView {
+                index: 0,
+                mac: None,
+                vlan: None,
+                spoof_check: None,
+                trust: None,
+                link_state: None,
+            };
+            let mut index = None;
+            for i in &info.0 {
+                match i {
+                    VfInfo::Mac(x) => {
+                        index = index.or(Some(x.vf_id));
+                        let mut mac = [0u8; 6];
+                        mac.copy_from_slice(&x.mac[..6]);
+                        v.mac = Some(mac);
+                    }
+                    VfInfo::Vlan(x) => {
+                        index = index.or(Some(x.vf_id));
+                        v.vlan = u16::try_from(x.vlan_id).ok();
+                    }
+                    VfInfo::SpoofCheck(x) => {
+                        index = index.or(Some(x.vf_id));
+                        v.spoof_check = Some(x.enabled);
+                    }
+                    VfInfo::Trust(x) => {
+                        index = index.or(Some(x.vf_id));
+                        v.trust = Some(x.enabled);
+                    }
+                    VfInfo::LinkState(x) => {
+                        index = index.or(Some(x.vf_id));
+                        v.link_state = match x.state {
+                            VfLinkState::Auto => Some(VfLinkStateSetting::Auto),
+                            VfLinkState::Enable => Some(VfLinkStateSetting::Enable),
+                            VfLinkState::Disable => Some(VfLinkStateSetting::Disable),
+                            _ => None,
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            // Every VF's IFLA_VF_INFO has an IFLA_VF_MAC; one without any indexed struct is
+            // nothing this code can name.
+            if let Some(index) = index {
+                v.index = index;
+                out.push(v);
+            }
+        }
+    }
+    out.sort_by_key(|v| v.index);
+    out
+}
+
 pub fn mac_to_string(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -607,6 +772,115 @@ mod tests {
         assert_eq!(v.vlan_id, Some(42));
         assert_eq!(v.kind.as_deref(), Some("vlan"));
         assert_eq!(v.alias.as_deref(), Some("courier:h:abc"));
+    }
+
+    /// A PF's RTM_NEWLINK as the kernel sends it with RTEXT_FILTER_VF: IFLA_NUM_VF and one
+    /// IFLA_VF_INFO per VF (here in reverse order, and one of a kind this code does not
+    /// read), serialized and parsed back, then read into VfViews.
+    #[test]
+    fn vf_views_of_a_pf() {
+        use netlink_packet_route::link::{
+            LinkVfInfo, VfInfoLinkState, VfInfoMac, VfInfoRate, VfInfoSpoofCheck, VfInfoTrust,
+            VfInfoVlan,
+        };
+        let vf = |i: u32, mac: [u8; 6], vlan: u32, spoof: bool, trust: bool, state| {
+            LinkVfInfo(vec![
+                VfInfo::Mac(VfInfoMac::new(i, &mac)),
+                VfInfo::Vlan(VfInfoVlan::new(i, vlan, 0)),
+                VfInfo::Rate(VfInfoRate::new(i, 0, 0)),
+                VfInfo::SpoofCheck(VfInfoSpoofCheck::new(i, spoof)),
+                VfInfo::LinkState(VfInfoLinkState::new(i, state)),
+                VfInfo::Trust(VfInfoTrust::new(i, trust)),
+            ])
+        };
+        let mut m = rtnetlink::LinkUnspec::new_with_index(4)
+            .name("eth1")
+            .build();
+        m.attributes.push(LinkAttribute::NumVf(3));
+        m.attributes.push(LinkAttribute::VfInfoList(vec![
+            vf(2, [0, 0, 0, 0, 0, 0], 0, true, false, VfLinkState::Other(7)),
+            vf(
+                1,
+                [0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56],
+                100,
+                false,
+                true,
+                VfLinkState::Enable,
+            ),
+            vf(
+                0,
+                [0x0a, 0, 0, 0, 0, 1],
+                4094,
+                true,
+                false,
+                VfLinkState::Auto,
+            ),
+        ]));
+        let bytes = msg::Request {
+            message: RouteNetlinkMessage::NewLink(m),
+            flags: 0,
+        }
+        .to_bytes(0);
+        let nl = netlink_packet_core::NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes)
+            .expect("parses");
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = nl.payload else {
+            panic!("{nl:?}")
+        };
+        assert_eq!(view(&m).name, "eth1");
+        assert_eq!(
+            vf_views(&m),
+            vec![
+                VfView {
+                    index: 0,
+                    mac: Some([0x0a, 0, 0, 0, 0, 1]),
+                    vlan: Some(4094),
+                    spoof_check: Some(true),
+                    trust: Some(false),
+                    link_state: Some(VfLinkStateSetting::Auto),
+                },
+                VfView {
+                    index: 1,
+                    mac: Some([0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56]),
+                    vlan: Some(100),
+                    spoof_check: Some(false),
+                    trust: Some(true),
+                    link_state: Some(VfLinkStateSetting::Enable),
+                },
+                VfView {
+                    index: 2,
+                    mac: Some([0; 6]),
+                    vlan: Some(0),
+                    spoof_check: Some(true),
+                    trust: Some(false),
+                    link_state: None,
+                },
+            ]
+        );
+        // A link without VFs (or asked without RTEXT_FILTER_VF) has none.
+        let plain = rtnetlink::LinkUnspec::new_with_index(3).build();
+        assert_eq!(vf_views(&plain), vec![]);
+    }
+
+    #[test]
+    fn describe_vf_settings() {
+        let s = VfSettings {
+            vf: 1,
+            mac: Some([0xfa, 0x16, 0x3e, 0x12, 0x34, 0x56]),
+            vlan: Some(100),
+            spoof_check: Some(true),
+            trust: Some(false),
+            link_state: Some(VfLinkStateSetting::Disable),
+        };
+        assert_eq!(
+            describe(&s),
+            "mac fa:16:3e:12:34:56, vlan 100, spoof check on, trust off, link state disable"
+        );
+        let s = VfSettings {
+            vf: 0,
+            vlan: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(describe(&s), "untagged");
     }
 
     #[test]
