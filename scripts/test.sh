@@ -19,8 +19,20 @@ else
 fi
 export COURIER_SKIP_LOG=$PWD/target/skipped.txt
 mkdir -p target && : > "$COURIER_SKIP_LOG"
+# What the run leaves behind is counted on the whole host and cloud (scripts/leak-check.sh:
+# Neutron networks/ports/trunks, NB switches/ports, br-int ports, netns, links), not only by
+# Courier's marks: anything new after the run fails it.
+leaks=
+if [ "$(id -u)" = 0 ]; then
+  leaks=$(mktemp -d)
+  scripts/leak-check.sh snapshot "$leaks"
+fi
 # Integration tests share one OVN and one host: one test at a time.
 cargo test --workspace --locked --features courier/test-hooks -- --test-threads=1
+if [ -n "$leaks" ]; then
+  scripts/leak-check.sh compare "$leaks"
+  rm -rf "$leaks"
+fi
 skipped=$(wc -l < "$COURIER_SKIP_LOG")
 if [ "$skipped" -gt 0 ]; then
   echo "== $skipped test(s) SKIPPED:"; sed 's/^/   /' "$COURIER_SKIP_LOG"
