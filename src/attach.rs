@@ -131,6 +131,19 @@ impl Attacher {
             ifname: req.ifname.clone(),
         };
         let binding = self.registry.binding(req.binding.as_deref())?.clone();
+        if let Some(dev) = &req.device {
+            if binding.device_claim_prefix().is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "device {dev} names an SR-IOV VF, and the {} binding takes no device: attach with the sriov binding, or drop the device",
+                    binding.kind()
+                )));
+            }
+            dev.parse::<courier_sriov::PciAddress>().map_err(|e| {
+                Error::InvalidInput(format!(
+                    "device {dev:?} is not a PCI address ({e}): give the VF's, e.g. 0000:01:10.0"
+                ))
+            })?;
+        }
         let _guard = self.lock_for(&key).await;
         if let Some(existing) = self.record(&key).await? {
             if existing.phase == Phase::Ready {
@@ -169,7 +182,8 @@ impl Attacher {
         backend.require(&needs_of(&att, &*binding))?;
 
         // 2. Intent: durable before anything exists; the store gives it its generation.
-        self.create_intent(&mut att, &*backend, &*binding).await?;
+        self.create_intent(&mut att, &*backend, &network, &*binding)
+            .await?;
         hooks::point("after-intent").await;
 
         let result = self
@@ -226,8 +240,12 @@ impl Attacher {
         &self,
         att: &mut Attachment,
         backend: &dyn Backend,
+        network: &Network,
         binding: &dyn EdgeBinding,
     ) -> Result<()> {
+        if let Some(prefix) = binding.device_claim_prefix() {
+            return self.claim_device(att, network, binding, prefix).await;
+        }
         let Some(parent) = binding.vlan_parent(backend).await? else {
             return self.store.create(att).await;
         };
@@ -270,6 +288,40 @@ impl Attacher {
                 r => return r,
             }
         }
+    }
+
+    /// The intent of an edge with a device of its own (an SR-IOV VF): the binding picks one no
+    /// record of this store claims, and it is claimed in the intent's own transaction; an
+    /// attach that claimed it first makes this one pick again (a VF asked for by address is
+    /// not swapped for another: that is an error).
+    async fn claim_device(
+        &self,
+        att: &mut Attachment,
+        network: &Network,
+        binding: &dyn EdgeBinding,
+        prefix: &str,
+    ) -> Result<()> {
+        for _ in 0..64 {
+            let held: std::collections::BTreeSet<String> = self
+                .store
+                .claims(prefix)
+                .await?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect();
+            let Some(claim) = binding.pick_device(att, network, &held).await? else {
+                return self.store.create(att).await;
+            };
+            att.claims = vec![claim];
+            match self.store.create(att).await {
+                Err(Error::Claimed { .. }) if !att.edge.device_requested() => continue,
+                r => return r,
+            }
+        }
+        Err(Error::Internal(format!(
+            "attachment {}: every {prefix} device picked was claimed by another attach first, 64 times",
+            att.id
+        )))
     }
 
     /// The logical attachment: the backend creates the port (or the existing one is claimed)
@@ -746,7 +798,7 @@ pub(crate) fn needs_of(att: &Attachment, binding: &dyn EdgeBinding) -> Vec<Abili
     match binding.port_role(att) {
         PortRole::Reservation => vec![Ability::AddressPairs],
         PortRole::Child { .. } => vec![Ability::VlanChildPorts],
-        PortRole::Bound => vec![],
+        PortRole::Bound | PortRole::Direct(_) => vec![],
     }
 }
 
@@ -757,7 +809,11 @@ pub(crate) fn refuse_existing_port_unless_bound(
     att: &Attachment,
     binding: &dyn EdgeBinding,
 ) -> Result<()> {
-    if binding.port_role(att) == crate::backend::PortRole::Bound && !binding.ready_by_backend() {
+    if matches!(
+        binding.port_role(att),
+        PortRole::Bound | PortRole::Direct(_)
+    ) && !binding.ready_by_backend()
+    {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
@@ -932,7 +988,7 @@ mod tests {
             "h1",
         ));
         let mut first = intent(0);
-        a.create_intent(&mut first, &*backend, &binding)
+        a.create_intent(&mut first, &*backend, &Network::default(), &binding)
             .await
             .unwrap();
         assert_eq!(tag(&first), 3, "1, 2 and 4 are the backend's");
@@ -942,9 +998,14 @@ mod tests {
             let (a, backend) = (a.clone(), backend.clone());
             async move {
                 let mut att = intent(n);
-                a.create_intent(&mut att, &*backend, &TaggedEdge(FakeEdge::new()))
-                    .await
-                    .map(|_| tag(&att))
+                a.create_intent(
+                    &mut att,
+                    &*backend,
+                    &Network::default(),
+                    &TaggedEdge(FakeEdge::new()),
+                )
+                .await
+                .map(|_| tag(&att))
             }
         }))
         .await;
@@ -955,7 +1016,7 @@ mod tests {
         // A record's claim goes with it: its tag is the next one given.
         store.delete(&first.id).await.unwrap();
         let mut again = intent(100);
-        a.create_intent(&mut again, &*backend, &binding)
+        a.create_intent(&mut again, &*backend, &Network::default(), &binding)
             .await
             .unwrap();
         assert_eq!(tag(&again), 3);
@@ -963,7 +1024,7 @@ mod tests {
         let on_nic = TaggedEdge(FakeEdge::new());
         on_nic.0.held_tags.lock().unwrap().extend([45, 46]);
         let mut skips = intent(101);
-        a.create_intent(&mut skips, &*backend, &on_nic)
+        a.create_intent(&mut skips, &*backend, &Network::default(), &on_nic)
             .await
             .unwrap();
         assert_eq!(tag(&skips), 47, "45 and 46 are held on the NIC");
@@ -972,7 +1033,7 @@ mod tests {
         let before = store.list().await.unwrap().attachments.len();
         let mut full = intent(200);
         let e = a
-            .create_intent(&mut full, &*backend, &on_nic)
+            .create_intent(&mut full, &*backend, &Network::default(), &on_nic)
             .await
             .unwrap_err();
         assert!(matches!(e, Error::Exhausted { .. }), "{e}");
@@ -1083,6 +1144,7 @@ mod tests {
             network: "web".into(),
             binding: Some(binding.into()),
             port: port.map(String::from),
+            device: None,
             ..Default::default()
         };
         let e = a.attach(&req("macvlan", None)).await.unwrap_err();

@@ -134,6 +134,10 @@ pub struct AttachArgs {
     /// as it was and never deletes it.
     #[arg(long, conflicts_with_all = ["ip", "mac", "security_groups"])]
     pub port: Option<String>,
+    /// sriov binding: use the VF at this PCI address (e.g. 0000:01:10.0) instead of one from
+    /// the host's VF pool.
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +364,7 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                     "binding": a.binding,
                     "security_groups": a.security_groups,
                     "port": a.port,
+                    "device": a.device,
                 })),
             )?;
             out(&v, &|v| {

@@ -36,6 +36,30 @@ pub struct Config {
     /// master`).
     pub bindings: Vec<String>,
     pub nested: NestedConfig,
+    pub sriov: SriovConfig,
+}
+
+/// SR-IOV VFs for the `sriov` binding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SriovConfig {
+    /// Which PF serves which physical network, in the form of Neutron's SR-IOV agent:
+    /// `["physnet1:eth1", "physnet2:eth3"]`. The VFs of these PFs make the host's VF pool.
+    pub physical_device_mappings: Vec<String>,
+    /// The NIC drops a VF's frames with a source MAC other than its port's (IFLA_VF_SPOOFCHK).
+    pub spoof_check: bool,
+    /// The container may change its VF's MAC and make it promiscuous (IFLA_VF_TRUST).
+    pub trust: bool,
+}
+
+impl Default for SriovConfig {
+    fn default() -> Self {
+        SriovConfig {
+            physical_device_mappings: vec![],
+            spoof_check: true,
+            trust: false,
+        }
+    }
 }
 
 /// Containers nested in the VM Courier runs in.
@@ -171,6 +195,7 @@ impl Default for Config {
             docker: DockerConfig::default(),
             bindings: vec!["veth-ovs".into()],
             nested: NestedConfig::default(),
+            sriov: SriovConfig::default(),
         }
     }
 }
@@ -247,7 +272,8 @@ impl Config {
     /// COURIER_DOCKER (0/1), COURIER_DOCKER_SOCKET, COURIER_DOCKER_SCOPE,
     /// COURIER_DOCKER_ENGINE (else DOCKER_HOST when it is unix://),
     /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
-    /// COURIER_NESTED_PARENT_PORT.
+    /// COURIER_NESTED_PARENT_PORT, COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS (comma list),
+    /// COURIER_SRIOV_SPOOF_CHECK, COURIER_SRIOV_TRUST (0/1).
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -345,6 +371,19 @@ impl Config {
         if let Some(v) = get("COURIER_NESTED_PARENT_PORT") {
             self.nested.parent_port = Some(v);
         }
+        if let Some(v) = get("COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS") {
+            self.sriov.physical_device_mappings = v
+                .split(',')
+                .map(|b| b.trim().to_string())
+                .filter(|b| !b.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("COURIER_SRIOV_SPOOF_CHECK") {
+            self.sriov.spoof_check = parse_bool("COURIER_SRIOV_SPOOF_CHECK", &v)?;
+        }
+        if let Some(v) = get("COURIER_SRIOV_TRUST") {
+            self.sriov.trust = parse_bool("COURIER_SRIOV_TRUST", &v)?;
+        }
         if let Some(v) = get("COURIER_DOCKER_LEASE_TIMEOUT_SECS") {
             self.docker.lease_timeout_secs = parse_num("COURIER_DOCKER_LEASE_TIMEOUT_SECS", &v)?;
         }
@@ -392,19 +431,28 @@ impl Config {
         }
         if self.bindings.is_empty() {
             return Err(Error::InvalidInput(
-                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"
+                "bindings (COURIER_BINDINGS) is empty: give at least one of veth-ovs, macvlan, ipvlan, vlan, vlan-ovs, sriov"
                     .into(),
             ));
         }
         for b in &self.bindings {
             if !matches!(
                 b.as_str(),
-                "veth-ovs" | "macvlan" | "ipvlan" | "vlan" | "vlan-ovs"
+                "veth-ovs" | "macvlan" | "ipvlan" | "vlan" | "vlan-ovs" | "sriov"
             ) {
                 return Err(Error::InvalidInput(format!(
-                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan, vlan, vlan-ovs"
+                    "binding {b:?} (bindings / COURIER_BINDINGS) is not one Courier has: veth-ovs, macvlan, ipvlan, vlan, vlan-ovs, sriov"
                 )));
             }
+        }
+        if self.bindings.iter().any(|b| b == "sriov") {
+            if self.sriov.physical_device_mappings.is_empty() {
+                return Err(Error::InvalidInput(
+                    "binding sriov needs [sriov] physical_device_mappings (COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS), e.g. [\"physnet1:eth1\"]: which PF serves which physical network".into(),
+                ));
+            }
+            courier_sriov::parse_device_mappings(&self.sriov.physical_device_mappings)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
         }
         if self
             .bindings
@@ -461,6 +509,16 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(Error::InvalidInput(format!(
+            "{var}={v:?} is not a yes/no: give 1 or 0"
+        ))),
     }
 }
 

@@ -194,6 +194,25 @@ pub async fn run(config: Config) -> Result<()> {
                 config.ovn.mtu,
                 &config.host,
             ))),
+            "sriov" => {
+                let mappings =
+                    courier_sriov::parse_device_mappings(&config.sriov.physical_device_mappings)
+                        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+                let pool = Arc::new(crate::binding::sriov::pool::VfPool::new(
+                    courier_sriov::Sysfs::host(),
+                    mappings,
+                ));
+                bindings.push(Arc::new(crate::binding::sriov::Sriov::new(
+                    host_netlink.clone(),
+                    pool,
+                    crate::binding::sriov::VfPolicy {
+                        spoof_check: config.sriov.spoof_check,
+                        trust: config.sriov.trust,
+                        mtu: config.ovn.mtu,
+                    },
+                    &config.host,
+                )));
+            }
             other => {
                 return Err(Error::InvalidInput(format!(
                     "binding {other:?} is not one Courier has"

@@ -32,7 +32,7 @@ pub struct NetworkSpec {
 }
 
 /// A logical network as the backend reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Network {
     pub name: String,
     /// Backend's own id (OVN: the Logical_Switch row uuid).
@@ -57,6 +57,19 @@ pub struct Network {
     pub created_by_courier: bool,
     /// Number of logical ports on the network (any owner).
     pub ports: usize,
+    /// The physical network the logical network reaches (OVN: its localnet port's
+    /// `network_name` and `tag`; Neutron: `provider:physical_network`), when it has one: an
+    /// SR-IOV VF must be on a NIC of that physical network.
+    #[serde(default)]
+    pub physical: Option<PhysicalNetwork>,
+}
+
+/// A physical network (Neutron's `physnet1`) and the VLAN the logical network has on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalNetwork {
+    pub name: String,
+    /// The network's VLAN on the wire (None: flat, untagged).
+    pub vlan: Option<u16>,
 }
 
 /// Where a binding's container addresses go besides its own port: nested macvlan/ipvlan put
@@ -143,6 +156,10 @@ pub struct AttachRequest {
     /// Bind this existing port (its backend id) instead of creating one; it is kept on detach.
     #[serde(default)]
     pub port: Option<String>,
+    /// sriov: the VF to use, by PCI address (CNI `deviceID`, as Kubernetes' SR-IOV device
+    /// plugin passes it); None: one from this host's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Which front door (and CNI runtime) asks; set by the door, never by the caller's JSON.
     #[serde(skip)]
     pub made_by: Option<MadeBy>,
@@ -320,6 +337,14 @@ pub fn derived_mac(id: &str) -> String {
     format!("0a:{}", hex.join(":"))
 }
 
+/// The prefix of every VF claim.
+pub const VF_CLAIM_PREFIX: &str = "vf:";
+
+/// The claim of the SR-IOV VF at PCI address `pci` (a VF serves one container at a time).
+pub fn vf_claim(pci: &str) -> String {
+    format!("{VF_CLAIM_PREFIX}{pci}")
+}
+
 /// The claim of VLAN `tag` under parent port `parent` (tags are unique per VM port).
 pub fn vlan_claim(parent: &str, tag: u16) -> String {
     format!("{}{tag}", vlan_claim_prefix(parent))
@@ -438,6 +463,28 @@ pub enum EdgeState {
         parent: String,
         tag: u16,
     },
+    /// An SR-IOV Virtual Function moved into the container netns: VF `vf` of the physical
+    /// function `pf` (its host netdev), known by its PCI address `pci` (its identity: netdev
+    /// names change), on physical network `physnet`. Chosen from the host's VF pool before the
+    /// intent and claimed with it (`vf:<pci>`); empty until then.
+    #[serde(rename = "sriov")]
+    Sriov {
+        physnet: String,
+        pf: String,
+        vf: u32,
+        pci: String,
+        /// PCI vendor and device id, "8086:10ca" (Neutron's `pci_vendor_info`).
+        vendor_info: String,
+        /// The VF's netdev name on the host when it was taken: it gets it back on release.
+        host_ifname: String,
+        /// The network's VLAN on the physical network, set on the VF (None: untagged).
+        #[serde(default)]
+        vlan: Option<u16>,
+        /// A VF asked for by its PCI address (CNI `deviceID`, from a device plugin), not
+        /// chosen from the pool.
+        #[serde(default)]
+        requested: bool,
+    },
 }
 
 impl EdgeState {
@@ -449,6 +496,7 @@ impl EdgeState {
             EdgeState::IpVlan { .. } => "ipvlan",
             EdgeState::Vlan { .. } => "vlan",
             EdgeState::VlanOvs { .. } => "vlan-ovs",
+            EdgeState::Sriov { .. } => "sriov",
         }
     }
 
@@ -458,7 +506,10 @@ impl EdgeState {
             EdgeState::VethOvs { host_ifname } | EdgeState::VlanOvs { host_ifname, .. } => {
                 Some(host_ifname)
             }
-            EdgeState::MacVlan { .. } | EdgeState::IpVlan { .. } | EdgeState::Vlan { .. } => None,
+            EdgeState::MacVlan { .. }
+            | EdgeState::IpVlan { .. }
+            | EdgeState::Vlan { .. }
+            | EdgeState::Sriov { .. } => None,
         }
     }
 
@@ -471,6 +522,17 @@ impl EdgeState {
             }
             _ => None,
         }
+    }
+
+    /// The edge's device was asked for by address (CNI `deviceID`), not picked from a pool.
+    pub fn device_requested(&self) -> bool {
+        matches!(
+            self,
+            EdgeState::Sriov {
+                requested: true,
+                ..
+            }
+        )
     }
 
     pub fn vlan_mut(&mut self) -> Option<(&mut String, &mut u16)> {

@@ -233,6 +233,7 @@ mod tests {
             dns_domain: None,
             created_by_courier: false,
             ports: 0,
+            physical: None,
         }
     }
 

@@ -92,7 +92,8 @@ impl Attacher {
             );
         }
         backend.require(&crate::attach::needs_of(&att, &*binding))?;
-        self.create_intent(&mut att, &*backend, &*binding).await?;
+        self.create_intent(&mut att, &*backend, &network, &*binding)
+            .await?;
         hooks::point("after-intent").await;
         let made = async {
             let plan = binding.pair_plan(&att, &*backend).await?;

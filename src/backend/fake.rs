@@ -297,6 +297,7 @@ impl Backend for FakeOvn {
             dns_domain: None,
             created_by_courier: true,
             ports: 0,
+            physical: None,
         };
         s.networks.insert(spec.name.clone(), n.clone());
         s.created.push(spec.name.clone());

@@ -66,6 +66,21 @@ pub enum PortRole {
     /// A child of the VM's port `parent` (its backend id), told apart by VLAN `tag` (nested
     /// vlan): OVN `parent_name` + `tag`; Neutron a trunk subport.
     Child { parent: String, tag: u16 },
+    /// Bound on this host to an SR-IOV VF (`binding:vnic_type=direct`): Neutron gets the VF in
+    /// `binding:profile`; OVN makes an `external` port (served by the chassis that hosts
+    /// external ports: it answers ARP and DHCP for the VF, whose frames reach the switch
+    /// through the localnet port).
+    Direct(DirectProfile),
+}
+
+/// The VF behind a direct port, as Nova and Zun describe it to Neutron (`binding:profile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectProfile {
+    /// The VF's PCI address, "0000:01:10.0".
+    pub pci_slot: String,
+    /// "8086:10ca": vendor and device id.
+    pub pci_vendor_info: String,
+    pub physical_network: String,
 }
 
 /// A port of one attachment: its backend id when known, else found by its derived name.
@@ -396,6 +411,8 @@ pub mod marks {
     pub const RESERVED: &str = "courier-reserved";
     /// OVN direct: the port's role when it is not an ordinary bound port ("reservation").
     pub const ROLE: &str = "courier-role";
+    /// On an SR-IOV port: the PCI address of the VF it is bound to.
+    pub const VF: &str = "courier-vf";
     /// OVN direct, on a reservation: the VM's port its address is a pair on, and that pair's
     /// entry there ("MAC IP"). Deleting the reservation takes the pair off in the same
     /// transaction, so a reservation swept without its record leaves no address allowed.

@@ -72,6 +72,8 @@ impl OvnBackend {
                             "parent_name",
                             "tag",
                             "tag_request",
+                            "type",
+                            "options",
                         ][..],
                     ),
                     ("NB_Global", &["nb_cfg", "hv_cfg"][..]),
@@ -124,6 +126,45 @@ impl OvnBackend {
     }
 
     fn network_from_row(&self, uuid: &str, row: &Row) -> Network {
+        self.cache
+            .view(|view| self.network_from_view(view, uuid, row))
+    }
+
+    /// The physical network the switch reaches: its localnet port's `network_name`, and that
+    /// port's `tag` (the VLAN on the wire; none: flat).
+    fn physical_of(view: &CacheView, switch: &Row) -> Option<crate::model::PhysicalNetwork> {
+        ovsdb::get_set(switch, "ports")
+            .iter()
+            .filter_map(ovsdb::uuid_of)
+            .filter_map(|u| view.row(LSP, u))
+            .find(|r| ovsdb::get_str(r, "type") == Some("localnet"))
+            .and_then(|r| {
+                let name = ovsdb::get_map(r, "options").get("network_name")?.clone();
+                let vlan = ovsdb::get_i64(r, "tag").and_then(|t| u16::try_from(t).ok());
+                Some(crate::model::PhysicalNetwork { name, vlan })
+            })
+    }
+
+    /// Whether the switch's localnet port takes frames for unknown MACs (`addresses` has
+    /// "unknown"): OVN has no unicast lookup for an external port's MAC, so the frames of
+    /// the switch's other ports for an SR-IOV VF leave through the localnet port only so.
+    fn localnet_takes_unknown(&self, switch: &Row) -> bool {
+        let ports = ovsdb::get_set(switch, "ports");
+        self.cache.view(|view| {
+            ports
+                .iter()
+                .filter_map(ovsdb::uuid_of)
+                .filter_map(|u| view.row(LSP, u))
+                .filter(|r| ovsdb::get_str(r, "type") == Some("localnet"))
+                .any(|r| {
+                    ovsdb::get_str_set(r, "addresses")
+                        .iter()
+                        .any(|a| a == "unknown")
+                })
+        })
+    }
+
+    fn network_from_view(&self, view: &CacheView, uuid: &str, row: &Row) -> Network {
         let other = ovsdb::get_map(row, "other_config");
         let ext = ovsdb::get_map(row, "external_ids");
         Network {
@@ -143,6 +184,7 @@ impl OvnBackend {
             created_by_courier: ext.get(marks::OWNER).map(String::as_str)
                 == Some(marks::OWNER_VALUE),
             ports: ovsdb::get_set(row, "ports").len(),
+            physical: Self::physical_of(view, row),
         }
     }
 
@@ -205,7 +247,7 @@ impl OvnBackend {
     fn network_of_port(&self, view: &CacheView, port_uuid: &str) -> Option<Network> {
         view.lookup(&LS_BY_PORT, port_uuid)
             .first()
-            .map(|(u, r)| self.network_from_row(u, r))
+            .map(|(u, r)| self.network_from_view(view, u, r))
     }
 
     /// The first port of `rows` that has a name, with its network.
@@ -235,6 +277,76 @@ impl OvnBackend {
                 self.port_from_row(r, net.as_ref())
             })
             .collect()
+    }
+
+    /// The HA_Chassis_Group of Courier's external ports (`courier-extport`), made the first
+    /// time with the chassis the Southbound DB marks as external-port hosts (highest priority
+    /// first, by name). Refused, saying what to set, when no chassis is marked.
+    async fn extport_group(&self) -> Result<String> {
+        const NAME: &str = "courier-extport";
+        let find = || async {
+            let res = self
+                .nb
+                .transact(
+                    DB,
+                    vec![Op::select(
+                        "HA_Chassis_Group",
+                        vec![Condition::eq("name", json!(NAME))],
+                        Some(&["_uuid"]),
+                    )],
+                )
+                .await
+                .map_err(nb_err("reading HA_Chassis_Group courier-extport"))?;
+            Ok::<_, Error>(match res.first() {
+                Some(OpResult::Rows(rows)) => rows
+                    .first()
+                    .and_then(|r| ovsdb::get_uuid(r, "_uuid"))
+                    .map(String::from),
+                _ => None,
+            })
+        };
+        if let Some(u) = find().await? {
+            return Ok(u);
+        }
+        let sb = self.sb.as_ref().ok_or_else(|| {
+            Error::InvalidInput(
+                "an SR-IOV port on OVN is an external port, and which chassis hosts those is in the Southbound DB: set [ovn] sb_remote (not \"none\")".into(),
+            )
+        })?;
+        let hosts = sb.extport_hosts(Duration::from_secs(10)).await?;
+        if hosts.is_empty() {
+            return Err(Error::InvalidInput(
+                "no chassis hosts OVN external ports, which an SR-IOV port needs (it answers the VF's ARP and DHCP): on the chassis with the physical network's bridge mapping run ovs-vsctl set open . external_ids:ovn-cms-options=enable-chassis-as-extport-host".into(),
+            ));
+        }
+        let mut ops = Vec::new();
+        let mut members = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let name = format!("hac{i}");
+            ops.push(
+                Op::insert(
+                    "HA_Chassis",
+                    json!({"chassis_name": h, "priority": 32767 - i as i64}),
+                )
+                .with_uuid_name(&name),
+            );
+            members.push(ovsdb::named_uuid(&name));
+        }
+        ops.push(Op::insert(
+            "HA_Chassis_Group",
+            json!({"name": NAME, "ha_chassis": ["set", members],
+                   "external_ids": ovsdb::map(BTreeMap::from([(marks::OWNER, marks::OWNER_VALUE.to_string())]))}),
+        ));
+        if let Err(e) = self.nb.transact(DB, ops).await {
+            // Another attach made it first (the name is indexed): use that one.
+            if let Some(u) = find().await? {
+                return Ok(u);
+            }
+            return Err(nb_err("creating HA_Chassis_Group courier-extport")(e));
+        }
+        find().await?.ok_or_else(|| {
+            Error::BackendState("HA_Chassis_Group courier-extport vanished as it was made".into())
+        })
     }
 
     /// Which port on `switch` already uses an address word (IP or MAC) for which `is` holds.
@@ -465,6 +577,7 @@ impl Backend for OvnBackend {
             dns_domain: None,
             created_by_courier: true,
             ports: 0,
+            physical: None,
         })
     }
 
@@ -1133,6 +1246,9 @@ impl OvnBackend {
         if req.role == PortRole::Reservation {
             ext.insert(marks::ROLE, "reservation".to_string());
         }
+        if let PortRole::Direct(profile) = &req.role {
+            ext.insert(marks::VF, profile.pci_slot.clone());
+        }
         let mut row = json!({
             "name": req.name,
             "addresses": addresses,
@@ -1149,6 +1265,22 @@ impl OvnBackend {
             // port (`add_address_pair` moves it there); carries no traffic.
             PortRole::Reservation => {
                 row["enabled"] = json!(false);
+            }
+            // An SR-IOV VF: its frames reach the switch through the localnet port; OVN makes
+            // the chassis that hosts external ports answer its ARP and DHCP (ML2/OVN's form).
+            PortRole::Direct(_) => {
+                if net.physical.is_none() {
+                    return Err(Error::InvalidInput(format!(
+                        "network {network:?} has no localnet port, so an SR-IOV VF cannot reach it: add one (ovn-nbctl lsp-add {network} ln -- lsp-set-type ln localnet -- lsp-set-options ln network_name=physnet1), or attach with another binding"
+                    )));
+                }
+                if !self.localnet_takes_unknown(&ls_row) {
+                    return Err(Error::InvalidInput(format!(
+                        "the localnet port of network {network:?} does not take unknown addresses, so nothing on the switch could reach an SR-IOV VF (OVN forwards to a VF's MAC only through it): ovn-nbctl lsp-set-addresses <localnet port> unknown"
+                    )));
+                }
+                row["type"] = json!("external");
+                row["ha_chassis_group"] = ovsdb::uuid(&self.extport_group().await?);
             }
             PortRole::Bound => {}
         }

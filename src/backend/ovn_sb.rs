@@ -103,6 +103,42 @@ impl Southbound {
         Ok(chassis)
     }
 
+    /// The chassis (names) marked to host OVN external ports, as ML2/OVN marks them:
+    /// `ovn-cms-options=enable-chassis-as-extport-host` (in `other_config`, or `external_ids`
+    /// on older OVN), ordered by name.
+    pub async fn extport_hosts(&self, timeout: Duration) -> Result<Vec<String>> {
+        let (client, _) = self.conn(timeout).await?;
+        let res = client
+            .transact(
+                DB,
+                vec![Op::select(
+                    "Chassis",
+                    vec![],
+                    Some(&["name", "other_config", "external_ids"]),
+                )],
+            )
+            .await
+            .map_err(sb_err("reading the chassis"))?;
+        let mut names = Vec::new();
+        if let Some(OpResult::Rows(rows)) = res.first() {
+            for row in rows {
+                let marked = ["other_config", "external_ids"].iter().any(|col| {
+                    ovsdb::get_map(row, col)
+                        .get("ovn-cms-options")
+                        .is_some_and(|o| {
+                            o.split(',')
+                                .any(|w| w.trim() == "enable-chassis-as-extport-host")
+                        })
+                });
+                if let (true, Some(n)) = (marked, ovsdb::get_str(row, "name")) {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Waits until every chassis of `chassis` (uuids) reports `nb_cfg >= target` in its
     /// Chassis_Private row.
     pub async fn wait_cfg(

@@ -5,6 +5,7 @@
 #[cfg(test)]
 pub mod fake;
 pub mod macvlan;
+pub mod sriov;
 pub mod veth_ovs;
 pub mod vlan;
 pub mod vm_port;
@@ -87,6 +88,23 @@ pub trait EdgeBinding: Send + Sync {
     /// Default: none.
     fn held_tags(&self) -> std::collections::BTreeSet<u16> {
         std::collections::BTreeSet::new()
+    }
+    /// A host device the edge needs for itself (an SR-IOV VF): the prefix of its claims in
+    /// the store. The attach flow then asks [`EdgeBinding::pick_device`] for one before the
+    /// intent and claims it with it. Default: None (no device).
+    fn device_claim_prefix(&self) -> Option<&'static str> {
+        None
+    }
+    /// Chooses the device for `att` on `network` that no claim in `held` names, writes it into
+    /// `att.edge` and returns its claim. Err(Exhausted) when none is free. Default: none.
+    async fn pick_device(
+        &self,
+        att: &mut Attachment,
+        network: &crate::model::Network,
+        held: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<String>> {
+        let _ = (att, network, held);
+        Ok(None)
     }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;

@@ -171,6 +171,7 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                 },
                 // CNI_ARGS PORT=<id>: bind this existing Neutron port (kept on DEL).
                 port: args.get("PORT").cloned(),
+                device: None,
                 made_by: Some(MadeBy::Cni {
                     runtime: call.runtime.clone(),
                 }),

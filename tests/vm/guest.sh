@@ -20,6 +20,8 @@
 #   VM_TAP VM_MAC VM_LSP         the VM port: with VM_TAP set the guest gets eth1 on that host tap
 #                                (MAC VM_MAC); `run` plugs it into br-int itself (iface-id VM_LSP)
 #                                and removes it afterwards unless it existed before
+#   VM_SRIOV_TAP VM_SRIOV_MAC    an SR-IOV NIC: the guest gets an igb PF eth2 (MAC VM_SRIOV_MAC)
+#                                on that host tap (the caller makes it and bridges it)
 #   VM_*, COURIER_*              every such variable is exported to the scenario as well
 #                                (e.g. VM_IP VM_PREFIX VM_GW); VM_NB_REMOTE defaults to
 #                                tcp:10.0.2.2:6641 (the host's OVN NB, if it listens there)
@@ -191,12 +193,15 @@ OUT=/dev/ttyS1
 stty -F $OUT raw -echo 2>/dev/null
 set -a; . /etc/vm.env; set +a
 modprobe virtio_pci; modprobe virtio_net
-# Names by MAC: the management NIC is eth0, the VM port eth1.
+# The SR-IOV NIC (VM_SRIOV_TAP): an igb PF; its VFs (igbvf) come with sriov_numvfs.
+[ -n "${VM_SRIOV_MAC:-}" ] && { modprobe igb; modprobe igbvf; }
+# Names by MAC: the management NIC is eth0, the VM port eth1, the SR-IOV PF eth2.
 for n in $(ls /sys/class/net); do [ -e /sys/class/net/$n/device ] && ip link set "$n" name "x$n"; done
 for n in $(ls /sys/class/net); do
   case $(cat /sys/class/net/$n/address) in
     "$VM_MGMT_MAC") ip link set "$n" name eth0 ;;
     "${VM_MAC:-none}") ip link set "$n" name eth1 ;;
+    "${VM_SRIOV_MAC:-none}") ip link set "$n" name eth2 ;;
   esac
 done
 ip link set lo up
@@ -305,6 +310,16 @@ run() {
     fi
     nic=(-netdev "tap,id=vmport,ifname=$VM_TAP,script=no,downscript=no,vnet_hdr=off"
          -device "virtio-net-pci,netdev=vmport,mac=$VM_MAC,romfile=")
+  fi
+
+  if [ -n "${VM_SRIOV_TAP:-}" ]; then
+    # An SR-IOV PF (QEMU's igb: 7 VFs) on a persistent host tap the caller made (and put on a
+    # bridge); its VFs' frames leave through it, 802.1Q-tagged as the PF sets them.
+    : "${VM_SRIOV_MAC:?VM_SRIOV_MAC must be set with VM_SRIOV_TAP}"
+    ip link show "$VM_SRIOV_TAP" >/dev/null 2>&1 || die "VM_SRIOV_TAP $VM_SRIOV_TAP does not exist"
+    nic+=(-netdev "tap,id=sriov,ifname=$VM_SRIOV_TAP,script=no,downscript=no,vnet_hdr=off"
+          -device "pcie-root-port,id=rp1,chassis=1,slot=1"
+          -device "igb,bus=rp1,netdev=sriov,mac=$VM_SRIOV_MAC")
   fi
 
   : > "$RUN/output.log"

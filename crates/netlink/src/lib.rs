@@ -341,6 +341,22 @@ impl Netlink {
     }
 
     /// Sets the interface alias of link `name` (a free-text label kept by the kernel).
+    pub async fn set_down(&self, name: &str) -> Result<(), Error> {
+        let idx = self.index(name).await?;
+        self.execute(msg::set_down(idx), &format!("setting {name} down"))
+            .await
+    }
+
+    /// Renames link `name` (down) to `new_name`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), Error> {
+        let idx = self.index(name).await?;
+        self.execute(
+            msg::rename(idx, new_name),
+            &format!("renaming {name} to {new_name}"),
+        )
+        .await
+    }
+
     pub async fn set_alias(&self, name: &str, alias: &str) -> Result<(), Error> {
         let idx = self.index(name).await?;
         self.execute(

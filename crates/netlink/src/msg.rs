@@ -176,6 +176,26 @@ pub fn rename_up(index: u32, new_name: &str, mac: Option<[u8; 6]>, mtu: Option<u
     }
 }
 
+/// RTM_SETLINK: bring link `index` down.
+pub fn set_down(index: u32) -> Request {
+    Request {
+        message: RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).down().build()),
+        flags: CHANGE,
+    }
+}
+
+/// RTM_SETLINK: rename link `index` (it must be down), leaving it down.
+pub fn rename(index: u32, new_name: &str) -> Request {
+    Request {
+        message: RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index)
+                .name(new_name.to_string())
+                .build(),
+        ),
+        flags: CHANGE,
+    }
+}
+
 /// RTM_SETLINK: set the interface alias (IFLA_IFALIAS) — Courier's ownership mark on links.
 pub fn set_alias(index: u32, alias: &str) -> Request {
     let mut m = LinkUnspec::new_with_index(index).build();
@@ -526,6 +546,25 @@ mod tests {
         };
         assert_eq!(m.header.index, 12);
         assert_eq!(delete_link(12).to_bytes(0)[4], 17, "RTM_DELLINK");
+    }
+
+    /// A VF's netdev is taken down before it is renamed or moved: the Up flag in the change
+    /// mask, cleared in the flags; the rename carries IFLA_IFNAME and leaves the flags alone.
+    #[test]
+    fn set_down_and_rename_messages() {
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&set_down(9)) else {
+            panic!()
+        };
+        assert_eq!(m.header.index, 9);
+        assert!(!m.header.flags.contains(LinkFlags::Up));
+        assert!(m.header.change_mask.contains(LinkFlags::Up));
+        let r = rename(9, "eth5");
+        assert_eq!(r.flags, NLM_F_REQUEST | NLM_F_ACK);
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {
+            panic!()
+        };
+        assert!(m.attributes.contains(&LinkAttribute::IfName("eth5".into())));
+        assert!(!m.header.change_mask.contains(LinkFlags::Up));
     }
 
     /// The alias Courier marks its links with: IFLA_IFALIAS (20), a NUL-terminated string, on

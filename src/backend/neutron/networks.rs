@@ -106,6 +106,15 @@ impl NeutronBackend {
                 .filter(|d| !d.is_empty()),
             created_by_courier: net.tags.iter().any(|t| t == TAG_CREATED),
             ports: 0,
+            physical: net
+                .physical_network
+                .clone()
+                .map(|name| crate::model::PhysicalNetwork {
+                    name,
+                    vlan: (net.network_type.as_deref() == Some("vlan"))
+                        .then(|| net.segmentation_id.and_then(|v| u16::try_from(v).ok()))
+                        .flatten(),
+                }),
         }
     }
 

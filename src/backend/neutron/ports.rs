@@ -287,6 +287,20 @@ impl NeutronBackend {
                 PortRole::Reservation => (DEVICE_OWNER_RESERVED, None),
                 // Made one by one below (a trunk subport, or the binding:profile form).
                 PortRole::Child { .. } => (DEVICE_OWNER, None),
+                // An SR-IOV VF on this host: Neutron's sriovnicswitch driver binds it.
+                PortRole::Direct(_) => (DEVICE_OWNER, Some(self.host_id.clone())),
+            };
+            let (binding_vnic_type, binding_profile) = match &r.role {
+                // What Nova and Zun send for a VF (binding:profile).
+                PortRole::Direct(p) => (
+                    Some("direct".to_string()),
+                    Some(serde_json::json!({
+                        "pci_slot": p.pci_slot,
+                        "pci_vendor_info": p.pci_vendor_info,
+                        "physical_network": p.physical_network,
+                    })),
+                ),
+                _ => (None, None),
             };
             let mut tags = vec![
                 TAG_OWNER.into(),
@@ -306,6 +320,8 @@ impl NeutronBackend {
                 mac_address: r.mac.clone(),
                 fixed_ips,
                 binding_host_id,
+                binding_vnic_type,
+                binding_profile,
                 security_groups,
                 tags,
                 ..Default::default()

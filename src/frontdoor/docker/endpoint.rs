@@ -148,6 +148,7 @@ pub(super) async fn create_endpoint(State(d): State<Arc<Daemon>>, body: Bytes) -
                         ip,
                         mac,
                         port: existing,
+                        device: None,
                         binding: net.binding.clone(),
                         ..Default::default()
                     },

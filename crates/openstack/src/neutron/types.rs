@@ -23,6 +23,10 @@ pub struct Network {
     pub network_type: Option<String>,
     #[serde(rename = "provider:segmentation_id")]
     pub segmentation_id: Option<u32>,
+    /// Admin-only by Neutron's default policy: None for a tenant (the VF's VLAN then comes
+    /// from the port's binding:vif_details).
+    #[serde(rename = "provider:physical_network")]
+    pub physical_network: Option<String>,
     /// With the `dns-integration` extension: the network's DNS domain (e.g. "example.org.").
     pub dns_domain: Option<String>,
 }

@@ -1,0 +1,130 @@
+# Guest scenario: Courier in the guest with the sriov binding, on the host's NB. eth2 is an igb
+# SR-IOV PF whose host side (a tap) is on an OVS bridge mapped to physical network
+# $VM_PHYSNET; the Courier network $VM_NET has a localnet port there (VLAN $VM_VLAN), and
+# $VM_HOST_IP is a veth container on the host on that network. Two VFs (VM_NUMVFS, default 2).
+# Asserts, printing a line for each:
+#   an SR-IOV container reaches the host container (ping) and sends it TCP data (to
+#     $VM_TCP_PORT: "courier-sriov-$VM_TOKEN"); "__await_echo__ IP": the host pings it back;
+#   two SR-IOV containers at once; a third: a clear error, nothing changed;
+#   DEL with the netns already deleted: the VF comes back, reset;
+#   kill -9 with VFs claimed, restart: the held VF is not handed out again, the other is;
+#   $VM_CYCLES attach/detach cycles over the 2 VFs ("__timings__ attach|release MS...");
+#   at the end every VF is in the host netns under its own name, MAC 0, no VLAN.
+# Prints "__ok__" last.
+set -euo pipefail
+: "${VM_NET:?}" "${VM_HOST_IP:?}" "${VM_PHYSNET:?}" "${VM_VLAN:?}" "${VM_TCP_PORT:?}" "${VM_TOKEN:?}"
+CYCLES=${VM_CYCLES:-50}
+sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+ip link set lo up
+PF=eth2
+D=/sys/class/net/$PF/device
+ip link set "$PF" up
+for _ in $(seq 40); do [ "$(cat /sys/class/net/$PF/carrier 2>/dev/null)" = 1 ] && break; sleep 0.25; done
+echo "${VM_NUMVFS:-2}" > "$D/sriov_numvfs"
+vf_pci() { basename "$(readlink -f "$D/virtfn$1")"; }
+vf_dev() { ls "$D/virtfn$1/net" 2>/dev/null | head -1; }
+for _ in $(seq 80); do [ -n "$(vf_dev 0)" ] && [ -n "$(vf_dev 1)" ] && break; sleep 0.25; done
+VF0=$(vf_dev 0) VF1=$(vf_dev 1)
+[ -n "$VF0" ] && [ -n "$VF1" ] || { echo "the VFs have no netdevs"; ls -l "$D"; exit 1; }
+echo "VFs: $(vf_pci 0) $VF0, $(vf_pci 1) $VF1"
+
+export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
+. /scenario/lib.sh
+courier_daemon sriov
+mkdir -p /var/run/netns
+for n in c1 c2 c3 c4; do ip netns add $n; done
+attach() { courier attach --netns "/var/run/netns/$1" --network "$VM_NET" --binding sriov --json; }
+ip_of() { echo "$1" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p'; }
+links_in() { ip -n "$1" -o link | awk -F': ' '$2 != "lo" {print $2}' | sed 's/@.*//'; }
+vf_line() { ip link show "$PF" | grep "vf $1 " || true; }
+reached() {  # NETNS IP: ping within 30 s (the first ARP crosses the emulated NIC slowly)
+  for _ in $(seq 15); do ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null 2>&1 && return 0; done
+  return 1
+}
+
+# 1. One SR-IOV container on the host's network.
+t=$(now_ms)
+out=$(attach c1) || { echo "attach failed: $out"; tail -20 /tmp/courier.log; exit 1; }
+echo "__timing__ attach $(( $(now_ms) - t )) ms"
+ip1=$(ip_of "$out")
+[ -n "$ip1" ] || { echo "no address in: $out"; exit 1; }
+echo "__attached__ c1 $ip1"
+ip -n c1 -br link; ip -n c1 -br addr
+vf_line 0; vf_line 1
+mac1=$(ip -n c1 -o link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+vf_line 0 | grep -q "link/ether $mac1 .*vlan $VM_VLAN," || vf_line 1 | grep -q "link/ether $mac1 .*vlan $VM_VLAN," \
+  || { echo "UNEXPECTED: no VF of $PF has MAC $mac1 and VLAN $VM_VLAN"; exit 1; }
+echo "the PF set the VF's MAC and VLAN"
+reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: the VF container does not reach $VM_HOST_IP"; ip -n c1 neigh; exit 1; }
+ip netns exec c1 ping -c 3 -W 2 "$VM_HOST_IP" | tail -2
+echo "the VF container reaches the host container"
+echo "courier-sriov-$VM_TOKEN" | ip netns exec c1 nc -w 5 "$VM_HOST_IP" "$VM_TCP_PORT" || true
+echo "__tcp_sent__"
+in_echos() { ip netns exec c1 awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["InEchos"] }' /proc/net/snmp; }
+base=$(in_echos)
+echo "__await_echo__ $ip1"
+got=''
+for _ in $(seq 300); do
+  [ $(( $(in_echos) - base )) -ge 3 ] && { got=1; break; }
+  sleep 0.1
+done
+[ -n "$got" ] || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
+echo "the host container reaches the VF container"
+
+# 2. A second one, and a third with no VF left: refused, nothing changed.
+out=$(attach c2) || { echo "attach c2 failed: $out"; exit 1; }
+echo "__attached__ c2 $(ip_of "$out")"
+if out3=$(attach c3 2>&1); then echo "UNEXPECTED: a third VF container attached: $out3"; exit 1; fi
+echo "__exhausted__ $out3"
+echo "$out3" | grep -q "every one is in use" || { echo "UNEXPECTED: not the pool's error"; exit 1; }
+[ -z "$(links_in c3)" ] || { echo "UNEXPECTED: c3 got $(links_in c3)"; exit 1; }
+courier --json status | tr -d ' \n' | grep -q '"attachments":2' || courier --json status
+echo "pool exhausted: a clear error, nothing changed"
+
+# 3. DEL after the netns is gone: the kernel gives the VF back (perhaps as devN); release
+# finds it by its PCI address, renames and resets it.
+ip netns del c2
+t=$(now_ms)
+courier detach --netns /var/run/netns/c2
+echo "__timing__ detach-gone-netns $(( $(now_ms) - t )) ms"
+vf_line 0; vf_line 1
+echo "VF netdevs: $(vf_dev 0) $(vf_dev 1)"
+[ "$(vf_dev 0)" = "$VF0" ] || [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: no VF is back under its name"; exit 1; }
+echo "released with its netns already gone"
+ip netns add c2
+
+# 4. kill -9 with c1's VF claimed, restart: c1's VF is not handed out, the other one is.
+kill -9 "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+courier_daemon sriov
+courier reconcile >/dev/null
+ip -n c1 -br link | grep -q '^eth0' || { echo "UNEXPECTED: c1 lost its VF"; exit 1; }
+out=$(attach c2) || { echo "attach after restart failed: $out"; exit 1; }
+echo "__attached__ c2 again $(ip_of "$out")"
+if out4=$(attach c4 2>&1); then echo "UNEXPECTED: a VF handed out twice: $out4"; exit 1; fi
+echo "after kill -9 and restart: no VF lost, none handed out twice"
+reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: c1 lost its network"; exit 1; }
+courier detach --netns /var/run/netns/c1
+courier detach --netns /var/run/netns/c2
+
+# 5. Cycles over the 2 VFs.
+for i in $(seq "$CYCLES"); do
+  attach c1 >/dev/null || { echo "cycle $i: attach c1 failed"; tail -5 /tmp/courier.log; exit 1; }
+  attach c2 >/dev/null || { echo "cycle $i: attach c2 failed"; tail -5 /tmp/courier.log; exit 1; }
+  courier detach --netns /var/run/netns/c1
+  courier detach --netns /var/run/netns/c2
+done
+echo "$(( CYCLES * 2 )) attach/detach cycles on 2 VFs"
+echo "__timings__ attach $(grep '"attached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
+echo "__timings__ release $(grep '"detached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
+
+# 6. Every VF home, under its own name, reset.
+for i in 0 1; do
+  l=$(vf_line $i)
+  echo "$l"
+  echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC"; exit 1; }
+  echo "$l" | grep -q "vlan" && { echo "UNEXPECTED: VF $i keeps a VLAN"; exit 1; }
+done
+[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+for n in c1 c2 c3 c4; do [ -z "$(links_in $n)" ] || { echo "UNEXPECTED: $n keeps $(links_in $n)"; exit 1; }; done
+echo "every VF free and reset"
+echo "__ok__"
