@@ -463,6 +463,27 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                 }
                 for b in v["bindings"].as_array().into_iter().flatten() {
                     health("binding:", b, "ready", "NOT READY", &v["default_binding"]);
+                    for g in b["devices"]["groups"].as_array().into_iter().flatten() {
+                        println!(
+                            "  VFs of {} ({}): {} free of {} ({} held, {} unusable){}",
+                            g["pf"].as_str().unwrap_or("?"),
+                            g["physnet"].as_str().unwrap_or("?"),
+                            g["free"],
+                            g["total"],
+                            g["held"],
+                            g["unusable"],
+                            g["error"]
+                                .as_str()
+                                .map(|e| format!(": {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    for pci in b["devices"]["vanished"].as_array().into_iter().flatten() {
+                        println!(
+                            "  VF {} is held by a container and is on no mapped PF now",
+                            pci.as_str().unwrap_or("?")
+                        );
+                    }
                 }
                 println!("networks:    {}", v["networks"]);
                 println!(

@@ -23,8 +23,19 @@ pub struct RepairLabels {
     pub kind: String,
 }
 
+/// One PF's VFs in one state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VfLabels {
+    pub physnet: String,
+    pub pf: String,
+    /// total, free, held, unusable
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// SR-IOV VFs per physical network and PF, by state (set when scraped).
+    pub vfs: Family<VfLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     ops: Family<OpLabels, Counter>,
     attach_seconds: Histogram,
     repairs: Family<RepairLabels, Counter>,
@@ -82,8 +93,15 @@ impl Default for Metrics {
             "Reconcile passes completed (start-up, periodic, on request)",
             reconcile_runs.clone(),
         );
+        let vfs = Family::<VfLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        registry.register(
+            "sriov_vfs",
+            "SR-IOV VFs of this host's pool per physical network and PF: total, free, held (by a container), unusable (in a netns Courier did not put it in, or no driver)",
+            vfs.clone(),
+        );
         Metrics {
             registry,
+            vfs,
             ops,
             attach_seconds,
             repairs,
@@ -128,6 +146,26 @@ impl Metrics {
         self.undecodable_records.set(undecodable as i64);
     }
 
+    /// The VF pool as `courier status` shows it.
+    pub fn set_vfs(&self, groups: &[crate::binding::sriov::pool::PfStatus]) {
+        for g in groups {
+            for (state, n) in [
+                ("total", g.total),
+                ("free", g.free),
+                ("held", g.held),
+                ("unusable", g.unusable),
+            ] {
+                self.vfs
+                    .get_or_create(&VfLabels {
+                        physnet: g.physnet.clone(),
+                        pf: g.pf.clone(),
+                        state: state.into(),
+                    })
+                    .set(n as i64);
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -138,6 +176,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vf_pool_per_pf_and_state() {
+        let m = Metrics::default();
+        m.set_vfs(&[crate::binding::sriov::pool::PfStatus {
+            physnet: "physnet1".into(),
+            pf: "eth2".into(),
+            total: 7,
+            held: 2,
+            unusable: 1,
+            free: 4,
+            error: None,
+        }]);
+        let text = m.encode();
+        for (state, n) in [("total", 7), ("free", 4), ("held", 2), ("unusable", 1)] {
+            let line = format!(
+                "courier_sriov_vfs{{physnet=\"physnet1\",pf=\"eth2\",state=\"{state}\"}} {n}"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn encodes_counters_and_histogram() {

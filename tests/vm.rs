@@ -1869,6 +1869,8 @@ fn guest_sriov_vf_containers() {
         "pool exhausted: a clear error, nothing changed",
         "released with its netns already gone",
         "after kill -9 and restart: no VF lost, none handed out twice",
+        "CNI with deviceID: that VF, reachable, released",
+        "courier status shows the pool",
         "100 attach/detach cycles on 2 VFs",
         "every VF free and reset",
         "__ok__",

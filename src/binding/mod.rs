@@ -35,6 +35,16 @@ pub enum EdgeResource {
     Link,
 }
 
+/// A binding's pool of host devices (SR-IOV: the VFs per PF).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DevicePool {
+    pub groups: Vec<sriov::pool::PfStatus>,
+    /// Claims of this host's records whose device is nowhere now (a VF that vanished: its
+    /// PF's sriov_numvfs lowered, the driver unbound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<String>,
+}
+
 /// How the container's interface `current` is configured for `port`: named `new`, with the
 /// port's addresses, default gateways and routes (its MAC and MTU set when it was made).
 pub(crate) fn port_iface_config(
@@ -105,6 +115,13 @@ pub trait EdgeBinding: Send + Sync {
     ) -> Result<Option<String>> {
         let _ = (att, network, held);
         Ok(None)
+    }
+    /// The devices the binding hands out and how many are free (`courier status`, metrics),
+    /// given the claims under [`EdgeBinding::device_claim_prefix`] the store holds. Default:
+    /// None (no devices).
+    async fn devices(&self, held: &std::collections::BTreeSet<String>) -> Option<DevicePool> {
+        let _ = held;
+        None
     }
     /// Checks the request can be served before anything is created (netns exists, ...).
     async fn validate(&self, att: &Attachment) -> Result<()>;

@@ -71,6 +71,9 @@ pub struct Health {
     /// backend refuses, e.g. a bad cloud's credentials) for one that fails until fixed.
     #[serde(default)]
     pub code: Option<u32>,
+    /// A binding's devices (sriov: VFs per PF: total, held, unusable, free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<crate::binding::DevicePool>,
 }
 
 impl Health {
@@ -80,6 +83,7 @@ impl Health {
             ok: r.is_ok(),
             code: r.as_ref().err().map(|e| e.code()),
             error: r.err().map(|e| e.to_string()),
+            devices: None,
         }
     }
 }
@@ -117,11 +121,19 @@ async fn status(State(d): State<Arc<Daemon>>) -> ApiResult<Status> {
             .iter()
             .map(|b| async move { Health::of(b.id(), b.health().await) }),
     );
-    let bindings = futures::future::join_all(
-        reg.bindings()
-            .iter()
-            .map(|b| async move { Health::of(b.kind(), b.health().await) }),
-    );
+    let store = &d.attacher.store;
+    let bindings = futures::future::join_all(reg.bindings().iter().map(|b| async move {
+        let mut h = Health::of(b.kind(), b.health().await);
+        if let Some(prefix) = b.device_claim_prefix() {
+            let held = store
+                .claims(prefix)
+                .await
+                .map(|c| c.into_iter().map(|(c, _)| c).collect())
+                .unwrap_or_default();
+            h.devices = b.devices(&held).await;
+        }
+        h
+    }));
     let (backends, bindings) = tokio::join!(backends, bindings);
     let networks = all_networks(&d).await.map(|n| n.len()).unwrap_or(0);
     let listing = d.attacher.list().await?;
@@ -300,6 +312,21 @@ async fn cni_call(State(d): State<Arc<Daemon>>, body: Bytes) -> Result<Response,
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    for b in d.attacher.registry.bindings() {
+        let Some(prefix) = b.device_claim_prefix() else {
+            continue;
+        };
+        let held = d
+            .attacher
+            .store
+            .claims(prefix)
+            .await
+            .map(|c| c.into_iter().map(|(c, _)| c).collect())
+            .unwrap_or_default();
+        if let Some(pool) = b.devices(&held).await {
+            d.attacher.metrics.set_vfs(&pool.groups);
+        }
+    }
     if let Ok(l) = d.attacher.list().await {
         d.attacher
             .metrics

@@ -68,6 +68,10 @@ pub struct NetConf {
     /// SECURITY_GROUPS=a,b overrides); empty: the project's default group.
     #[serde(default, rename = "securityGroups")]
     pub security_groups: Vec<String>,
+    /// The VF for an sriov attachment, by PCI address, as Kubernetes' SR-IOV device plugin
+    /// hands it over (Multus puts it here, as sriov-cni reads it). Implies the sriov binding.
+    #[serde(default, rename = "deviceID")]
+    pub device_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -78,6 +82,9 @@ pub struct RuntimeConfig {
     /// `mac` capability.
     #[serde(default)]
     pub mac: Option<String>,
+    /// The VF's PCI address, when the runtime passes it here rather than at the top level.
+    #[serde(default, rename = "deviceID")]
+    pub device_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +93,14 @@ pub struct ValidAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+}
+
+/// The VF a device plugin chose (`deviceID`, top level or in runtimeConfig).
+fn device_of(conf: &NetConf) -> Option<String> {
+    conf.device_id
+        .clone()
+        .or_else(|| conf.runtime_config.device_id.clone())
+        .filter(|d| !d.is_empty())
 }
 
 pub fn parse_netconf(stdin: &str) -> Result<NetConf> {
@@ -159,7 +174,11 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                     .mac
                     .clone()
                     .or_else(|| args.get("MAC").cloned()),
-                binding: conf.binding.clone(),
+                // A device (a VF) implies the sriov binding when the netconf names none.
+                binding: conf
+                    .binding
+                    .clone()
+                    .or_else(|| device_of(&conf).map(|_| "sriov".to_string())),
                 // CNI_ARGS SECURITY_GROUPS=a,b (names or ids), else the netconf's list.
                 security_groups: match args.get("SECURITY_GROUPS") {
                     Some(v) => v
@@ -171,7 +190,7 @@ pub async fn handle(attacher: &Arc<Attacher>, call: &CniCall) -> Result<Option<V
                 },
                 // CNI_ARGS PORT=<id>: bind this existing Neutron port (kept on DEL).
                 port: args.get("PORT").cloned(),
-                device: None,
+                device: device_of(&conf),
                 made_by: Some(MadeBy::Cni {
                     runtime: call.runtime.clone(),
                 }),
@@ -295,11 +314,21 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             pairs_on: None,
         });
     let legacy = version == "0.4.0";
+    // The host-side interface, when the edge has one (veth); a VF or a macvlan has none, and
+    // then the container's interface is the only one (index 0).
+    let mut interfaces: Vec<Value> = att
+        .edge
+        .host_ifname()
+        .map(|h| json!({"name": h}))
+        .into_iter()
+        .collect();
+    let container = interfaces.len();
+    interfaces.push(json!({"name": att.ifname, "mac": port.mac, "sandbox": att.netns}));
     let ips: Vec<Value> = port
         .ips
         .iter()
         .map(|ip| {
-            let mut o = json!({"address": ip.to_string(), "interface": 1});
+            let mut o = json!({"address": ip.to_string(), "interface": container});
             if let Some(gw) = port
                 .gateways
                 .iter()
@@ -328,10 +357,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
         .collect();
     json!({
         "cniVersion": version,
-        "interfaces": [
-            {"name": att.edge.host_ifname().unwrap_or_default()},
-            {"name": att.ifname, "mac": port.mac, "sandbox": att.netns},
-        ],
+        "interfaces": interfaces,
         "ips": ips,
         "routes": routes,
         "dns": port.dns,
@@ -509,10 +535,47 @@ mod tests {
         );
     }
 
+    /// An edge without a host-side interface (an SR-IOV VF, a macvlan): the container's is
+    /// the only interface, and the addresses name it (index 0), not an empty host entry.
+    #[test]
+    fn a_vf_result_has_only_the_containers_interface() {
+        let mut a = att();
+        a.edge = EdgeState::Sriov {
+            physnet: "physnet1".into(),
+            pf: "eth2".into(),
+            vf: 1,
+            pci: "0000:01:10.2".into(),
+            vendor_info: "8086:10ca".into(),
+            host_ifname: "eth3".into(),
+            vlan: Some(100),
+            requested: true,
+        };
+        let r = result_json(&a, "1.1.0");
+        assert_eq!(r["interfaces"].as_array().map(Vec::len), Some(1), "{r}");
+        assert_eq!(r["interfaces"][0]["name"], "eth0");
+        assert_eq!(r["interfaces"][0]["sandbox"], "/var/run/netns/a");
+        assert_eq!(r["ips"][0]["interface"], 0);
+    }
+
     #[test]
     fn result_0_4_0_has_ip_version() {
         let r = result_json(&att(), "0.4.0");
         assert_eq!(r["ips"][0]["version"], "4");
+    }
+
+    /// sriov-cni's form: the device plugin's VF as `deviceID` (Multus puts it at the top
+    /// level), or in runtimeConfig; either implies the sriov binding.
+    #[test]
+    fn a_device_id_picks_the_vf_and_the_sriov_binding() {
+        let c = parse_netconf(
+            r#"{"cniVersion":"1.1.0","name":"phys","type":"courier","deviceID":"0000:01:10.2"}"#,
+        )
+        .unwrap();
+        assert_eq!(device_of(&c).as_deref(), Some("0000:01:10.2"));
+        let c = parse_netconf(r#"{"cniVersion":"1.1.0","name":"phys","type":"courier","runtimeConfig":{"deviceID":"0000:01:10.4"}}"#).unwrap();
+        assert_eq!(device_of(&c).as_deref(), Some("0000:01:10.4"));
+        let c = parse_netconf(r#"{"cniVersion":"1.1.0","name":"phys","type":"courier"}"#).unwrap();
+        assert_eq!(device_of(&c), None);
     }
 
     #[test]

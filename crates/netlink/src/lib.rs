@@ -347,6 +347,15 @@ impl Netlink {
             .await
     }
 
+    pub async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let idx = self.index(name).await?;
+        self.execute(
+            msg::set_mac(idx, mac),
+            &format!("setting the MAC of {name} to {}", mac_to_string(mac)),
+        )
+        .await
+    }
+
     /// Renames link `name` (down) to `new_name`.
     pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), Error> {
         let idx = self.index(name).await?;

@@ -184,6 +184,18 @@ pub fn set_down(index: u32) -> Request {
     }
 }
 
+/// RTM_SETLINK: set link `index`'s MAC (IFLA_ADDRESS), nothing else.
+pub fn set_mac(index: u32, mac: [u8; 6]) -> Request {
+    Request {
+        message: RouteNetlinkMessage::SetLink(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+        ),
+        flags: CHANGE,
+    }
+}
+
 /// RTM_SETLINK: rename link `index` (it must be down), leaving it down.
 pub fn rename(index: u32, new_name: &str) -> Request {
     Request {
@@ -558,6 +570,13 @@ mod tests {
         assert_eq!(m.header.index, 9);
         assert!(!m.header.flags.contains(LinkFlags::Up));
         assert!(m.header.change_mask.contains(LinkFlags::Up));
+        let RouteNetlinkMessage::SetLink(m) = roundtrip(&set_mac(9, [2, 0, 0, 0, 0, 7])) else {
+            panic!()
+        };
+        assert!(m
+            .attributes
+            .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 7])));
+        assert!(!m.header.change_mask.contains(LinkFlags::Up));
         let r = rename(9, "eth5");
         assert_eq!(r.flags, NLM_F_REQUEST | NLM_F_ACK);
         let RouteNetlinkMessage::SetLink(m) = roundtrip(&r) else {

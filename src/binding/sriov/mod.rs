@@ -51,6 +51,22 @@ pub struct Sriov {
 /// How long release waits for a VF that a dying netns is giving back to the host.
 const COME_HOME: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Waits (up to 3 s) until link `name` (on the socket `nl`) has `mac`; false if it never does.
+async fn wait_mac(nl: &Netlink, name: &str, mac: [u8; 6]) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        if let Ok(Some(l)) = nl.link(name).await {
+            if l.mac == Some(mac) {
+                return true;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 struct VfRef<'a> {
     pf: &'a str,
     vf: u32,
@@ -385,6 +401,14 @@ impl EdgeBinding for Sriov {
         Ok(Some(claim))
     }
 
+    async fn devices(&self, held: &BTreeSet<String>) -> Option<super::DevicePool> {
+        let (groups, vanished) = self.pool.status(held).await;
+        for pci in &vanished {
+            tracing::warn!(vf = %pci, "a VF a container of this host holds is on no mapped PF now (sriov_numvfs lowered? driver unbound?)");
+        }
+        Some(super::DevicePool { groups, vanished })
+    }
+
     async fn validate(&self, att: &Attachment) -> Result<()> {
         if !att.security_groups.is_empty() {
             return Err(Error::InvalidInput(format!(
@@ -434,8 +458,23 @@ impl EdgeBinding for Sriov {
                 v.pci, v.vf, v.pf
             ))
         })?;
+        // The netdev gets the port's MAC first, while the PF gives the VF none (a released VF
+        // has no admin MAC): igb refuses a VF's own MAC change once the PF has set one
+        // (EADDRNOTAVAIL), and its VF driver takes a new admin MAC only when reloaded. Then
+        // the PF pins the same MAC (spoof check enforces it), with the VLAN.
+        self.host
+            .set_down(&netdev)
+            .await
+            .map_err(nl_err(format!("downing VF netdev {netdev}")))?;
+        if let Err(e) = self.host.set_mac(&netdev, mac).await {
+            tracing::debug!(vf = %v.pci, error = %e, "the VF refused its MAC from its own side; the PF's admin MAC decides");
+        }
         self.apply_vf(v.pf, &self.settings_for(v.vf, mac, v.vlan))
             .await?;
+        // The MAC is the PF's to give (the admin MAC just set): the VF's driver takes it when
+        // it resets — igbvf when it next comes up — and refuses one set from the VF's side
+        // (EADDRNOTAVAIL) while the PF's stands. So the netdev is not given the MAC here;
+        // once up, it is checked (and set only if the driver never took it).
         self.host
             .set_alias(&netdev, &link_alias(&self.mark, &att.id))
             .await
@@ -447,8 +486,8 @@ impl EdgeBinding for Sriov {
                 .set_down(&netdev)
                 .await
                 .map_err(nl_err(format!("downing VF netdev {netdev}")))?;
+            // Docker brings it up in the container, where the driver takes the PF's MAC.
             let mut cfg = super::port_iface_config(&netdev, v.host_ifname, port);
-            cfg.mac = Some(mac);
             cfg.mtu = mtu;
             cfg.addresses.clear();
             cfg.gateways.clear();
@@ -474,12 +513,18 @@ impl EdgeBinding for Sriov {
             .await
             .map_err(nl_err(format!("opening netns {}", att.netns)))?;
         let mut cfg = super::port_iface_config(&netdev, &att.ifname, port);
-        cfg.mac = Some(mac);
         cfg.mtu = mtu;
         ns.configure(&cfg).await.map_err(nl_err(format!(
             "configuring VF {} as {} in {}",
             v.pci, att.ifname, att.netns
-        )))
+        )))?;
+        if !wait_mac(&ns, &att.ifname, mac).await {
+            return Err(Error::Unavailable(format!(
+                "the VF {} ({} in {}) did not take the MAC {} of its port (its driver refused it, and did not take it from the PF either)",
+                v.pci, att.ifname, att.netns, port.mac
+            )));
+        }
+        Ok(())
     }
 
     async fn wait_ready(&self, _att: &Attachment, _timeout: std::time::Duration) -> Result<()> {

@@ -26,7 +26,7 @@ pub struct Vf {
 }
 
 /// VFs of one PF, as `courier status` and the metrics show them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PfStatus {
     pub physnet: String,
     pub pf: String,
@@ -38,7 +38,7 @@ pub struct PfStatus {
     pub unusable: usize,
     pub free: usize,
     /// Why the PF could not be read, if it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -104,9 +104,16 @@ impl VfPool {
         lock.lock_owned().await
     }
 
-    /// The pool per PF: total, held (claims in `held`), unusable, free.
-    pub async fn status(&self, held: &BTreeSet<String>) -> Vec<PfStatus> {
+    /// The pool per PF: total, held (claims in `held`), unusable, free; and the claims in
+    /// `held` whose VF is on no mapped PF now.
+    pub async fn status(&self, held: &BTreeSet<String>) -> (Vec<PfStatus>, Vec<String>) {
         let (vfs, failed) = self.scan().await;
+        let vanished: Vec<String> = held
+            .iter()
+            .filter_map(|c| c.strip_prefix(crate::model::VF_CLAIM_PREFIX))
+            .filter(|pci| !vfs.iter().any(|v| v.pci == *pci))
+            .map(String::from)
+            .collect();
         let mut out: Vec<PfStatus> = self
             .mappings
             .iter()
@@ -135,7 +142,7 @@ impl VfPool {
             })
             .collect();
         out.sort_by(|a, b| (&a.physnet, &a.pf).cmp(&(&b.physnet, &b.pf)));
-        out
+        (out, vanished)
     }
 
     /// The VF for a container on `network`: the one at `want` (a device plugin's choice) or

@@ -31,6 +31,9 @@ echo "VFs: $(vf_pci 0) $VF0, $(vf_pci 1) $VF1"
 export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
 . /scenario/lib.sh
 courier_daemon sriov
+courier status | grep -q "VFs of $PF ($VM_PHYSNET): 2 free of 2 (0 held, 0 unusable)" \
+  || { echo "UNEXPECTED: courier status does not show the pool: $(courier status)"; exit 1; }
+echo "courier status shows the pool"
 mkdir -p /var/run/netns
 for n in c1 c2 c3 c4; do ip netns add $n; done
 attach() { courier attach --netns "/var/run/netns/$1" --network "$VM_NET" --binding sriov --json; }
@@ -78,7 +81,10 @@ if out3=$(attach c3 2>&1); then echo "UNEXPECTED: a third VF container attached:
 echo "__exhausted__ $out3"
 echo "$out3" | grep -q "every one is in use" || { echo "UNEXPECTED: not the pool's error"; exit 1; }
 [ -z "$(links_in c3)" ] || { echo "UNEXPECTED: c3 got $(links_in c3)"; exit 1; }
-courier --json status | tr -d ' \n' | grep -q '"attachments":2' || courier --json status
+st=$(courier status)
+echo "$st" | grep "VFs of"
+echo "$st" | grep -q "VFs of $PF ($VM_PHYSNET): 0 free of 2 (2 held, 0 unusable)" \
+  || { echo "UNEXPECTED: courier status does not show the pool held: $st"; exit 1; }
 echo "pool exhausted: a clear error, nothing changed"
 
 # 3. DEL after the netns is gone: the kernel gives the VF back (perhaps as devN); release
@@ -106,7 +112,22 @@ reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: c1 lost its network"; exit 1; }
 courier detach --netns /var/run/netns/c1
 courier detach --netns /var/run/netns/c2
 
-# 5. Cycles over the 2 VFs.
+# 5. CNI, as Kubernetes' SR-IOV device plugin drives it: the VF by PCI address (deviceID),
+# the sriov binding implied.
+want=$(vf_pci 1)
+conf='{"cniVersion":"1.1.0","name":"'"$VM_NET"'","type":"courier","deviceID":"'"$want"'"}'
+cni() { echo "$conf" | CNI_COMMAND=$1 CNI_CONTAINERID=cni-sriov CNI_NETNS=/var/run/netns/c3 CNI_IFNAME=net1 CNI_PATH=/usr/local/bin courier; }
+res=$(cni ADD) || { echo "CNI ADD failed: $res"; vf_line 1; ip -n c3 link; ip link; grep -v '"DEBUG"' /tmp/courier.log | tail -4; exit 1; }
+echo "CNI ADD: $(echo "$res" | tr -d ' \n' | head -c 300)"
+vf_line 1 | grep -q "vlan $VM_VLAN," || { echo "UNEXPECTED: CNI ADD did not take VF 1 ($want)"; vf_line 1; exit 1; }
+ip -n c3 -br link | grep -q '^net1' || { echo "UNEXPECTED: no net1 in c3"; exit 1; }
+reached c3 "$VM_HOST_IP" || { echo "UNEXPECTED: the CNI VF container does not reach $VM_HOST_IP"; exit 1; }
+cni CHECK || { echo "UNEXPECTED: CNI CHECK failed"; exit 1; }
+cni DEL || { echo "UNEXPECTED: CNI DEL failed"; exit 1; }
+[ -z "$(links_in c3)" ] || { echo "UNEXPECTED: c3 keeps $(links_in c3)"; exit 1; }
+echo "CNI with deviceID: that VF, reachable, released"
+
+# 6. Cycles over the 2 VFs.
 for i in $(seq "$CYCLES"); do
   attach c1 >/dev/null || { echo "cycle $i: attach c1 failed"; tail -5 /tmp/courier.log; exit 1; }
   attach c2 >/dev/null || { echo "cycle $i: attach c2 failed"; tail -5 /tmp/courier.log; exit 1; }
@@ -117,7 +138,7 @@ echo "$(( CYCLES * 2 )) attach/detach cycles on 2 VFs"
 echo "__timings__ attach $(grep '"attached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
 echo "__timings__ release $(grep '"detached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
 
-# 6. Every VF home, under its own name, reset.
+# 7. Every VF home, under its own name, reset.
 for i in 0 1; do
   l=$(vf_line $i)
   echo "$l"
