@@ -7,7 +7,8 @@
 #     $VM_TCP_PORT: "courier-sriov-$VM_TOKEN"); "__await_echo__ IP": the host pings it back;
 #   two SR-IOV containers at once; a third: a clear error, nothing changed;
 #   DEL with the netns already deleted: the VF comes back, reset;
-#   kill -9 with VFs claimed, restart: the held VF is not handed out again, the other is;
+#   kill -9 with VFs claimed, a netns deleted meanwhile, restart: the live container keeps its
+#     VF, reconcile recovers the other; none handed out twice; an ADD failed half way, then DEL;
 #   $VM_CYCLES attach/detach cycles over the 2 VFs ("__timings__ attach|release MS...");
 #   at the end every VF is in the host netns under its own name, MAC 0, no VLAN.
 # Prints "__ok__" last.
@@ -99,18 +100,45 @@ echo "VF netdevs: $(vf_dev 0) $(vf_dev 1)"
 echo "released with its netns already gone"
 ip netns add c2
 
-# 4. kill -9 with c1's VF claimed, restart: c1's VF is not handed out, the other one is.
+# 4. kill -9 with both VFs claimed (c1, and c2 attached again), c2's netns deleted while the
+# daemon is down, restart: c1 keeps its VF and its network; reconcile recovers c2's VF (home,
+# reset) and hands it out once more; no VF is handed out twice.
+out=$(attach c2) || { echo "attach c2 again failed: $out"; exit 1; }
+echo "__attached__ c2 again $(ip_of "$out")"
 kill -9 "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+ip netns del c2
 courier_daemon sriov
 courier reconcile >/dev/null
 ip -n c1 -br link | grep -q '^eth0' || { echo "UNEXPECTED: c1 lost its VF"; exit 1; }
-out=$(attach c2) || { echo "attach after restart failed: $out"; exit 1; }
-echo "__attached__ c2 again $(ip_of "$out")"
-if out4=$(attach c4 2>&1); then echo "UNEXPECTED: a VF handed out twice: $out4"; exit 1; fi
-echo "after kill -9 and restart: no VF lost, none handed out twice"
 reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: c1 lost its network"; exit 1; }
+courier status | grep "VFs of"
+courier status | grep -q "VFs of $PF ($VM_PHYSNET): 1 free of 2 (1 held, 0 unusable)" \
+  || { echo "UNEXPECTED: after restart + reconcile the pool is not 1 held, 1 free: $(courier status)"; exit 1; }
+echo "reconcile recovered the VF of a netns deleted while the daemon was down"
+ip netns add c2
+out=$(attach c4) || { echo "attach after restart failed: $out"; exit 1; }
+echo "__attached__ c4 $(ip_of "$out")"
+if out3=$(attach c3 2>&1); then echo "UNEXPECTED: a VF handed out twice: $out3"; exit 1; fi
+echo "after kill -9 and restart: no VF lost, none handed out twice"
 courier detach --netns /var/run/netns/c1
-courier detach --netns /var/run/netns/c2
+courier detach --netns /var/run/netns/c4
+
+# 4b. An ADD that fails half way (the VF is in the netns when its MTU is refused: the daemon
+# now asks 65535, which igbvf cannot take), then DEL: the VF is home and reset, nothing left.
+kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+COURIER_MTU=65535 courier_daemon sriov
+if out=$(attach c1 2>&1); then echo "UNEXPECTED: an MTU of 65535 was taken: $out"; exit 1; fi
+echo "__half_way__ $out"
+courier detach --netns /var/run/netns/c1 || true
+[ -z "$(links_in c1)" ] || { echo "UNEXPECTED: c1 keeps $(links_in c1) after a failed ADD"; exit 1; }
+for i in 0 1; do vf_line $i | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i not reset after a failed ADD: $(vf_line $i)"; exit 1; }; done
+[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: after a failed ADD the VF netdevs are $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+left=$(courier --json attachments | tr -d ' \n')
+case $left in *'"id"'*) echo "UNEXPECTED: a record is left after a failed ADD and DEL: $left"; exit 1 ;; esac
+echo "an ADD failed half way, then DEL: the VF home and reset"
+kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+unset COURIER_MTU
+courier_daemon sriov
 
 # 5. CNI, as Kubernetes' SR-IOV device plugin drives it: the VF by PCI address (deviceID),
 # the sriov binding implied.
