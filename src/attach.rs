@@ -159,24 +159,31 @@ impl Attacher {
             self.roll_back(&existing).await?;
         }
         let (backend, network) = self.registry.network(&req.network).await?;
+        // An existing port is inspected first: its vnic type may choose the binding (a direct
+        // port is an SR-IOV VF's). Recorded with the intent, before the port is touched:
+        // rollback gives it back.
+        let mut existing = None;
+        let mut binding = binding;
+        if let Some(port) = &req.port {
+            if req.ip.is_some() || req.mac.is_some() || !req.security_groups.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "port {port} exists already: its addresses and security groups are its own; drop the IP, MAC and security groups"
+                )));
+            }
+            let e = backend
+                .require_existing_ports()?
+                .inspect_port(port, &network)
+                .await?;
+            binding = binding_for_vnic(&self.registry, req, port, e.vnic_type.as_deref(), binding)?;
+            existing = Some(e);
+        }
         let id = self.id_of(&key);
         let mut att = Attachment::new(req, id.clone(), backend.id(), binding.edge_for(&id, req));
         att.netns_inode = Some(crate::netns::identify(&att.netns)?);
         binding.validate(&att).await?;
         if let Some(port) = &req.port {
             refuse_existing_port_unless_bound(port, &att, &*binding)?;
-            if req.ip.is_some() || req.mac.is_some() || !req.security_groups.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "port {port} exists already: its addresses and security groups are its own; drop the IP, MAC and security groups"
-                )));
-            }
-            // Recorded with the intent, before the port is touched: rollback gives it back.
-            att.existing_port = Some(
-                backend
-                    .require_existing_ports()?
-                    .inspect_port(port, &network)
-                    .await?,
-            );
+            att.existing_port = existing;
         }
         // What the binding needs of the backend beyond `Backend`: refused before the intent.
         backend.require(&needs_of(&att, &*binding))?;
@@ -352,7 +359,7 @@ impl Attacher {
             Some(existing) => {
                 backend
                     .require_existing_ports()?
-                    .claim_port(existing, &req.owner, network)
+                    .claim_port(existing, &req.owner, network, &req.role)
                     .await?
             }
             None => backend
@@ -799,6 +806,35 @@ pub(crate) fn needs_of(att: &Attachment, binding: &dyn EdgeBinding) -> Vec<Abili
         PortRole::Reservation => vec![Ability::AddressPairs],
         PortRole::Child { .. } => vec![Ability::VlanChildPorts],
         PortRole::Bound | PortRole::Direct(_) => vec![],
+    }
+}
+
+/// The binding for an existing port of Neutron vnic type `vnic`: a direct port (an SR-IOV
+/// VF's) takes the sriov binding when the request names none; a binding named against the
+/// port's type is refused, saying which fits.
+pub(crate) fn binding_for_vnic(
+    registry: &crate::registry::Registry,
+    req: &AttachRequest,
+    port: &str,
+    vnic: Option<&str>,
+    chosen: Arc<dyn EdgeBinding>,
+) -> Result<Arc<dyn EdgeBinding>> {
+    let direct = vnic == Some("direct");
+    match (&req.binding, direct) {
+        (None, true) => registry.binding(Some("sriov")).cloned().map_err(|_| {
+            Error::InvalidInput(format!(
+                "port {port} has binding:vnic_type direct (an SR-IOV VF's), and this host has no sriov binding: add \"sriov\" to bindings and set [sriov] physical_device_mappings, or attach a port of vnic_type normal"
+            ))
+        }),
+        (Some(_), true) if chosen.kind() != "sriov" => Err(Error::InvalidInput(format!(
+            "port {port} has binding:vnic_type direct (an SR-IOV VF's), and the {} binding cannot serve it: attach it with the sriov binding",
+            chosen.kind()
+        ))),
+        (Some(_), false) if chosen.kind() == "sriov" => Err(Error::InvalidInput(format!(
+            "port {port} has binding:vnic_type {}, and the sriov binding serves direct ports only: attach it with another binding, or use a port of vnic_type direct",
+            vnic.unwrap_or("normal")
+        ))),
+        _ => Ok(chosen),
     }
 }
 

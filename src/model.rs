@@ -191,6 +191,10 @@ pub struct ExistingPort {
     /// attaches racing for one port cannot both win.
     #[serde(default)]
     pub revision: Option<u64>,
+    /// Neutron `binding:vnic_type` ("normal", "direct", …): a direct port is an SR-IOV VF's,
+    /// attached with the sriov binding.
+    #[serde(default)]
+    pub vnic_type: Option<String>,
 }
 
 /// Identifies an attachment: one interface of one container.

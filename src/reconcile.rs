@@ -236,6 +236,7 @@ pub async fn run(attacher: &Attacher) -> Report {
                     device_id: String::new(),
                     host_id: None,
                     revision: None,
+                    vnic_type: None,
                 };
                 let owner = crate::backend::OwnerMark {
                     host: attacher.host.clone(),

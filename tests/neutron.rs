@@ -1973,3 +1973,77 @@ fn a_bad_cloud_does_not_fail_the_other_backends_networks() {
         assert!(owned(&d).is_empty(), "{name}: {:?}", owned(&d));
     }
 }
+
+/// An existing port's `binding:vnic_type` decides what Courier may do with it, before anything
+/// changes: a `macvtap` (or `direct-physical`, …) port is refused, saying which types Courier
+/// binds; a `direct` port (an SR-IOV VF's) is one for the sriov binding, and a host without
+/// it refuses it, saying what to configure. Either way the port is as it was (no device, no
+/// host, no Courier tag), no record is written, no interface made.
+#[test]
+fn a_ports_vnic_type_chooses_or_refuses_the_binding() {
+    let Some(n) = NeutronEnv::get("a_ports_vnic_type_chooses_or_refuses_the_binding") else {
+        return;
+    };
+    let d = neutron_daemon("neu-vnic", &n, &[]);
+    let net = unique("neu-vnic");
+    neutron_net(&d, &net, "10.234.0.0/24");
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
+    let net_id = show["backend_id"].as_str().unwrap().to_string();
+    let mk = |vnic: &str| {
+        let (code, v) = n.call(
+            "POST",
+            "/ports",
+            Some(serde_json::json!({"port": {"network_id": net_id, "name": unique(&format!("vnic-{vnic}")), "binding:vnic_type": vnic}})),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["port"]["id"].as_str().unwrap().to_string()
+    };
+    let ns = Netns::new("neu-vnic");
+    let conf = d.netconf(&net, "1.1.0");
+    let mut seen = Vec::new();
+    for vnic in ["macvtap", "direct"] {
+        let pid = mk(vnic);
+        let (code, out) = cni_exec(
+            "ADD",
+            &format!("vnic-{vnic}"),
+            &ns.path(),
+            "eth0",
+            &conf,
+            &[("CNI_ARGS", &format!("PORT={pid}"))],
+        );
+        let (_, p) = n.api("GET", &format!("/ports/{pid}"));
+        n.api("DELETE", &format!("/ports/{pid}"));
+        seen.push((vnic, code, out, p));
+    }
+    let store_empty = d.store().is_empty();
+    let has_eth0 = ns.has_link("eth0");
+    assert!(d.cli(&["network", "delete", &net]).status.success());
+    for (vnic, code, out, p) in &seen {
+        assert_ne!(*code, 0, "{vnic}: {out}");
+        let msg = out["msg"].as_str().unwrap_or_default();
+        match *vnic {
+            "macvtap" => assert!(
+                msg.contains("binding:vnic_type macvtap") && msg.contains("normal or direct"),
+                "{out}"
+            ),
+            _ => assert!(
+                msg.contains("vnic_type direct") && msg.contains("no sriov binding"),
+                "{out}"
+            ),
+        }
+        assert_eq!(p["port"]["device_owner"], "", "{vnic}: unchanged: {p}");
+        assert_eq!(p["port"]["device_id"], "", "{vnic}: unchanged: {p}");
+        assert_eq!(p["port"]["binding:host_id"], "", "{vnic}: unchanged: {p}");
+        assert!(
+            !p["port"]["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t.as_str().unwrap_or_default().starts_with("courier")),
+            "{vnic}: no Courier tag: {p}"
+        );
+    }
+    assert!(store_empty, "no record");
+    assert!(!has_eth0, "no interface");
+}

@@ -16,7 +16,8 @@ use tokio::sync::OnceCell;
 
 use super::{
     Ability, AddressPair, AddressPairs, Backend, ExistingPorts, KnownAbilities, NestedParents,
-    OwnedAddressPair, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, VlanChildPorts,
+    OwnedAddressPair, OwnerMark, ParentQuery, PortQuery, PortRef, PortRequest, PortRole,
+    VlanChildPorts,
 };
 use crate::error::{Error, Result};
 use crate::model::{ExistingPort, LogicalPort, Network, NetworkSpec};
@@ -254,10 +255,11 @@ impl ExistingPorts for Lazy {
         port: &ExistingPort,
         owner: &OwnerMark,
         network: &Network,
+        role: &PortRole,
     ) -> Result<LogicalPort> {
         self.get()?
             .require_existing_ports()?
-            .claim_port(port, owner, network)
+            .claim_port(port, owner, network, role)
             .await
     }
     async fn release_port(&self, port: &ExistingPort, owner: &OwnerMark) -> Result<bool> {

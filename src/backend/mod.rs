@@ -382,12 +382,14 @@ pub trait ExistingPorts: Send + Sync {
     /// An existing port to bind (no side effect): what it is now, refused if it is bound to
     /// something else (the error says to what) or is not on `network`.
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort>;
-    /// Claims the existing port for `owner` on this host and returns it as Courier sees it.
+    /// Claims the existing port for `owner` on this host and returns it as Courier sees it;
+    /// `role` is how its edge binds it (a direct port gets its VF in `binding:profile`).
     async fn claim_port(
         &self,
         port: &ExistingPort,
         owner: &OwnerMark,
         network: &Network,
+        role: &PortRole,
     ) -> Result<LogicalPort>;
     /// Gives a port claimed for `owner` back as it was (`port`); never deletes it. Ok(false) if
     /// it is gone or not claimed for `owner` (another attach's claim is left alone).

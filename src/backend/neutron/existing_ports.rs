@@ -8,7 +8,7 @@ use courier_openstack as os;
 use super::{
     os_err, tag_attachment, tag_host, NetInfo, NeutronBackend, DEVICE_OWNER, TAG_CLAIMED, TAG_OWNER,
 };
-use crate::backend::{ExistingPorts, OwnerMark};
+use crate::backend::{ExistingPorts, OwnerMark, PortRole};
 use crate::error::{Error, Result};
 use crate::model::{ExistingPort, LogicalPort, Network};
 
@@ -36,6 +36,15 @@ impl ExistingPorts for NeutronBackend {
                 p.tags.join(", ")
             )));
         }
+        let vnic = p
+            .binding_vnic_type
+            .clone()
+            .unwrap_or_else(|| "normal".into());
+        if !matches!(vnic.as_str(), "normal" | "direct") {
+            return Err(Error::InvalidInput(format!(
+                "port {id} has binding:vnic_type {vnic}, which Courier cannot give a container: it binds normal ports (a veth, or a nested binding) and direct ones (an SR-IOV VF, the sriov binding); make the port with vnic_type normal or direct"
+            )));
+        }
         let host = p.binding_host_id.clone().filter(|h| !h.is_empty());
         if !p.device_owner.is_empty() || !p.device_id.is_empty() || host.is_some() {
             return Err(Error::InvalidInput(format!(
@@ -49,6 +58,7 @@ impl ExistingPorts for NeutronBackend {
             device_id: p.device_id,
             host_id: p.binding_host_id,
             revision: p.revision_number,
+            vnic_type: Some(vnic),
         })
     }
 
@@ -57,11 +67,21 @@ impl ExistingPorts for NeutronBackend {
         port: &ExistingPort,
         owner: &OwnerMark,
         network: &Network,
+        role: &PortRole,
     ) -> Result<LogicalPort> {
         let update = os::PortUpdate {
             device_owner: Some(DEVICE_OWNER.into()),
             device_id: Some(owner.attachment.clone()),
             binding_host_id: Some(self.host_id.clone()),
+            // A direct port: the VF it is bound to, as Nova and Zun send it.
+            binding_profile: match role {
+                PortRole::Direct(p) => Some(serde_json::json!({
+                    "pci_slot": p.pci_slot,
+                    "pci_vendor_info": p.pci_vendor_info,
+                    "physical_network": p.physical_network,
+                })),
+                _ => None,
+            },
             ..Default::default()
         };
         let p = match self.api.update_port(&port.id, &update, port.revision).await {
@@ -105,6 +125,9 @@ impl ExistingPorts for NeutronBackend {
             device_owner: Some(port.device_owner.clone()),
             device_id: Some(port.device_id.clone()),
             binding_host_id: Some(port.host_id.clone().unwrap_or_default()),
+            // A direct port's VF goes with the claim (it was unbound before: no profile).
+            binding_profile: (port.vnic_type.as_deref() == Some("direct"))
+                .then(|| serde_json::json!({})),
             ..Default::default()
         };
         self.api
