@@ -1803,43 +1803,6 @@ fn guest_sriov_vf_containers() {
                 }
             }
         }
-        if line.starts_with("UNEXPECTED") || line.starts_with("__diag__") {
-            for (cmd, args) in [
-                ("ovs-vsctl", vec!["list-ports", nic.bridge.as_str()]),
-                ("ovs-ofctl", vec!["dump-ports", nic.bridge.as_str()]),
-                ("ovs-ofctl", vec!["dump-flows", nic.bridge.as_str()]),
-                ("ovn-sbctl", vec!["find", "Port_Binding", "type=external"]),
-                ("ovn-nbctl", vec!["list", "HA_Chassis_Group"]),
-                ("ovn-nbctl", vec!["show", net.as_str()]),
-                ("ovs-ofctl", vec!["dump-ports", "br-int"]),
-            ] {
-                let out = sh(cmd, &args);
-                eprintln!(
-                    "diag {cmd} {args:?}:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let vf = nbctl(&[
-                "--bare",
-                "--columns=dynamic_addresses",
-                "find",
-                "Logical_Switch_Port",
-                "type=external",
-            ]);
-            let mut w = vf.split_whitespace();
-            if let (Some(vmac), Some(vip)) = (w.next(), w.next()) {
-                let hip = host_ip.as_str();
-                for flow in [
-                    format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == {host_mac} && ip4.src == {vip} && ip4.dst == {hip} && ip.ttl == 64 && icmp4.type == 8"),
-                    format!("inport == \"{lsp_host}\" && eth.src == {host_mac} && eth.dst == {vmac} && ip4.src == {hip} && ip4.dst == {vip} && ip.ttl == 64 && icmp4.type == 0"),
-                    format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == ff:ff:ff:ff:ff:ff && arp.op == 1 && arp.sha == {vmac} && arp.spa == {vip} && arp.tpa == {hip}"),
-                ] {
-                    let out = sh("ovn-trace", &["--minimal", net.as_str(), &flow]);
-                    eprintln!("diag ovn-trace {flow}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                }
-            }
-        }
         if let Some(ip) = line.strip_prefix("__await_echo__ ") {
             pinged = String::from_utf8_lossy(
                 &sh(

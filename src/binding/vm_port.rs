@@ -100,28 +100,7 @@ impl VmPort {
     /// netns exists and has no interface named `att.ifname`.
     pub async fn validate(&self, att: &Attachment) -> Result<()> {
         self.link().await?;
-        if att.hands_off() {
-            return Ok(());
-        }
-        crate::netns::identify(&att.netns)?;
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        if ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!(
-                "looking up {} in {}",
-                att.ifname, att.netns
-            )))?
-            .is_some()
-        {
-            return Err(Error::InvalidInput(format!(
-                "netns {} already has an interface named {}: pick another ifname",
-                att.netns, att.ifname
-            )));
-        }
-        Ok(())
+        refuse_taken_ifname(att).await
     }
 
     /// Creates the `kind` sub-interface of the master for `att` with `mac` (None: the kernel's
@@ -233,33 +212,77 @@ impl VmPort {
 
     /// The container's interface is there with `mac` and the port's addresses.
     pub async fn check(&self, att: &Attachment, port: &LogicalPort, mac: &str) -> Result<()> {
-        let fail = |what: String| Error::CheckFailed {
-            id: att.id.clone(),
-            what,
-        };
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        let link = ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!("looking up {}", att.ifname)))?
-            .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
-        let want = parse_mac(mac).map_err(Error::Internal)?;
-        if link.mac != Some(want) {
-            return Err(fail(format!("{} has another MAC", att.ifname)));
-        }
-        let addrs = ns
-            .addresses(&att.ifname)
-            .await
-            .map_err(nl_err(format!("reading addresses of {}", att.ifname)))?;
-        for ip in &port.ips {
-            if !addrs.contains(ip) {
-                return Err(fail(format!("{} lacks address {ip}", att.ifname)));
-            }
-        }
-        Ok(())
+        check_container_iface(att, port, mac, None).await
     }
+}
+
+/// The container's interface `att.ifname` is there with `mac`, the port's addresses and, if
+/// given, the `alias` Courier marked it with (an SR-IOV VF: the one Courier moved there).
+pub(crate) async fn check_container_iface(
+    att: &Attachment,
+    port: &LogicalPort,
+    mac: &str,
+    alias: Option<&str>,
+) -> Result<()> {
+    let fail = |what: String| Error::CheckFailed {
+        id: att.id.clone(),
+        what,
+    };
+    let ns = Netlink::in_netns(Path::new(&att.netns))
+        .await
+        .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+    let link = ns
+        .link(&att.ifname)
+        .await
+        .map_err(nl_err(format!("looking up {}", att.ifname)))?
+        .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
+    if alias.is_some() && link.alias.as_deref() != alias {
+        return Err(fail(format!(
+            "{} is not the interface Courier gave it",
+            att.ifname
+        )));
+    }
+    let want = parse_mac(mac).map_err(Error::Internal)?;
+    if link.mac != Some(want) {
+        return Err(fail(format!("{} has another MAC", att.ifname)));
+    }
+    let addrs = ns
+        .addresses(&att.ifname)
+        .await
+        .map_err(nl_err(format!("reading addresses of {}", att.ifname)))?;
+    for ip in &port.ips {
+        if !addrs.contains(ip) {
+            return Err(fail(format!("{} lacks address {ip}", att.ifname)));
+        }
+    }
+    Ok(())
+}
+
+/// Unless the runtime moves the interface itself (Docker), the container netns exists and has
+/// no interface named `att.ifname` yet: refused before anything is made.
+pub(crate) async fn refuse_taken_ifname(att: &Attachment) -> Result<()> {
+    if att.hands_off() {
+        return Ok(());
+    }
+    crate::netns::identify(&att.netns)?;
+    let ns = Netlink::in_netns(Path::new(&att.netns))
+        .await
+        .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+    if ns
+        .link(&att.ifname)
+        .await
+        .map_err(nl_err(format!(
+            "looking up {} in {}",
+            att.ifname, att.netns
+        )))?
+        .is_some()
+    {
+        return Err(Error::InvalidInput(format!(
+            "netns {} already has an interface named {}: pick another ifname",
+            att.netns, att.ifname
+        )));
+    }
+    Ok(())
 }
 
 fn is_link_local(a: &std::net::IpAddr) -> bool {

@@ -416,28 +416,7 @@ impl EdgeBinding for Sriov {
                 att.security_groups.join(", ")
             )));
         }
-        if att.hands_off() {
-            return Ok(());
-        }
-        crate::netns::identify(&att.netns)?;
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        if ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!(
-                "looking up {} in {}",
-                att.ifname, att.netns
-            )))?
-            .is_some()
-        {
-            return Err(Error::InvalidInput(format!(
-                "netns {} already has an interface named {}: pick another ifname",
-                att.netns, att.ifname
-            )));
-        }
-        Ok(())
+        super::vm_port::refuse_taken_ifname(att).await
     }
 
     fn handoff_ifname(&self, att: &Attachment) -> String {
@@ -544,38 +523,8 @@ impl EdgeBinding for Sriov {
     }
 
     async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
-        let fail = |what: String| Error::CheckFailed {
-            id: att.id.clone(),
-            what,
-        };
-        let ns = Netlink::in_netns(Path::new(&att.netns))
-            .await
-            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
-        let link = ns
-            .link(&att.ifname)
-            .await
-            .map_err(nl_err(format!("looking up {}", att.ifname)))?
-            .ok_or_else(|| fail(format!("{} is missing from {}", att.ifname, att.netns)))?;
-        if link.alias.as_deref() != Some(link_alias(&self.mark, &att.id).as_str()) {
-            return Err(fail(format!(
-                "{} is not the VF Courier gave it",
-                att.ifname
-            )));
-        }
-        let want = parse_mac(&port.mac).map_err(Error::Internal)?;
-        if link.mac != Some(want) {
-            return Err(fail(format!("{} has another MAC", att.ifname)));
-        }
-        let addrs = ns
-            .addresses(&att.ifname)
-            .await
-            .map_err(nl_err(format!("reading addresses of {}", att.ifname)))?;
-        for ip in &port.ips {
-            if !addrs.contains(ip) {
-                return Err(fail(format!("{} lacks address {ip}", att.ifname)));
-            }
-        }
-        Ok(())
+        let alias = link_alias(&self.mark, &att.id);
+        super::vm_port::check_container_iface(att, port, &port.mac, Some(&alias)).await
     }
 
     async fn owned(&self) -> Result<Vec<EdgeOrphan>> {
