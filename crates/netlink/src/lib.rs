@@ -398,11 +398,16 @@ impl Netlink {
     /// default route.
     pub async fn configure(&self, cfg: &IfaceConfig) -> Result<(), Error> {
         let idx = self.index(&cfg.current_name).await?;
-        self.execute(
-            msg::rename_up(idx, &cfg.new_name, cfg.mac, cfg.mtu),
-            &format!("renaming {} to {}", cfg.current_name, cfg.new_name),
-        )
-        .await?;
+        // One message renames, sets MAC and MTU and brings it up: the error names them all.
+        let mut what = format!("renaming {} to {}", cfg.current_name, cfg.new_name);
+        if let Some(mac) = cfg.mac {
+            what.push_str(&format!(", MAC {}", mac_to_string(mac)));
+        }
+        if let Some(mtu) = cfg.mtu {
+            what.push_str(&format!(", MTU {mtu}"));
+        }
+        self.execute(msg::rename_up(idx, &cfg.new_name, cfg.mac, cfg.mtu), &what)
+            .await?;
         for a in &cfg.addresses {
             self.execute(
                 msg::address(idx, *a),
