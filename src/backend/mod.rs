@@ -83,6 +83,17 @@ pub struct DirectProfile {
     pub physical_network: String,
 }
 
+impl DirectProfile {
+    /// Neutron's `binding:profile` for the VF.
+    pub fn binding_profile(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pci_slot": self.pci_slot,
+            "pci_vendor_info": self.pci_vendor_info,
+            "physical_network": self.physical_network,
+        })
+    }
+}
+
 /// A port of one attachment: its backend id when known, else found by its derived name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortRef {

@@ -75,11 +75,7 @@ impl ExistingPorts for NeutronBackend {
             binding_host_id: Some(self.host_id.clone()),
             // A direct port: the VF it is bound to, as Nova and Zun send it.
             binding_profile: match role {
-                PortRole::Direct(p) => Some(serde_json::json!({
-                    "pci_slot": p.pci_slot,
-                    "pci_vendor_info": p.pci_vendor_info,
-                    "physical_network": p.physical_network,
-                })),
+                PortRole::Direct(p) => Some(p.binding_profile()),
                 _ => None,
             },
             ..Default::default()

@@ -292,14 +292,7 @@ impl NeutronBackend {
             };
             let (binding_vnic_type, binding_profile) = match &r.role {
                 // What Nova and Zun send for a VF (binding:profile).
-                PortRole::Direct(p) => (
-                    Some("direct".to_string()),
-                    Some(serde_json::json!({
-                        "pci_slot": p.pci_slot,
-                        "pci_vendor_info": p.pci_vendor_info,
-                        "physical_network": p.physical_network,
-                    })),
-                ),
+                PortRole::Direct(p) => (Some("direct".to_string()), Some(p.binding_profile())),
                 _ => (None, None),
             };
             let mut tags = vec![

@@ -450,22 +450,13 @@ impl EdgeBinding for Sriov {
         }
         self.apply_vf(v.pf, &self.settings_for(v.vf, mac, v.vlan))
             .await?;
-        // The MAC is the PF's to give (the admin MAC just set): the VF's driver takes it when
-        // it resets — igbvf when it next comes up — and refuses one set from the VF's side
-        // (EADDRNOTAVAIL) while the PF's stands. So the netdev is not given the MAC here;
-        // once up, it is checked (and set only if the driver never took it).
         self.host
             .set_alias(&netdev, &link_alias(&self.mark, &att.id))
             .await
             .map_err(nl_err(format!("marking VF netdev {netdev}")))?;
         let mtu = port.mtu.or(self.policy.mtu);
         if att.hands_off() {
-            // Docker moves it (Join's SrcName) and names it; it needs the port's MAC already.
-            self.host
-                .set_down(&netdev)
-                .await
-                .map_err(nl_err(format!("downing VF netdev {netdev}")))?;
-            // Docker brings it up in the container, where the driver takes the PF's MAC.
+            // Docker moves it (Join's SrcName), names it and brings it up; it has its MAC.
             let mut cfg = super::port_iface_config(&netdev, v.host_ifname, port);
             cfg.mtu = mtu;
             cfg.addresses.clear();
@@ -475,12 +466,9 @@ impl EdgeBinding for Sriov {
                 .host
                 .configure(&cfg)
                 .await
-                .map_err(nl_err(format!("setting the MAC of VF netdev {netdev}")));
+                .map_err(nl_err(format!("setting the MTU of VF netdev {netdev}")));
         }
-        self.host
-            .set_down(&netdev)
-            .await
-            .map_err(nl_err(format!("downing VF netdev {netdev}")))?;
+        // Still down (from above): a link moves and is renamed only when down.
         self.host
             .move_to_netns(&netdev, Path::new(&att.netns))
             .await
