@@ -7,6 +7,7 @@
 #   scripts/install-deps.sh docker    also what scripts/docker.sh needs (Debian's Docker Engine)
 #   scripts/install-deps.sh kuryr     also what scripts/kuryr.sh needs (a Python >= 3.11 venv:
 #                                     Debian 12's python3 is 3.11; pip brings kuryr-libnetwork)
+#   scripts/install-deps.sh rabbitmq  also RabbitMQ (scripts/neutron.sh sriov-agent)
 #   scripts/install-deps.sh qemu      also what tests/vm/guest.sh needs on the host (QEMU itself
 #                                     comes from bookworm-backports via guest.sh setup)
 #   scripts/install-deps.sh neutron docker   several extras at once
@@ -18,10 +19,11 @@ for extra in "$@"; do
   case "$extra" in
     neutron) pkgs+=(mariadb-server mariadb-client python3-venv python3-dev build-essential ca-certificates) ;;
     docker) pkgs+=(docker.io) ;;
+    rabbitmq) pkgs+=(rabbitmq-server) ;;   # scripts/neutron.sh sriov-agent: the agents' RPC bus
     kuryr) pkgs+=(python3 python3-venv ca-certificates) ;;
     # guest.sh: dpkg -x/apt-get download (dpkg, apt), xz for vmlinux, strip, ethtool in the guest
     qemu) pkgs+=(xz-utils binutils debian-archive-keyring ca-certificates) ;;
-    *) echo "install-deps: unknown extra '$extra' (known: neutron, docker, kuryr, qemu)" >&2; exit 2 ;;
+    *) echo "install-deps: unknown extra '$extra' (known: neutron, docker, kuryr, qemu, rabbitmq)" >&2; exit 2 ;;
   esac
 done
 missing=()

@@ -4,6 +4,8 @@
 # ovn-controller. Root; idempotent.
 #
 #   scripts/neutron.sh start | stop | status | restart | restart-keystone
+#   scripts/neutron.sh sriov-agent HOST PHYSNET:PF   Neutron's SR-IOV NIC agent for HOST (and RabbitMQ,
+#                                                 a neutron-rpc-server); sriov-agent-stop
 #
 # What runs (all on 127.0.0.1, everything under $COURIER_NEUTRON_DIR, default /var/lib/courier-neutron):
 #   MariaDB    :13306   own datadir (mysql/), database `neutron` (sqlite does not work for Neutron)
@@ -11,10 +13,10 @@
 #   Neutron    :9696    29.0.0 from PyPI (venv-neutron/), uwsgi processes=1 threads=1, auth_strategy=keystone
 #   Neutron    :9697    a second uwsgi of the same app, auth_strategy=noauth, same DB and OVN
 #                       (Courier's `noauth` lab mode; no token: admin context, project fake_project_id)
-# Neutron: ML2 mechanism_drivers=ovn, type_drivers geneve,flat,vlan (physnet1, vlan 100:200),
+# Neutron: ML2 mechanism_drivers=ovn,sriovnicswitch, type_drivers geneve,flat,vlan (physnet1, vlan 100:200),
 # tenant_network_types=geneve, service_plugins=ovn-router,trunk, extension_drivers=port_security,dns,
 # tag_ports_during_bulk_creation (tags in the port POST: Courier then makes no tag PUT),
-# transport_url=fake:// (no RabbitMQ, no agents), OVN NB/SB = the host's unix sockets.
+# transport_url=fake:// (the APIs; RabbitMQ only for sriov-agent), OVN NB/SB = the host's unix sockets.
 #
 # Credentials (Keystone, domain Default, region RegionOne):
 #   admin / $COURIER_OS_ADMIN_PASSWORD (default courier-admin-secret), project admin, role admin
@@ -332,7 +334,10 @@ memcached_servers =
 EOF
   cat > "$D/etc/neutron/ml2_conf.ini" <<EOF
 [ml2]
-mechanism_drivers = ovn
+# sriovnicswitch binds vnic_type=direct ports (SR-IOV VFs) when an SR-IOV NIC agent on the
+# port's host maps its physical network (`sriov-agent` below); ML2/OVN makes their LSPs
+# `external` ports. Without such an agent a direct port's binding fails, as on any cloud.
+mechanism_drivers = ovn,sriovnicswitch
 type_drivers = geneve,flat,vlan
 tenant_network_types = geneve
 extension_drivers = port_security,dns,tag_ports_during_bulk_creation
@@ -473,6 +478,99 @@ EOF
     done )
 }
 
+# ------------------------------------------------------------------ SR-IOV (RabbitMQ + agent)
+# sriov_agent HOST MAPPINGS: what Neutron needs to bind direct ports for HOST: Debian's
+# RabbitMQ (127.0.0.1:5672, node rabbit@localhost), a neutron-rpc-server on it (the end of the
+# agents' bus: their state reports), and Neutron's real neutron-sriov-nic-agent registered as
+# HOST with physical_device_mappings MAPPINGS ("physnet1:PF"). The agent checks that each PF
+# is a device (/sys/class/net/PF/device) and scans its VFs; it may have none. Idempotent: a
+# running agent with the same config is kept.
+RABBIT_URL=rabbit://guest:guest@127.0.0.1:5672/
+rabbit() { RABBITMQ_NODENAME=rabbit@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 "$@"; }  # logs: /var/log/rabbitmq
+start_rabbit() {
+  command -v rabbitmq-server >/dev/null || "$here/install-deps.sh" rabbitmq
+  if ! rabbit rabbitmqctl -q status >/dev/null 2>&1; then
+    rabbit rabbitmq-server -detached >> "$D/log/rabbitmq-start.log" 2>&1 || die "rabbitmq-server did not start"
+    local up=0
+    for _ in $(seq 120); do
+      rabbit rabbitmqctl -q --timeout 5 await_startup >> "$D/log/rabbitmq-start.log" 2>&1 && { up=1; break; }
+      sleep 0.5
+    done
+    [ $up = 1 ] || { tail -20 "$D/log/rabbitmq-start.log" >&2; die "RabbitMQ did not start within 60 s"; }
+    log "RabbitMQ up on 127.0.0.1:5672"
+  fi
+}
+# launch_py NAME CONF_FILE...: (re)start $D/venv-neutron/bin/${NAME%%@*} with those config
+# files unless it runs with the same config; its pid in $D/run/NAME.pid.
+launch_py() {
+  local name=$1 prog=${1%%@*} sum args=() f; shift
+  for f in "$@"; do args+=(--config-file "$f"); done
+  sum=$(cat "$@" | md5sum | cut -c1-32)
+  if alive "$D/run/$name.pid" && [ "$(cat "$D/run/$name.confsum" 2>/dev/null)" != "$sum" ]; then
+    stop_pid "$name"; log "$name: config changed, restarting"
+  fi
+  alive "$D/run/$name.pid" && return 0
+  echo "$sum" > "$D/run/$name.confsum"
+  setsid "$D/venv-neutron/bin/$prog" "${args[@]}" </dev/null >> "$D/log/$name.out" 2>&1 &
+  echo $! > "$D/run/$name.pid"
+  log "$name started (pid $!)"
+}
+sriov_agent() {
+  local host=$1 mappings=$2 pf id='' tok
+  [ -n "$host" ] && [ -n "$mappings" ] || die "usage: $0 sriov-agent HOST PHYSNET:PF[,PHYSNET:PF]"
+  for pf in $(echo "$mappings" | tr ',' '\n' | cut -d: -f2); do
+    [ -d "/sys/class/net/$pf/device" ] || die "the SR-IOV agent's PF $pf is no device here (/sys/class/net/$pf/device)"
+  done
+  mkdir -p "$D"/{etc/neutron,run,log,state/lock}
+  start_rabbit
+  cat > "$D/etc/neutron/rpc.conf" <<EOF
+[DEFAULT]
+transport_url = $RABBIT_URL
+rpc_workers = 1
+rpc_state_report_workers = 1
+host = courier-neutron-rpc
+log_file = neutron-rpc.log
+EOF
+  launch_py neutron-rpc-server "$D/etc/neutron/neutron.conf" "$D/etc/neutron/ml2_conf.ini" "$D/etc/neutron/rpc.conf"
+  cat > "$D/etc/neutron/sriov-agent-$host.ini" <<EOF
+[DEFAULT]
+host = $host
+transport_url = $RABBIT_URL
+state_path = $D/state
+log_dir = $D/log
+log_file = neutron-sriov-agent-$host.log
+[agent]
+polling_interval = 2
+report_interval = 10
+[sriov_nic]
+physical_device_mappings = $mappings
+[securitygroup]
+firewall_driver = noop
+[oslo_concurrency]
+lock_path = $D/state/lock
+EOF
+  launch_py "neutron-sriov-nic-agent@$host" "$D/etc/neutron/sriov-agent-$host.ini"
+  tok=$(ks_token admin admin "$ADMIN_PW"); [ -n "$tok" ] || die "Keystone issues no admin token (run scripts/neutron.sh start first)"
+  for _ in $(seq 120); do
+    id=$(curl -s -m 5 -H "X-Auth-Token: $tok" "http://127.0.0.1:$API_PORT/v2.0/agents?host=$host&agent_type=NIC%20Switch%20agent" \
+      | jq -r '.agents[] | select(.alive) | .id' 2>/dev/null | head -1)
+    [ -n "$id" ] && break
+    alive "$D/run/neutron-sriov-nic-agent@$host.pid" \
+      || { tail -20 "$D/log/neutron-sriov-agent-$host.log" "$D/log/neutron-sriov-nic-agent@$host.out" >&2 2>/dev/null; die "the SR-IOV agent of $host died"; }
+    sleep 0.5
+  done
+  [ -n "$id" ] || { tail -20 "$D/log/neutron-rpc.log" >&2 2>/dev/null; die "no alive NIC Switch agent of host $host in Neutron within 60 s"; }
+  log "SR-IOV NIC agent of host $host ($mappings) alive in Neutron: $id"
+}
+sriov_agent_stop() {
+  local f
+  for f in "$D"/run/neutron-sriov-nic-agent@*.pid; do
+    [ -e "$f" ] || continue; stop_pid "$(basename "$f" .pid)"
+  done
+  stop_pid neutron-rpc-server
+  if command -v rabbitmqctl >/dev/null && rabbit rabbitmqctl -q stop >/dev/null 2>&1; then echo "neutron.sh: stopped RabbitMQ"; fi
+}
+
 # ------------------------------------------------------------------ verbs
 start() {
   mkdir -p "$D"/{etc,run,log,state}
@@ -499,6 +597,7 @@ start() {
 }
 
 stop() {
+  sriov_agent_stop
   stop_pid neutron-noauth
   stop_pid neutron
   stop_pid keystone
@@ -532,10 +631,12 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   restart) stop; start ;;
+  sriov-agent) sriov_agent "${2:-}" "${3:-}" ;;
+  sriov-agent-stop) sriov_agent_stop ;;
   restart-keystone)
     keystone_conf; stop_pid keystone
     launch_keystone
     wait_uwsgi keystone $KS_PORT /v3
     log "Keystone restarted, token expiration ${TOKEN_EXP}s (host-wide)" ;;
-  *) echo "usage: $0 start|stop|status|restart|restart-keystone" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|restart|restart-keystone|sriov-agent HOST PHYSNET:PF|sriov-agent-stop" >&2; exit 2 ;;
 esac

@@ -67,6 +67,9 @@ pub enum Error {
         #[source]
         source: Box<courier_openstack::Error>,
     },
+    /// Neutron answered, but not as asked: a port it could not bind.
+    #[error("Neutron: {0}")]
+    NeutronRefused(String),
     #[error("backend {backend} is unreachable: {detail}: try again later")]
     BackendDown { backend: String, detail: String },
     #[error("local Open_vSwitch DB: {context}: {source}")]
@@ -156,7 +159,9 @@ impl Error {
             {
                 code::TRY_AGAIN_LATER
             }
-            Backend { .. } | BackendState(_) | Southbound { .. } => code::BACKEND,
+            Backend { .. } | BackendState(_) | Southbound { .. } | NeutronRefused(_) => {
+                code::BACKEND
+            }
             MarkClaimed(_) => code::CONFLICT,
             BackendDown { .. } => code::TRY_AGAIN_LATER,
             OpenStack { source, .. } if source.is_transient() => code::TRY_AGAIN_LATER,

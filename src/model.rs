@@ -115,6 +115,11 @@ pub struct LogicalPort {
     /// port without a record removes those pairs before it deletes the port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs_on: Option<PairPlan>,
+    /// The VLAN the backend bound a direct (SR-IOV) port to, for the NIC to tag the VF's
+    /// frames with: Neutron's `binding:vif_details.vlan` of a `hw_veb` binding. None where the
+    /// backend does not say (OVN direct: the localnet port's tag, read with the network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// A route the network gives its ports.

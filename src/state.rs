@@ -868,6 +868,7 @@ mod tests {
             up: true,
             attachment: None,
             pairs_on: None,
+            vlan: None,
         });
         s.create(&mut a).await.unwrap();
         let mut cni = att("c9");

@@ -250,6 +250,7 @@ impl State {
             up: false,
             attachment: Some(req.owner.attachment.clone()),
             pairs_on: req.pairs_on.clone(),
+            vlan: None,
         };
         self.ports
             .insert(req.name.clone(), (port.clone(), req.owner.host.clone()));

@@ -240,6 +240,7 @@ impl OvnBackend {
             // Not needed: deleting a reservation takes its pair off in the same transaction
             // (`courier-pair-on` / `courier-pair`, see `delete_owned`).
             pairs_on: None,
+            vlan: None,
         })
     }
 

@@ -312,6 +312,7 @@ pub fn result_json(att: &Attachment, version: &str) -> Value {
             up: false,
             attachment: None,
             pairs_on: None,
+            vlan: None,
         });
     let legacy = version == "0.4.0";
     // The host-side interface, when the edge has one (veth); a VF or a macvlan has none, and
@@ -512,6 +513,7 @@ mod tests {
             up: true,
             attachment: Some(a.id.clone()),
             pairs_on: None,
+            vlan: None,
         });
         a
     }

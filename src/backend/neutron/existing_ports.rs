@@ -90,6 +90,13 @@ impl ExistingPorts for NeutronBackend {
             }
             Err(e) => return Err(os_err(format!("claiming port {}", port.id))(e)),
         };
+        if let Err(e) = super::ports::refuse_failed_direct_binding(&p, &self.host_id) {
+            // Given back as it was: nothing of the claim stays.
+            if let Err(re) = self.release_port(port, owner).await {
+                tracing::error!(port = %port.id, error = %re, "giving back a direct port Neutron could not bind failed");
+            }
+            return Err(e);
+        }
         for tag in [
             TAG_CLAIMED.to_string(),
             tag_host(&owner.host),

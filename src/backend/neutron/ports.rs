@@ -148,6 +148,7 @@ impl NeutronBackend {
             up: p.status.as_deref() == Some("ACTIVE"),
             attachment,
             pairs_on: pairs_on_from_tags(&p.tags),
+            vlan: bound_vlan(p),
         })
     }
 
@@ -386,6 +387,27 @@ impl NeutronBackend {
                 "tagging the new ports on network {network} (Courier tags every port it makes: check Neutron's policy for update_port:tags)"
             ))(e));
         }
+        // A direct port is bound in the POST: one Neutron could not bind (no SR-IOV agent of
+        // this host serves its physical network) is refused, and the ports go.
+        if let Some(e) = made
+            .iter()
+            .find_map(|p| refuse_failed_direct_binding(p, &self.host_id).err())
+        {
+            let host = reqs
+                .first()
+                .map(|r| r.owner.host.clone())
+                .unwrap_or_default();
+            for p in &made {
+                let pr = PortRef {
+                    id: Some(p.id.clone()),
+                    name: p.name.clone(),
+                };
+                if let Err(de) = self.delete_port(&pr, &host).await {
+                    tracing::error!(port = %p.id, error = %de, "removing a direct port Neutron could not bind failed");
+                }
+            }
+            return Err(e);
+        }
         let mut out = Vec::with_capacity(made.len());
         for (p, r) in made.iter().zip(reqs) {
             out.push(self.to_port(p, &NetInfo::from(&r.network)).await?);
@@ -501,5 +523,96 @@ impl NeutronBackend {
             out.push(self.to_port(p, &NetInfo::default()).await?);
         }
         Ok(out)
+    }
+}
+
+/// The VLAN a `hw_veb` binding (Neutron's sriovnicswitch) gives a direct port, for the PF to
+/// tag the VF's frames with: its `binding:vif_details.vlan`, a string ("100") or a number.
+/// None for another binding, a flat network ("0") or when Neutron does not say.
+pub(super) fn bound_vlan(p: &os::Port) -> Option<u16> {
+    if p.binding_vif_type.as_deref() != Some("hw_veb") {
+        return None;
+    }
+    let vlan = match p.binding_vif_details.as_ref()?.get("vlan")? {
+        serde_json::Value::String(s) => s.trim().parse::<u16>().ok()?,
+        serde_json::Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+        _ => return None,
+    };
+    (1..4095).contains(&vlan).then_some(vlan)
+}
+
+/// A direct (SR-IOV) port Neutron could not bind to `host`, as an error that says what Neutron
+/// needs for it. Any other port, or a direct port that is bound, is fine.
+pub(super) fn refuse_failed_direct_binding(p: &os::Port, host: &str) -> Result<()> {
+    if p.binding_vnic_type.as_deref() != Some("direct")
+        || p.binding_vif_type.as_deref() != Some("binding_failed")
+    {
+        return Ok(());
+    }
+    Err(Error::NeutronRefused(format!(
+        "it could not bind direct port {} to host {host:?} (binding:vif_type binding_failed): Neutron binds SR-IOV VFs with the sriovnicswitch mechanism driver and an SR-IOV NIC agent alive on host {host:?} whose physical_device_mappings name the network's physical network, on a flat or vlan network; check `openstack network agent list --host {host}` and the network's provider attributes",
+        p.id
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct(vif_type: &str, details: serde_json::Value) -> os::Port {
+        os::Port {
+            id: "p1".into(),
+            binding_vnic_type: Some("direct".into()),
+            binding_vif_type: Some(vif_type.into()),
+            binding_vif_details: Some(details),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hw_veb_binding_gives_its_vlan() {
+        assert_eq!(
+            bound_vlan(&direct("hw_veb", serde_json::json!({"vlan": "150"}))),
+            Some(150)
+        );
+        assert_eq!(
+            bound_vlan(&direct("hw_veb", serde_json::json!({"vlan": 151}))),
+            Some(151)
+        );
+        // A flat network: untagged.
+        assert_eq!(
+            bound_vlan(&direct("hw_veb", serde_json::json!({"vlan": "0"}))),
+            None
+        );
+        assert_eq!(bound_vlan(&direct("hw_veb", serde_json::json!({}))), None);
+        assert_eq!(
+            bound_vlan(&direct("hw_veb", serde_json::json!({"vlan": "x"}))),
+            None
+        );
+        // Only sriovnicswitch's binding says a VLAN for the VF.
+        assert_eq!(
+            bound_vlan(&direct("ovs", serde_json::json!({"vlan": "150"}))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_direct_port_neutron_could_not_bind_is_refused_with_what_it_needs() {
+        let failed = direct("binding_failed", serde_json::json!({}));
+        let e = refuse_failed_direct_binding(&failed, "h1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p1") && e.contains("sriovnicswitch") && e.contains("\"h1\""),
+            "{e}"
+        );
+        assert!(
+            refuse_failed_direct_binding(&direct("hw_veb", serde_json::json!({})), "h1").is_ok()
+        );
+        let normal = os::Port {
+            binding_vif_type: Some("binding_failed".into()),
+            ..Default::default()
+        };
+        assert!(refuse_failed_direct_binding(&normal, "h1").is_ok());
     }
 }

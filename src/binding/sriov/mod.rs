@@ -448,7 +448,9 @@ impl EdgeBinding for Sriov {
         if let Err(e) = self.host.set_mac(&netdev, mac).await {
             tracing::debug!(vf = %v.pci, error = %e, "the VF refused its MAC from its own side; the PF's admin MAC decides");
         }
-        self.apply_vf(v.pf, &self.settings_for(v.vf, mac, v.vlan))
+        // The VLAN the backend bound the port to (Neutron's vif_details), else the network's.
+        let vlan = port.vlan.or(v.vlan);
+        self.apply_vf(v.pf, &self.settings_for(v.vf, mac, vlan))
             .await?;
         self.host
             .set_alias(&netdev, &link_alias(&self.mark, &att.id))

@@ -906,6 +906,7 @@ async fn docker_calls_at_10_1000_10000_endpoints() {
                 up: true,
                 attachment: Some(id.clone()),
                 pairs_on: None,
+                vlan: None,
             });
             store.note(&a).await.expect("record");
         }
