@@ -486,11 +486,18 @@ EOF
 # is a device (/sys/class/net/PF/device) and scans its VFs; it may have none. Idempotent: a
 # running agent with the same config is kept.
 RABBIT_URL=rabbit://guest:guest@127.0.0.1:5672/
+# close_fds: closes every descriptor above 2 of this (sub)shell, so a daemon started from it
+# holds none of its caller's (a test harness's flock on the guest lock, say).
+close_fds() {
+  local fd
+  for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+  return 0
+}
 rabbit() { RABBITMQ_NODENAME=rabbit@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 "$@"; }  # logs: /var/log/rabbitmq
 start_rabbit() {
   command -v rabbitmq-server >/dev/null || "$here/install-deps.sh" rabbitmq
   if ! rabbit rabbitmqctl -q status >/dev/null 2>&1; then
-    rabbit rabbitmq-server -detached >> "$D/log/rabbitmq-start.log" 2>&1 || die "rabbitmq-server did not start"
+    ( close_fds; rabbit rabbitmq-server -detached ) >> "$D/log/rabbitmq-start.log" 2>&1 </dev/null || die "rabbitmq-server did not start"
     local up=0
     for _ in $(seq 120); do
       rabbit rabbitmqctl -q --timeout 5 await_startup >> "$D/log/rabbitmq-start.log" 2>&1 && { up=1; break; }
@@ -511,7 +518,7 @@ launch_py() {
   fi
   alive "$D/run/$name.pid" && return 0
   echo "$sum" > "$D/run/$name.confsum"
-  setsid "$D/venv-neutron/bin/$prog" "${args[@]}" </dev/null >> "$D/log/$name.out" 2>&1 &
+  ( close_fds; exec setsid "$D/venv-neutron/bin/$prog" "${args[@]}" ) </dev/null >> "$D/log/$name.out" 2>&1 &
   echo $! > "$D/run/$name.pid"
   log "$name started (pid $!)"
 }

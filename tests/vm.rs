@@ -1871,3 +1871,380 @@ fn guest_sriov_vf_containers() {
     drop(host);
     drop(nic);
 }
+
+/// A netdev of this host with a device behind it (`/sys/class/net/X/device`): what Neutron's
+/// SR-IOV agent accepts as a PF. This host has no SR-IOV, so it has no VFs; the agent only
+/// scans it (it configures a VF only when a port's MAC is on one of its own).
+fn host_device_netdev() -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| std::path::Path::new(&format!("/sys/class/net/{n}/device")).is_dir())
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// The binding host the guest's Courier sends as `binding:host_id`, served by Neutron's SR-IOV
+/// NIC agent (one fixed name: Neutron keeps every agent it ever saw as a row).
+const SRIOV_AGENT_HOST: &str = "courier-sriov-guest";
+
+/// SR-IOV through Neutron, in the guest: Neutron's real sriovnicswitch mechanism driver binds
+/// the direct ports, with its real SR-IOV NIC agent (over RabbitMQ, `scripts/neutron.sh
+/// sriov-agent`) registered as the guest's binding host. The agent runs on this host, where
+/// no NIC has VFs (the guest's igb has them, and Neutron's Python agent does not run in the
+/// busybox TCG guest): so the binding is Neutron's own (`vif_type hw_veb`, the VLAN in
+/// `vif_details`), and ML2/OVN makes the port an OVN external port, but no agent sees the VF,
+/// so Neutron keeps the port DOWN (the datapath does not depend on it: the test pings).
+/// A Neutron VLAN network on `physnet1` (VLAN chosen by Neutron), a veth peer on the host, a
+/// user's pre-created direct port; in the guest (tests/vm/scenarios/sriov-neutron.sh):
+/// a Courier-made direct port on a VF pings the peer both ways, with the VLAN Neutron bound it
+/// to; the user's port by id (its vnic_type chooses sriov) is reachable; both detached; a
+/// binding host no agent serves is refused (binding_failed) with nothing left. On the host:
+/// each port as Neutron had it while bound (hw_veb, the VF's PCI address in binding:profile,
+/// an external LSP); after, Courier's port gone, the user's given back unbound; the network's
+/// ports as before.
+///
+/// Host-wide side effects: RabbitMQ, a neutron-rpc-server and the SR-IOV agent keep running
+/// after it (`scripts/neutron.sh sriov-agent-stop`); ovn-bridge-mappings and ovn-cms-options
+/// while it runs (see [`PhysicalNic`]).
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_sriov_through_neutron() {
+    let test = "guest_sriov_through_neutron";
+    if !guest_ready(test) {
+        return;
+    }
+    let Some(n) = NeutronEnv::get(test) else {
+        return;
+    };
+    let Some(agent_pf) = host_device_netdev() else {
+        skip(
+            test,
+            "no netdev of this host has a device (/sys/class/net/*/device) for Neutron's SR-IOV agent to scan",
+        );
+        return;
+    };
+    let physnet = "physnet1"; // scripts/neutron.sh: network_vlan_ranges physnet1:100:200
+    let agent = Command::new(repo().join("scripts/neutron.sh"))
+        .args([
+            "sriov-agent",
+            SRIOV_AGENT_HOST,
+            &format!("{physnet}:{agent_pf}"),
+        ])
+        .output()
+        .expect("scripts/neutron.sh sriov-agent");
+    assert!(
+        agent.status.success(),
+        "scripts/neutron.sh sriov-agent: {}{}",
+        String::from_utf8_lossy(&agent.stdout),
+        String::from_utf8_lossy(&agent.stderr)
+    );
+    let pid = std::process::id();
+    let nic = PhysicalNic::new(
+        &format!("brsn{}", pid % 100_000),
+        &format!("vmtapq{pid}"),
+        physnet,
+    );
+    let net = SriovNeutronNet::new(&n, &unique("vm-srneu"), subnet_for(98));
+    let veth = format!("vmhq{pid}");
+    let peer = net.port(
+        "peer",
+        json!({"device_owner": "compute:nova", "binding:host_id": n.host_id,
+            "security_groups": [net.sg, net.default_sg]}),
+    );
+    let peer_ip = peer["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ns = host_port(
+        "vm-srneu-h",
+        &veth,
+        peer["id"].as_str().unwrap(),
+        peer["mac_address"].as_str().unwrap(),
+        &peer_ip,
+    );
+    let patched = eventually(Duration::from_secs(30), || {
+        n.api("GET", &format!("/ports/{}", peer["id"].as_str().unwrap()))
+            .1["port"]["status"]
+            == "ACTIVE"
+            && String::from_utf8_lossy(&sh("ovs-vsctl", &["list-ports", &nic.bridge]).stdout)
+                .contains("patch-")
+    });
+    assert!(
+        patched,
+        "the peer port is not ACTIVE, or no patch port from br-int to {} for the network's localnet port",
+        nic.bridge
+    );
+    // The user's own port (the Zun flow): vnic_type direct, not bound yet.
+    let user = net.port(
+        "user",
+        json!({"binding:vnic_type": "direct", "device_owner": "", "device_id": ""}),
+    );
+    let user_id = user["id"].as_str().unwrap().to_string();
+    let ports_before = net.ports();
+    let mark = format!("it-vm-srneu-{pid}");
+    let vm_env = vec![
+        ("VM_SRIOV_TAP", nic.tap.clone()),
+        ("VM_SRIOV_MAC", "02:c0:00:00:62:0f".to_string()),
+        ("VM_NET", net.id.clone()),
+        ("VM_HOST_IP", peer_ip.clone()),
+        ("VM_PHYSNET", physnet.to_string()),
+        ("VM_VLAN", net.vlan.to_string()),
+        ("VM_PORT_ID", user_id.clone()),
+        ("VM_HOST_MARK", mark.clone()),
+        ("COURIER_NEUTRON_HOST_ID", SRIOV_AGENT_HOST.to_string()),
+        ("VM_OS_AUTH_URL", "http://10.0.2.2:5000/v3".to_string()),
+        ("VM_OS_USERNAME", "admin".to_string()),
+        ("VM_OS_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("VM_OS_PROJECT_NAME", "admin".to_string()),
+        ("VM_OS_NETWORK_ENDPOINT", "http://10.0.2.2:9696".to_string()),
+    ];
+    // What Neutron and OVN had for each port while it was bound: (port, PCI the guest saw).
+    let mut bound: Vec<(Value, String, String)> = Vec::new();
+    let mut after_detach: Option<Value> = None;
+    let mut pinged = String::new();
+    let run = run_guest(
+        scenario("sriov-neutron.sh").as_str(),
+        &[],
+        &vm_env,
+        |line| {
+            if let Some(rest) = line.strip_prefix("__bound__ ") {
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                let (which, key, pci) = (
+                    w[0],
+                    w.get(1).copied().unwrap_or(""),
+                    w.get(2).copied().unwrap_or(""),
+                );
+                let port = if which == "existing" {
+                    n.api("GET", &format!("/ports/{key}")).1["port"].clone()
+                } else {
+                    net.ports()
+                        .into_iter()
+                        .find(|p| p["fixed_ips"][0]["ip_address"] == key)
+                        .unwrap_or(Value::Null)
+                };
+                let lsp = nbctl(&[
+                    "--bare",
+                    "--columns=type",
+                    "find",
+                    "Logical_Switch_Port",
+                    &format!("name={}", port["id"].as_str().unwrap_or("none")),
+                ]);
+                bound.push((port, pci.to_string(), lsp.trim().to_string()));
+            }
+            if line.starts_with("__detached__") {
+                after_detach = Some(n.api("GET", &format!("/ports/{user_id}")).1["port"].clone());
+            }
+            if let Some(ip) = line.strip_prefix("__await_echo__ ") {
+                pinged = String::from_utf8_lossy(
+                    &sh(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            &ns.name,
+                            "ping",
+                            "-c",
+                            "3",
+                            "-W",
+                            "3",
+                            ip.trim(),
+                        ],
+                    )
+                    .stdout,
+                )
+                .to_string();
+            }
+        },
+    );
+    println!("{test}: {}", timings(&run).join("; "));
+    run.assert_passed(&[
+        "the PF set the VLAN Neutron bound the port to",
+        "the VF container reaches the host container through Neutron's network",
+        "the host container reaches the VF container",
+        "the user's direct port by id: on a VF, reachable",
+        "both detached",
+        "a host no SR-IOV agent serves: refused clearly, nothing left",
+        "every VF free and reset",
+        "__ok__",
+    ]);
+    assert!(
+        pinged.contains(" 0% packet loss"),
+        "host → VF container: {pinged}"
+    );
+    assert_eq!(bound.len(), 2, "the guest bound two ports: {bound:?}");
+    for (port, pci, lsp_type) in &bound {
+        let what = format!("port as Neutron had it while bound: {port}");
+        assert_eq!(port["binding:vnic_type"], "direct", "{what}");
+        assert_eq!(port["binding:vif_type"], "hw_veb", "{what}");
+        assert_eq!(
+            port["binding:vif_details"]["vlan"],
+            net.vlan.to_string(),
+            "{what}"
+        );
+        assert_eq!(port["binding:host_id"], SRIOV_AGENT_HOST, "{what}");
+        assert_eq!(
+            port["binding:profile"]["physical_network"], physnet,
+            "{what}"
+        );
+        assert_eq!(port["binding:profile"]["pci_slot"], pci.as_str(), "{what}");
+        assert!(
+            port["binding:profile"]["pci_vendor_info"]
+                .as_str()
+                .is_some_and(|v| v.len() == 9 && v.contains(':')),
+            "{what}"
+        );
+        assert_eq!(lsp_type, "external", "ML2/OVN's LSP type for {what}");
+    }
+    let given_back = after_detach.expect("the user's port after detach");
+    assert_eq!(
+        given_back["binding:host_id"], "",
+        "given back unbound: {given_back}"
+    );
+    assert_eq!(given_back["device_id"], "", "given back: {given_back}");
+    assert_eq!(
+        given_back["binding:profile"],
+        json!({}),
+        "given back without the VF: {given_back}"
+    );
+    let made: Vec<Value> = n
+        .api("GET", &format!("/ports?description=courier:host:{mark}"))
+        .1["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        made.is_empty(),
+        "ports of the guest's Courier left: {made:?}"
+    );
+    let ids = |ps: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = ps.iter().map(|p| p["id"].to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(&net.ports()),
+        ids(&ports_before),
+        "the network's ports after the run are not those before it"
+    );
+    drop(ns);
+    remove_tap_and_veth("", &veth);
+    drop(net);
+    drop(nic);
+}
+
+/// A Neutron VLAN network on physnet1 (admin project; the VLAN chosen by Neutron) with a /24,
+/// and a security group that lets IPv4 in; every port on it and the group removed on drop.
+struct SriovNeutronNet<'a> {
+    n: &'a NeutronEnv,
+    id: String,
+    name: String,
+    vlan: u64,
+    sg: String,
+    default_sg: String,
+}
+
+impl<'a> SriovNeutronNet<'a> {
+    fn new(n: &'a NeutronEnv, name: &str, cidr: String) -> SriovNeutronNet<'a> {
+        let (code, net) = n.call(
+            "POST",
+            "/networks",
+            Some(
+                json!({"network": {"name": name, "provider:network_type": "vlan",
+                "provider:physical_network": "physnet1"}}),
+            ),
+        );
+        assert_eq!(code, 201, "VLAN network: {net}");
+        let id = net["network"]["id"].as_str().unwrap().to_string();
+        let vlan = net["network"]["provider:segmentation_id"]
+            .as_u64()
+            .expect("a VLAN Neutron chose");
+        let mut v = SriovNeutronNet {
+            n,
+            id,
+            name: name.to_string(),
+            vlan,
+            sg: String::new(),
+            default_sg: String::new(),
+        };
+        let (code, s) = n.call(
+            "POST",
+            "/subnets",
+            Some(
+                json!({"subnet": {"network_id": v.id, "cidr": cidr, "ip_version": 4,
+                "name": name}}),
+            ),
+        );
+        assert_eq!(code, 201, "subnet: {s}");
+        let (code, sg) = n.call(
+            "POST",
+            "/security-groups",
+            Some(json!({"security_group": {"name": name}})),
+        );
+        assert_eq!(code, 201, "security group: {sg}");
+        v.sg = sg["security_group"]["id"].as_str().unwrap().to_string();
+        let (code, r) = n.call(
+            "POST",
+            "/security-group-rules",
+            Some(json!({"security_group_rule": {"security_group_id": v.sg,
+                "direction": "ingress", "ethertype": "IPv4"}})),
+        );
+        assert_eq!(code, 201, "security group rule: {r}");
+        let project = net["network"]["project_id"].as_str().unwrap_or("");
+        v.default_sg = n
+            .api(
+                "GET",
+                &format!("/security-groups?name=default&project_id={project}"),
+            )
+            .1["security_groups"][0]["id"]
+            .as_str()
+            .expect("the project's default group")
+            .to_string();
+        v
+    }
+
+    fn port(&self, name: &str, more: Value) -> Value {
+        let mut port = json!({"network_id": self.id, "name": format!("{}-{name}", self.name),
+            "security_groups": [self.sg]});
+        if let (Some(p), Some(m)) = (port.as_object_mut(), more.as_object()) {
+            p.extend(m.clone());
+        }
+        let (code, p) = self.n.call("POST", "/ports", Some(json!({ "port": port })));
+        assert_eq!(code, 201, "{name} port: {p}");
+        p["port"].clone()
+    }
+
+    /// The network's ports, Neutron's own (DHCP, metadata) included.
+    fn ports(&self) -> Vec<Value> {
+        self.n
+            .api("GET", &format!("/ports?network_id={}", self.id))
+            .1["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SriovNeutronNet<'_> {
+    fn drop(&mut self) {
+        for p in self.ports() {
+            if !p["device_owner"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("network:")
+            {
+                self.n.api(
+                    "DELETE",
+                    &format!("/ports/{}", p["id"].as_str().unwrap_or("")),
+                );
+            }
+        }
+        self.n.api("DELETE", &format!("/networks/{}", self.id));
+        if !self.sg.is_empty() {
+            self.n
+                .api("DELETE", &format!("/security-groups/{}", self.sg));
+        }
+    }
+}

@@ -13,9 +13,11 @@ courier_daemon() {
     COURIER_SOCKET=/run/courier.sock COURIER_STATE_DIR=/tmp/courier-state \
     COURIER_HOST=${VM_HOST_MARK:-vm-guest}
   if [ -n "${VM_OS_AUTH_URL:-}" ]; then
-    : "${VM_OS_USERNAME:?}" "${VM_OS_PASSWORD:?}" "${VM_OS_PROJECT_NAME:?}" "${VM_OS_NETWORK_ENDPOINT:?}"
+    : "${VM_OS_USERNAME:?}" "${VM_OS_PROJECT_NAME:?}" "${VM_OS_NETWORK_ENDPOINT:?}"
+    # A second start reuses the clouds.yaml of the first (the password is unset after it).
+    [ -s /etc/openstack/clouds.yaml ] || : "${VM_OS_PASSWORD:?}"
     mkdir -p /etc/openstack
-    ( umask 077
+    [ -s /etc/openstack/clouds.yaml ] || ( umask 077
       cat > /etc/openstack/clouds.yaml <<YAML
 clouds:
   vm:

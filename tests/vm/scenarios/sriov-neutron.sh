@@ -1,0 +1,119 @@
+# Guest scenario: Courier in the guest with the sriov binding on the Neutron backend (the
+# host's Keystone and Neutron, admin credentials: binding:host_id is an admin attribute).
+# eth2 is an igb SR-IOV PF whose host side (a tap) is on an OVS bridge mapped to physical
+# network $VM_PHYSNET; $VM_NET is a Neutron VLAN network there (VLAN $VM_VLAN, chosen by
+# Neutron); $VM_HOST_IP is a veth container on the host on it; $VM_PORT_ID is a user's
+# pre-created port with binding:vnic_type=direct (the Zun flow). Neutron's SR-IOV NIC agent
+# serves host $COURIER_NEUTRON_HOST_ID for $VM_PHYSNET. Asserts, printing a line for each:
+#   a Courier-made direct port on a VF: the PF set the VLAN Neutron bound it to; the VF
+#     container reaches the host container and back ("__await_echo__ IP");
+#   the user's direct port by id (no --binding: its vnic_type chooses sriov): reachable;
+#   both detached; a daemon whose binding host no SR-IOV agent serves: Neutron's
+#   binding_failed is refused clearly, nothing left; every VF home and reset.
+# "__bound__ WHICH PORT_OR_IP PCI" lines let the host read the port while it is bound.
+# Prints "__ok__" last.
+set -euo pipefail
+: "${VM_NET:?}" "${VM_HOST_IP:?}" "${VM_PHYSNET:?}" "${VM_VLAN:?}" "${VM_PORT_ID:?}" "${COURIER_NEUTRON_HOST_ID:?}"
+sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+ip link set lo up
+PF=eth2
+D=/sys/class/net/$PF/device
+ip link set "$PF" up
+for _ in $(seq 40); do [ "$(cat /sys/class/net/$PF/carrier 2>/dev/null)" = 1 ] && break; sleep 0.25; done
+echo 2 > "$D/sriov_numvfs"
+vf_pci() { basename "$(readlink -f "$D/virtfn$1")"; }
+vf_dev() { ls "$D/virtfn$1/net" 2>/dev/null | head -1; }
+for _ in $(seq 80); do [ -n "$(vf_dev 0)" ] && [ -n "$(vf_dev 1)" ] && break; sleep 0.25; done
+VF0=$(vf_dev 0) VF1=$(vf_dev 1)
+[ -n "$VF0" ] && [ -n "$VF1" ] || { echo "the VFs have no netdevs"; ls -l "$D"; exit 1; }
+echo "VFs: $(vf_pci 0) $VF0, $(vf_pci 1) $VF1"
+
+export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
+. /scenario/lib.sh
+courier_daemon sriov
+# The user's Neutron network, registered as a Courier network.
+courier network create srnet --backend neutron --neutron-network "$VM_NET" >/dev/null \
+  || { echo "registering Neutron network $VM_NET failed"; exit 1; }
+mkdir -p /var/run/netns
+for n in c1 c2 c3; do ip netns add $n; done
+ip_of() { echo "$1" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p'; }
+links_in() { ip -n "$1" -o link | awk -F': ' '$2 != "lo" {print $2}' | sed 's/@.*//'; }
+vf_line() { ip link show "$PF" | grep "vf $1 " || true; }
+pci_with() {  # MAC: the PCI address of the VF whose admin MAC it is
+  local i; for i in 0 1; do vf_line $i | grep -q "link/ether $1 " && { vf_pci $i; return; }; done
+}
+mac_in() { ip -n "$1" -o link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p'; }
+reached() {  # NETNS IP: ping within 30 s (the first ARP crosses the emulated NIC slowly)
+  for _ in $(seq 15); do ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null 2>&1 && return 0; done
+  return 1
+}
+in_echos() { ip netns exec "$1" awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["InEchos"] }' /proc/net/snmp; }
+
+# 1. A port Courier makes: vnic_type direct, bound with the VF's binding:profile.
+t=$(now_ms)
+out=$(courier attach --netns /var/run/netns/c1 --network srnet --binding sriov --json) \
+  || { echo "attach failed: $out"; grep -v '"DEBUG"' /tmp/courier.log | tail -5; exit 1; }
+echo "__timing__ attach-neutron-direct $(( $(now_ms) - t )) ms"
+ip1=$(ip_of "$out")
+[ -n "$ip1" ] || { echo "no address in: $out"; exit 1; }
+mac1=$(mac_in c1)
+echo "__bound__ made $ip1 $(pci_with "$mac1")"
+vf_line 0; vf_line 1
+vf_line 0 | grep -q "link/ether $mac1 .*vlan $VM_VLAN," || vf_line 1 | grep -q "link/ether $mac1 .*vlan $VM_VLAN," \
+  || { echo "UNEXPECTED: no VF of $PF has MAC $mac1 and Neutron's VLAN $VM_VLAN"; exit 1; }
+echo "the PF set the VLAN Neutron bound the port to"
+reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: the VF container does not reach $VM_HOST_IP"; ip -n c1 neigh; exit 1; }
+echo "the VF container reaches the host container through Neutron's network"
+base=$(in_echos c1)
+echo "__await_echo__ $ip1"
+got=''
+for _ in $(seq 300); do
+  [ $(( $(in_echos c1) - base )) -ge 3 ] && { got=1; break; }
+  sleep 0.1
+done
+[ -n "$got" ] || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
+echo "the host container reaches the VF container"
+
+# 2. The user's own direct port, by id: its vnic_type chooses the sriov binding.
+t=$(now_ms)
+out=$(courier attach --netns /var/run/netns/c2 --network srnet --port "$VM_PORT_ID" --json) \
+  || { echo "attach --port failed: $out"; grep -v '"DEBUG"' /tmp/courier.log | tail -5; exit 1; }
+echo "__timing__ attach-neutron-existing-direct $(( $(now_ms) - t )) ms"
+ip2=$(ip_of "$out")
+echo "__bound__ existing $VM_PORT_ID $(pci_with "$(mac_in c2)")"
+reached c2 "$VM_HOST_IP" || { echo "UNEXPECTED: the user's direct port does not reach $VM_HOST_IP"; exit 1; }
+echo "the user's direct port by id: on a VF, reachable ($ip2)"
+
+# 3. Both go: Courier's port is deleted, the user's given back.
+courier detach --netns /var/run/netns/c1
+courier detach --netns /var/run/netns/c2
+for n in c1 c2; do [ -z "$(links_in $n)" ] || { echo "UNEXPECTED: $n keeps $(links_in $n)"; exit 1; }; done
+echo "__detached__"
+echo "both detached"
+
+# 4. A binding host no SR-IOV agent serves: Neutron answers binding_failed; refused, nothing left.
+kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+COURIER_NEUTRON_HOST_ID=courier-no-sriov-agent courier_daemon sriov
+if out=$(courier attach --netns /var/run/netns/c3 --network srnet --binding sriov 2>&1); then
+  echo "UNEXPECTED: attached on a host no SR-IOV agent serves: $out"; exit 1
+fi
+echo "__refused__ $out"
+echo "$out" | grep -q "binding_failed" && echo "$out" | grep -q "sriovnicswitch" \
+  || { echo "UNEXPECTED: not the binding error"; exit 1; }
+[ -z "$(links_in c3)" ] || { echo "UNEXPECTED: c3 got $(links_in c3)"; exit 1; }
+left=$(courier --json attachments | tr -d ' \n')
+case $left in *'"id"'*) echo "UNEXPECTED: a record is left after the refused attach: $left"; exit 1 ;; esac
+echo "a host no SR-IOV agent serves: refused clearly, nothing left"
+courier network delete srnet
+kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
+
+# 5. Every VF home, under its own name, reset.
+for i in 0 1; do
+  l=$(vf_line $i)
+  echo "$l"
+  echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC"; exit 1; }
+  echo "$l" | grep -q "vlan" && { echo "UNEXPECTED: VF $i keeps a VLAN"; exit 1; }
+done
+[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+echo "every VF free and reset"
+echo "__ok__"
