@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 if [ "$(id -u)" = 0 ]; then
-  scripts/install-deps.sh qemu
+  scripts/install-deps.sh qemu rabbitmq
   scripts/ovn.sh start
   COURIER_BIN=$PWD/$(scripts/build-static.sh)
   export COURIER_BIN
