@@ -370,19 +370,8 @@ impl NeutronBackend {
         crate::hooks::point("after-port-post").await;
         if let Err(e) = self.api.tag_created_ports(&mut made, &bodies).await {
             // All or nothing: the ports go (by id: the POST's answer is the proof).
-            let host = reqs
-                .first()
-                .map(|r| r.owner.host.clone())
-                .unwrap_or_default();
-            for p in &made {
-                let pr = PortRef {
-                    id: Some(p.id.clone()),
-                    name: p.name.clone(),
-                };
-                if let Err(de) = self.delete_port(&pr, &host).await {
-                    tracing::error!(port = %p.id, error = %de, "removing a port whose tags Neutron refused failed");
-                }
-            }
+            self.remove_new_ports(&made, reqs, "whose tags Neutron refused")
+                .await;
             return Err(os_err(format!(
                 "tagging the new ports on network {network} (Courier tags every port it makes: check Neutron's policy for update_port:tags)"
             ))(e));
@@ -393,19 +382,8 @@ impl NeutronBackend {
             .iter()
             .find_map(|p| refuse_failed_direct_binding(p, &self.host_id).err())
         {
-            let host = reqs
-                .first()
-                .map(|r| r.owner.host.clone())
-                .unwrap_or_default();
-            for p in &made {
-                let pr = PortRef {
-                    id: Some(p.id.clone()),
-                    name: p.name.clone(),
-                };
-                if let Err(de) = self.delete_port(&pr, &host).await {
-                    tracing::error!(port = %p.id, error = %de, "removing a direct port Neutron could not bind failed");
-                }
-            }
+            self.remove_new_ports(&made, reqs, "Neutron could not bind")
+                .await;
             return Err(e);
         }
         let mut out = Vec::with_capacity(made.len());
@@ -413,6 +391,24 @@ impl NeutronBackend {
             out.push(self.to_port(p, &NetInfo::from(&r.network)).await?);
         }
         Ok(out)
+    }
+
+    /// Removes ports a create just made (by id: the POST's answer is the proof) when the
+    /// create fails as a whole; a port that cannot be removed is logged for the sweep.
+    async fn remove_new_ports(&self, made: &[os::Port], reqs: &[PortRequest], why: &str) {
+        let host = reqs
+            .first()
+            .map(|r| r.owner.host.clone())
+            .unwrap_or_default();
+        for p in made {
+            let pr = PortRef {
+                id: Some(p.id.clone()),
+                name: p.name.clone(),
+            };
+            if let Err(de) = self.delete_port(&pr, &host).await {
+                tracing::error!(port = %p.id, error = %de, "removing a new port {why} failed");
+            }
+        }
     }
 
     /// `Backend::delete_port`.
