@@ -234,8 +234,8 @@ impl Attacher {
         self.store.put(att).await?;
         hooks::point("after-ready").await;
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
-            network = %att.network, port = %att.port_name, ips = ?att.port.as_ref().map(|p| &p.ips),
-            intent_ms, port_ms, plug_ms, up_ms, edge_ms = ms(t1), total_ms = ms(t0), "attached");
+            network = %att.network, port = %att.port_name, binding = att.edge.kind(),
+            ips = ?att.port.as_ref().map(|p| &p.ips), intent_ms, port_ms, plug_ms, up_ms, edge_ms = ms(t1), total_ms = ms(t0), "attached");
         Ok(())
     }
 
@@ -608,7 +608,7 @@ impl Attacher {
         self.roll_back(&att).await?;
         self.wait_applied_if_nested(&att).await;
         tracing::info!(attachment = %att.id, container = %att.container_id, ifname = %att.ifname,
-            total_ms = t0.elapsed().as_secs_f64() * 1000.0, "detached");
+            binding = att.edge.kind(), total_ms = t0.elapsed().as_secs_f64() * 1000.0, "detached");
         Ok(att)
     }
 

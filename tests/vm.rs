@@ -1645,6 +1645,232 @@ impl Drop for PhysicalNic {
     }
 }
 
+/// The host side of an SR-IOV guest test on OVN direct: the NB's and SB's TCP listeners, the
+/// PF's tap on an OVS bridge mapped to a physical network of its own ([`PhysicalNic`]), a
+/// Courier network (made by a host daemon) with a localnet port there (VLAN 100), and a veth
+/// container on the host on that network (`host_ip`). Removed on drop, pass or fail.
+struct SriovOvnRig {
+    ns: Netns,
+    o: Objects,
+    /// Made the network; kept until the rig goes.
+    _host: TestDaemon,
+    nic: PhysicalNic,
+    _sb: NbTcpListener,
+    _nb: NbTcpListener,
+    physnet: String,
+    net: String,
+    subnet: String,
+    ln: String,
+    lsp_host: String,
+    host_ip: String,
+    host_mac: String,
+}
+
+impl SriovOvnRig {
+    /// `short` names this test's objects, `subnet_index` picks its subnet.
+    fn new(short: &str, subnet_index: u8) -> SriovOvnRig {
+        let nb = NbTcpListener::ensure();
+        let sb = NbTcpListener::ensure_sb();
+        let pid = std::process::id();
+        let physnet = format!("srphys{short}{pid}");
+        let nic = PhysicalNic::new(
+            &format!("brsr{short}{}", pid % 100_000),
+            &format!("vmtaps{short}{pid}"),
+            &physnet,
+        );
+        let host = TestDaemon::start(&format!("vm-sriov{short}-host"));
+        let net = unique(&format!("vm-sriov{short}"));
+        let subnet = subnet_for(subnet_index);
+        host.create_network(&net, &subnet);
+        let base = subnet.trim_end_matches(".0/24");
+        let o = Objects {
+            ls: net.clone(),
+            tap: format!("vmtapz{short}{pid}"),
+            veth: format!("vmhs{short}{pid}"),
+        };
+        let ln = unique(&format!("vm-sriov{short}-ln"));
+        let lsp_host = unique(&format!("vm-sriov{short}-host"));
+        let host_ip = format!("{base}.3");
+        let host_mac = format!("02:c0:00:00:{subnet_index:02x}:03");
+        nbctl(&[
+            "lsp-add",
+            &net,
+            &ln,
+            "--",
+            "lsp-set-type",
+            &ln,
+            "localnet",
+            "--",
+            "lsp-set-options",
+            &ln,
+            &format!("network_name={physnet}"),
+            "--",
+            "set",
+            "Logical_Switch_Port",
+            &ln,
+            "tag=100",
+            "--",
+            "lsp-set-addresses",
+            &ln,
+            "unknown",
+            "--",
+            "lsp-add",
+            &net,
+            &lsp_host,
+            "--",
+            "lsp-set-addresses",
+            &lsp_host,
+            &format!("{host_mac} {host_ip}"),
+        ]);
+        let ns = host_port(
+            &format!("vm-sriov{short}-h"),
+            &o.veth,
+            &lsp_host,
+            &host_mac,
+            &host_ip,
+        );
+        wait_up(&lsp_host);
+        // ovn-controller patches br-int to the physical bridge for the localnet port.
+        let patched = eventually(Duration::from_secs(15), || {
+            String::from_utf8_lossy(&sh("ovs-vsctl", &["list-ports", &nic.bridge]).stdout)
+                .contains("patch-")
+        });
+        assert!(
+            patched,
+            "no patch port from br-int to {} for the localnet port",
+            nic.bridge
+        );
+        SriovOvnRig {
+            ns,
+            o,
+            _host: host,
+            nic,
+            _sb: sb,
+            _nb: nb,
+            physnet,
+            net,
+            subnet,
+            ln,
+            lsp_host,
+            host_ip,
+            host_mac,
+        }
+    }
+
+    /// The guest's environment for this rig: the PF on the rig's tap (its MAC from
+    /// `subnet_index`), the network, the host container, the physnet and VLAN, the NB.
+    fn guest_env(&self, subnet_index: u8, mark: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("VM_SRIOV_TAP", self.nic.tap.clone()),
+            ("VM_SRIOV_MAC", format!("02:c0:00:00:{subnet_index:02x}:0f")),
+            ("VM_NET", self.net.clone()),
+            ("VM_SUBNET", self.subnet.clone()),
+            ("VM_HOST_IP", self.host_ip.clone()),
+            ("VM_PHYSNET", self.physnet.clone()),
+            ("VM_VLAN", "100".to_string()),
+            ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
+            ("VM_HOST_MARK", mark.to_string()),
+        ]
+    }
+
+    /// What the host sees of the rig, for a failing scenario: the bridges' ports and flows,
+    /// the external ports, and ovn-trace of the VF's first frames.
+    fn diagnose(&self) {
+        for (cmd, args) in [
+            ("ovs-vsctl", vec!["list-ports", self.nic.bridge.as_str()]),
+            ("ovs-ofctl", vec!["dump-ports", self.nic.bridge.as_str()]),
+            ("ovs-ofctl", vec!["dump-flows", self.nic.bridge.as_str()]),
+            ("ovn-sbctl", vec!["find", "Port_Binding", "type=external"]),
+            ("ovn-nbctl", vec!["list", "HA_Chassis_Group"]),
+            ("ovn-nbctl", vec!["show", self.net.as_str()]),
+            ("ovs-ofctl", vec!["dump-ports", "br-int"]),
+        ] {
+            let out = sh(cmd, &args);
+            eprintln!(
+                "diag {cmd} {args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let vf = nbctl(&[
+            "--bare",
+            "--columns=dynamic_addresses",
+            "find",
+            "Logical_Switch_Port",
+            "type=external",
+        ]);
+        let mut w = vf.split_whitespace();
+        if let (Some(vmac), Some(vip)) = (w.next(), w.next()) {
+            let (ln, lsp_host, hip, hmac) =
+                (&self.ln, &self.lsp_host, &self.host_ip, &self.host_mac);
+            for flow in [
+                format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == {hmac} && ip4.src == {vip} && ip4.dst == {hip} && ip.ttl == 64 && icmp4.type == 8"),
+                format!("inport == \"{lsp_host}\" && eth.src == {hmac} && eth.dst == {vmac} && ip4.src == {hip} && ip4.dst == {vip} && ip.ttl == 64 && icmp4.type == 0"),
+                format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == ff:ff:ff:ff:ff:ff && arp.op == 1 && arp.sha == {vmac} && arp.spa == {vip} && arp.tpa == {hip}"),
+            ] {
+                let out = sh("ovn-trace", &["--minimal", self.net.as_str(), &flow]);
+                eprintln!("diag ovn-trace {flow}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+
+    /// The host container pings `ip` (3 echoes); ping's output.
+    fn ping_from_host(&self, ip: &str) -> String {
+        String::from_utf8_lossy(
+            &sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.ns.name,
+                    "ping",
+                    "-c",
+                    "3",
+                    "-W",
+                    "3",
+                    ip,
+                ],
+            )
+            .stdout,
+        )
+        .to_string()
+    }
+}
+
+/// The LSPs of the guest's Courier (host mark `mark`) left in the NB.
+fn ports_of_mark(mark: &str) -> String {
+    nbctl(&[
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch_Port",
+        &format!("external_ids:courier-host={mark}"),
+    ])
+}
+
+/// The `__timings__ NAME MS...` lines of a run: each name with its figures' statistics
+/// (`courier bench`'s), printed as "TEST: NAME n=.. p50 .. p90 .. p99 .. max .. ms".
+fn timing_series(test: &str, run: &GuestRun) -> Vec<(String, courier::bench::Stats)> {
+    run.stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("__timings__ "))
+        .map(|rest| {
+            let mut w = rest.split_whitespace();
+            let name = w.next().unwrap_or("?").to_string();
+            let ms: Vec<Duration> = w
+                .filter_map(|x| x.parse::<f64>().ok())
+                .map(|x| Duration::from_secs_f64(x / 1000.0))
+                .collect();
+            let s = courier::bench::stats(ms, Duration::ZERO);
+            println!(
+                "{test}: {name} n={} p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ms",
+                s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+            );
+            (name, s)
+        })
+        .collect()
+}
+
 /// SR-IOV for real, in the guest: an igb PF (eth2) whose VFs are the pool
 /// (`[sriov] physical_device_mappings = ["PHYSNET:eth2"]`); its host side is a tap on an OVS
 /// bridge mapped to PHYSNET, and the Courier network has a localnet port there with VLAN 100.
@@ -1665,95 +1891,32 @@ fn guest_sriov_vf_containers() {
     if !guest_ready(test) {
         return;
     }
-    let _nb = NbTcpListener::ensure();
-    let _sb = NbTcpListener::ensure_sb();
+    let rig = SriovOvnRig::new("", 97);
     let pid = std::process::id();
-    let physnet = format!("srphys{pid}");
-    let nic = PhysicalNic::new(
-        &format!("brsr{}", pid % 100_000),
-        &format!("vmtaps{pid}"),
-        &physnet,
-    );
-    let host = TestDaemon::start("vm-sriov-host");
-    let net = unique("vm-sriov");
-    let subnet = subnet_for(97);
-    host.create_network(&net, &subnet);
-    let base = subnet.trim_end_matches(".0/24");
-    let o = Objects {
-        ls: net.clone(),
-        tap: format!("vmtapz{pid}"),
-        veth: format!("vmhs{pid}"),
-    };
-    let ln = unique("vm-sriov-ln");
-    let lsp_host = unique("vm-sriov-host");
-    let host_ip = format!("{base}.3");
-    let host_mac = "02:c0:00:00:61:03";
-    nbctl(&[
-        "lsp-add",
-        &net,
-        &ln,
-        "--",
-        "lsp-set-type",
-        &ln,
-        "localnet",
-        "--",
-        "lsp-set-options",
-        &ln,
-        &format!("network_name={physnet}"),
-        "--",
-        "set",
-        "Logical_Switch_Port",
-        &ln,
-        "tag=100",
-        "--",
-        "lsp-set-addresses",
-        &ln,
-        "unknown",
-        "--",
-        "lsp-add",
-        &net,
-        &lsp_host,
-        "--",
-        "lsp-set-addresses",
-        &lsp_host,
-        &format!("{host_mac} {host_ip}"),
-    ]);
-    let ns = host_port("vm-sriov-h", &o.veth, &lsp_host, host_mac, &host_ip);
-    wait_up(&lsp_host);
-    // ovn-controller patches br-int to the physical bridge for the localnet port.
-    let patched = eventually(Duration::from_secs(15), || {
-        String::from_utf8_lossy(&sh("ovs-vsctl", &["list-ports", &nic.bridge]).stdout)
-            .contains("patch-")
-    });
-    assert!(
-        patched,
-        "no patch port from br-int to {} for the localnet port",
-        nic.bridge
-    );
     // The host container's TCP listener: what the VF container sends arrives here.
     let token = format!("{pid}");
     let listener = Command::new("ip")
         .args([
-            "netns", "exec", &ns.name, "timeout", "200", "nc", "-l", "5001",
+            "netns",
+            "exec",
+            &rig.ns.name,
+            "timeout",
+            "200",
+            "nc",
+            "-l",
+            "5001",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("nc -l in the host netns");
     let mark = format!("it-vm-sriov-{pid}");
-    let vm_env = vec![
-        ("VM_SRIOV_TAP", nic.tap.clone()),
-        ("VM_SRIOV_MAC", "02:c0:00:00:61:0f".to_string()),
-        ("VM_NET", net.clone()),
-        ("VM_HOST_IP", host_ip.clone()),
-        ("VM_PHYSNET", physnet.clone()),
-        ("VM_VLAN", "100".to_string()),
+    let mut vm_env = rig.guest_env(97, &mark);
+    vm_env.extend([
         ("VM_TCP_PORT", "5001".to_string()),
         ("VM_TOKEN", token.clone()),
         ("VM_CYCLES", "50".to_string()),
-        ("VM_NB_REMOTE", "tcp:10.0.2.2:6641".to_string()),
-        ("VM_HOST_MARK", mark.clone()),
-    ];
+    ]);
     let mut ext_ports_seen = String::new();
     let mut pinged = String::new();
     let run = run_guest(scenario("sriov.sh").as_str(), &[], &vm_env, |line| {
@@ -1767,61 +1930,10 @@ fn guest_sriov_vf_containers() {
             ]);
         }
         if line.starts_with("UNEXPECTED") || line.starts_with("__diag__") {
-            for (cmd, args) in [
-                ("ovs-vsctl", vec!["list-ports", nic.bridge.as_str()]),
-                ("ovs-ofctl", vec!["dump-ports", nic.bridge.as_str()]),
-                ("ovs-ofctl", vec!["dump-flows", nic.bridge.as_str()]),
-                ("ovn-sbctl", vec!["find", "Port_Binding", "type=external"]),
-                ("ovn-nbctl", vec!["list", "HA_Chassis_Group"]),
-                ("ovn-nbctl", vec!["show", net.as_str()]),
-                ("ovs-ofctl", vec!["dump-ports", "br-int"]),
-            ] {
-                let out = sh(cmd, &args);
-                eprintln!(
-                    "diag {cmd} {args:?}:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let vf = nbctl(&[
-                "--bare",
-                "--columns=dynamic_addresses",
-                "find",
-                "Logical_Switch_Port",
-                "type=external",
-            ]);
-            let mut w = vf.split_whitespace();
-            if let (Some(vmac), Some(vip)) = (w.next(), w.next()) {
-                let hip = host_ip.as_str();
-                for flow in [
-                    format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == {host_mac} && ip4.src == {vip} && ip4.dst == {hip} && ip.ttl == 64 && icmp4.type == 8"),
-                    format!("inport == \"{lsp_host}\" && eth.src == {host_mac} && eth.dst == {vmac} && ip4.src == {hip} && ip4.dst == {vip} && ip.ttl == 64 && icmp4.type == 0"),
-                    format!("inport == \"{ln}\" && eth.src == {vmac} && eth.dst == ff:ff:ff:ff:ff:ff && arp.op == 1 && arp.sha == {vmac} && arp.spa == {vip} && arp.tpa == {hip}"),
-                ] {
-                    let out = sh("ovn-trace", &["--minimal", net.as_str(), &flow]);
-                    eprintln!("diag ovn-trace {flow}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                }
-            }
+            rig.diagnose();
         }
         if let Some(ip) = line.strip_prefix("__await_echo__ ") {
-            pinged = String::from_utf8_lossy(
-                &sh(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &ns.name,
-                        "ping",
-                        "-c",
-                        "3",
-                        "-W",
-                        "3",
-                        ip.trim(),
-                    ],
-                )
-                .stdout,
-            )
-            .to_string();
+            pinged = rig.ping_from_host(ip.trim());
         }
     });
     let timings = timings(&run);
@@ -1841,6 +1953,7 @@ fn guest_sriov_vf_containers() {
         "__ok__",
     ]);
     println!("{test}: {}", timings.join("; "));
+    timing_series(test, &run);
     assert!(
         ext_ports_seen.contains("external"),
         "the VF's port is not an OVN external port: {ext_ports_seen:?}"
@@ -1855,21 +1968,138 @@ fn guest_sriov_vf_containers() {
         "the VF container's TCP data never reached the host container: {:?}",
         String::from_utf8_lossy(&got.stdout)
     );
-    let left = nbctl(&[
-        "--bare",
-        "--columns=name",
-        "find",
-        "Logical_Switch_Port",
-        &format!("external_ids:courier-host={mark}"),
-    ]);
+    let left = ports_of_mark(&mark);
     assert!(
         left.trim().is_empty(),
         "ports of the guest's Courier left: {left}"
     );
-    drop(ns);
-    drop(o);
-    drop(host);
-    drop(nic);
+    drop(rig);
+}
+
+/// One daemon, every kind of container, in the guest (tests/vm/scenarios/sriov-mixed.sh, with
+/// Docker's real dockerd in the guest): a VF container by the CLI, a Docker container on a VF
+/// (a Docker network with `-o courier.binding=sriov`: Join hands Docker the VF's netdev as
+/// `SrcName` and Docker moves it) and a macvlan container on the VM's port (eth1, a port of
+/// the same logical switch) at once; each reaches the host container, the VF containers reach
+/// the macvlan container and each other; `docker rm` gives the VF back reset and free. Then
+/// the daemon again with sriov and vlan-ovs (a veth into the VM's own Open vSwitch): a veth
+/// container reaches the host, and VF and veth attach/release times are measured side by
+/// side in this one guest (p50/p99 printed, docs/performance.md). On the host: while the
+/// three ran, the VF ports were OVN external ports and the macvlan's pair was on the VM's
+/// port; after, no port of the guest's mark is left and the VM's port is as before.
+///
+/// Host-wide side effects: as [`guest_sriov_vf_containers`].
+#[test]
+#[ignore = "QEMU guest test: run by scripts/vm-test.sh"]
+fn guest_sriov_beside_macvlan_docker_and_veth() {
+    let test = "guest_sriov_beside_macvlan_docker_and_veth";
+    if !guest_ready(test) {
+        return;
+    }
+    let rig = SriovOvnRig::new("m", 99);
+    let pid = std::process::id();
+    let base = rig.subnet.trim_end_matches(".0/24").to_string();
+    let lsp_vm = unique("vm-sriovm-port");
+    let (vm_mac, vm_ip) = ("02:c0:00:00:63:0a".to_string(), format!("{base}.10"));
+    let vm_addr = format!("{vm_mac} {vm_ip}");
+    nbctl(&[
+        "lsp-add",
+        &rig.net,
+        &lsp_vm,
+        "--",
+        "lsp-set-addresses",
+        &lsp_vm,
+        &vm_addr,
+        "--",
+        "lsp-set-port-security",
+        &lsp_vm,
+        &vm_addr,
+    ]);
+    let mark = format!("it-vm-sriovm-{pid}");
+    let mut vm_env = rig.guest_env(99, &mark);
+    vm_env.extend([
+        ("VM_TAP", rig.o.tap.clone()),
+        ("VM_LSP", lsp_vm.clone()),
+        ("VM_MAC", vm_mac.clone()),
+        ("VM_DOCKER", "1".to_string()),
+        ("VM_MEM", "2048".to_string()),
+        ("VM_CYCLES", "30".to_string()),
+    ]);
+    plug_vm_port(&vm_env, &[&lsp_vm]);
+    let vm_security = || {
+        nbctl(&["get", "Logical_Switch_Port", &lsp_vm, "port_security"])
+            .trim()
+            .to_string()
+    };
+    let security_before = vm_security();
+    let (mut externals, mut security_with_macvlan) = (String::new(), String::new());
+    let run = run_guest(scenario("sriov-mixed.sh").as_str(), &[], &vm_env, |line| {
+        if line == "two VF containers and a macvlan container on one daemon" {
+            externals = nbctl(&[
+                "--bare",
+                "--columns=type",
+                "find",
+                "Logical_Switch_Port",
+                &format!("external_ids:courier-host={mark}"),
+                "type=external",
+            ]);
+            security_with_macvlan = vm_security();
+        }
+        if line.starts_with("UNEXPECTED") {
+            rig.diagnose();
+        }
+    });
+    run.assert_passed(&[
+        "dockerd runs in the guest",
+        "the Docker container's eth0 is a VF",
+        "two VF containers and a macvlan container on one daemon",
+        "all three reach the host container",
+        "the VF containers reach the macvlan container and each other",
+        "docker rm gave the VF back: home, reset, free",
+        "a veth container in this guest reaches the host container",
+        "30 cycles of a VF and a veth",
+        "every VF free and reset",
+        "__ok__",
+    ]);
+    let series = timing_series(test, &run);
+    assert_eq!(
+        series.len(),
+        4,
+        "vf/veth attach/release timings: {series:?}"
+    );
+    for (name, s) in &series {
+        assert_eq!(
+            s.count, 30,
+            "{name}: one figure per cycle in the guest's log"
+        );
+    }
+    let p50 = |name: &str| {
+        series
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.p50_ms)
+    };
+    for what in ["attach", "release"] {
+        if let (Some(vf), Some(veth)) = (p50(&format!("vf-{what}")), p50(&format!("veth-{what}"))) {
+            println!("{test}: {what} p50 VF / veth = {:.2}", vf / veth);
+        }
+    }
+    assert_eq!(
+        externals.split_whitespace().count(),
+        2,
+        "while two VF containers ran, their ports were not two OVN external ports: {externals:?}"
+    );
+    assert_ne!(
+        security_with_macvlan, security_before,
+        "the macvlan container's pair was not on the VM's port"
+    );
+    assert_eq!(vm_security(), security_before, "the VM's port as before");
+    let left = ports_of_mark(&mark);
+    assert!(
+        left.trim().is_empty(),
+        "ports of the guest's Courier left: {left}"
+    );
+    drop(rig);
 }
 
 /// A netdev of this host with a device behind it (`/sys/class/net/X/device`): what Neutron's

@@ -22,6 +22,8 @@
 #                                and removes it afterwards unless it existed before
 #   VM_SRIOV_TAP VM_SRIOV_MAC    an SR-IOV NIC: the guest gets an igb PF eth2 (MAC VM_SRIOV_MAC)
 #                                on that host tap (the caller makes it and bridges it)
+#   VM_DOCKER=1                  the Docker layer too: dockerd, containerd, runc, docker (see
+#                                docker_layer; lib.sh docker_daemon starts it)
 #   VM_*, COURIER_*              every such variable is exported to the scenario as well
 #                                (e.g. VM_IP VM_PREFIX VM_GW); VM_NB_REMOTE defaults to
 #                                tcp:10.0.2.2:6641 (the host's OVN NB, if it listens there)
@@ -188,6 +190,7 @@ export PATH=/usr/local/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ln -sf /bin/modprobe /sbin/modprobe; echo /sbin/modprobe > /proc/sys/kernel/modprobe
 OUT=/dev/ttyS1
 stty -F $OUT raw -echo 2>/dev/null
@@ -214,6 +217,33 @@ printf '\n__VM_EXIT__=%d\n' $? > $OUT
 stty -F $OUT raw 2>/dev/null       # tcsetattr(TCSADRAIN) waits until the UART has drained
 poweroff -f
 EOF
+}
+
+# The Docker layer (VM_DOCKER=1): Debian's dockerd, its containerd, runc shim and runc, the
+# docker CLI and docker-init, with their shared libraries, in a cpio of its own cached by the
+# binaries' hashes (≈ 190 MB: only the scenarios that run Docker pay for it; give them
+# VM_MEM=2048). /init mounts cgroup2 for it; the scenario starts dockerd (lib.sh docker_daemon).
+DOCKER_BINS="dockerd containerd containerd-shim-runc-v2 runc docker docker-init"
+docker_layer() {
+  DLAYER=''
+  [ "${VM_DOCKER:-}" = 1 ] || return 0
+  local b p key r="$VM_DIR/docker-root" l
+  key=$(for b in $DOCKER_BINS; do
+          p=$(command -v "$b") || die "host has no $b (scripts/install-deps.sh docker)"
+          sha256sum "$(readlink -f "$p")"; done | sha256sum | cut -c1-16)
+  DLAYER="$VM_DIR/docker-$key.cpio"
+  [ -f "$DLAYER" ] && return 0
+  rm -rf "$r" "$VM_DIR"/docker-*.cpio; mkdir -p "$r/usr/local/bin"
+  for b in $DOCKER_BINS; do
+    p=$(readlink -f "$(command -v "$b")")
+    cp "$p" "$r/usr/local/bin/$b"
+    { ldd "$p" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\//{print $3}' | while read -r l; do
+      mkdir -p "$r$(dirname "$l")"; cp -Ln "$l" "$r$l"
+    done
+  done
+  (cd "$r" && find . | "$BB" cpio -o -H newc -R 0:0 2>/dev/null > "$DLAYER.tmp")
+  mv "$DLAYER.tmp" "$DLAYER"; rm -rf "$r"
+  log "built the Docker layer ($(du -h "$DLAYER" | cut -f1))"
 }
 
 courier_bin() {
@@ -246,6 +276,7 @@ setup() {
   setup_kernel
   setup_initramfs
   courier_bin
+  docker_layer
   flock -u 9; exec 9>&-
 }
 
@@ -296,7 +327,7 @@ run() {
     compgen -e | grep -E '^(VM|COURIER)_' | while read -r v; do printf '%s=%q\n' "$v" "${!v}"; done || true
   } > "$RUN/c/etc/vm.env"
   (cd "$RUN/c" && find . | "$BB" cpio -o -H newc -R 0:0 2>/dev/null > "$RUN/run.cpio")
-  cat "$BASE" "$CBIN" "$RUN/run.cpio" > "$RUN/initrd"
+  cat "$BASE" "$CBIN" ${DLAYER:+"$DLAYER"} "$RUN/run.cpio" > "$RUN/initrd"
   # The environment may hold a tenant's password (VM_OS_PASSWORD): only the initrd keeps it,
   # and cleanup removes that.
   rm -rf "$RUN/c" "$RUN/run.cpio"

@@ -16,38 +16,20 @@ set -euo pipefail
 : "${VM_NET:?}" "${VM_HOST_IP:?}" "${VM_PHYSNET:?}" "${VM_VLAN:?}" "${VM_PORT_ID:?}" "${COURIER_NEUTRON_HOST_ID:?}"
 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link set lo up
-PF=eth2
-D=/sys/class/net/$PF/device
-ip link set "$PF" up
-for _ in $(seq 40); do [ "$(cat /sys/class/net/$PF/carrier 2>/dev/null)" = 1 ] && break; sleep 0.25; done
-echo 2 > "$D/sriov_numvfs"
-vf_pci() { basename "$(readlink -f "$D/virtfn$1")"; }
-vf_dev() { ls "$D/virtfn$1/net" 2>/dev/null | head -1; }
-for _ in $(seq 80); do [ -n "$(vf_dev 0)" ] && [ -n "$(vf_dev 1)" ] && break; sleep 0.25; done
-VF0=$(vf_dev 0) VF1=$(vf_dev 1)
-[ -n "$VF0" ] && [ -n "$VF1" ] || { echo "the VFs have no netdevs"; ls -l "$D"; exit 1; }
-echo "VFs: $(vf_pci 0) $VF0, $(vf_pci 1) $VF1"
+. /scenario/lib.sh
+sriov_pf 2
 
 export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
-. /scenario/lib.sh
 courier_daemon sriov
 # The user's Neutron network, registered as a Courier network.
 courier network create srnet --backend neutron --neutron-network "$VM_NET" >/dev/null \
   || { echo "registering Neutron network $VM_NET failed"; exit 1; }
 mkdir -p /var/run/netns
 for n in c1 c2 c3; do ip netns add $n; done
-ip_of() { echo "$1" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p'; }
-links_in() { ip -n "$1" -o link | awk -F': ' '$2 != "lo" {print $2}' | sed 's/@.*//'; }
-vf_line() { ip link show "$PF" | grep "vf $1 " || true; }
 pci_with() {  # MAC: the PCI address of the VF whose admin MAC it is
   local i; for i in 0 1; do vf_line $i | grep -q "link/ether $1 " && { vf_pci $i; return; }; done
 }
 mac_in() { ip -n "$1" -o link show eth0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p'; }
-reached() {  # NETNS IP: ping within 30 s (the first ARP crosses the emulated NIC slowly)
-  for _ in $(seq 15); do ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null 2>&1 && return 0; done
-  return 1
-}
-in_echos() { ip netns exec "$1" awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["InEchos"] }' /proc/net/snmp; }
 
 # 1. A port Courier makes: vnic_type direct, bound with the VF's binding:profile.
 t=$(now_ms)
@@ -64,14 +46,7 @@ vf_line 0 | grep -q "link/ether $mac1 .*vlan $VM_VLAN," || vf_line 1 | grep -q "
 echo "the PF set the VLAN Neutron bound the port to"
 reached c1 "$VM_HOST_IP" || { echo "UNEXPECTED: the VF container does not reach $VM_HOST_IP"; ip -n c1 neigh; exit 1; }
 echo "the VF container reaches the host container through Neutron's network"
-base=$(in_echos c1)
-echo "__await_echo__ $ip1"
-got=''
-for _ in $(seq 300); do
-  [ $(( $(in_echos c1) - base )) -ge 3 ] && { got=1; break; }
-  sleep 0.1
-done
-[ -n "$got" ] || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
+await_echo c1 "$ip1" || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
 echo "the host container reaches the VF container"
 
 # 2. The user's own direct port, by id: its vnic_type chooses the sriov binding.

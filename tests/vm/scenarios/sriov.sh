@@ -17,20 +17,10 @@ set -euo pipefail
 CYCLES=${VM_CYCLES:-50}
 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link set lo up
-PF=eth2
-D=/sys/class/net/$PF/device
-ip link set "$PF" up
-for _ in $(seq 40); do [ "$(cat /sys/class/net/$PF/carrier 2>/dev/null)" = 1 ] && break; sleep 0.25; done
-echo "${VM_NUMVFS:-2}" > "$D/sriov_numvfs"
-vf_pci() { basename "$(readlink -f "$D/virtfn$1")"; }
-vf_dev() { ls "$D/virtfn$1/net" 2>/dev/null | head -1; }
-for _ in $(seq 80); do [ -n "$(vf_dev 0)" ] && [ -n "$(vf_dev 1)" ] && break; sleep 0.25; done
-VF0=$(vf_dev 0) VF1=$(vf_dev 1)
-[ -n "$VF0" ] && [ -n "$VF1" ] || { echo "the VFs have no netdevs"; ls -l "$D"; exit 1; }
-echo "VFs: $(vf_pci 0) $VF0, $(vf_pci 1) $VF1"
+. /scenario/lib.sh
+sriov_pf "${VM_NUMVFS:-2}"
 
 export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
-. /scenario/lib.sh
 courier_daemon sriov
 courier status | grep -q "VFs of $PF ($VM_PHYSNET): 2 free of 2 (0 held, 0 unusable)" \
   || { echo "UNEXPECTED: courier status does not show the pool: $(courier status)"; exit 1; }
@@ -38,13 +28,6 @@ echo "courier status shows the pool"
 mkdir -p /var/run/netns
 for n in c1 c2 c3 c4; do ip netns add $n; done
 attach() { courier attach --netns "/var/run/netns/$1" --network "$VM_NET" --binding sriov --json; }
-ip_of() { echo "$1" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p'; }
-links_in() { ip -n "$1" -o link | awk -F': ' '$2 != "lo" {print $2}' | sed 's/@.*//'; }
-vf_line() { ip link show "$PF" | grep "vf $1 " || true; }
-reached() {  # NETNS IP: ping within 30 s (the first ARP crosses the emulated NIC slowly)
-  for _ in $(seq 15); do ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null 2>&1 && return 0; done
-  return 1
-}
 
 # 1. One SR-IOV container on the host's network.
 t=$(now_ms)
@@ -64,15 +47,7 @@ ip netns exec c1 ping -c 3 -W 2 "$VM_HOST_IP" | tail -2
 echo "the VF container reaches the host container"
 echo "courier-sriov-$VM_TOKEN" | ip netns exec c1 nc -w 5 "$VM_HOST_IP" "$VM_TCP_PORT" || true
 echo "__tcp_sent__"
-in_echos() { ip netns exec c1 awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else print $c["InEchos"] }' /proc/net/snmp; }
-base=$(in_echos)
-echo "__await_echo__ $ip1"
-got=''
-for _ in $(seq 300); do
-  [ $(( $(in_echos) - base )) -ge 3 ] && { got=1; break; }
-  sleep 0.1
-done
-[ -n "$got" ] || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
+await_echo c1 "$ip1" || { echo "UNEXPECTED: the host's pings did not reach the VF container"; exit 1; }
 echo "the host container reaches the VF container"
 
 # 2. A second one, and a third with no VF left: refused, nothing changed.

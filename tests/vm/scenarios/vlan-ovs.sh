@@ -12,19 +12,8 @@ set -euo pipefail
   "${VM_NB_REMOTE:?}" "${VM_TAKEN_TAG:?}"
 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link set lo up
-modprobe tun   # the userspace datapath's internal ports are taps
-mkdir -p /var/run/openvswitch /var/log/openvswitch
-ovsdb-tool create /etc/openvswitch/conf.db /usr/share/openvswitch/vswitch.ovsschema
-ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
-  --pidfile=/run/ovsdb-server.pid --detach --log-file=/tmp/ovsdb-server.log -vconsole:off
-ovs-vsctl --no-wait init
-ovs-vswitchd --pidfile=/run/ovs-vswitchd.pid --detach --log-file=/tmp/ovs-vswitchd.log -vconsole:off
-# The userspace datapath: the kernel one loses its upcalls in this guest (ovs-vswitchd logs
-# "netlink_socket|ERR|fcntl: Protocol not supported" and ARP never completes).
-ovs-vsctl add-br br-vm -- set bridge br-vm datapath_type=netdev other-config:hwaddr="$VM_MAC" \
-  -- add-port br-vm eth1 || { grep -v "|INFO|" /tmp/ovs-vswitchd.log | tail -20; exit 1; }
-ip link set eth1 up
-ip link set br-vm up
+. /scenario/lib.sh
+vm_ovs_bridge "$VM_MAC"
 ip addr add "$VM_IP/$VM_PREFIX" dev br-vm
 for _ in $(seq 10); do ping -c 1 -W 1 "$VM_HOST_IP" >/dev/null 2>&1 && break; done
 if ! ping -c 2 -W 2 "$VM_HOST_IP" >/dev/null; then
