@@ -2131,7 +2131,10 @@ const SRIOV_AGENT_HOST: &str = "courier-sriov-guest";
 /// user's pre-created direct port; in the guest (tests/vm/scenarios/sriov-neutron.sh):
 /// a Courier-made direct port on a VF pings the peer both ways, with the VLAN Neutron bound it
 /// to; the user's port by id (its vnic_type chooses sriov) is reachable; both detached; a
-/// binding host no agent serves is refused (binding_failed) with nothing left. On the host:
+/// binding host no agent serves is refused (binding_failed) with nothing left; and Docker (a
+/// real dockerd in the guest) runs a container on the user's port by id (`--driver-opt
+/// courier.port=ID` with its `--ip` and `--mac-address`, the Zun flow): on a VF, reachable,
+/// the port given back on `docker rm`. On the host:
 /// each port as Neutron had it while bound (hw_veb, the VF's PCI address in binding:profile,
 /// an external LSP); after, Courier's port gone, the user's given back unbound; the network's
 /// ports as before.
@@ -2177,7 +2180,8 @@ fn guest_sriov_through_neutron() {
         &format!("vmtapq{pid}"),
         physnet,
     );
-    let net = SriovNeutronNet::new(&n, &unique("vm-srneu"), subnet_for(98));
+    let subnet = subnet_for(98);
+    let net = SriovNeutronNet::new(&n, &unique("vm-srneu"), subnet.clone());
     let veth = format!("vmhq{pid}");
     let peer = net.port(
         "peer",
@@ -2223,6 +2227,20 @@ fn guest_sriov_through_neutron() {
         ("VM_PHYSNET", physnet.to_string()),
         ("VM_VLAN", net.vlan.to_string()),
         ("VM_PORT_ID", user_id.clone()),
+        (
+            "VM_PORT_IP",
+            user["fixed_ips"][0]["ip_address"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
+        (
+            "VM_PORT_MAC",
+            user["mac_address"].as_str().unwrap().to_string(),
+        ),
+        ("VM_SUBNET", subnet.clone()),
+        ("VM_DOCKER", "1".to_string()),
+        ("VM_MEM", "2048".to_string()),
         ("VM_HOST_MARK", mark.clone()),
         ("COURIER_NEUTRON_HOST_ID", SRIOV_AGENT_HOST.to_string()),
         ("VM_OS_AUTH_URL", "http://10.0.2.2:5000/v3".to_string()),
@@ -2234,6 +2252,7 @@ fn guest_sriov_through_neutron() {
     // What Neutron and OVN had for each port while it was bound: (port, PCI the guest saw).
     let mut bound: Vec<(Value, String, String)> = Vec::new();
     let mut after_detach: Option<Value> = None;
+    let mut after_docker: Option<Value> = None;
     let mut pinged = String::new();
     let run = run_guest(
         scenario("sriov-neutron.sh").as_str(),
@@ -2247,7 +2266,7 @@ fn guest_sriov_through_neutron() {
                     w.get(1).copied().unwrap_or(""),
                     w.get(2).copied().unwrap_or(""),
                 );
-                let port = if which == "existing" {
+                let port = if which == "existing" || which == "docker" {
                     n.api("GET", &format!("/ports/{key}")).1["port"].clone()
                 } else {
                     net.ports()
@@ -2266,6 +2285,9 @@ fn guest_sriov_through_neutron() {
             }
             if line.starts_with("__detached__") {
                 after_detach = Some(n.api("GET", &format!("/ports/{user_id}")).1["port"].clone());
+            }
+            if line.starts_with("__docker_detached__") {
+                after_docker = Some(n.api("GET", &format!("/ports/{user_id}")).1["port"].clone());
             }
             if let Some(ip) = line.strip_prefix("__await_echo__ ") {
                 pinged = String::from_utf8_lossy(
@@ -2296,6 +2318,7 @@ fn guest_sriov_through_neutron() {
         "the host container reaches the VF container",
         "the user's direct port by id: on a VF, reachable",
         "both detached",
+        "docker run on the user's direct port by id: on a VF, reachable",
         "a host no SR-IOV agent serves: refused clearly, nothing left",
         "every VF free and reset",
         "__ok__",
@@ -2304,7 +2327,11 @@ fn guest_sriov_through_neutron() {
         pinged.contains(" 0% packet loss"),
         "host → VF container: {pinged}"
     );
-    assert_eq!(bound.len(), 2, "the guest bound two ports: {bound:?}");
+    assert_eq!(
+        bound.len(),
+        3,
+        "the guest bound two ports, the user's twice: {bound:?}"
+    );
     for (port, pci, lsp_type) in &bound {
         let what = format!("port as Neutron had it while bound: {port}");
         assert_eq!(port["binding:vnic_type"], "direct", "{what}");
@@ -2328,17 +2355,30 @@ fn guest_sriov_through_neutron() {
         );
         assert_eq!(lsp_type, "external", "ML2/OVN's LSP type for {what}");
     }
-    let given_back = after_detach.expect("the user's port after detach");
-    assert_eq!(
-        given_back["binding:host_id"], "",
-        "given back unbound: {given_back}"
-    );
-    assert_eq!(given_back["device_id"], "", "given back: {given_back}");
-    assert_eq!(
-        given_back["binding:profile"],
-        json!({}),
-        "given back without the VF: {given_back}"
-    );
+    for (by, given_back) in [
+        (
+            "the CLI",
+            after_detach.expect("the user's port after detach"),
+        ),
+        (
+            "Docker",
+            after_docker.expect("the user's port after docker rm"),
+        ),
+    ] {
+        assert_eq!(
+            given_back["binding:host_id"], "",
+            "given back unbound by {by}: {given_back}"
+        );
+        assert_eq!(
+            given_back["device_id"], "",
+            "given back by {by}: {given_back}"
+        );
+        assert_eq!(
+            given_back["binding:profile"],
+            json!({}),
+            "given back without the VF by {by}: {given_back}"
+        );
+    }
     let made: Vec<Value> = n
         .api("GET", &format!("/ports?description=courier:host:{mark}"))
         .1["ports"]

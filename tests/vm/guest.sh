@@ -219,11 +219,12 @@ poweroff -f
 EOF
 }
 
-# The Docker layer (VM_DOCKER=1): Debian's dockerd, its containerd, runc shim and runc, the
-# docker CLI and docker-init, with their shared libraries, in a cpio of its own cached by the
+# The Docker layer (VM_DOCKER=1): Debian's dockerd, its containerd, runc shim and runc, its
+# docker CLI (/usr/bin/docker, the daemon's own version: a newer CLI refuses some flags against
+# API 1.41) and docker-init, with their shared libraries, in a cpio of its own cached by the
 # binaries' hashes (≈ 190 MB: only the scenarios that run Docker pay for it; give them
 # VM_MEM=2048). /init mounts cgroup2 for it; the scenario starts dockerd (lib.sh docker_daemon).
-DOCKER_BINS="dockerd containerd containerd-shim-runc-v2 runc docker docker-init"
+DOCKER_BINS="dockerd containerd containerd-shim-runc-v2 runc /usr/bin/docker docker-init"
 docker_layer() {
   DLAYER=''
   [ "${VM_DOCKER:-}" = 1 ] || return 0
@@ -236,7 +237,7 @@ docker_layer() {
   rm -rf "$r" "$VM_DIR"/docker-*.cpio; mkdir -p "$r/usr/local/bin"
   for b in $DOCKER_BINS; do
     p=$(readlink -f "$(command -v "$b")")
-    cp "$p" "$r/usr/local/bin/$b"
+    cp "$p" "$r/usr/local/bin/$(basename "$b")"
     { ldd "$p" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\//{print $3}' | while read -r l; do
       mkdir -p "$r$(dirname "$l")"; cp -Ln "$l" "$r$l"
     done

@@ -8,19 +8,24 @@
 #   a Courier-made direct port on a VF: the PF set the VLAN Neutron bound it to; the VF
 #     container reaches the host container and back ("__await_echo__ IP");
 #   the user's direct port by id (no --binding: its vnic_type chooses sriov): reachable;
-#   both detached; a daemon whose binding host no SR-IOV agent serves: Neutron's
+#   both detached; Docker (the Docker layer, guest.sh VM_DOCKER=1) runs a container on the
+#     user's port by id (--driver-opt courier.port, its --ip and --mac-address): on a VF,
+#     reachable; docker rm gives it back ("__docker_detached__");
+#   a daemon whose binding host no SR-IOV agent serves: Neutron's
 #   binding_failed is refused clearly, nothing left; every VF home and reset.
 # "__bound__ WHICH PORT_OR_IP PCI" lines let the host read the port while it is bound.
 # Prints "__ok__" last.
 set -euo pipefail
-: "${VM_NET:?}" "${VM_HOST_IP:?}" "${VM_PHYSNET:?}" "${VM_VLAN:?}" "${VM_PORT_ID:?}" "${COURIER_NEUTRON_HOST_ID:?}"
+: "${VM_NET:?}" "${VM_SUBNET:?}" "${VM_HOST_IP:?}" "${VM_PHYSNET:?}" "${VM_VLAN:?}" "${VM_PORT_ID:?}" \
+  "${VM_PORT_IP:?}" "${VM_PORT_MAC:?}" "${COURIER_NEUTRON_HOST_ID:?}"
 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link set lo up
 . /scenario/lib.sh
 sriov_pf 2
 
 export COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS="$VM_PHYSNET:$PF"
-courier_daemon sriov
+docker_daemon
+COURIER_DOCKER=1 courier_daemon sriov
 # The user's Neutron network, registered as a Courier network.
 courier network create srnet --backend neutron --neutron-network "$VM_NET" >/dev/null \
   || { echo "registering Neutron network $VM_NET failed"; exit 1; }
@@ -65,6 +70,28 @@ courier detach --netns /var/run/netns/c2
 for n in c1 c2; do [ -z "$(links_in $n)" ] || { echo "UNEXPECTED: $n keeps $(links_in $n)"; exit 1; }; done
 echo "__detached__"
 echo "both detached"
+
+# 3b. Docker, the Zun flow: the user's port named by id with an endpoint option (--driver-opt
+# courier.port, with its address and MAC); its vnic_type chooses sriov, Join hands Docker the
+# VF's netdev and Docker moves it. docker rm gives the port back and the VF home.
+docker network create -d courier --ipam-driver courier --subnet "$VM_SUBNET" \
+  -o courier.network=srnet srd >/dev/null || { echo "docker network create failed"; grep -v '"DEBUG"' /tmp/courier.log | tail -5; exit 1; }
+if ! docker run -d --name d1 --mac-address "$VM_PORT_MAC" \
+    --network "name=srd,ip=$VM_PORT_IP,driver-opt=courier.port=$VM_PORT_ID" courier-busybox sleep 3600 >/dev/null; then
+  echo "docker run on the user's direct port failed"; grep -v '"DEBUG"' /tmp/courier.log | tail -8; exit 1
+fi
+dpci=$(docker exec d1 readlink /sys/class/net/eth0/device | sed 's#.*/##')
+echo "__bound__ docker $VM_PORT_ID $dpci"
+case $dpci in "$(vf_pci 0)"|"$(vf_pci 1)") ;; *)
+  echo "UNEXPECTED: the Docker container's eth0 is not a VF of $PF: device $dpci"; docker exec d1 ip link; exit 1 ;;
+esac
+got=''
+for _ in $(seq 15); do docker exec d1 ping -c 1 -W 2 "$VM_HOST_IP" >/dev/null 2>&1 && { got=1; break; }; done
+[ -n "$got" ] || { echo "UNEXPECTED: the Docker container on the user's port does not reach $VM_HOST_IP"; exit 1; }
+echo "docker run on the user's direct port by id: on a VF, reachable"
+docker rm -f d1 >/dev/null
+docker network rm srd >/dev/null
+echo "__docker_detached__"
 
 # 4. A binding host no SR-IOV agent serves: Neutron answers binding_failed; refused, nothing left.
 kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
