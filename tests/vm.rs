@@ -189,6 +189,15 @@ fn remove_tap_and_veth(tap: &str, veth: &str) {
     run_quiet("ip", &["link", "del", veth]);
 }
 
+/// A host veth end on br-int (a [`host_port`]'s), removed with its OVS port on drop.
+struct BrIntPort(String);
+
+impl Drop for BrIntPort {
+    fn drop(&mut self) {
+        remove_tap_and_veth("", &self.0);
+    }
+}
+
 impl Drop for Objects {
     fn drop(&mut self) {
         self.remove();
@@ -2064,8 +2073,8 @@ fn guest_sriov_beside_macvlan_docker_and_veth() {
     let series = timing_series(test, &run);
     assert_eq!(
         series.len(),
-        4,
-        "vf/veth attach/release timings: {series:?}"
+        6,
+        "vf/veth attach/plug/release timings: {series:?}"
     );
     for (name, s) in &series {
         assert_eq!(
@@ -2079,7 +2088,7 @@ fn guest_sriov_beside_macvlan_docker_and_veth() {
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.p50_ms)
     };
-    for what in ["attach", "release"] {
+    for what in ["attach", "plug", "release"] {
         if let (Some(vf), Some(veth)) = (p50(&format!("vf-{what}")), p50(&format!("veth-{what}"))) {
             println!("{test}: {what} p50 VF / veth = {:.2}", vf / veth);
         }
@@ -2182,7 +2191,7 @@ fn guest_sriov_through_neutron() {
     );
     let subnet = subnet_for(98);
     let net = SriovNeutronNet::new(&n, &unique("vm-srneu"), subnet.clone());
-    let veth = format!("vmhq{pid}");
+    let veth = BrIntPort(format!("vmhq{pid}"));
     let peer = net.port(
         "peer",
         json!({"device_owner": "compute:nova", "binding:host_id": n.host_id,
@@ -2194,7 +2203,7 @@ fn guest_sriov_through_neutron() {
         .to_string();
     let ns = host_port(
         "vm-srneu-h",
-        &veth,
+        &veth.0,
         peer["id"].as_str().unwrap(),
         peer["mac_address"].as_str().unwrap(),
         &peer_ip,
@@ -2400,7 +2409,7 @@ fn guest_sriov_through_neutron() {
         "the network's ports after the run are not those before it"
     );
     drop(ns);
-    remove_tap_and_veth("", &veth);
+    drop(veth);
     drop(net);
     drop(nic);
 }

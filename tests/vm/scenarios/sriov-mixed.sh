@@ -11,8 +11,8 @@
 #   docker rm: the VF is home, under its own name, reset, and free again;
 #   the same daemon restarted with sriov and vlan-ovs (a veth into the VM's own Open vSwitch):
 #     a veth container reaches the host container; then $VM_CYCLES cycles of a VF attach +
-#     detach and a veth attach + detach, alternating ("__timings__ KIND-attach|release MS...",
-#     the daemon's total_ms);
+#     detach and a veth attach + detach, alternating ("__timings__ KIND-attach|plug|release
+#     MS...": the daemon's total_ms, and plug_ms, the edge binding's own part of an attach);
 #   at the end every VF free and reset, no container left.
 # Prints "__ok__" last.
 set -euo pipefail
@@ -110,12 +110,14 @@ for i in $(seq "$CYCLES"); do
   courier detach --netns /var/run/netns/c3
 done
 echo "$CYCLES cycles of a VF and a veth"
-ms_of() {  # EVENT BINDING
-  grep "\"$1\"" /tmp/courier.log | grep "\"binding\":\"$2\"" | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' '
+ms_of() {  # EVENT BINDING [FIELD]: the daemon's FIELD (default total_ms) of each such event
+  grep "\"$1\"" /tmp/courier.log | grep "\"binding\":\"$2\"" | grep -o "\"${3:-total_ms}\":[0-9.]*" | cut -d: -f2 | tr '\n' ' '
 }
 echo "__timings__ vf-attach $(ms_of attached sriov)"
+echo "__timings__ vf-plug $(ms_of attached sriov plug_ms)"
 echo "__timings__ vf-release $(ms_of detached sriov)"
 echo "__timings__ veth-attach $(ms_of attached vlan-ovs)"
+echo "__timings__ veth-plug $(ms_of attached vlan-ovs plug_ms)"
 echo "__timings__ veth-release $(ms_of detached vlan-ovs)"
 
 # 4. Every VF home and reset; no container keeps a link.
