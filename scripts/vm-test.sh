@@ -3,15 +3,16 @@
 # base deps, OVN started by scripts/ovn.sh; the *_through_neutron tests start Neutron + Keystone
 # with scripts/neutron.sh when they are not running (≈ 70 s cold); tests/vm/guest.sh setup
 # installs QEMU 10 from bookworm-backports and caches a Debian kernel + initramfs under
-# /var/tmp/courier-vm), builds the static courier binary the guest runs, then runs the tests one
-# at a time. Root.
+# /var/tmp/courier-vm; RabbitMQ for Neutron's SR-IOV agent; Debian's docker.io, whose binaries
+# the Docker guest tests copy into the guest), builds the static courier binary the guest runs,
+# then runs the tests one at a time. Root.
 # With COURIER_REQUIRE_ENV=1 (CI) a test that cannot run fails instead of skipping.
 # Cold (fresh machine): ≈ 30 s setup + the static build; warm: ≈ 5–7 s per guest boot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 if [ "$(id -u)" = 0 ]; then
-  scripts/install-deps.sh qemu rabbitmq
+  scripts/install-deps.sh qemu rabbitmq docker
   scripts/ovn.sh start
   COURIER_BIN=$PWD/$(scripts/build-static.sh)
   export COURIER_BIN

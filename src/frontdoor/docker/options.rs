@@ -101,11 +101,29 @@ pub(super) fn generic_options(options: &HashMap<String, Value>) -> Result<HashMa
 }
 
 /// Endpoint driver options: `courier.port` (alias `neutron.port.uuid`) names the existing port
-/// the endpoint must be (its `--ip` selects it; this confirms it).
+/// the endpoint must be (its `--ip` selects it; this confirms it). Any other `courier.*` or
+/// `neutron.*` key is refused: the network's options (`courier.binding`, ...) are fixed when
+/// the network is made, and the address (with a VF, for sriov) is reserved before the
+/// endpoint's options arrive.
 pub(super) fn endpoint_port_option(
     options: &Option<HashMap<String, Value>>,
 ) -> Result<Option<String>> {
     let Some(o) = options else { return Ok(None) };
+    let mut unknown: Vec<&str> = o
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            (k.starts_with("courier.") || k.starts_with("neutron."))
+                && !matches!(*k, "courier.port" | "neutron.port.uuid")
+        })
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        return Err(Error::InvalidInput(format!(
+            "unknown endpoint option --driver-opt {}: an endpoint takes only courier.port=PORT_ID (alias neutron.port.uuid); the binding is the network's (docker network create -o courier.binding=...) or the named port's vnic type",
+            unknown.join(", ")
+        )));
+    }
     let mut found = None;
     for key in ["courier.port", "neutron.port.uuid"] {
         if let Some(v) = o.get(key) {
@@ -126,6 +144,44 @@ mod tests {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn endpoint(kv: &[(&str, &str)]) -> Option<HashMap<String, Value>> {
+        Some(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn endpoint_options_name_a_port_and_nothing_else() {
+        assert_eq!(endpoint_port_option(&None).unwrap(), None);
+        assert_eq!(
+            endpoint_port_option(&endpoint(&[("courier.port", "p1")])).unwrap(),
+            Some("p1".to_string())
+        );
+        assert_eq!(
+            endpoint_port_option(&endpoint(&[("neutron.port.uuid", "p2")])).unwrap(),
+            Some("p2".to_string())
+        );
+        // Docker's own keys pass through.
+        assert_eq!(
+            endpoint_port_option(&endpoint(&[(
+                "com.docker.network.endpoint.exposedports",
+                ""
+            )]))
+            .unwrap(),
+            None
+        );
+        let err = endpoint_port_option(&endpoint(&[("courier.binding", "sriov")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("courier.binding"), "{err}");
+        assert!(
+            err.contains("docker network create -o courier.binding"),
+            "{err}"
+        );
     }
 
     #[test]
