@@ -2143,7 +2143,7 @@ const SRIOV_AGENT_HOST: &str = "courier-sriov-guest";
 /// binding host no agent serves is refused (binding_failed) with nothing left; and Docker (a
 /// real dockerd in the guest) runs a container on the user's port by id (`--driver-opt
 /// courier.port=ID` with its `--ip` and `--mac-address`, the Zun flow): on a VF, reachable,
-/// the port given back on `docker rm`. On the host:
+/// the port given back on `docker rm`; and CNI (`CNI_ARGS` `PORT=ID`) the same. On the host:
 /// each port as Neutron had it while bound (hw_veb, the VF's PCI address in binding:profile,
 /// an external LSP); after, Courier's port gone, the user's given back unbound; the network's
 /// ports as before.
@@ -2262,6 +2262,7 @@ fn guest_sriov_through_neutron() {
     let mut bound: Vec<(Value, String, String)> = Vec::new();
     let mut after_detach: Option<Value> = None;
     let mut after_docker: Option<Value> = None;
+    let mut after_cni: Option<Value> = None;
     let mut pinged = String::new();
     let run = run_guest(
         scenario("sriov-neutron.sh").as_str(),
@@ -2275,7 +2276,7 @@ fn guest_sriov_through_neutron() {
                     w.get(1).copied().unwrap_or(""),
                     w.get(2).copied().unwrap_or(""),
                 );
-                let port = if which == "existing" || which == "docker" {
+                let port = if which != "made" {
                     n.api("GET", &format!("/ports/{key}")).1["port"].clone()
                 } else {
                     net.ports()
@@ -2297,6 +2298,9 @@ fn guest_sriov_through_neutron() {
             }
             if line.starts_with("__docker_detached__") {
                 after_docker = Some(n.api("GET", &format!("/ports/{user_id}")).1["port"].clone());
+            }
+            if line.starts_with("__cni_detached__") {
+                after_cni = Some(n.api("GET", &format!("/ports/{user_id}")).1["port"].clone());
             }
             if let Some(ip) = line.strip_prefix("__await_echo__ ") {
                 pinged = String::from_utf8_lossy(
@@ -2328,6 +2332,7 @@ fn guest_sriov_through_neutron() {
         "the user's direct port by id: on a VF, reachable",
         "both detached",
         "docker run on the user's direct port by id: on a VF, reachable",
+        "CNI ADD of the user's direct port by id: on a VF, reachable, given back",
         "a host no SR-IOV agent serves: refused clearly, nothing left",
         "every VF free and reset",
         "__ok__",
@@ -2338,8 +2343,8 @@ fn guest_sriov_through_neutron() {
     );
     assert_eq!(
         bound.len(),
-        3,
-        "the guest bound two ports, the user's twice: {bound:?}"
+        4,
+        "the guest bound two ports, the user's by the CLI, Docker and CNI: {bound:?}"
     );
     for (port, pci, lsp_type) in &bound {
         let what = format!("port as Neutron had it while bound: {port}");
@@ -2373,6 +2378,7 @@ fn guest_sriov_through_neutron() {
             "Docker",
             after_docker.expect("the user's port after docker rm"),
         ),
+        ("CNI", after_cni.expect("the user's port after CNI DEL")),
     ] {
         assert_eq!(
             given_back["binding:host_id"], "",

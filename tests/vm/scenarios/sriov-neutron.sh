@@ -10,7 +10,8 @@
 #   the user's direct port by id (no --binding: its vnic_type chooses sriov): reachable;
 #   both detached; Docker (the Docker layer, guest.sh VM_DOCKER=1) runs a container on the
 #     user's port by id (--driver-opt courier.port, its --ip and --mac-address): on a VF,
-#     reachable; docker rm gives it back ("__docker_detached__");
+#     reachable; docker rm gives it back ("__docker_detached__"); so does CNI with
+#     CNI_ARGS PORT=ID ("__cni_detached__");
 #   a daemon whose binding host no SR-IOV agent serves: Neutron's
 #   binding_failed is refused clearly, nothing left; every VF home and reset.
 # "__bound__ WHICH PORT_OR_IP PCI" lines let the host read the port while it is bound.
@@ -92,6 +93,20 @@ echo "docker run on the user's direct port by id: on a VF, reachable"
 docker rm -f d1 >/dev/null
 docker network rm srd >/dev/null
 echo "__docker_detached__"
+
+# 3c. CNI, the user's port by id (CNI_ARGS PORT=ID): its vnic_type chooses sriov too.
+conf='{"cniVersion":"1.1.0","name":"srnet","type":"courier"}'
+cni() { echo "$conf" | CNI_COMMAND=$1 CNI_CONTAINERID=cni-srneu CNI_NETNS=/var/run/netns/c3 CNI_IFNAME=net1 \
+  CNI_ARGS="IgnoreUnknown=1;PORT=$VM_PORT_ID" CNI_PATH=/usr/local/bin courier; }
+res=$(cni ADD) || { echo "CNI ADD of the user's port failed: $res"; grep -v '"DEBUG"' /tmp/courier.log | tail -5; exit 1; }
+cmac=$(ip -n c3 -o link show net1 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+echo "__bound__ cni $VM_PORT_ID $(pci_with "$cmac")"
+reached c3 "$VM_HOST_IP" || { echo "UNEXPECTED: the CNI container on the user's port does not reach $VM_HOST_IP"; exit 1; }
+cni CHECK || { echo "UNEXPECTED: CNI CHECK failed"; exit 1; }
+cni DEL || { echo "UNEXPECTED: CNI DEL failed"; exit 1; }
+[ -z "$(links_in c3)" ] || { echo "UNEXPECTED: c3 keeps $(links_in c3)"; exit 1; }
+echo "CNI ADD of the user's direct port by id: on a VF, reachable, given back"
+echo "__cni_detached__"
 
 # 4. A binding host no SR-IOV agent serves: Neutron answers binding_failed; refused, nothing left.
 kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
