@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod ovn_controller;
+pub mod pool;
 pub mod reconcile;
 pub mod registry;
 pub mod staged;
