@@ -213,6 +213,7 @@ fn nested_macvlan_through_neutron_is_refused_and_changes_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _net_guard = NeutronNetGuard(net.clone());
     let net_id = n
         .api("GET", &format!("/networks?tags=courier:network:{net}"))
         .1["networks"][0]["id"]

@@ -7,8 +7,9 @@ use common::proxy::{Mode, Proxy};
 use common::*;
 use serde_json::Value;
 
-/// Creates Courier network `name` on Neutron with one IPv4 subnet; asserts it worked.
-fn neutron_net(d: &TestDaemon, name: &str, subnet: &str) {
+/// Creates Courier network `name` on Neutron with one IPv4 subnet; asserts it worked. The
+/// guard removes it (and its ports) if the test fails before it does.
+fn neutron_net(d: &TestDaemon, name: &str, subnet: &str) -> NeutronNetGuard {
     let out = d.cli(&[
         "network",
         "create",
@@ -23,6 +24,7 @@ fn neutron_net(d: &TestDaemon, name: &str, subnet: &str) {
         "network create {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    NeutronNetGuard(name.to_string())
 }
 
 fn addr(r: &Value, v6: bool) -> String {
@@ -327,7 +329,7 @@ fn neutron_bad_input_changes_nothing_and_no_secret_is_logged() {
     };
     let d = neutron_daemon("neu-bad", &n, &[("COURIER_LOG", "debug")]);
     let net = unique("neu-bad");
-    neutron_net(&d, &net, "10.215.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.215.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let (a, b) = (Netns::new("neu-bad-a"), Netns::new("neu-bad-b"));
     let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
@@ -383,7 +385,7 @@ fn requested_ip_and_mac_reach_the_neutron_port() {
     };
     let d = neutron_daemon("neu-mac", &n, &[]);
     let net = unique("neu-mac");
-    neutron_net(&d, &net, "10.219.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.219.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let (a, b, c) = (
         Netns::new("neu-mac-a"),
@@ -458,7 +460,7 @@ fn neutron_kill9_at_every_step_leaks_nothing() {
     }
     let mut d = neutron_daemon("neu-crash", &n, &[]);
     let net = unique("neu-crash");
-    neutron_net(&d, &net, "10.216.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.216.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("neu-crash");
     let env = n.daemon_env();
@@ -522,7 +524,7 @@ fn neutron_concurrent_add_del_leaks_nothing() {
     };
     let d = neutron_daemon("neu-conc", &n, &[]);
     let net = unique("neu-conc");
-    neutron_net(&d, &net, "10.217.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.217.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let nss: Vec<Netns> = (0..20).map(|i| Netns::new(&format!("nc{i}"))).collect();
     let results: Vec<(i32, Value)> = std::thread::scope(|s| {
@@ -580,7 +582,7 @@ fn existing_port_is_bound_and_given_back() {
     };
     let d = neutron_daemon("neu-exist", &n, &[]);
     let net = unique("neu-exist");
-    neutron_net(&d, &net, "10.218.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.218.0.0/24");
     let show: Value =
         serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
     let net_id = show["backend_id"].as_str().unwrap().to_string();
@@ -686,7 +688,7 @@ fn security_groups_reach_the_port() {
     };
     let d = neutron_daemon("neu-sg", &n, &[]);
     let net = unique("neu-sg");
-    neutron_net(&d, &net, "10.219.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.219.0.0/24");
     let sg_name = unique("courier-sg");
     let (code, sg) = n.call(
         "POST",
@@ -763,7 +765,7 @@ fn expired_token_is_renewed_without_a_failed_attach() {
     );
     let d = neutron_daemon("neu-token", &n, &[]);
     let net = unique("neu-token");
-    neutron_net(&d, &net, "10.220.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.220.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let (a, b) = (Netns::new("neu-tok-a"), Netns::new("neu-tok-b"));
     let (code, out) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
@@ -859,7 +861,7 @@ fn neutron_gone_mid_attach_then_reconcile_leaves_nothing() {
         ],
     );
     let net = unique("neu-mid");
-    neutron_net(&d, &net, "10.221.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.221.0.0/24");
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("neu-mid");
     let socket = d.socket.clone();
@@ -969,7 +971,7 @@ fn os_env_credentials_and_dns_and_routes_from_the_subnet() {
     );
     wait_backends(&d);
     let net = unique("neu-osenv");
-    neutron_net(&d, &net, "10.223.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.223.0.0/24");
     let (_, nets) = n.api("GET", &format!("/networks?tags=courier:network:{net}"));
     let subnet = nets["networks"][0]["subnets"][0]
         .as_str()
@@ -1045,7 +1047,7 @@ fn noauth_mode_with_an_explicit_endpoint() {
     );
     wait_backends(&d);
     let net = unique("neu-noauth");
-    neutron_net(&d, &net, "10.224.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.224.0.0/24");
     let (a, b) = (Netns::new("neu-na-a"), Netns::new("neu-na-b"));
     let conf = d.netconf(&net, "1.1.0");
     let (code, ra) = d.cni("ADD", "a", &a.path(), "eth0", &conf);
@@ -1076,7 +1078,7 @@ fn a_claimed_port_whose_record_is_lost_is_given_back() {
     };
     let mut d = neutron_daemon("neu-lost", &n, &[]);
     let net = unique("neu-lost");
-    neutron_net(&d, &net, "10.225.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.225.0.0/24");
     let show: Value =
         serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
     let (code, v) = n.call(
@@ -1138,7 +1140,7 @@ fn two_attaches_race_for_one_existing_port() {
     };
     let d = neutron_daemon("neu-race", &n, &[]);
     let net = unique("neu-race");
-    neutron_net(&d, &net, "10.226.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.226.0.0/24");
     let show: Value =
         serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
     let (code, v) = n.call(
@@ -1283,7 +1285,7 @@ fn application_credential_auth() {
     );
     wait_backends(&d);
     let net = unique("neu-appcred");
-    neutron_net(&d, &net, "10.227.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.227.0.0/24");
     let ns = Netns::new("neu-appcred");
     let conf = d.netconf(&net, "1.1.0");
     let (code, out) = d.cni("ADD", "ac", &ns.path(), "eth0", &conf);
@@ -1508,7 +1510,7 @@ while True:
     let attach_works = |d: &TestDaemon, tag: &str| {
         wait_backends(d);
         let net = unique(tag);
-        neutron_net(d, &net, "10.229.0.0/24");
+        let _net_guard = neutron_net(d, &net, "10.229.0.0/24");
         let ns = Netns::new(tag);
         let conf = d.netconf(&net, "1.1.0");
         let (code, out) = d.cni("ADD", "t", &ns.path(), "eth0", &conf);
@@ -1571,7 +1573,7 @@ fn credentials_from_the_daemon_config_file() {
     );
     wait_backends(&d);
     let net = unique("neu-toml");
-    neutron_net(&d, &net, "10.231.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.231.0.0/24");
     let ns = Netns::new("neu-toml");
     let conf = d.netconf(&net, "1.1.0");
     let (code, out) = d.cni("ADD", "t", &ns.path(), "eth0", &conf);
@@ -1595,7 +1597,7 @@ fn a_foreign_projects_port_is_refused() {
         &[("COURIER_NEUTRON_CLOUD", "courier-demo")],
     );
     let net = unique("neu-foreign");
-    neutron_net(&d, &net, "10.232.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.232.0.0/24");
     // An admin-project port on a network of the admin project.
     let (code, v) = n.call(
         "POST",
@@ -1647,7 +1649,7 @@ fn forbidden_port_binding_is_a_clear_error() {
     };
     let d = neutron_daemon("neu-403", &n, &[("COURIER_NEUTRON_CLOUD", "courier-demo")]);
     let net = unique("neu-403");
-    neutron_net(&d, &net, "10.234.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.234.0.0/24");
     let ns = Netns::new("neu-403");
     let conf = d.netconf(&net, "1.1.0");
     let (code, out) = d.cni("ADD", "f", &ns.path(), "eth0", &conf);
@@ -1695,9 +1697,11 @@ fn noauth_daemon_reads_every_page() {
     );
     wait_backends(&d);
     let nets: Vec<String> = (0..=PAGE).map(|i| unique(&format!("neu-pg{i}"))).collect();
-    for (i, net) in nets.iter().enumerate() {
-        neutron_net(&d, net, &format!("10.232.{i}.0/24"));
-    }
+    let _net_guards: Vec<NeutronNetGuard> = nets
+        .iter()
+        .enumerate()
+        .map(|(i, net)| neutron_net(&d, net, &format!("10.232.{i}.0/24")))
+        .collect();
     // Security groups, more than a page of them in Neutron (noauth sees every project's).
     let sg_names: Vec<String> = (0..=PAGE)
         .map(|i| unique(&format!("neu-pg-sg{i}")))
@@ -1986,7 +1990,7 @@ fn a_ports_vnic_type_chooses_or_refuses_the_binding() {
     };
     let d = neutron_daemon("neu-vnic", &n, &[]);
     let net = unique("neu-vnic");
-    neutron_net(&d, &net, "10.234.0.0/24");
+    let _net_guard = neutron_net(&d, &net, "10.234.0.0/24");
     let show: Value =
         serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
     let net_id = show["backend_id"].as_str().unwrap().to_string();
@@ -2046,4 +2050,40 @@ fn a_ports_vnic_type_chooses_or_refuses_the_binding() {
     }
     assert!(store_empty, "no record");
     assert!(!has_eth0, "no interface");
+}
+
+/// The tests' own guard: a Courier network a failed test never deleted goes with its ports
+/// (what keeps a failed run from leaking Neutron networks).
+#[test]
+fn a_network_guard_removes_what_a_failed_test_left() {
+    let Some(n) = NeutronEnv::get("a_network_guard_removes_what_a_failed_test_left") else {
+        return;
+    };
+    let d = neutron_daemon("neu-guard", &n, &[]);
+    let net = unique("neu-guard");
+    let guard = neutron_net(&d, &net, "10.236.0.0/24");
+    let id = n
+        .api("GET", &format!("/networks?tags=courier:network:{net}"))
+        .1["networks"][0]["id"]
+        .as_str()
+        .expect("the network in Neutron")
+        .to_string();
+    let (code, port) = n.call(
+        "POST",
+        "/ports",
+        Some(serde_json::json!({"port": {"network_id": id, "name": format!("{net}-left")}})),
+    );
+    assert_eq!(code, 201, "{port}");
+    drop(guard);
+    assert_eq!(
+        n.api("GET", &format!("/networks/{id}")).0,
+        404,
+        "network left"
+    );
+    let port_id = port["port"]["id"].as_str().unwrap_or("");
+    assert_eq!(
+        n.api("GET", &format!("/ports/{port_id}")).0,
+        404,
+        "port left"
+    );
 }

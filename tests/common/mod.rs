@@ -854,3 +854,47 @@ pub fn wait_backends(d: &TestDaemon) {
     });
     assert!(connected, "backends did not connect:\n{}", d.log());
 }
+
+/// A Courier network on Neutron (found by its `courier:network:NAME` tag): on drop, if it is
+/// still there (the test failed before it deleted it), its ports but Neutron's own
+/// (`network:*`) and then the network are deleted, through the noauth API (which sees every
+/// project's). So a failed assertion leaks nothing.
+#[must_use = "the network is removed when this guard is dropped"]
+pub struct NeutronNetGuard(pub String);
+
+impl Drop for NeutronNetGuard {
+    fn drop(&mut self) {
+        let noauth = |method: &str, path: &str| -> Value {
+            let out = sh(
+                "curl",
+                &[
+                    "-s",
+                    "-X",
+                    method,
+                    &format!("http://127.0.0.1:9697/v2.0{path}"),
+                ],
+            );
+            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        };
+        let nets = noauth("GET", &format!("/networks?tags=courier:network:{}", self.0));
+        for net in nets["networks"].as_array().cloned().unwrap_or_default() {
+            let Some(id) = net["id"].as_str() else {
+                continue;
+            };
+            let ports = noauth("GET", &format!("/ports?network_id={id}"));
+            for p in ports["ports"].as_array().cloned().unwrap_or_default() {
+                if !p["device_owner"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("network:")
+                {
+                    noauth(
+                        "DELETE",
+                        &format!("/ports/{}", p["id"].as_str().unwrap_or("")),
+                    );
+                }
+            }
+            noauth("DELETE", &format!("/networks/{id}"));
+        }
+    }
+}
