@@ -1,6 +1,8 @@
 //! `courier bench attach`: CNI ADD/DEL through Courier for N namespaces, and the same through
-//! the reference `bridge` + `host-local` plugins in the same run; prints latency percentiles,
-//! throughput and the Courier/bridge ratio. Plugin time is measured from exec to exit.
+//! the reference `bridge` + `host-local` plugins in the same run, and the netlink floor (a veth
+//! born in the netns, addressed, routed, up, in this process: the least an ADD can cost here);
+//! prints latency percentiles, throughput and the ratios. Plugin time is measured from exec to
+//! exit.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,8 @@ use crate::netns;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// ADD then DEL N namespaces through Courier's CNI plugin and through bridge+host-local.
+    /// ADD then DEL N namespaces through Courier's CNI plugin, through bridge+host-local, and
+    /// the netlink floor (a veth born in the netns, addressed, routed and up, in-process).
     Attach {
         /// Number of namespaces.
         #[arg(short = 'n', long, default_value_t = 200)]
@@ -28,7 +31,7 @@ pub enum BenchCmd {
         /// Directory of the reference CNI plugins.
         #[arg(long, default_value = "/usr/lib/cni")]
         cni_path: PathBuf,
-        /// Skip the reference plugins (Courier only).
+        /// Skip the reference plugins and the netlink floor (Courier only).
         #[arg(long)]
         no_reference: bool,
         /// Also write the numbers as JSON to this file.
@@ -431,6 +434,68 @@ fn interleaved(
     }))
 }
 
+/// The netlink floor: what giving a netns an interface costs at the least on this host, in
+/// this process (no plugin exec, no backend, no switch): a veth born with its peer in the netns,
+/// the peer renamed, addressed, up with a default route, the host end up; then its delete.
+/// Sequential, one per namespace in `names`. Returns (ADD times, DEL times, ADD wall, DEL wall).
+fn netlink_floor(names: &[String]) -> Result<(Stats, Stats), String> {
+    use std::os::fd::AsRawFd;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let host = courier_netlink::Netlink::host().map_err(|e| e.to_string())?;
+        let (mut add, mut del) = (Vec::new(), Vec::new());
+        let (mut add_wall, mut del_wall) = (Duration::ZERO, Duration::ZERO);
+        let gw: std::net::IpAddr = "10.242.0.1".parse().map_err(|_| "gateway".to_string())?;
+        for (i, n) in names.iter().enumerate() {
+            let path = netns::path(n);
+            let host_if = format!("fl{}", &n[n.len().saturating_sub(11)..]);
+            let addr: ipnet::IpNet = format!("10.242.{}.{}/16", 1 + i / 250, 1 + i % 250)
+                .parse()
+                .map_err(|e| format!("floor address: {e}"))?;
+            let t = Instant::now();
+            let fd = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            host.create_veth(&courier_netlink::VethSpec {
+                host_name: host_if.clone(),
+                peer_name: "flpeer0".into(),
+                peer_mac: None,
+                mtu: None,
+                peer_netns_fd: Some(fd.as_raw_fd()),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let ns = courier_netlink::Netlink::in_netns(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            ns.configure(&courier_netlink::IfaceConfig {
+                current_name: "flpeer0".into(),
+                new_name: "eth0".into(),
+                mac: None,
+                mtu: None,
+                addresses: vec![addr],
+                gateways: vec![gw],
+                routes: vec![],
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            host.set_up(&host_if).await.map_err(|e| e.to_string())?;
+            let took = t.elapsed();
+            add.push(took);
+            add_wall += took;
+            let t = Instant::now();
+            host.delete_link(&host_if)
+                .await
+                .map_err(|e| e.to_string())?;
+            let took = t.elapsed();
+            del.push(took);
+            del_wall += took;
+        }
+        Ok((stats(add, add_wall), stats(del, del_wall)))
+    })
+}
+
 fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
     let Opts {
         count,
@@ -463,17 +528,26 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
     let backend = net_info["backend"].as_str().unwrap_or("ovn").to_string();
     let names: Vec<String> = (0..count).map(|i| format!("cb{tag}-{i}")).collect();
     let ref_names: Vec<String> = (0..count).map(|i| format!("rb{tag}-{i}")).collect();
+    let floor_names: Vec<String> = (0..count).map(|i| format!("fb{tag}-{i}")).collect();
     let cleanup = |names: &[String]| {
         for n in names {
             let _ = netns::delete(n);
         }
     };
     let result = (|| -> Result<serde_json::Value, String> {
-        for n in names.iter().chain(if no_reference {
-            [].iter()
-        } else {
-            ref_names.iter()
-        }) {
+        for n in names
+            .iter()
+            .chain(if no_reference {
+                [].iter()
+            } else {
+                ref_names.iter()
+            })
+            .chain(if no_reference {
+                [].iter()
+            } else {
+                floor_names.iter()
+            })
+        {
             netns::create(n).map_err(|e| e.to_string())?;
         }
         let conf =
@@ -565,6 +639,16 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
                 ratio(c_add.per_sec, r_add.per_sec),
             );
             out["reference"] = json!({"add": r_add, "del": r_del});
+            let (f_add, f_del) = netlink_floor(&floor_names)?;
+            print_row("netlink floor ADD", &f_add);
+            print_row("netlink floor DEL", &f_del);
+            println!(
+                "ratio courier/floor: ADD p50 {:.2}x, p99 {:.2}x; bridge/floor: ADD p50 {:.2}x",
+                ratio(c_add.p50_ms, f_add.p50_ms),
+                ratio(c_add.p99_ms, f_add.p99_ms),
+                ratio(r_add.p50_ms, f_add.p50_ms),
+            );
+            out["floor"] = json!({"add": f_add, "del": f_del});
             let _ = std::fs::remove_dir_all(&data_dir);
             // The bridge plugin leaves its bridge behind; remove it.
             remove_link(&format!("cbr{}", tag % 100000));
@@ -573,6 +657,7 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
     })();
     cleanup(&names);
     cleanup(&ref_names);
+    cleanup(&floor_names);
     if own_network {
         let _ = call(socket, "DELETE", &format!("/v1/networks/{network}"), None);
     }
