@@ -116,6 +116,16 @@ impl Attacher {
 
     async fn attach_flow(&self, req: &AttachRequest) -> Result<Attachment> {
         let started = std::time::Instant::now();
+        let named;
+        let req = if req.network.is_empty() {
+            named = AttachRequest {
+                network: self.network_of_port(req).await?,
+                ..req.clone()
+            };
+            &named
+        } else {
+            req
+        };
         // 1. Validate everything we can before any side effect.
         validate_ifname(&req.ifname).map_err(Error::InvalidInput)?;
         if req.container_id.is_empty() {
@@ -237,6 +247,48 @@ impl Attacher {
             network = %att.network, port = %att.port_name, binding = att.edge.kind(),
             ips = ?att.port.as_ref().map(|p| &p.ips), intent_ms, port_ms, plug_ms, up_ms, edge_ms = ms(t1), total_ms = ms(t0), "attached");
         Ok(())
+    }
+
+    /// The Courier network of an attach that names an existing port and no network: the one,
+    /// of the backends that bind existing ports, whose backend id is the port's network.
+    /// Refused, changing nothing, when no port is named, or its network is not one of
+    /// Courier's (the error says how to register it).
+    async fn network_of_port(&self, req: &AttachRequest) -> Result<String> {
+        let Some(port) = &req.port else {
+            return Err(Error::InvalidInput(
+                "no network given: name one (--network, the CNI network's name), or an existing port (--port) whose network Courier knows".into(),
+            ));
+        };
+        let mut last = None;
+        for backend in self.registry.backends() {
+            let Some(existing) = backend.existing_ports() else {
+                continue;
+            };
+            let net_id = match existing.network_of(port).await {
+                Ok(id) => id,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            if let Some(n) = backend
+                .networks()
+                .await?
+                .into_iter()
+                .find(|n| n.backend_id == net_id)
+            {
+                return Ok(n.name);
+            }
+            return Err(Error::InvalidInput(format!(
+                "port {port} is on {} network {net_id}, which is not a Courier network: register it (courier network create NAME --neutron-network {net_id}), or give --network",
+                backend.id()
+            )));
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::InvalidInput(format!(
+                "port {port}: no backend of this daemon binds existing ports (Neutron does); give --network"
+            ))
+        }))
     }
 
     /// The intent, durable before anything exists. A nested vlan edge first gets its tag: the

@@ -109,9 +109,10 @@ pub struct AttachArgs {
     /// Path of the network namespace, e.g. /var/run/netns/NAME or /proc/PID/ns/net.
     #[arg(long)]
     pub netns: String,
-    /// Network to attach to.
-    #[arg(long)]
-    pub network: String,
+    /// Network to attach to (with --port it may be left out: the port's own network, if it is
+    /// a Courier network).
+    #[arg(long, required_unless_present = "port")]
+    pub network: Option<String>,
     /// Interface name inside the namespace.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
@@ -358,7 +359,7 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                     "container_id": a.container_id.clone().unwrap_or_else(|| a.netns.clone()),
                     "ifname": a.ifname,
                     "netns": a.netns,
-                    "network": a.network,
+                    "network": a.network.clone().unwrap_or_default(),
                     "ip": ip,
                     "mac": a.mac,
                     "binding": a.binding,

@@ -574,7 +574,8 @@ fn d_cni(conf: &str, cmd: &str, container: &str, netns: &str) -> (i32, Value) {
 /// An existing Neutron port bound by id (the Zun `--nets port=UUID` flow, CNI_ARGS PORT=ID):
 /// the container gets its MAC and IP, the port is bound to this host while attached, and DEL
 /// gives it back as it was without deleting it. A port bound elsewhere and an unknown port are
-/// refused, changing nothing.
+/// refused, changing nothing. The CLI may name the port alone (its network is found); a port
+/// on a network Courier does not know is refused with how to register it, changing nothing.
 #[test]
 fn existing_port_is_bound_and_given_back() {
     let Some(n) = NeutronEnv::get("existing_port_is_bound_and_given_back") else {
@@ -673,6 +674,60 @@ fn existing_port_is_bound_and_given_back() {
         "{p}"
     );
     assert!(owned(&d).is_empty());
+
+    // The CLI may name the port alone: its network is found (the Courier network of its
+    // Neutron network).
+    let out = d.cli(&["attach", "--netns", &ns.path(), "--port", pid, "--json"]);
+    assert!(
+        out.status.success(),
+        "attach --port alone: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["network"], net.as_str(), "{a}");
+    assert!(ns.has_link("eth0"));
+    assert!(d.cli(&["detach", "--netns", &ns.path()]).status.success());
+    // A port on a Neutron network Courier does not know: refused, saying how to register it,
+    // and the port untouched.
+    let (code, plain) = n.call(
+        "POST",
+        "/networks",
+        Some(serde_json::json!({"network": {"name": unique("neu-plain")}})),
+    );
+    assert_eq!(code, 201, "{plain}");
+    let plain_id = plain["network"]["id"].as_str().unwrap().to_string();
+    let (code, stray) = n.call(
+        "POST",
+        "/ports",
+        Some(serde_json::json!({"port": {"network_id": plain_id}})),
+    );
+    assert_eq!(code, 201, "{stray}");
+    let stray_id = stray["port"]["id"].as_str().unwrap().to_string();
+    let before = n.api("GET", &format!("/ports/{stray_id}")).1["port"].clone();
+    let out = d.cli(&["attach", "--netns", &ns.path(), "--port", &stray_id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not a Courier network") && err.contains("--neutron-network"),
+        "{err}"
+    );
+    assert_eq!(
+        n.api("GET", &format!("/ports/{stray_id}")).1["port"],
+        before
+    );
+    assert!(d.store().is_empty() && !ns.has_link("eth0"));
+    n.api("DELETE", &format!("/ports/{stray_id}"));
+    n.api("DELETE", &format!("/networks/{plain_id}"));
+    // Neither a network nor a port: the CLI says what to give.
+    let out = d.cli(&["attach", "--netns", &ns.path()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--network"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     for id in [pid, vm_id] {
         n.api("DELETE", &format!("/ports/{id}"));
     }

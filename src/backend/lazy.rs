@@ -244,6 +244,9 @@ impl VlanChildPorts for Lazy {
 
 #[async_trait]
 impl ExistingPorts for Lazy {
+    async fn network_of(&self, id: &str) -> Result<String> {
+        self.get()?.require_existing_ports()?.network_of(id).await
+    }
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
         self.get()?
             .require_existing_ports()?

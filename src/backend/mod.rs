@@ -393,6 +393,9 @@ pub trait ExistingPorts: Send + Sync {
     /// An existing port to bind (no side effect): what it is now, refused if it is bound to
     /// something else (the error says to what) or is not on `network`.
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort>;
+    /// The backend id of the network existing port `id` is on (no side effect): what an attach
+    /// that names only the port (`--port` without `--network`) is resolved with.
+    async fn network_of(&self, id: &str) -> Result<String>;
     /// Claims the existing port for `owner` on this host and returns it as Courier sees it;
     /// `role` is how its edge binds it (a direct port gets its VF in `binding:profile`).
     async fn claim_port(

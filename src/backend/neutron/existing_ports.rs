@@ -14,6 +14,16 @@ use crate::model::{ExistingPort, LogicalPort, Network};
 
 #[async_trait]
 impl ExistingPorts for NeutronBackend {
+    async fn network_of(&self, id: &str) -> Result<String> {
+        match self.api.get_port(id).await {
+            Ok(p) => Ok(p.network_id),
+            Err(e) if e.is_not_found() => Err(Error::InvalidInput(format!(
+                "Neutron has no port {id:?}: check `openstack port show {id}`"
+            ))),
+            Err(e) => Err(os_err(format!("reading port {id}"))(e)),
+        }
+    }
+
     async fn inspect_port(&self, id: &str, network: &Network) -> Result<ExistingPort> {
         let p = match self.api.get_port(id).await {
             Ok(p) => p,
