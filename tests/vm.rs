@@ -515,13 +515,7 @@ fn guest_nested_ipvlan_needs_its_pair() {
         security_before,
         "detach removed exactly its pair"
     );
-    let left = nbctl(&[
-        "--bare",
-        "--columns=name",
-        "find",
-        "Logical_Switch_Port",
-        &format!("external_ids:courier-host=it-vm-ipv-{pid}"),
-    ]);
+    let left = ports_of_mark(&format!("it-vm-ipv-{pid}"));
     assert!(left.trim().is_empty(), "no reservation port left: {left}");
     drop(o);
     drop(host);
@@ -638,13 +632,7 @@ fn guest_nested_containers_on_an_open_vm_port() {
     }
     assert_eq!(get("port_security"), "[]", "still open after the detaches");
     assert_eq!(get("addresses"), addresses_before, "addresses as they were");
-    let left = nbctl(&[
-        "--bare",
-        "--columns=name",
-        "find",
-        "Logical_Switch_Port",
-        &format!("external_ids:courier-host={mark}"),
-    ]);
+    let left = ports_of_mark(&mark);
     assert!(left.trim().is_empty(), "no reservation port left: {left}");
     drop(o);
     drop(host);
@@ -853,13 +841,7 @@ fn nested_vlan_in_guest(test: &str, scenario_name: &str, subnet_index: u8, short
             "no child LSP of {lsp_vm} with tag {tag} for {said}: {seen:?}"
         );
     }
-    let left = nbctl(&[
-        "--bare",
-        "--columns=name",
-        "find",
-        "Logical_Switch_Port",
-        &format!("external_ids:courier-host={mark}"),
-    ]);
+    let left = ports_of_mark(&mark);
     assert!(left.trim().is_empty(), "no child port left: {left}");
     assert_eq!(
         nbctl(&[

@@ -92,6 +92,19 @@ vf_pci() { basename "$(readlink -f "$D/virtfn$1")"; }
 vf_dev() { ls "$D/virtfn$1/net" 2>/dev/null | head -1; }
 vf_line() { ip link show "$PF" | grep "vf $1 " || true; }
 
+# vfs_home_and_reset: both VFs have no admin MAC and no VLAN (each one's line printed) and are
+# in the host netns under the names sriov_pf found; else says which is not and exits 1.
+vfs_home_and_reset() {
+  local i l
+  for i in 0 1; do
+    l=$(vf_line $i); echo "$l"
+    echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC: $l"; exit 1; }
+    if echo "$l" | grep -q "vlan"; then echo "UNEXPECTED: VF $i keeps a VLAN: $l"; exit 1; fi
+  done
+  [ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] \
+    || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1), not $VF0 $VF1"; exit 1; }
+}
+
 # ip_of JSON: the first IPv4 address of `courier attach --json`'s answer.
 ip_of() { echo "$1" | tr -d ' \n' | sed -n 's/.*"ips":\["\([0-9.]*\)\/.*/\1/p'; }
 # links_in NETNS: its links but lo.

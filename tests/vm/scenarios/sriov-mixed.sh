@@ -121,12 +121,7 @@ echo "__timings__ veth-plug $(ms_of attached vlan-ovs plug_ms)"
 echo "__timings__ veth-release $(ms_of detached vlan-ovs)"
 
 # 4. Every VF home and reset; no container keeps a link.
-for i in 0 1; do
-  l=$(vf_line $i)
-  echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC: $l"; exit 1; }
-  echo "$l" | grep -q "vlan" && { echo "UNEXPECTED: VF $i keeps a VLAN: $l"; exit 1; }
-done
-[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+vfs_home_and_reset
 for n in c1 c2 c3; do [ -z "$(links_in $n)" ] || { echo "UNEXPECTED: $n keeps $(links_in $n)"; exit 1; }; done
 echo "every VF free and reset"
 echo "__ok__"

@@ -125,12 +125,6 @@ courier network delete srnet
 kill "$COURIER_PID"; wait "$COURIER_PID" 2>/dev/null || true
 
 # 5. Every VF home, under its own name, reset.
-for i in 0 1; do
-  l=$(vf_line $i)
-  echo "$l"
-  echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC"; exit 1; }
-  echo "$l" | grep -q "vlan" && { echo "UNEXPECTED: VF $i keeps a VLAN"; exit 1; }
-done
-[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+vfs_home_and_reset
 echo "every VF free and reset"
 echo "__ok__"

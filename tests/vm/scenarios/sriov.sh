@@ -142,13 +142,7 @@ echo "__timings__ attach $(grep '"attached"' /tmp/courier.log | grep -o '"total_
 echo "__timings__ release $(grep '"detached"' /tmp/courier.log | grep -o '"total_ms":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')"
 
 # 7. Every VF home, under its own name, reset.
-for i in 0 1; do
-  l=$(vf_line $i)
-  echo "$l"
-  echo "$l" | grep -q "link/ether 00:00:00:00:00:00" || { echo "UNEXPECTED: VF $i keeps a MAC"; exit 1; }
-  echo "$l" | grep -q "vlan" && { echo "UNEXPECTED: VF $i keeps a VLAN"; exit 1; }
-done
-[ "$(vf_dev 0)" = "$VF0" ] && [ "$(vf_dev 1)" = "$VF1" ] || { echo "UNEXPECTED: VF netdevs $(vf_dev 0) $(vf_dev 1)"; exit 1; }
+vfs_home_and_reset
 for n in c1 c2 c3 c4; do [ -z "$(links_in $n)" ] || { echo "UNEXPECTED: $n keeps $(links_in $n)"; exit 1; }; done
 echo "every VF free and reset"
 echo "__ok__"
