@@ -38,6 +38,8 @@ pub struct Attacher {
     pub lease_timeout: Duration,
     /// This host's ownership mark; part of every attachment id.
     pub host: String,
+    /// Port pools: an attach they can serve takes a pooled port (pool/flow.rs).
+    pub pools: Arc<crate::pool::flow::Pools>,
     pub(crate) locks: KeyedLocks,
 }
 
@@ -64,6 +66,7 @@ impl Attacher {
             port_up_timeout,
             lease_timeout: Duration::from_secs(60),
             host: host.to_string(),
+            pools: Arc::new(crate::pool::flow::Pools::new(Default::default())),
             locks: KeyedLocks::default(),
         }
     }
@@ -302,6 +305,10 @@ impl Attacher {
         network: &Network,
         binding: &dyn EdgeBinding,
     ) -> Result<()> {
+        // A pooled port: claimed with the intent, so the port step makes no backend write.
+        if self.take_slot(att, backend, network, binding).await? {
+            return Ok(());
+        }
         if let Some(prefix) = binding.device_claim_prefix() {
             return self.claim_device(att, network, binding, prefix).await;
         }
@@ -408,6 +415,13 @@ impl Attacher {
             pairs_on: plan,
         };
         let port = match &att.existing_port {
+            // Taken from a pool with the intent: made already, nothing to ask the backend.
+            None if att.pool_slot.is_some() && att.port.is_some() => {
+                att.phase = Phase::PortCreated;
+                self.store.note(att).await?;
+                hooks::point("after-port").await;
+                return Ok(());
+            }
             Some(existing) => {
                 backend
                     .require_existing_ports()?
@@ -512,9 +526,10 @@ impl Attacher {
         // A port Courier made for an edge of this host's switch goes first, then the edge: the
         // switch never reports the port down to its backend (Neutron would process a status
         // change for a port it is deleting: the DELETE then stalls for ≈ 0.5 s behind it).
-        // An existing port is given back only once nothing here uses it, and a nested edge's
-        // pairs and reservation go after the interface that used them.
+        // An existing or pooled port is given back only once nothing here uses it, and a
+        // nested edge's pairs and reservation go after the interface that used them.
         let port_first = att.existing_port.is_none()
+            && att.pool_slot.is_none()
             && att.pairs.is_empty()
             && binding.as_ref().is_ok_and(|b| !b.ready_by_backend());
         let mut errors = Vec::new();
@@ -586,6 +601,7 @@ impl Attacher {
                     Err(e) => Err(e),
                 }
             }
+            None if att.pool_slot.is_some() => self.give_back(att, &**backend).await.map(|_| true),
             None => backend.delete_port(&port_ref(att), &self.host).await,
         };
         match removed {

@@ -37,6 +37,105 @@ pub struct Config {
     pub bindings: Vec<String>,
     pub nested: NestedConfig,
     pub sriov: SriovConfig,
+    pub pool: PoolSettings,
+}
+
+/// Port pools (`[pool]`): logical ports made ahead in bulk, so an attach takes one with no
+/// backend write. Off by default (as kuryr-kubernetes' `vif_pool_driver = noop`); the knobs'
+/// defaults are kuryr-kubernetes' `[vif_pool]` ones (see `pool::PoolConfig` for the mapping
+/// to kuryr-kubernetes' and AWS VPC CNI's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    pub enabled: bool,
+    /// Free ports kept ready per pool (kuryr `ports_pool_min`, AWS `WARM_IP_TARGET`).
+    pub min: usize,
+    /// Free + taken ports per pool; 0 = no limit (kuryr `ports_pool_max`).
+    pub max: usize,
+    /// Ports per refill, grown when a pool drains faster than it refills (kuryr
+    /// `ports_pool_batch`).
+    pub batch: usize,
+    /// Ports a pool holds even if none is taken (AWS `MINIMUM_IP_TARGET`).
+    pub min_total: usize,
+    /// Seconds between refill passes (kuryr `ports_pool_update_frequency`); a take that leaves
+    /// a pool below `min` starts one at once.
+    pub refill_interval_secs: u64,
+    /// The adaptive batch's ceiling.
+    pub max_batch: usize,
+    /// Ports per second this host creates in one backend for its pools.
+    pub creates_per_sec: u32,
+    /// Networks whose pool (default binding, no security groups) is filled from the start;
+    /// other pools are made by their first attach.
+    pub networks: Vec<String>,
+    /// Per-network settings, e.g. `[pool.overrides.web] min = 20`.
+    pub overrides: std::collections::BTreeMap<String, PoolOverride>,
+}
+
+/// One network's pool settings over `[pool]`'s.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolOverride {
+    pub enabled: Option<bool>,
+    pub min: Option<usize>,
+    pub max: Option<usize>,
+    pub batch: Option<usize>,
+    pub min_total: Option<usize>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        let d = crate::pool::PoolConfig::default();
+        PoolSettings {
+            enabled: false,
+            min: d.min,
+            max: d.max,
+            batch: d.batch,
+            min_total: d.min_total,
+            refill_interval_secs: d.refill_interval.as_secs(),
+            max_batch: d.max_batch,
+            creates_per_sec: d.creates_per_sec,
+            networks: vec![],
+            overrides: Default::default(),
+        }
+    }
+}
+
+impl PoolSettings {
+    /// The pool rules of network `network`'s pools; None when pools are off for it.
+    pub fn config_for(&self, network: &str) -> Option<crate::pool::PoolConfig> {
+        let o = self.overrides.get(network).cloned().unwrap_or_default();
+        if !o.enabled.unwrap_or(self.enabled) {
+            return None;
+        }
+        Some(crate::pool::PoolConfig {
+            min: o.min.unwrap_or(self.min),
+            max: o.max.unwrap_or(self.max),
+            batch: o.batch.unwrap_or(self.batch),
+            min_total: o.min_total.unwrap_or(self.min_total),
+            refill_interval: Duration::from_secs(self.refill_interval_secs),
+            max_batch: self.max_batch.max(o.batch.unwrap_or(self.batch)),
+            creates_per_sec: self.creates_per_sec,
+        })
+    }
+
+    /// Every setting's rules checked (the defaults and each override).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let all = Self {
+            enabled: true,
+            ..self.clone()
+        };
+        all.config_for("")
+            .map(|c| c.validate())
+            .transpose()
+            .map_err(|e| format!("[pool]: {e}"))?;
+        for name in self.overrides.keys() {
+            if let Some(c) = all.config_for(name) {
+                c.validate()
+                    .map_err(|e| format!("[pool.overrides.{name}]: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// SR-IOV VFs for the `sriov` binding.
@@ -196,6 +295,7 @@ impl Default for Config {
             bindings: vec!["veth-ovs".into()],
             nested: NestedConfig::default(),
             sriov: SriovConfig::default(),
+            pool: PoolSettings::default(),
         }
     }
 }
@@ -273,7 +373,9 @@ impl Config {
     /// COURIER_DOCKER_ENGINE (else DOCKER_HOST when it is unix://),
     /// COURIER_DOCKER_LEASE_TIMEOUT_SECS, COURIER_BINDINGS (comma list), COURIER_NESTED_MASTER, COURIER_NESTED_BRIDGE,
     /// COURIER_NESTED_PARENT_PORT, COURIER_SRIOV_PHYSICAL_DEVICE_MAPPINGS (comma list),
-    /// COURIER_SRIOV_SPOOF_CHECK, COURIER_SRIOV_TRUST (0/1).
+    /// COURIER_SRIOV_SPOOF_CHECK, COURIER_SRIOV_TRUST (0/1), COURIER_POOL (0/1),
+    /// COURIER_POOL_MIN, COURIER_POOL_MAX, COURIER_POOL_BATCH, COURIER_POOL_MIN_TOTAL,
+    /// COURIER_POOL_REFILL_INTERVAL_SECS, COURIER_POOL_NETWORKS (comma list).
     /// Then validates the result.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = get("COURIER_SOCKET") {
@@ -387,11 +489,38 @@ impl Config {
         if let Some(v) = get("COURIER_DOCKER_LEASE_TIMEOUT_SECS") {
             self.docker.lease_timeout_secs = parse_num("COURIER_DOCKER_LEASE_TIMEOUT_SECS", &v)?;
         }
+        if let Some(v) = get("COURIER_POOL") {
+            self.pool.enabled = parse_bool("COURIER_POOL", &v)?;
+        }
+        if let Some(v) = get("COURIER_POOL_MIN") {
+            self.pool.min = parse_num("COURIER_POOL_MIN", &v)? as usize;
+        }
+        if let Some(v) = get("COURIER_POOL_MAX") {
+            self.pool.max = parse_num("COURIER_POOL_MAX", &v)? as usize;
+        }
+        if let Some(v) = get("COURIER_POOL_BATCH") {
+            self.pool.batch = parse_num("COURIER_POOL_BATCH", &v)? as usize;
+        }
+        if let Some(v) = get("COURIER_POOL_MIN_TOTAL") {
+            self.pool.min_total = parse_num("COURIER_POOL_MIN_TOTAL", &v)? as usize;
+        }
+        if let Some(v) = get("COURIER_POOL_REFILL_INTERVAL_SECS") {
+            self.pool.refill_interval_secs = parse_num("COURIER_POOL_REFILL_INTERVAL_SECS", &v)?;
+        }
+        if let Some(v) = get("COURIER_POOL_NETWORKS") {
+            self.pool.networks = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         self.validate()
     }
 
     /// Checks values wherever they came from (file or environment).
     pub fn validate(&self) -> Result<()> {
+        self.pool.validate().map_err(Error::InvalidInput)?;
         if let Some(mtu) = self.ovn.mtu {
             if !(576..=65535).contains(&mtu) {
                 return Err(Error::InvalidInput(format!(

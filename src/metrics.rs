@@ -32,8 +32,22 @@ pub struct VfLabels {
     pub state: String,
 }
 
+/// One pool (and, for its ports, their state; for takes and refills, their result).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub network: String,
+    /// ports: free, taken, creating; takes: hit, miss; refills: ok, error
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Ports per pool by state (set when scraped).
+    pub pool_ports: Family<PoolLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pool_takes: Family<PoolLabels, Counter>,
+    pool_refills: Family<PoolLabels, Counter>,
+    pool_refill_seconds: Histogram,
     /// SR-IOV VFs per physical network and PF, by state (set when scraped).
     pub vfs: Family<VfLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     ops: Family<OpLabels, Counter>,
@@ -99,8 +113,36 @@ impl Default for Metrics {
             "SR-IOV VFs of this host's pool per physical network and PF: total, free, held (by a container), unusable (in a netns Courier did not put it in, or no driver)",
             vfs.clone(),
         );
+        let pool_ports = Family::<PoolLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        registry.register(
+            "pool_ports",
+            "Ports of each port pool by state: free, taken (by a container), creating",
+            pool_ports.clone(),
+        );
+        let pool_takes = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "pool_takes",
+            "Attaches of a pool's key: hit (served from the pool) or miss (empty: served cold)",
+            pool_takes.clone(),
+        );
+        let pool_refills = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "pool_refills",
+            "Pool refills (one bulk create each) by result: ok or error",
+            pool_refills.clone(),
+        );
+        let pool_refill_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "pool_refill_duration_seconds",
+            "Time of one pool refill (slot records, the bulk create, ready)",
+            pool_refill_seconds.clone(),
+        );
         Metrics {
             registry,
+            pool_ports,
+            pool_takes,
+            pool_refills,
+            pool_refill_seconds,
             vfs,
             ops,
             attach_seconds,
@@ -144,6 +186,48 @@ impl Metrics {
         self.reconcile_runs.inc();
         self.reconcile_errors.inc_by(errors as u64);
         self.undecodable_records.set(undecodable as i64);
+    }
+
+    /// An attach of pool `pool`'s key: served from it (hit) or not (miss).
+    pub fn pool_take(&self, pool: &str, network: &str, hit: bool) {
+        self.pool_takes
+            .get_or_create(&PoolLabels {
+                pool: pool.into(),
+                network: network.into(),
+                state: if hit { "hit" } else { "miss" }.into(),
+            })
+            .inc();
+    }
+
+    /// One refill of pool `pool` that took `ms`.
+    pub fn pool_refill(&self, pool: &str, network: &str, ms: f64, ok: bool) {
+        self.pool_refill_seconds.observe(ms / 1000.0);
+        self.pool_refills
+            .get_or_create(&PoolLabels {
+                pool: pool.into(),
+                network: network.into(),
+                state: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    /// The pools' sizes as `courier pool list` shows them.
+    pub fn set_pools(&self, pools: &[crate::pool::flow::PoolView]) {
+        for p in pools {
+            for (state, n) in [
+                ("free", p.free),
+                ("taken", p.taken),
+                ("creating", p.creating),
+            ] {
+                self.pool_ports
+                    .get_or_create(&PoolLabels {
+                        pool: p.pool.clone(),
+                        network: p.network.clone(),
+                        state: state.into(),
+                    })
+                    .set(n as i64);
+            }
+        }
     }
 
     /// The VF pool as `courier status` shows it.

@@ -243,9 +243,11 @@ fn short_hash(parts: &[&str]) -> String {
 /// `port.id`. 4: `docker` (attachments made through the libnetwork front door: their netns is
 /// known only at Join) and the `reserved` phase; an older daemon must keep such records aside
 /// rather than take their empty netns for a gone container.
+/// 5: `pool_slot` (the port is a pool's: an older daemon would delete it at detach, so it
+/// must keep such records aside).
 /// Older records are migrated when read (`state::decode_record`).
 /// A daemon reads every schema up to its own; a newer record is kept aside, never guessed at.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 fn schema_1() -> u32 {
     1
@@ -325,6 +327,10 @@ pub struct Attachment {
     /// before they are added, so rollback removes exactly these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pairs: Vec<PairRecord>,
+    /// The pool slot whose port this attachment holds (claimed with the intent: `claims` has
+    /// `poolslot:<slot>`); its detach gives the port back to the pool instead of deleting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_slot: Option<String>,
     /// Which door (and CNI runtime) made it; absent in records made before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_by: Option<MadeBy>,
@@ -581,6 +587,7 @@ impl Attachment {
             docker: None,
             claims: Vec::new(),
             pairs: Vec::new(),
+            pool_slot: None,
             made_by: req.made_by.clone(),
         }
     }

@@ -378,6 +378,17 @@ pub fn parse_addresses(s: &str) -> Option<(String, Vec<IpAddr>)> {
 }
 
 /// The `addresses` entry for a port request: OVN keywords for what is left to its IPAM.
+/// Whether `req` can go in one bulk transaction with `first`: plain ports (bound, OVN's
+/// addresses, no groups) on the same switch.
+fn bulk_ok(req: &PortRequest, first: &PortRequest) -> bool {
+    req.role == PortRole::Bound
+        && req.ips.is_empty()
+        && req.mac.is_none()
+        && req.security_groups.is_empty()
+        && req.pairs_on.is_none()
+        && req.network.name == first.network.name
+}
+
 pub fn addresses_entry(mac: Option<&str>, ip: Option<IpAddr>) -> String {
     match (mac, ip) {
         (None, None) => "dynamic".into(),
@@ -652,6 +663,9 @@ impl Backend for OvnBackend {
     /// insert, and requested addresses are checked-and-taken one at a time. (A pool's bulk
     /// refill can batch the inserts into one transaction; the attach path creates one port.)
     async fn create_ports(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
+        if reqs.len() > 1 && reqs.iter().all(|r| bulk_ok(r, &reqs[0])) {
+            return self.create_bulk(reqs).await;
+        }
         let mut made: Vec<LogicalPort> = Vec::with_capacity(reqs.len());
         for req in reqs {
             match self.create_one(req).await {
@@ -1158,6 +1172,121 @@ impl OvnBackend {
             // Not in the cache: the pair's own step reports the missing port.
             None => Ok(()),
         }
+    }
+
+    /// Many plain ports on one switch (a pool's refill): one NB transaction inserts them all,
+    /// one wait sees ovn-northd give them their addresses, one transaction sets their port
+    /// security. All or nothing: if the wait fails, the ports made are deleted again.
+    async fn create_bulk(&self, reqs: &[PortRequest]) -> Result<Vec<LogicalPort>> {
+        let network = reqs[0].network.name.as_str();
+        let (ls_uuid, ls_row) = self.switch(network)?;
+        let net = self.network_from_row(&ls_uuid, &ls_row);
+        if net.subnet.is_none() && net.subnet6.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "network {network:?} has no other_config:subnet, so OVN cannot assign addresses to pooled ports; set a subnet"
+            )));
+        }
+        let mut ops = Vec::with_capacity(reqs.len() + 1);
+        let mut names = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.iter().enumerate() {
+            let mut ext = BTreeMap::new();
+            ext.insert(marks::OWNER, marks::OWNER_VALUE.to_string());
+            ext.insert(marks::HOST, req.owner.host.clone());
+            ext.insert(marks::ATTACHMENT, req.owner.attachment.clone());
+            ext.insert(marks::NETWORK, network.to_string());
+            if let Some(m) = &self.machine {
+                ext.insert(marks::MACHINE, m.clone());
+            }
+            let row = json!({
+                "name": req.name,
+                "addresses": addresses_entry(None, None),
+                "external_ids": ovsdb::map(ext),
+            });
+            ops.push(Op::insert(LSP, row).with_uuid_name(&format!("p{i}")));
+            names.push(ovsdb::named_uuid(&format!("p{i}")));
+        }
+        ops.push(Op::mutate(
+            LS,
+            vec![Condition::eq("_uuid", ovsdb::uuid(&ls_uuid))],
+            vec![Mutation::insert("ports", ovsdb::set(names))],
+        ));
+        let n = reqs.len();
+        let res = self
+            .nb
+            .transact(DB, ops)
+            .await
+            .map_err(nb_err(format!("creating {n} ports on {network}")))?;
+        if !matches!(res.get(n), Some(OpResult::Count(1))) {
+            return Err(Error::BackendState(format!(
+                "network {network:?} disappeared while {n} ports were being created"
+            )));
+        }
+        let mut uuids = Vec::with_capacity(n);
+        for (r, req) in res.iter().zip(reqs) {
+            match r {
+                OpResult::Insert { uuid } => uuids.push(uuid.clone()),
+                other => {
+                    return Err(Error::BackendState(format!(
+                        "unexpected reply to insert of port {}: {other:?}",
+                        req.name
+                    )))
+                }
+            }
+        }
+        let rows = self
+            .cache
+            .wait_for(ADDRESS_TIMEOUT, |view| {
+                uuids
+                    .iter()
+                    .map(|u| {
+                        let row = view.row(LSP, u)?;
+                        ovsdb::get_str(row, "dynamic_addresses")
+                            .and_then(parse_addresses)
+                            .is_some_and(|(_, ips)| !ips.is_empty())
+                            .then(|| row.clone())
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(_) => {
+                for req in reqs {
+                    let _ = self.delete_owned(&req.name, &req.owner.host).await;
+                }
+                return Err(Error::BackendState(format!(
+                    "OVN assigned no address to {n} new ports on {network:?} within {}s: is ovn-northd running, and does the network have {n} free addresses?",
+                    ADDRESS_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let mut ports = Vec::with_capacity(n);
+        let mut ops = Vec::with_capacity(n);
+        for (row, uuid) in rows.iter().zip(&uuids) {
+            let port = self
+                .port_from_row(row, Some(&net))
+                .ok_or_else(|| Error::BackendState(format!("port {uuid} has no name")))?;
+            let security = std::iter::once(port.mac.clone())
+                .chain(port.ips.iter().map(|ip| ip.addr().to_string()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            ops.push(Op::update(
+                LSP,
+                vec![Condition::eq("_uuid", ovsdb::uuid(uuid))],
+                json!({ "port_security": security }),
+            ));
+            ports.push(port);
+        }
+        let res = self.nb.transact(DB, ops).await.map_err(nb_err(format!(
+            "setting port security on {n} ports of {network}"
+        )))?;
+        if res.iter().take(n).any(|r| !matches!(r, OpResult::Count(1))) || res.len() < n {
+            return Err(Error::BackendState(format!(
+                "a port of {n} new ones on {network:?} disappeared while they were being created"
+            )));
+        }
+        tracing::debug!(network, n, "created logical ports in bulk");
+        Ok(ports)
     }
 
     async fn create_one(&self, req: &PortRequest) -> Result<LogicalPort> {

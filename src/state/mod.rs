@@ -26,10 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{Attachment, DockerNetwork, SCHEMA_VERSION};
 
+mod slots;
+
 const ATTACHMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("attachments");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Exclusive resources (`Attachment::claims`) → the attachment id that holds each.
-const CLAIMS: TableDefinition<&str, &str> = TableDefinition::new("claims");
+pub(crate) const CLAIMS: TableDefinition<&str, &str> = TableDefinition::new("claims");
 /// Docker networks of the libnetwork front door, by Docker's network id (JSON `DockerNetwork`).
 const DOCKER_NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("docker_networks");
 /// Docker lookups: `<key>` (a [`DockerKey`]'s prefix) + attachment id → "", one entry per key of
@@ -225,7 +227,7 @@ pub enum Slot {
     Undecodable(Undecodable),
 }
 
-fn store_err(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn store_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{what}: {e}"))
 }
 
@@ -299,6 +301,8 @@ impl Store {
             .map_err(|e| store_err("creating table", e))?;
         txn.open_table(CLAIMS)
             .map_err(|e| store_err("creating table", e))?;
+        txn.open_table(slots::POOL_SLOTS)
+            .map_err(|e| store_err("creating table", e))?;
         txn.commit().map_err(|e| store_err("commit", e))?;
         Self::rebuild_docker_index(&db)?;
         Ok(Store { db: Arc::new(db) })
@@ -342,7 +346,7 @@ impl Store {
             .map_err(|e| store_err("committing the docker index", e))
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -372,6 +376,17 @@ impl Store {
                     // held by another record, nothing is written.
                     let mut claims = txn.open_table(CLAIMS).map_err(|e| store_err("open", e))?;
                     for c in &rec.claims {
+                        // A pool slot is taken only while it is there and ready (a drain
+                        // may have removed it since the attach picked it).
+                        if let Some(slot) = c.strip_prefix(crate::pool::SLOT_CLAIM_PREFIX) {
+                            if !slots::slot_takeable(&txn, slot)? {
+                                return Err(Error::Claimed {
+                                    resource: c.clone(),
+                                    holder: "nothing (the slot is gone)".into(),
+                                    what: "pick another".into(),
+                                });
+                            }
+                        }
                         let holder = claims
                             .get(c.as_str())
                             .map_err(|e| store_err("read", e))?
@@ -579,7 +594,6 @@ impl Store {
     }
 
     /// Claims starting with `prefix` (e.g. `vlan:<parent>:`) and who holds each.
-    #[allow(dead_code)] // the nested VLAN binding's tag allocator (issue 13); tests until then
     pub async fn claims(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let prefix = prefix.to_string();
         self.blocking(move |db| {

@@ -1,22 +1,30 @@
-//! Port pools (issue 22): the rules a `PortPool` follows, kept apart from the I/O so they are
-//! unit-tested on their own. **Not wired into the attach flow yet**: nothing in the daemon
-//! uses this module today (docs/architecture.md, "Port pools", has the plan it belongs to).
+//! Port pools (issue 22): logical ports made ahead of time in bulk, so the common attach
+//! makes no backend write on its path.
 //!
 //! - [`PoolKey`]: which ports are interchangeable. A pooled port serves any attach whose
 //!   request has the same backend network, project, security groups (as a set), binding and,
-//!   for nested children, VM port; its id names the pool's slots and marks.
+//!   for nested children, VM port; its id names the pool.
 //! - [`PoolConfig`]: min, max, batch, refill interval, the batch ceiling and the backend rate;
 //!   with the mapping to kuryr-kubernetes' and AWS VPC CNI's knobs.
 //! - [`Refill`]: how many ports to create now, given the pool's state: the adaptive batch and
 //!   the rate limit.
+//! - [`PoolSlot`]: one pooled port, as the store records it (durably, before the backend makes
+//!   it). A slot is *free* when it is ready and no attachment claims it
+//!   ([`slot_claim`], in the attachment's intent transaction: see `flow.rs`).
+//!
+//! The rules here do no I/O and are unit-tested on their own; `flow.rs` is the pool's part
+//! of the attach flow and its refill, drain and recovery.
+
+pub mod flow;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What makes pooled ports interchangeable: an attach may take any free port of its key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PoolKey {
     /// The backend's id ("ovn", "neutron").
     pub backend: String,
@@ -52,6 +60,87 @@ impl PoolKey {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+/// The prefix of every pool slot claim.
+pub const SLOT_CLAIM_PREFIX: &str = "poolslot:";
+
+/// The claim an attachment holding pooled slot `slot` writes with its intent: two attaches
+/// can never hold one slot.
+pub fn slot_claim(slot: &str) -> String {
+    format!("{SLOT_CLAIM_PREFIX}{slot}")
+}
+
+/// A pool slot id: `p` and 11 hex digits (sha256 over the host and a store-wide counter), so
+/// it never looks like an attachment id (12 hex digits) in a port's ownership mark, and its
+/// port name `courier-<slot>` fits every backend.
+pub fn slot_id(host: &str, counter: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(host.as_bytes());
+    h.update([0u8]);
+    h.update(b"pool-slot");
+    h.update([0u8]);
+    h.update(counter.to_be_bytes());
+    let hex: String = h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("p{}", &hex[..11])
+}
+
+/// True when an ownership mark names a pool slot rather than an attachment.
+pub fn is_slot_id(mark: &str) -> bool {
+    mark.len() == 12 && mark.starts_with('p') && mark[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Where a slot is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    /// Recorded before the backend's bulk create: the port may or may not exist (a crash
+    /// here is undone by name at recovery).
+    Creating,
+    /// The port exists with its addresses: free unless an attachment claims the slot.
+    Ready,
+}
+
+/// One pooled port, as the store records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolSlot {
+    pub id: String,
+    /// The pool's key and its id ([`PoolKey::id`]).
+    pub key: PoolKey,
+    pub pool: String,
+    /// The Courier network (name) the port is on.
+    pub network: String,
+    pub state: SlotState,
+    /// The port's name in the backend (`courier-<slot>`).
+    pub port_name: String,
+    /// The port as the backend made it (Ready only).
+    #[serde(default)]
+    pub port: Option<crate::model::LogicalPort>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+impl PoolSlot {
+    /// Its key in the store and in claims: `<pool>:<slot>` (a pool's slots are one range).
+    pub fn store_key(&self) -> String {
+        format!("{}:{}", self.pool, self.id)
+    }
+
+    pub fn new(id: String, key: &PoolKey, network: &str) -> PoolSlot {
+        PoolSlot {
+            port_name: crate::model::port_name(&id),
+            id,
+            pool: key.id(),
+            key: key.clone(),
+            network: network.to_string(),
+            state: SlotState::Creating,
+            port: None,
+            created_at: crate::model::unix_now(),
+        }
     }
 }
 
