@@ -45,6 +45,9 @@ pub enum Cmd {
     /// Logical ports Courier owns on this host.
     #[command(subcommand)]
     Port(PortCmd),
+    /// Port pools: ports made ahead, so an attach makes no backend write ([pool] in the config).
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Attach a network namespace to a network (what CNI ADD does).
     Attach(AttachArgs),
     /// Detach an interface (what CNI DEL does); succeeds if already detached.
@@ -102,6 +105,27 @@ pub enum NetworkCmd {
 pub enum PortCmd {
     /// List logical ports Courier owns on this host.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// List pools: free, taken and creating ports, hits and misses, refills.
+    List,
+    /// Show one pool (by id, or by network when it has one pool) and its ports.
+    Show { name: String },
+    /// Make ports for a network's pool now: COUNT of them (up to the pool's max), or what the
+    /// pool's rule wants.
+    Fill {
+        network: String,
+        #[arg(long)]
+        count: Option<usize>,
+        /// The pool of this binding (default: the daemon's default binding).
+        #[arg(long)]
+        binding: Option<String>,
+    },
+    /// Delete the free ports of a network's pools (of every pool without a network); taken
+    /// ones stay with their containers.
+    Drain { network: Option<String> },
 }
 
 #[derive(Args, Debug)]
@@ -341,6 +365,98 @@ fn run_verb(cli: &Cli, cmd: &Cmd) -> Result<(), String> {
                         p["attachment"].as_str().unwrap_or("-"),
                     );
                 }
+            });
+        }
+        Cmd::Pool(PoolCmd::List) => {
+            let v = call(s, "GET", "/v1/pools", None)?;
+            out(&v, &|v| {
+                println!(
+                    "{:<13} {:<16} {:<9} {:>5} {:>5} {:>8} {:>6} {:>6} {:>7} LAST ERROR",
+                    "POOL",
+                    "NETWORK",
+                    "BINDING",
+                    "FREE",
+                    "TAKEN",
+                    "CREATING",
+                    "HITS",
+                    "MISSES",
+                    "REFILLS"
+                );
+                for p in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<13} {:<16} {:<9} {:>5} {:>5} {:>8} {:>6} {:>6} {:>7} {}",
+                        p["pool"].as_str().unwrap_or(""),
+                        p["network"].as_str().unwrap_or(""),
+                        p["key"]["binding"].as_str().unwrap_or(""),
+                        p["free"],
+                        p["taken"],
+                        p["creating"],
+                        p["stats"]["hits"],
+                        p["stats"]["misses"],
+                        p["stats"]["refills"],
+                        p["stats"]["last_error"].as_str().unwrap_or("-"),
+                    );
+                }
+            });
+        }
+        Cmd::Pool(PoolCmd::Show { name }) => {
+            let v = call(s, "GET", &format!("/v1/pools/{name}"), None)?;
+            out(&v, &|v| {
+                let p = &v["pool"];
+                println!(
+                    "pool {} on {} ({} binding): {} free, {} taken, {} creating; min {} max {} batch {}",
+                    p["pool"].as_str().unwrap_or(""),
+                    p["network"].as_str().unwrap_or(""),
+                    p["key"]["binding"].as_str().unwrap_or(""),
+                    p["free"],
+                    p["taken"],
+                    p["creating"],
+                    p["min"],
+                    p["max"],
+                    p["batch"]
+                );
+                println!(
+                    "{:<13} {:<22} {:<9} {:<18} {:<18} HOLDER",
+                    "SLOT", "PORT", "STATE", "MAC", "IP"
+                );
+                for sl in v["slots"].as_array().into_iter().flatten() {
+                    let slot = &sl["slot"];
+                    println!(
+                        "{:<13} {:<22} {:<9} {:<18} {:<18} {}",
+                        slot["id"].as_str().unwrap_or(""),
+                        slot["port_name"].as_str().unwrap_or(""),
+                        slot["state"].as_str().unwrap_or(""),
+                        slot["port"]["mac"].as_str().unwrap_or("-"),
+                        slot["port"]["ips"][0].as_str().unwrap_or("-"),
+                        sl["holder"].as_str().unwrap_or("-"),
+                    );
+                }
+            });
+        }
+        Cmd::Pool(PoolCmd::Fill {
+            network,
+            count,
+            binding,
+        }) => {
+            let body = json!({"network": network, "count": count, "binding": binding});
+            let v = call(s, "POST", "/v1/pools/fill", Some(body))?;
+            out(&v, &|v| {
+                println!(
+                    "pool {}: {} ports made",
+                    v["pool"].as_str().unwrap_or(""),
+                    v["made"]
+                )
+            });
+        }
+        Cmd::Pool(PoolCmd::Drain { network }) => {
+            let v = call(
+                s,
+                "POST",
+                "/v1/pools/drain",
+                Some(json!({"network": network})),
+            )?;
+            out(&v, &|v| {
+                println!("{} free pooled ports deleted", v["drained"])
             });
         }
         Cmd::Attach(a) => {

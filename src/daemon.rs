@@ -269,7 +269,25 @@ pub async fn run(config: Config) -> Result<()> {
     ));
     let mut attacher = Attacher::new(store, registry, config.ovn.port_up_timeout(), &config.host);
     attacher.lease_timeout = Duration::from_secs(config.docker.lease_timeout_secs);
+    attacher.pools = Arc::new(crate::pool::flow::Pools::new(config.pool.clone()));
     let attacher = Arc::new(attacher);
+    if config.pool.enabled || !config.pool.overrides.is_empty() {
+        // Refills: every interval, and at once when a take or a miss wakes it. Pools of a
+        // backend refill only once its slots are recovered (the reconcile pass).
+        let (a, every) = (
+            attacher.clone(),
+            Duration::from_secs(config.pool.refill_interval_secs),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = a.pools.wake.notified() => {}
+                }
+                a.refill_all().await;
+            }
+        });
+    }
     let daemon = Arc::new(Daemon::new(config.clone(), attacher));
 
     // Serve first: the start-up reconcile runs beside the API. That is safe because every

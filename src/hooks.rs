@@ -15,7 +15,9 @@
 //! docker-leave (a Join / Leave call arrived), release-after-mark (ReleaseAddress answered, the
 //! port not deleted yet), reconcile-before-detach (a forgotten-DEL candidate was picked from the
 //! unlocked snapshot; the lock is not taken yet), after-network-post (Neutron `network create`:
-//! the POST answered, the tags not yet set).
+//! the POST answered, the tags not yet set); pool-after-slots (a refill recorded its slots, the
+//! bulk create not asked yet), pool-after-create (the ports made, the slots not ready yet),
+//! pool-before-return (a detach checked its pooled port, the record not deleted yet).
 
 #[cfg(feature = "test-hooks")]
 pub async fn point(step: &str) {

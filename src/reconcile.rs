@@ -15,6 +15,10 @@
 //!    alias is `courier:<host>:<id>`). (A crash between creating a veth and setting its alias is
 //!    covered by step 1: the record exists by then and rollback deletes by derived name.)
 //!
+//! 0. before all that, each backend's pools are recovered once (pool/flow.rs
+//!    `recover_pools`): until then none of its slots is handed out; and the sweep of step 3
+//!    deletes a pooled port (its mark names a slot) only when no slot record names it.
+//!
 //! Every item is on its own: an error is recorded in the report (`errors`) and the pass goes on.
 //! Records that do not decode are kept aside (see state.rs), listed in `undecodable`, and their
 //! ids count as recorded, so step 3 spares whatever they describe.
@@ -56,6 +60,10 @@ pub struct Report {
     /// was down): removed as DeleteNetwork would (frontdoor/docker/reconcile.rs `reconcile_networks`).
     #[serde(default)]
     pub removed_docker_networks: Vec<String>,
+    /// Pool slots recovery undid (a refill a crash cut short) or dropped (their port gone or
+    /// changed in the backend).
+    #[serde(default)]
+    pub pool_slots_repaired: Vec<String>,
     /// Records kept aside because this daemon cannot read them.
     #[serde(default)]
     pub undecodable: Vec<Undecodable>,
@@ -82,6 +90,7 @@ impl Report {
             && self.released_ports.is_empty()
             && self.leaked_pairs.is_empty()
             && self.removed_docker_networks.is_empty()
+            && self.pool_slots_repaired.is_empty()
             && self.expired_leases.is_empty()
             && self.undecodable.is_empty()
             && self.errors.is_empty()
@@ -108,6 +117,20 @@ impl Report {
 
 pub async fn run(attacher: &Attacher) -> Report {
     let mut report = Report::default();
+
+    // 0. Pools, before any of a backend's slots is handed out (and before the sweep below,
+    // which spares the ports of recorded slots).
+    for backend in attacher.registry.backends() {
+        if attacher.pools.is_recovered(backend.id()) {
+            continue;
+        }
+        match attacher.recover_pools(&**backend).await {
+            Ok(r) => report
+                .pool_slots_repaired
+                .extend(r.undone.into_iter().chain(r.dropped)),
+            Err(e) => report.failed(format!("recovering {} pools", backend.id()), &e),
+        }
+    }
 
     match attacher.store.list().await {
         Ok(listing) => {
@@ -179,9 +202,34 @@ pub async fn run(attacher: &Attacher) -> Report {
                 continue;
             }
         };
+        // Listed after the ports: a port is made only after its slot is recorded, so a
+        // pooled port of the listing whose slot is not here now is a leftover.
+        let slots = match attacher.store.slot_ids().await {
+            Ok(s) => s,
+            Err(e) => {
+                report.failed("listing pool slots", &e);
+                continue;
+            }
+        };
         for port in ports {
             let id = port.attachment.clone().unwrap_or_default();
             let port = &port;
+            if crate::pool::is_slot_id(&id) {
+                let r = if slots.contains(&id) {
+                    Ok(false)
+                } else {
+                    let port_ref = PortRef {
+                        id: Some(port.id.clone()),
+                        name: port.name.clone(),
+                    };
+                    backend.delete_port(&port_ref, &attacher.host).await
+                };
+                if matches!(r, Ok(true)) {
+                    tracing::warn!(backend = backend.id(), port = %port.name, slot = %id, "deleted a pooled port whose slot no record has");
+                }
+                report.record(port.name.clone(), r, |r| &mut r.leaked_ports);
+                continue;
+            }
             let r = delete_if_not_its_port(attacher, &id, &port.id, || {
                 let port_ref = PortRef {
                     id: Some(port.id.clone()),

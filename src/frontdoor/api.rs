@@ -28,6 +28,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
             get(show_network).delete(delete_network),
         )
         .route("/v1/ports", get(list_ports))
+        .route("/v1/pools", get(list_pools))
+        .route("/v1/pools/fill", post(fill_pool))
+        .route("/v1/pools/drain", post(drain_pools))
+        .route("/v1/pools/{name}", get(show_pool))
         .route("/v1/attachments", get(list_attachments).post(attach))
         .route("/v1/attachments/detach", post(detach))
         .route("/v1/attachments/check", post(check))
@@ -220,7 +224,9 @@ async fn delete_network(
     Path(name): Path<String>,
 ) -> ApiResult<Value> {
     let (backend, _) = d.attacher.registry.network(&name).await?;
-    backend.delete_network(&name).await?;
+    d.attacher
+        .delete_network_and_pools(&*backend, &name)
+        .await?;
     Ok(Json(json!({"deleted": name})))
 }
 
@@ -233,6 +239,65 @@ async fn list_ports(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
         out.extend(b.find_ports(&q).await?);
     }
     Ok(Json(json!(out)))
+}
+
+async fn list_pools(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
+    let views = d.attacher.pool_views().await?;
+    d.attacher.metrics.set_pools(&views);
+    Ok(Json(json!(views)))
+}
+
+async fn show_pool(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Value> {
+    let pool = d.attacher.find_pool(&name).await?;
+    let view = d
+        .attacher
+        .pool_views()
+        .await?
+        .into_iter()
+        .find(|v| v.pool == pool);
+    Ok(Json(
+        json!({"pool": view, "slots": d.attacher.slot_views(&pool).await?}),
+    ))
+}
+
+/// `POST /v1/pools/fill`: {network, binding?, count?}. Without a count, what the pool's rule
+/// wants now; with one, that many (up to the pool's max).
+#[derive(Deserialize)]
+struct FillRequest {
+    network: String,
+    #[serde(default)]
+    binding: Option<String>,
+    #[serde(default)]
+    count: Option<usize>,
+}
+
+async fn fill_pool(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let req: FillRequest = parse(&body)?;
+    if req.count == Some(0) {
+        return Err(ApiError(Error::InvalidInput(
+            "count 0: give 1 or more, or leave it out for what the pool wants".into(),
+        )));
+    }
+    let pool = d
+        .attacher
+        .pool_of_network(&req.network, req.binding.as_deref())
+        .await?;
+    let made = d.attacher.refill_pool(&pool, req.count).await?;
+    Ok(Json(json!({"pool": pool, "made": made})))
+}
+
+/// `POST /v1/pools/drain`: {network?}: the free ports of that network's pools (all pools'
+/// without one) deleted.
+#[derive(Deserialize)]
+struct DrainRequest {
+    #[serde(default)]
+    network: Option<String>,
+}
+
+async fn drain_pools(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value> {
+    let req: DrainRequest = parse(&body)?;
+    let drained = d.attacher.drain(req.network.as_deref()).await?;
+    Ok(Json(json!({"drained": drained})))
 }
 
 async fn list_attachments(State(d): State<Arc<Daemon>>) -> ApiResult<Value> {
@@ -326,6 +391,9 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         if let Some(pool) = b.devices(&held).await {
             d.attacher.metrics.set_vfs(&pool.groups);
         }
+    }
+    if let Ok(views) = d.attacher.pool_views().await {
+        d.attacher.metrics.set_pools(&views);
     }
     if let Ok(l) = d.attacher.list().await {
         d.attacher

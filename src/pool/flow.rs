@@ -45,6 +45,8 @@ pub struct Pools {
     inner: Mutex<Inner>,
     /// A take or a miss wakes the refill loop.
     pub wake: tokio::sync::Notify,
+    /// One refill at a time (the loop's and `courier pool fill`'s), so none overfills.
+    refilling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -53,6 +55,8 @@ struct Inner {
     rates: HashMap<String, RateLimit>,
     /// Backends whose slots were confirmed since start: only their slots are handed out.
     recovered: HashSet<String>,
+    /// Networks being deleted: their pools neither refill nor serve.
+    closing: HashSet<String>,
 }
 
 struct Runtime {
@@ -119,6 +123,7 @@ impl Pools {
             settings,
             inner: Mutex::new(Inner::default()),
             wake: tokio::sync::Notify::new(),
+            refilling: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -149,6 +154,10 @@ impl Pools {
 
     pub fn is_recovered(&self, backend: &str) -> bool {
         self.lock().recovered.contains(backend)
+    }
+
+    fn is_closing(&self, network: &str) -> bool {
+        self.lock().closing.contains(network)
     }
 
     fn set_recovered(&self, backend: &str) {
@@ -227,6 +236,9 @@ impl Attacher {
         else {
             return Ok(false);
         };
+        if self.pools.is_closing(&network.name) {
+            return Ok(false);
+        }
         let pool = self.pools.register(&key, &network.name, &config);
         if !self.pools.is_recovered(backend.id()) {
             // Its slots are not confirmed yet (start-up): none is handed out before.
@@ -368,8 +380,18 @@ impl Attacher {
         let Some(config) = self.pools.settings.config_for(&network) else {
             return Ok(0);
         };
+        let _one = self.pools.refilling.lock().await;
+        if self.pools.is_closing(&network) {
+            return Ok(0);
+        }
         let (backend, net) = self.registry.network(&network).await?;
         if !self.pools.is_recovered(backend.id()) {
+            if count.is_some() {
+                return Err(Error::Unavailable(format!(
+                    "the {} pools are being recovered (start-up reconcile); try again in a moment",
+                    backend.id()
+                )));
+            }
             return Ok(0);
         }
         if backend.id() != key.backend || net.backend_id != key.network {
@@ -543,6 +565,27 @@ impl Attacher {
                 errors,
             })
         }
+    }
+
+    /// Deletes network `name` in `backend` after draining its pools (which neither refill nor
+    /// serve meanwhile); they are forgotten once it is gone. A taken pooled port keeps the
+    /// network in use, as any port does.
+    pub async fn delete_network_and_pools(&self, backend: &dyn Backend, name: &str) -> Result<()> {
+        self.pools.lock().closing.insert(name.to_string());
+        let r = async {
+            {
+                let _one = self.pools.refilling.lock().await;
+            }
+            self.drain(Some(name)).await?;
+            backend.delete_network(name).await
+        }
+        .await;
+        let mut inner = self.pools.lock();
+        inner.closing.remove(name);
+        if r.is_ok() {
+            inner.pools.retain(|_, rt| rt.network != name);
+        }
+        r
     }
 
     /// Recovery of `backend`'s pools, before any of its slots is handed out: every slot's

@@ -296,7 +296,11 @@ pub(super) async fn remove_network(d: &Daemon, net: &DockerNetwork) -> Result<bo
         // only unregistered — and neither while a port is on it (anyone's for a made one,
         // Courier's of any host for a registration), so the answer is "in use" then.
         match d.attacher.registry.network(&net.name).await {
-            Ok((backend, _)) => match backend.delete_network(&net.name).await {
+            Ok((backend, _)) => match d
+                .attacher
+                .delete_network_and_pools(&*backend, &net.name)
+                .await
+            {
                 Ok(()) => deleted = true,
                 // Global scope: every host that uses the Docker network has it; other hosts'
                 // containers are still on it. Only this host's registration goes; the last
