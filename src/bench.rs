@@ -34,6 +34,10 @@ pub enum BenchCmd {
         /// Skip the reference plugins and the netlink floor (Courier only).
         #[arg(long)]
         no_reference: bool,
+        /// Also time ADD/DEL served from the network's port pool (filled with N ports first;
+        /// the daemon needs pools on: [pool] enabled, COURIER_POOL=1), beside the cold ones.
+        #[arg(long)]
+        pooled: bool,
         /// Also write the numbers as JSON to this file.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -235,6 +239,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
             parallel,
             cni_path,
             no_reference,
+            pooled,
             output,
             network,
             cloud,
@@ -248,6 +253,7 @@ pub fn run(cmd: BenchCmd, socket: &Path) -> i32 {
                     parallel,
                     cni_path: &cni_path,
                     no_reference,
+                    pooled,
                     output: output.as_deref(),
                     network: network.as_deref(),
                     cloud: cloud.as_deref(),
@@ -270,6 +276,7 @@ struct Opts<'a> {
     parallel: usize,
     cni_path: &'a Path,
     no_reference: bool,
+    pooled: bool,
     output: Option<&'a Path>,
     network: Option<&'a str>,
     cloud: Option<&'a str>,
@@ -597,6 +604,43 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
         print_row("courier DEL", &c_del);
         let mut out = json!({"count": count, "parallel": parallel, "pause_ms": pause.as_millis() as u64,
             "in_turns": turns, "backend": backend, "courier": {"add": c_add, "del": c_del}});
+        // The same ADDs and DELs served from the network's pool, filled with N ports first
+        // (and drained after, so the network is left as found).
+        let pooled = if o.pooled {
+            let filled = call(
+                socket,
+                "POST",
+                "/v1/pools/fill",
+                Some(json!({"network": network, "count": count})),
+            )
+            .map_err(|e| format!("filling the pool of {network} (--pooled): {e}"))?;
+            let made = filled["made"].as_u64().unwrap_or(0) as usize;
+            if made < count {
+                println!("note: the pool got {made} of {count} ports; the other ADDs go cold");
+            }
+            let (add, add_wall) = courier.run("ADD", &names)?;
+            let (del, del_wall) = courier.run("DEL", &names)?;
+            let _ = call(
+                socket,
+                "POST",
+                "/v1/pools/drain",
+                Some(json!({"network": network})),
+            );
+            let (p_add, p_del) = (stats(add, add_wall), stats(del, del_wall));
+            print_row("courier pooled ADD", &p_add);
+            print_row("courier pooled DEL", &p_del);
+            println!(
+                "ratio pooled/cold: ADD p50 {:.2}x, p99 {:.2}x; DEL p50 {:.2}x; pooled ADD p99/p50 {:.2}",
+                ratio(p_add.p50_ms, c_add.p50_ms),
+                ratio(p_add.p99_ms, c_add.p99_ms),
+                ratio(p_del.p50_ms, c_del.p50_ms),
+                ratio(p_add.p99_ms, p_add.p50_ms),
+            );
+            out["pooled"] = json!({"add": p_add, "del": p_del, "filled": made});
+            Some(p_add)
+        } else {
+            None
+        };
         if let Some((n_create, n_delete)) = neutron {
             print_row("neutron port create", &n_create);
             print_row("neutron port delete", &n_delete);
@@ -648,6 +692,14 @@ fn bench_attach(socket: &Path, o: &Opts) -> Result<(), String> {
                 ratio(c_add.p99_ms, f_add.p99_ms),
                 ratio(r_add.p50_ms, f_add.p50_ms),
             );
+            if let Some(p_add) = &pooled {
+                println!(
+                    "ratio pooled/bridge: ADD p50 {:.2}x, p99 {:.2}x; pooled/floor: ADD p50 {:.2}x",
+                    ratio(p_add.p50_ms, r_add.p50_ms),
+                    ratio(p_add.p99_ms, r_add.p99_ms),
+                    ratio(p_add.p50_ms, f_add.p50_ms),
+                );
+            }
             out["floor"] = json!({"add": f_add, "del": f_del});
             let _ = std::fs::remove_dir_all(&data_dir);
             // The bridge plugin leaves its bridge behind; remove it.

@@ -454,7 +454,14 @@ pub fn unix_now() -> u64 {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum EdgeState {
     /// A veth pair whose host end `host_ifname` is a port of that name on the OVS bridge.
-    VethOvs { host_ifname: String },
+    /// Pooled (`lower` set): the veth is a pool slot's, pre-plugged and bound (`cv<slot>` on
+    /// the bridge, `lower` = `cp<slot>` waiting in the host netns), and the container's
+    /// interface is a macvlan in passthru mode on `lower`, born in its netns.
+    VethOvs {
+        host_ifname: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lower: Option<String>,
+    },
     /// A macvlan (bridge mode) of the VM's interface `master`, with its own MAC `mac`, in the
     /// container netns; its address is a pair on the VM's port (`Attachment::pairs`).
     #[serde(rename = "macvlan")]
@@ -518,7 +525,7 @@ impl EdgeState {
     /// The host-side interface, if the edge has one.
     pub fn host_ifname(&self) -> Option<&str> {
         match self {
-            EdgeState::VethOvs { host_ifname } | EdgeState::VlanOvs { host_ifname, .. } => {
+            EdgeState::VethOvs { host_ifname, .. } | EdgeState::VlanOvs { host_ifname, .. } => {
                 Some(host_ifname)
             }
             EdgeState::MacVlan { .. }
@@ -636,7 +643,10 @@ pub fn link_alias(host: &str, id: &str) -> String {
 pub fn id_from_ifname(name: &str) -> Option<&str> {
     name.strip_prefix(HOST_IFNAME_PREFIX)
         .or_else(|| name.strip_prefix(PEER_IFNAME_PREFIX))
-        .filter(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|rest| {
+            rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())
+                || crate::pool::is_slot_id(rest)
+        })
 }
 
 /// Linux interface names: 1..=15 bytes, no '/', no whitespace, not "." or "..".

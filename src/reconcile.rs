@@ -313,8 +313,25 @@ pub async fn run(attacher: &Attacher) -> Report {
                 continue;
             }
         };
+        // Read after the listing: a pooled edge is made only after its slot is recorded.
+        let slots = match attacher.store.slot_ids().await {
+            Ok(s) => s,
+            Err(e) => {
+                report.failed("listing pool slots", &e);
+                continue;
+            }
+        };
         for o in orphans {
-            let r = delete_if_unrecorded(attacher, &o.attachment, || binding.remove(&o)).await;
+            let r = if crate::pool::is_slot_id(&o.attachment) {
+                // A pool slot's pre-plugged edge: kept while its slot is recorded.
+                if slots.contains(&o.attachment) {
+                    Ok(false)
+                } else {
+                    binding.remove(&o).await
+                }
+            } else {
+                delete_if_unrecorded(attacher, &o.attachment, || binding.remove(&o)).await
+            };
             if matches!(r, Ok(true)) {
                 let what = match o.resource {
                     EdgeResource::BridgePort => "deleted leaked bridge port",

@@ -512,6 +512,7 @@ mod tests {
             "ovn",
             crate::model::EdgeState::VethOvs {
                 host_ifname: "cv0123456789ab".into(),
+                lower: None,
             },
         );
         a.phase = phase;

@@ -57,8 +57,16 @@ fn pools(d: &TestDaemon) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
-/// (free, taken, creating) of the one pool on `network`.
+/// (free, taken, creating) of the one pool on `network`, once every pool is recovered (after
+/// a restart, recovery waits for the backend to connect, which may come after the first pass).
 fn counts(d: &TestDaemon, network: &str) -> (u64, u64, u64) {
+    assert!(
+        eventually(Duration::from_secs(10), || pools(d)
+            .iter()
+            .all(|p| p["recovered"] == true)),
+        "pools not recovered: {:?}",
+        pools(d)
+    );
     let p: Vec<Value> = pools(d)
         .into_iter()
         .filter(|p| p["network"] == network)
@@ -137,7 +145,19 @@ fn pooled_attach_makes_no_backend_write_and_the_port_goes_back() {
     assert_eq!(counts(&d, &net), (3, 0, 0));
     let owned0 = owned(&d);
     assert_eq!(owned0.lsps.len(), 3, "three pooled LSPs: {owned0:?}");
+    // Their edges pre-plugged: a veth each, its host end on br-int bound to the port (flows
+    // installed), the other end waiting in the host netns.
+    assert_eq!(owned0.ovs_ports.len(), 3, "{owned0:?}");
+    assert_eq!(owned0.links.len(), 6, "{owned0:?}");
+    for p in &owned0.ovs_ports {
+        let installed = sh_ok(
+            "ovs-vsctl",
+            &["get", "interface", p, "external_ids:ovn-installed"],
+        );
+        assert_eq!(installed.trim(), "\"true\"", "{p}");
+    }
     let before = lsp_rows(&net);
+    let bridge_before = sh_ok("ovs-vsctl", &["list-ports", "br-int"]);
     let ips = pooled_ips(&d, &net);
     assert_eq!(ips.len(), 3);
 
@@ -149,6 +169,20 @@ fn pooled_attach_makes_no_backend_write_and_the_port_goes_back() {
     // No backend write: every NB row of the switch as it was (same ports, same uuids, same
     // addresses, marks and options).
     assert_eq!(lsp_rows(&net), before, "a pooled attach wrote to the NB");
+    assert_eq!(
+        sh_ok("ovs-vsctl", &["list-ports", "br-int"]),
+        bridge_before,
+        "a pooled attach changed the switch"
+    );
+    // The container's interface is a macvlan (passthru) on a pooled veth's waiting end.
+    let link: Value =
+        serde_json::from_slice(&a.exec(&["ip", "-d", "-j", "link", "show", "eth0"]).stdout)
+            .unwrap();
+    assert_eq!(link[0]["linkinfo"]["info_kind"], "macvlan", "{link}");
+    assert_eq!(
+        link[0]["linkinfo"]["info_data"]["mode"], "passthru",
+        "{link}"
+    );
     let (ipa, ipb) = (ip_of(&ra), ip_of(&rb));
     assert!(
         ips.contains(&ipa) && ips.contains(&ipb) && ipa != ipb,
@@ -174,8 +208,11 @@ fn pooled_attach_makes_no_backend_write_and_the_port_goes_back() {
     assert_eq!(lsp_rows(&net), before, "give back changed the NB");
     assert!(!a.has_link("eth0"));
     let o = owned(&d);
-    assert_eq!(o.ovs_ports.len(), 1, "{o:?}");
-    assert_eq!(o.links.len(), 1, "{o:?}");
+    assert_eq!(
+        (&o.lsps, &o.ovs_ports, &o.links),
+        (&owned0.lsps, &owned0.ovs_ports, &owned0.links),
+        "only the pool's, edges kept"
+    );
 
     // A restart: the pool is recovered before it serves, and serves again.
     d.restart(POOL_ENV);
@@ -186,6 +223,28 @@ fn pooled_attach_makes_no_backend_write_and_the_port_goes_back() {
     assert!(a.ping(&ipb));
     assert_eq!(counts(&d, &net), (1, 2, 0));
     assert_eq!(lsp_rows(&net), before);
+
+    // A forgotten DEL (the netns deleted): reconcile detaches, the slot and its edge come
+    // back whole, and the next attach is served from them.
+    let gone = Netns::new("pool-a5");
+    let (code, rg) = d.cni("ADD", "pg1", &gone.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rg}");
+    assert_eq!(counts(&d, &net), (0, 3, 0));
+    drop(gone);
+    let (code, rep) = d.api("POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{rep}");
+    assert_eq!(
+        rep["detached_gone_netns"].as_array().map(Vec::len),
+        Some(1),
+        "{rep}"
+    );
+    assert_eq!(counts(&d, &net), (1, 2, 0));
+    let again = Netns::new("pool-a6");
+    let (code, rg2) = d.cni("ADD", "pg2", &again.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rg2}");
+    assert_eq!(ip_of(&rg2), ip_of(&rg), "the same pooled port again");
+    assert!(again.ping(&ipb));
+    assert_eq!(d.cni("DEL", "pg2", &again.path(), "eth0", &conf).0, 0);
 
     // The pool empty: the next attach goes cold (a port of its own, deleted at DEL).
     let c = Netns::new("pool-a3");
@@ -355,7 +414,7 @@ fn pool_kill9_at_every_step_leaks_nothing() {
     let conf = d.netconf(&net, "1.1.0");
     let ns = Netns::new("pool-crash");
     // Refill cut short: before the bulk create, and after it before the slots are ready.
-    for step in ["pool-after-slots", "pool-after-create"] {
+    for step in ["pool-after-slots", "pool-after-create", "pool-after-edges"] {
         d.restart(&with_pool(&[("COURIER_CRASH_AT", step)]));
         let out = d.cli(&["pool", "fill", &net, "--count", "3"]);
         assert!(
@@ -366,8 +425,9 @@ fn pool_kill9_at_every_step_leaks_nothing() {
         d.restart(POOL_ENV);
         assert_eq!(counts(&d, &net), (0, 0, 0), "{step}\n{}", d.log());
         assert!(
-            owned(&d).lsps.is_empty(),
-            "{step}: {:?}\n{}",
+            owned(&d).is_empty(),
+            "{step}: {:?}
+{}",
             owned(&d),
             d.log()
         );
@@ -399,8 +459,22 @@ fn pool_kill9_at_every_step_leaks_nothing() {
 
     // Take and return cut short at every step: the slot is free again and its port kept.
     fill(&d, &net, 2);
-    let pooled = owned(&d).lsps;
-    for step in ATTACH_STEPS {
+    let pooled = owned(&d);
+    assert_eq!(
+        (
+            pooled.lsps.len(),
+            pooled.ovs_ports.len(),
+            pooled.links.len()
+        ),
+        (2, 2, 4)
+    );
+    // A pooled edge is on the switch already: no after-ovs-port step.
+    let take_steps: Vec<&str> = ATTACH_STEPS
+        .iter()
+        .copied()
+        .filter(|s| *s != "after-ovs-port")
+        .collect();
+    for step in &take_steps {
         d.restart(&with_pool(&[("COURIER_CRASH_AT", step)]));
         let (code, out) = d.cni("ADD", "pcr", &ns.path(), "eth0", &conf);
         assert_ne!(code, 0, "{step}: {out}");
@@ -409,12 +483,8 @@ fn pool_kill9_at_every_step_leaks_nothing() {
         assert_eq!(counts(&d, &net), (2, 0, 0), "{step}\n{}", d.log());
         let o = owned(&d);
         assert_eq!(
-            o.lsps, pooled,
-            "{step}: pooled LSPs kept, nothing else: {o:?}"
-        );
-        assert!(
-            o.ovs_ports.is_empty() && o.links.is_empty() && o.records.is_empty(),
-            "{step}: {o:?}"
+            o, pooled,
+            "{step}: the pool's ports and edges kept, nothing else"
         );
         assert!(!ns.has_link("eth0"), "{step}");
     }
@@ -436,15 +506,14 @@ fn pool_kill9_at_every_step_leaks_nothing() {
         );
         assert_eq!(counts(&d, &net), (2, 0, 0), "{step}\n{}", d.log());
         let o = owned(&d);
-        assert_eq!(o.lsps, pooled, "{step}: {o:?}");
-        assert!(
-            o.ovs_ports.is_empty() && o.links.is_empty() && o.records.is_empty(),
-            "{step}: {o:?}"
+        assert_eq!(
+            o, pooled,
+            "{step}: the pool's ports and edges kept, nothing else"
         );
     }
     // Every step above was reached (a step that is never hit would pass vacuously).
     let crashes = d.log().matches("COURIER_CRASH_AT reached").count();
-    assert_eq!(crashes, 2 + ATTACH_STEPS.len() + DETACH_STEPS.len() + 1);
+    assert_eq!(crashes, 3 + take_steps.len() + DETACH_STEPS.len() + 1);
     assert!(d.cli(&["network", "delete", &net]).status.success());
     assert!(owned(&d).is_empty());
 }
@@ -509,8 +578,16 @@ fn concurrent_attaches_never_share_a_pooled_port() {
     });
     assert_eq!(counts(&d, &net), ((N / 2) as u64, 0, 0));
     let o = owned(&d);
-    assert_eq!(o.lsps.len(), N / 2, "only the pool's ports are left: {o:?}");
-    assert!(o.ovs_ports.is_empty() && o.links.is_empty() && o.records.is_empty());
+    assert_eq!(
+        (
+            o.lsps.len(),
+            o.ovs_ports.len(),
+            o.links.len(),
+            o.records.len()
+        ),
+        (N / 2, N / 2, N, 0),
+        "only the pool's ports and edges are left: {o:?}"
+    );
     assert!(d.cli(&["network", "delete", &net]).status.success());
     assert!(owned(&d).is_empty());
 }

@@ -48,6 +48,7 @@ impl EdgeBinding for FakeEdge {
     fn edge_for(&self, id: &str, _req: &AttachRequest) -> EdgeState {
         EdgeState::VethOvs {
             host_ifname: host_ifname(id),
+            lower: None,
         }
     }
 

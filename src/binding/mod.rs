@@ -148,6 +148,34 @@ pub trait EdgeBinding: Send + Sync {
     async fn unplug(&self, att: &Attachment) -> Vec<Error>;
     /// Verifies the edge is as `plug` left it; Err(CheckFailed) naming what differs.
     async fn check(&self, att: &Attachment, port: &LogicalPort) -> Result<()>;
+    /// Pools: whether this binding pre-plugs a pooled port's edge (`make_pool_edges`), so a
+    /// take also skips the switch's wait. Default: no (the pool holds logical ports only).
+    fn pre_plugs(&self) -> bool {
+        false
+    }
+    /// Pools: makes the edges of new slots `(slot id, port)`, each bound to its port and ready
+    /// (flows installed) before this returns; names derived from the slot id, so a crash is
+    /// undone by [`EdgeBinding::remove_pool_edge`]. Default: nothing.
+    async fn make_pool_edges(
+        &self,
+        _slots: &[(String, LogicalPort)],
+        _timeout: std::time::Duration,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Pools: removes slot `slot`'s edge (by its derived names); every failure returned.
+    async fn remove_pool_edge(&self, _slot: &str) -> Vec<Error> {
+        Vec::new()
+    }
+    /// Pools: whether slot `slot`'s edge is whole and ready to be taken (bound, flows
+    /// installed, nothing on it). A local check. Default: true.
+    async fn pool_edge_ready(&self, _slot: &str) -> bool {
+        true
+    }
+    /// Pools: the edge an attachment taking slot `slot` records (its pre-plugged edge).
+    fn pooled_edge(&self, _id: &str, _slot: &str) -> Option<EdgeState> {
+        None
+    }
     /// Everything this binding made on this host (its ownership marks), for the leak sweep.
     async fn owned(&self) -> Result<Vec<EdgeOrphan>>;
     /// Removes one orphan; Ok(false) if it was already gone.

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use courier_netlink::{self as nl, Netlink, VethSpec};
+use courier_netlink::{self as nl, Netlink, SubKind, SubLinkSpec, VethSpec};
 
 use super::vm_port::VmPort;
 use super::{EdgeBinding, EdgeOrphan, EdgeResource};
@@ -96,7 +96,7 @@ impl VethOvs {
 /// The host end of the veth, from the record's edge state.
 fn host_end(att: &Attachment) -> Result<&str> {
     match &att.edge {
-        EdgeState::VethOvs { host_ifname } | EdgeState::VlanOvs { host_ifname, .. } => {
+        EdgeState::VethOvs { host_ifname, .. } | EdgeState::VlanOvs { host_ifname, .. } => {
             Ok(host_ifname)
         }
         other => Err(Error::Internal(format!(
@@ -122,6 +122,93 @@ async fn container_link(att: &Attachment) -> Result<(Netlink, Option<nl::LinkInf
 impl VethOvs {
     /// Both veth ends in the host netns: the peer `cp<id>` for the runtime (Docker) to move into
     /// the sandbox, with the port's MAC and MTU; the runtime sets its addresses and routes.
+    /// A pooled edge: the slot's veth is on the bridge, bound and ready; the container gets a
+    /// macvlan in passthru mode on its waiting end `lower` (the port's MAC: `lower`'s), born in
+    /// the netns — no move, no switch change, no wait. Docker (hands off): the macvlan is left
+    /// in the host netns as the hand-off name, for Docker to move.
+    async fn plug_pooled(&self, att: &Attachment, port: &LogicalPort, lower: &str) -> Result<()> {
+        let mtu = port.mtu.or(self.mtu);
+        if att.hands_off() {
+            let name = peer_ifname(&att.id);
+            return self
+                .host
+                .create_sub_link(
+                    lower,
+                    &SubLinkSpec {
+                        name: name.clone(),
+                        master: 0,
+                        kind: SubKind::MacVlanPassthru,
+                        mac: None,
+                        mtu,
+                        netns_fd: None,
+                    },
+                )
+                .await
+                .map_err(nl_err(format!("creating {name} on pooled {lower}")));
+        }
+        let netns = Path::new(&att.netns);
+        let netns_file = std::fs::File::open(netns)
+            .map_err(|e| Error::InvalidEnv(format!("network namespace {}: {e}", att.netns)))?;
+        self.host
+            .create_sub_link(
+                lower,
+                &SubLinkSpec {
+                    name: att.ifname.clone(),
+                    master: 0,
+                    kind: SubKind::MacVlanPassthru,
+                    mac: None,
+                    mtu,
+                    netns_fd: Some(netns_file.as_raw_fd()),
+                },
+            )
+            .await
+            .map_err(nl_err(format!(
+                "creating {} on pooled {lower} in {}",
+                att.ifname, att.netns
+            )))?;
+        hooks::point("after-veth").await;
+        let ns = Netlink::in_netns(netns)
+            .await
+            .map_err(nl_err(format!("opening netns {}", att.netns)))?;
+        ns.configure(&super::port_iface_config(&att.ifname, &att.ifname, port))
+            .await
+            .map_err(nl_err(format!(
+                "configuring {} in {}",
+                att.ifname, att.netns
+            )))?;
+        Ok(())
+    }
+
+    /// A pooled edge's teardown: only the container's macvlan goes (the slot's veth stays on
+    /// the bridge for the next container). In the netns when it still exists (its deletion
+    /// took the macvlan with it otherwise), and Docker's hand-off name in the host netns.
+    async fn unplug_pooled(&self, att: &Attachment) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if !att.netns.is_empty() && !att.hands_off() {
+            if let crate::netns::Probe::Netns(inode) = crate::netns::probe(&att.netns) {
+                // The attached namespace only (a path reused by another one is not ours).
+                if att.netns_inode.is_none_or(|i| i == inode) {
+                    match Netlink::in_netns(Path::new(&att.netns)).await {
+                        Ok(ns) => {
+                            if let Err(e) = ns.delete_link(&att.ifname).await {
+                                errors.push(nl_err(format!(
+                                    "deleting {} in {}",
+                                    att.ifname, att.netns
+                                ))(e));
+                            }
+                        }
+                        Err(e) => errors.push(nl_err(format!("opening netns {}", att.netns))(e)),
+                    }
+                }
+            }
+        }
+        let handoff = peer_ifname(&att.id);
+        if let Err(e) = self.host.delete_link(&handoff).await {
+            errors.push(nl_err(format!("deleting {handoff}"))(e));
+        }
+        errors
+    }
+
     async fn plug_for_handoff(
         &self,
         att: &Attachment,
@@ -184,6 +271,7 @@ impl EdgeBinding for VethOvs {
             },
             None => EdgeState::VethOvs {
                 host_ifname: host_ifname(id),
+                lower: None,
             },
         }
     }
@@ -234,6 +322,12 @@ impl EdgeBinding for VethOvs {
     async fn plug(&self, att: &Attachment, port: &LogicalPort) -> Result<()> {
         let host = host_end(att)?;
         let mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
+        if let EdgeState::VethOvs {
+            lower: Some(lower), ..
+        } = &att.edge
+        {
+            return self.plug_pooled(att, port, lower).await;
+        }
         if att.hands_off() {
             return self.plug_for_handoff(att, port, host, mac).await;
         }
@@ -305,6 +399,9 @@ impl EdgeBinding for VethOvs {
     }
 
     async fn unplug(&self, att: &Attachment) -> Vec<Error> {
+        if let EdgeState::VethOvs { lower: Some(_), .. } = &att.edge {
+            return self.unplug_pooled(att).await;
+        }
         let host = match host_end(att) {
             Ok(h) => h,
             Err(e) => return vec![e],
@@ -402,6 +499,95 @@ impl EdgeBinding for VethOvs {
             }
         }
         Ok(())
+    }
+
+    fn pre_plugs(&self) -> bool {
+        self.nested.is_none()
+    }
+
+    async fn make_pool_edges(
+        &self,
+        slots: &[(String, LogicalPort)],
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        for (slot, port) in slots {
+            let (host, lower) = (host_ifname(slot), peer_ifname(slot));
+            let mac = parse_mac(&port.mac).map_err(Error::BackendState)?;
+            self.host
+                .create_veth(&VethSpec {
+                    host_name: host.clone(),
+                    peer_name: lower.clone(),
+                    peer_mac: Some(mac),
+                    mtu: port.mtu.or(self.mtu),
+                    peer_netns_fd: None,
+                })
+                .await
+                .map_err(nl_err(format!("creating pooled veth {host}/{lower}")))?;
+            for end in [&host, &lower] {
+                self.host
+                    .set_alias(end, &link_alias(&self.host_mark, slot))
+                    .await
+                    .map_err(nl_err(format!("marking {end}")))?;
+                nl::set_tx_checksum(end, false)
+                    .await
+                    .map_err(nl_err(format!("turning TX checksum offload off on {end}")))?;
+            }
+            // The waiting end has no address of its own: no IPv6 link-local either.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{lower}/disable_ipv6"), "1");
+            for end in [&host, &lower] {
+                self.host
+                    .set_up(end)
+                    .await
+                    .map_err(nl_err(format!("setting {end} up")))?;
+            }
+            self.vswitch
+                .add_port(
+                    &host,
+                    PortBinding::LogicalPort {
+                        id: &port.id,
+                        mac: &port.mac,
+                    },
+                    slot,
+                )
+                .await?;
+        }
+        for (slot, _) in slots {
+            self.vswitch
+                .wait_installed(&host_ifname(slot), timeout)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_pool_edge(&self, slot: &str) -> Vec<Error> {
+        let host = host_ifname(slot);
+        let mut errors = Vec::new();
+        if let Err(e) = self.vswitch.delete_port(&host, slot).await {
+            errors.push(e);
+        }
+        for link in [host, peer_ifname(slot)] {
+            if let Err(e) = self.host.delete_link(&link).await {
+                errors.push(nl_err(format!("deleting {link}"))(e));
+            }
+        }
+        errors
+    }
+
+    async fn pool_edge_ready(&self, slot: &str) -> bool {
+        let host = host_ifname(slot);
+        let bound = self.vswitch.port(&host).is_some_and(|p| {
+            p.ovn_installed && p.error.is_none() && p.attachment.as_deref() == Some(slot)
+        });
+        bound
+            && matches!(self.host.link(&peer_ifname(slot)).await, Ok(Some(_)))
+            && matches!(self.host.link(&host).await, Ok(Some(_)))
+    }
+
+    fn pooled_edge(&self, _id: &str, slot: &str) -> Option<EdgeState> {
+        self.nested.is_none().then(|| EdgeState::VethOvs {
+            host_ifname: host_ifname(slot),
+            lower: Some(peer_ifname(slot)),
+        })
     }
 
     async fn owned(&self) -> Result<Vec<EdgeOrphan>> {

@@ -282,7 +282,10 @@ async fn fill_pool(State(d): State<Arc<Daemon>>, body: Bytes) -> ApiResult<Value
         .attacher
         .pool_of_network(&req.network, req.binding.as_deref())
         .await?;
-    let made = d.attacher.refill_pool(&pool, req.count).await?;
+    let made = match req.count {
+        Some(n) => d.attacher.fill(&pool, n).await?,
+        None => d.attacher.refill_pool(&pool, None).await?,
+    };
     Ok(Json(json!({"pool": pool, "made": made})))
 }
 

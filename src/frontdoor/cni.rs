@@ -497,6 +497,7 @@ mod tests {
             "ovn",
             EdgeState::VethOvs {
                 host_ifname: "cv0123456789ab".into(),
+                lower: None,
             },
         );
         a.phase = Phase::Ready;

@@ -277,7 +277,19 @@ impl Attacher {
                     continue;
                 }
             }
-            let (claims, name) = (att.claims.clone(), att.port_name.clone());
+            if slot.edge && !binding.pool_edge_ready(&slot.id).await {
+                tracing::warn!(pool = %pool, slot = %slot.id, "pooled edge is not whole; dropping its slot");
+                self.drop_slot(slot, None).await?;
+                continue;
+            }
+            let (claims, name, edge) =
+                (att.claims.clone(), att.port_name.clone(), att.edge.clone());
+            if slot.edge {
+                match binding.pooled_edge(&att.id, &slot.id) {
+                    Some(e) => att.edge = e,
+                    None => continue,
+                }
+            }
             att.claims.push(slot_claim(&slot.store_key()));
             att.pool_slot = Some(slot.store_key());
             att.port_name = slot.port_name.clone();
@@ -298,6 +310,7 @@ impl Attacher {
                     att.pool_slot = None;
                     att.port_name = name;
                     att.port = None;
+                    att.edge = edge;
                     if !matches!(e, Error::Claimed { .. }) {
                         return Err(e);
                     }
@@ -331,10 +344,16 @@ impl Attacher {
             tracing::debug!(attachment = %att.id, slot = %key, "pooled port given back");
             return Ok(());
         }
-        // Deleted: the slot record first (no take can claim it), then the port; a crash in
-        // between leaves a port whose slot is gone, which the sweep deletes.
-        self.store.delete_slot(key, Some(&att.id)).await?;
-        backend.delete_port(&port, &self.host).await?;
+        // Deleted: the slot record first (no take can claim it), then its edge and port; a
+        // crash in between leaves what the sweep deletes (their marks name a slot no record has).
+        match &slot {
+            Some(slot) => {
+                self.drop_slot(slot, Some(&att.id)).await?;
+            }
+            None => {
+                backend.delete_port(&port, &self.host).await?;
+            }
+        }
         tracing::info!(attachment = %att.id, slot = %key, port = %att.port_name, "pooled port deleted instead of given back");
         Ok(())
     }
@@ -354,6 +373,15 @@ impl Attacher {
         let Some(made) = &slot.port else {
             return Ok(false);
         };
+        if slot.edge {
+            let whole = match self.registry.binding(Some(&slot.key.binding)) {
+                Ok(b) => b.pool_edge_ready(&slot.id).await,
+                Err(_) => false,
+            };
+            if !whole {
+                return Ok(false);
+            }
+        }
         let live = backend
             .port(&PortRef {
                 id: Some(made.id.clone()),
@@ -465,6 +493,30 @@ impl Attacher {
         r
     }
 
+    /// `courier pool fill`: `count` ports for pool `pool` (up to its max), in refills the
+    /// backend's rate limit allows, waiting for its tokens (at most 60 s). Returns the ports
+    /// made.
+    pub async fn fill(&self, pool: &str, count: usize) -> Result<usize> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut made = 0;
+        while made < count {
+            let n = self.refill_pool(pool, Some(count - made)).await?;
+            made += n;
+            if n == 0 {
+                let full = self.pool_views().await?.into_iter().any(|v| {
+                    v.pool == pool
+                        && v.max
+                            .is_some_and(|m| m != 0 && v.free + v.taken + v.creating >= m)
+                });
+                if full || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(made)
+    }
+
     /// `n` slots recorded, their ports made in one bulk create, the slots made ready.
     async fn make_slots(&self, key: &PoolKey, net: &Network, n: usize) -> Result<usize> {
         let backend = self.registry.backend(&key.backend)?.clone();
@@ -493,6 +545,24 @@ impl Attacher {
                     s.state = SlotState::Ready;
                     s.port = Some(p);
                 }
+                // The edges too, where the binding pre-plugs them: bound and ready.
+                let binding = self.registry.binding(Some(&key.binding))?.clone();
+                if binding.pre_plugs() {
+                    let made: Vec<(String, crate::model::LogicalPort)> = slots
+                        .iter()
+                        .filter_map(|s| Some((s.id.clone(), s.port.clone()?)))
+                        .collect();
+                    if let Err(e) = binding.make_pool_edges(&made, self.port_up_timeout).await {
+                        for s in &slots {
+                            let _ = self.undo_slot(&*backend, s).await;
+                        }
+                        return Err(e);
+                    }
+                    hooks::point("pool-after-edges").await;
+                    for s in &mut slots {
+                        s.edge = true;
+                    }
+                }
                 self.store.put_slots(&slots, true).await?;
                 Ok(slots.len())
             }
@@ -510,6 +580,7 @@ impl Attacher {
     /// A slot that never became ready: its port deleted by name (if it was made), then its
     /// record.
     async fn undo_slot(&self, backend: &dyn Backend, s: &PoolSlot) -> Result<()> {
+        self.remove_slot_edge(s).await?;
         backend
             .delete_port(
                 &PortRef {
@@ -523,6 +594,43 @@ impl Attacher {
         Ok(())
     }
 
+    /// A slot gone for good: its record first (Ok(false), nothing done, when an attachment
+    /// other than `holder` claims it), then its edge, then its port.
+    async fn drop_slot(&self, slot: &PoolSlot, holder: Option<&str>) -> Result<bool> {
+        if !self.store.delete_slot(&slot.store_key(), holder).await? {
+            return Ok(false);
+        }
+        self.remove_slot_edge(slot).await?;
+        let backend = self.registry.backend(&slot.key.backend)?;
+        backend
+            .delete_port(
+                &PortRef {
+                    id: slot.port.as_ref().map(|p| p.id.clone()),
+                    name: slot.port_name.clone(),
+                },
+                &self.host,
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Slot `slot`'s pre-plugged edge, by its derived names (whether it was recorded or not:
+    /// a crash may have come while it was being made).
+    async fn remove_slot_edge(&self, slot: &PoolSlot) -> Result<()> {
+        let Ok(binding) = self.registry.binding(Some(&slot.key.binding)) else {
+            return Ok(());
+        };
+        let errors = binding.remove_pool_edge(&slot.id).await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Teardown {
+                id: format!("pool slot {}", slot.id),
+                errors,
+            })
+        }
+    }
+
     /// Deletes the free ports of every pool on `network` (all pools when None): the slot
     /// record first, then the port. Taken slots stay (their detach gives them back, and with
     /// the pool off for the network, deletes them). Returns the ports deleted; every error is
@@ -534,23 +642,7 @@ impl Attacher {
             if holder.is_some() || network.is_some_and(|n| n != slot.network) {
                 continue;
             }
-            let r = async {
-                if !self.store.delete_slot(&slot.store_key(), None).await? {
-                    return Ok(false); // claimed meanwhile
-                }
-                let backend = self.registry.backend(&slot.key.backend)?;
-                backend
-                    .delete_port(
-                        &PortRef {
-                            id: slot.port.as_ref().map(|p| p.id.clone()),
-                            name: slot.port_name.clone(),
-                        },
-                        &self.host,
-                    )
-                    .await?;
-                Ok::<_, Error>(true)
-            }
-            .await;
+            let r = self.drop_slot(&slot, None).await;
             match r {
                 Ok(true) => done += 1,
                 Ok(false) => {}
@@ -627,16 +719,23 @@ impl Attacher {
                     rec.undone.push(slot.id.clone());
                 }
                 SlotState::Ready if holder.is_none() => {
-                    let as_made = match (marked.get(&slot.id), &slot.port) {
+                    let mut as_made = match (marked.get(&slot.id), &slot.port) {
                         (Some(live), Some(made)) => {
                             live.id == made.id && live.mac == made.mac && live.ips == made.ips
                         }
                         _ => false,
                     };
+                    if as_made && slot.edge {
+                        as_made = match self.registry.binding(Some(&slot.key.binding)) {
+                            Ok(b) => b.pool_edge_ready(&slot.id).await,
+                            Err(_) => false,
+                        };
+                    }
                     if as_made {
                         rec.confirmed += 1;
                     } else {
                         self.store.delete_slot(&slot.store_key(), None).await?;
+                        self.remove_slot_edge(slot).await?;
                         if marked.contains_key(&slot.id) {
                             backend
                                 .delete_port(
@@ -731,7 +830,7 @@ impl Attacher {
     /// Every known pool, with its counts from the store.
     pub async fn pool_views(&self) -> Result<Vec<PoolView>> {
         let slots = self.store.slots(None).await?;
-        let inner_views: Vec<(String, PoolKey, String, PoolStats, usize)> = {
+        let mut inner_views: Vec<(String, PoolKey, String, PoolStats, usize)> = {
             let inner = self.pools.lock();
             inner
                 .pools
@@ -747,6 +846,18 @@ impl Attacher {
                 })
                 .collect()
         };
+        // Pools the store has that recovery has not made known yet (a backend not connected).
+        for (slot, _) in &slots {
+            if !inner_views.iter().any(|(id, ..)| *id == slot.pool) {
+                inner_views.push((
+                    slot.pool.clone(),
+                    slot.key.clone(),
+                    slot.network.clone(),
+                    PoolStats::default(),
+                    0,
+                ));
+            }
+        }
         let mut out = Vec::new();
         for (id, key, network, stats, batch) in inner_views {
             let mine: Vec<_> = slots.iter().filter(|(s, _)| s.pool == id).collect();

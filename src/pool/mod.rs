@@ -120,6 +120,9 @@ pub struct PoolSlot {
     /// The port as the backend made it (Ready only).
     #[serde(default)]
     pub port: Option<crate::model::LogicalPort>,
+    /// Its edge is pre-plugged too (the binding's `make_pool_edges`): bound, flows installed.
+    #[serde(default)]
+    pub edge: bool,
     /// Unix seconds.
     pub created_at: u64,
 }
@@ -139,6 +142,7 @@ impl PoolSlot {
             network: network.to_string(),
             state: SlotState::Creating,
             port: None,
+            edge: false,
             created_at: crate::model::unix_now(),
         }
     }

@@ -758,6 +758,7 @@ mod tests {
         let id = key.id("h");
         let edge = crate::model::EdgeState::VethOvs {
             host_ifname: crate::model::host_ifname(&id),
+            lower: None,
         };
         Attachment::new(&req, id, "ovn", edge)
     }

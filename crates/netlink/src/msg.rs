@@ -91,6 +91,9 @@ pub enum SubKind {
     MacVlan,
     /// ipvlan in L2 mode: the master's MAC, told apart by IP.
     IpVlan,
+    /// macvlan in passthru mode: the master's MAC, every frame of the master (one per master);
+    /// a pooled edge's container interface on its pre-plugged veth.
+    MacVlanPassthru,
 }
 
 /// What a sub-interface should look like when created.
@@ -129,6 +132,10 @@ pub fn sub_link(spec: &SubLinkSpec) -> Request {
         SubKind::Vlan(id) => finish(LinkVlan::new(&spec.name, spec.master, id), spec),
         SubKind::MacVlan => finish(
             LinkMacVlan::new(&spec.name, spec.master, MacVlanMode::Bridge),
+            spec,
+        ),
+        SubKind::MacVlanPassthru => finish(
+            LinkMacVlan::new(&spec.name, spec.master, MacVlanMode::Passthrough),
             spec,
         ),
         SubKind::IpVlan => finish(
@@ -488,6 +495,7 @@ mod tests {
             (SubKind::Vlan(100), "vlan", "060001006400"),
             // IFLA_MACVLAN_MODE (1), u32 MACVLAN_MODE_BRIDGE = 4.
             (SubKind::MacVlan, "macvlan", "0800010004000000"),
+            (SubKind::MacVlanPassthru, "macvlan", "0800010008000000"),
             // IFLA_IPVLAN_MODE (1), u16 IPVLAN_MODE_L2 = 0.
             (SubKind::IpVlan, "ipvlan", "060001000000"),
         ] {

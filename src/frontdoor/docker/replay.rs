@@ -872,6 +872,7 @@ async fn docker_calls_at_10_1000_10000_endpoints() {
                 "ovn",
                 EdgeState::VethOvs {
                     host_ifname: crate::model::host_ifname(&id),
+                    lower: None,
                 },
             );
             a.phase = Phase::Ready;
