@@ -591,3 +591,97 @@ fn concurrent_attaches_never_share_a_pooled_port() {
     assert!(d.cli(&["network", "delete", &net]).status.success());
     assert!(owned(&d).is_empty());
 }
+
+/// A Neutron network's pool: one bulk POST makes its ports (bound to this host, with their
+/// edges); pooled attaches change no Neutron port (same ids, same revision numbers), the
+/// containers talk, DEL gives the ports back, network delete drains them: nothing is left.
+#[test]
+fn neutron_pool_takes_ports_without_a_write() {
+    let Some(n) = NeutronEnv::get("neutron_pool_takes_ports_without_a_write") else {
+        return;
+    };
+    let d = neutron_daemon("pool-neu", &n, POOL_ENV);
+    let net = unique("pool-neu");
+    let out = d.cli(&[
+        "network",
+        "create",
+        &net,
+        "--backend",
+        "neutron",
+        "--subnet",
+        "10.219.0.0/24",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _guard = NeutronNetGuard(net.clone());
+    let show: Value =
+        serde_json::from_slice(&d.cli(&["network", "show", &net, "--json"]).stdout).unwrap();
+    let net_id = show["backend_id"].as_str().unwrap().to_string();
+    fill(&d, &net, 2);
+    assert_eq!(counts(&d, &net), (2, 0, 0));
+    let revisions = || -> BTreeMap<String, (Value, Value, Value)> {
+        n.ports_on(&net_id)
+            .into_iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap_or("").to_string(),
+                    (
+                        p["revision_number"].clone(),
+                        p["device_id"].clone(),
+                        p["binding:host_id"].clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    // The pooled ports are bound with their edges: Neutron turns them ACTIVE (and bumps their
+    // revision) after the fill; the snapshot is taken once that settled.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let ps = n.ports_on(&net_id);
+            ps.len() == 2 && ps.iter().all(|p| p["status"] == "ACTIVE")
+        }),
+        "pooled ports not ACTIVE: {:?}",
+        n.ports_on(&net_id)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = revisions();
+    assert_eq!(before.len(), 2, "{before:?}");
+    for (id, (_, device, host)) in &before {
+        assert!(
+            device.as_str().is_some_and(|d| d.starts_with('p')),
+            "{id}: {device}"
+        );
+        assert!(
+            host.as_str().is_some_and(|h| !h.is_empty()),
+            "{id}: bound to this host"
+        );
+    }
+    let conf = d.netconf(&net, "1.1.0");
+    let (a, b) = (Netns::new("pool-neu1"), Netns::new("pool-neu2"));
+    let (code, ra) = d.cni("ADD", "pn1", &a.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{ra}\n{}", d.log());
+    let (code, rb) = d.cni("ADD", "pn2", &b.path(), "eth0", &conf);
+    assert_eq!(code, 0, "{rb}");
+    assert_eq!(revisions(), before, "a pooled attach wrote to Neutron");
+    assert_eq!(counts(&d, &net), (0, 2, 0));
+    assert!(a.ping(&ip_of(&rb)), "{}", d.log());
+    assert!(b.ping(&ip_of(&ra)));
+    for (c, ns) in [("pn1", &a), ("pn2", &b)] {
+        assert_eq!(d.cni("DEL", c, &ns.path(), "eth0", &conf).0, 0);
+    }
+    assert_eq!(counts(&d, &net), (2, 0, 0));
+    assert_eq!(revisions(), before, "give back wrote to Neutron");
+    let out = d.cli(&["network", "delete", &net]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(n.networks_named(&net).is_empty());
+    assert!(n.owned_ports(&d).is_empty(), "{:?}", n.owned_ports(&d));
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+}

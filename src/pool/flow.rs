@@ -36,8 +36,9 @@ use crate::model::{Attachment, Network};
 
 /// The bindings whose ports a pool can hold (a plain port bound on this host's switch).
 const POOLED_BINDINGS: &[&str] = &["veth-ovs"];
-/// The backends whose pools are wired so far.
-const POOLED_BACKENDS: &[&str] = &["ovn"];
+/// The backends whose pools are wired so far (Neutron: one bulk `POST /ports`, its ports made
+/// with `binding:host_id` = this host, so a take writes nothing).
+const POOLED_BACKENDS: &[&str] = &["ovn", "neutron"];
 
 /// The daemon's pools: settings, and per pool what the store does not record.
 pub struct Pools {
