@@ -16,6 +16,8 @@
 #                  that has finished the previous one's work, and both meet the same machine.
 # The baseline's request is Courier's: device_owner, binding:host_id (this host's chassis), tags.
 # Ratio = Courier ADD / Neutron create (and DEL / delete), p50 and p99.
+# Then a third: the ADDs and DELs served from a port pool (filled with N first), on this network
+# and on an OVN direct one (onbench-<pid>, 10.79.0.0/16), and pooled Neutron / pooled OVN direct.
 #
 # Uses OVN (scripts/ovn.sh) and Keystone + Neutron (scripts/neutron.sh), which it does not start;
 # credentials: cloud courier-admin of /etc/courier-test/clouds.yaml. Its Courier daemon is its
@@ -49,13 +51,14 @@ cleanup() {
   set +e
   if [ -n "$pid" ]; then
     "$BIN" --socket "$sock" network delete "$net" >/dev/null 2>&1
+    "$BIN" --socket "$sock" network delete "o$net" >/dev/null 2>&1
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
 COURIER_SOCKET=$sock COURIER_STATE_DIR=$dir/state COURIER_HOST=nbench-$$ COURIER_DOCKER=0 \
-  COURIER_NEUTRON_CLOUD=courier-admin "$BIN" daemon > "$dir/daemon.log" 2>&1 &
+  COURIER_NEUTRON_CLOUD=courier-admin COURIER_POOL=1 COURIER_POOL_MIN=0 "$BIN" daemon > "$dir/daemon.log" 2>&1 &
 pid=$!
 # `courier status` succeeds once every backend and binding answers.
 for _ in $(seq 300); do
@@ -89,3 +92,15 @@ from=$(( $(wc -l < "$dir/daemon.log") + 1 ))
 echo "== settled (${PAUSE} ms before each call, in turns)"
 "$BIN" --socket "$sock" bench attach -n "$N" --network "$net" --cloud courier-admin --no-reference --pause-ms "$PAUSE"
 phases "$from"
+# Port pools (issue 22): the same ADD/DEL served from a pool, on this Neutron network and on an
+# OVN direct one, one after the other in this run (pooled Neutron against pooled OVN direct).
+echo "== from a port pool: Neutron, then OVN direct"
+"$BIN" --socket "$sock" network create "o$net" --subnet 10.79.0.0/16 >/dev/null
+"$BIN" --socket "$sock" bench attach -n "$N" --network "$net" --cloud courier-admin --no-reference --pooled --output "$dir/pool-neutron.json"
+"$BIN" --socket "$sock" bench attach -n "$N" --network "o$net" --no-reference --pooled --output "$dir/pool-ovn.json"
+python3 - "$dir/pool-neutron.json" "$dir/pool-ovn.json" <<'PY'
+import json, sys
+neu, ovn = (json.load(open(f))["pooled"]["add"] for f in sys.argv[1:3])
+print("ratio pooled neutron/pooled ovn: ADD p50 %.2fx, p99 %.2fx (neutron %.2f ms, ovn %.2f ms)"
+      % (neu["p50_ms"] / ovn["p50_ms"], neu["p99_ms"] / ovn["p99_ms"], neu["p50_ms"], ovn["p50_ms"]))
+PY
