@@ -685,3 +685,96 @@ fn neutron_pool_takes_ports_without_a_write() {
     assert!(n.owned_ports(&d).is_empty(), "{:?}", n.owned_ports(&d));
     assert!(owned(&d).is_empty(), "{:?}", owned(&d));
 }
+
+/// 200 containers started at once, all served from one pool of 200: every one gets its own
+/// pooled port (none handed out twice, none cold), each reaches two others (the next and the
+/// one halfway round), and after 200 DELs at once the pool holds its 200 ports again and
+/// nothing else is left; network delete then leaves nothing at all.
+#[test]
+fn two_hundred_containers_at_once_from_one_pool() {
+    if !env_ready("two_hundred_containers_at_once_from_one_pool") {
+        return;
+    }
+    const N: usize = 200;
+    let d = TestDaemon::start_with("pool-200", POOL_ENV);
+    let net = unique("pool-200");
+    d.create_network(&net, &subnet_for(66));
+    fill(&d, &net, N);
+    assert_eq!(counts(&d, &net), (N as u64, 0, 0));
+    let conf = d.netconf(&net, "1.1.0");
+    let nss: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("p2h{i}"))).collect();
+    let results: Vec<(i32, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let conf = &conf;
+                s.spawn(move || cni_exec("ADD", &format!("p2h{i}"), &ns.path(), "eth0", conf, &[]))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (code, r) in &results {
+        assert_eq!(*code, 0, "{r}\n{}", d.log());
+    }
+    let ips: BTreeSet<String> = results.iter().map(|(_, r)| ip_of(r)).collect();
+    assert_eq!(ips.len(), N, "an address given twice");
+    let slots: BTreeSet<String> = d
+        .store()
+        .iter()
+        .filter_map(|a| a["pool_slot"].as_str().map(String::from))
+        .collect();
+    assert_eq!(slots.len(), N, "every container on its own pooled port");
+    assert_eq!(counts(&d, &net), (0, N as u64, 0));
+    // Each pings the next and the one halfway round, 20 at a time.
+    let unreachable: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|t| {
+                let (nss, results) = (&nss, &results);
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for i in (t..N).step_by(20) {
+                        for j in [(i + 1) % N, (i + N / 2) % N] {
+                            let peer = ip_of(&results[j].1);
+                            if !nss[i].ping(&peer) {
+                                bad.push(format!("p2h{i} -> p2h{j} ({peer})"));
+                            }
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(unreachable.is_empty(), "unreachable: {unreachable:?}");
+    std::thread::scope(|s| {
+        for (i, ns) in nss.iter().enumerate() {
+            let conf = &conf;
+            s.spawn(move || {
+                assert_eq!(
+                    cni_exec("DEL", &format!("p2h{i}"), &ns.path(), "eth0", conf, &[]).0,
+                    0
+                )
+            });
+        }
+    });
+    assert_eq!(counts(&d, &net), (N as u64, 0, 0));
+    let o = owned(&d);
+    assert_eq!(
+        (
+            o.lsps.len(),
+            o.ovs_ports.len(),
+            o.links.len(),
+            o.records.len()
+        ),
+        (N, N, 2 * N, 0)
+    );
+    let out = d.cli(&["network", "delete", &net]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(owned(&d).is_empty(), "{:?}", owned(&d));
+}
